@@ -1,0 +1,370 @@
+"""Clusters: devices (kind, node) and the links between them, as a graph.
+
+A cluster can be named three ways wherever one is asked for (`resolve_cluster`):
+- a preset name (`PRESETS`, including ``local``: this machine, detected);
+- a cluster JSON file (strictly validated: unknown keys, negative sizes, a link to a
+  missing device are errors naming the field);
+- the short form ``KIND:PER_NODE[xNODES]``, with ``+`` joining groups inside one node:
+  ``h100:8``, ``a100-80gb:8x4``, ``a100-80gb:4+v100-32gb:4``, ``cpu:4``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from planner.devices import (
+    DEVICE_KINDS,
+    DeviceKind,
+    LinkKind,
+    device_kind,
+    link_kind,
+    slower_link,
+)
+from planner.errors import ClusterError
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Device(_Strict):
+    id: int = Field(ge=0, description="Rank-independent device id, unique in the cluster.")
+    kind: str = Field(description="Device kind id from the catalog, e.g. 'h100-80gb'.")
+    node: int = Field(ge=0, description="Node (host) index; devices on one node share a host.")
+    memory_bytes: int = Field(gt=0, description="Memory available to this device.")
+    compute_share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Fraction of the kind's peak this device gets (< 1 when CPU ranks share cores).",
+    )
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> Device:
+        device_kind(self.kind)  # raises ClusterError naming the choices
+        return self
+
+
+class Link(_Strict):
+    a: int = Field(ge=0)
+    b: int = Field(ge=0)
+    kind: str = Field(description="Link kind id from the catalog, e.g. 'nvlink4'.")
+    bandwidth: float | None = Field(default=None, gt=0, description="Bytes/s; overrides the kind.")
+    latency: float | None = Field(default=None, ge=0, description="Seconds; overrides the kind.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Link:
+        if self.a == self.b:
+            raise ValueError(f"link from device {self.a} to itself")
+        link_kind(self.kind)
+        return self
+
+
+class Cluster(_Strict):
+    """Devices and links. Validated on construction; JSON round-trips exactly."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = ""
+    devices: list[Device] = Field(min_length=1)
+    links: list[Link] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Cluster:
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {self.schema_version} is newer than this planner's {SCHEMA_VERSION}"
+            )
+        ids = [d.id for d in self.devices]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"device ids {dupes} appear more than once")
+        known = set(ids)
+        pairs: set[frozenset[int]] = set()
+        for i, link in enumerate(self.links):
+            missing = [d for d in (link.a, link.b) if d not in known]
+            if missing:
+                raise ValueError(f"links[{i}] connects device {missing[0]}, which does not exist")
+            pair = frozenset((link.a, link.b))
+            if pair in pairs:
+                raise ValueError(f"links[{i}] repeats the link between {link.a} and {link.b}")
+            pairs.add(pair)
+        if len(ids) > 1 and not nx.is_connected(self.graph()):
+            parts = [sorted(c) for c in nx.connected_components(self.graph())]
+            raise ValueError(f"devices are not all linked: separate groups {parts}")
+        return self
+
+    # -- views -------------------------------------------------------------------------
+    def graph(self) -> nx.Graph:
+        """Devices as nodes (kind, node, memory) and links as edges (bandwidth, latency)."""
+        g = nx.Graph(name=self.name)
+        for d in self.devices:
+            g.add_node(d.id, kind=d.kind, node=d.node, memory_bytes=d.memory_bytes)
+        for link in self.links:
+            spec = link_kind(link.kind)
+            g.add_edge(
+                link.a,
+                link.b,
+                kind=link.kind,
+                bandwidth=link.bandwidth or spec.bandwidth,
+                latency=spec.latency if link.latency is None else link.latency,
+            )
+        return g
+
+    def device(self, device_id: int) -> Device:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise ClusterError(f"device {device_id} is not in cluster {self.name!r}")
+
+    def kind_of(self, device_id: int) -> DeviceKind:
+        return device_kind(self.device(device_id).kind)
+
+    def peak_flops(self, device_id: int, dtype: str = "float32") -> float:
+        """Peak FLOP/s of one device for ``dtype``, scaled by its compute share."""
+        d = self.device(device_id)
+        peaks = device_kind(d.kind).peak_flops
+        if dtype not in peaks:
+            raise ClusterError(f"{d.kind} has no {dtype} peak (it supports {', '.join(peaks)})")
+        return peaks[dtype] * d.compute_share
+
+    def path(self, a: int, b: int) -> tuple[float, float]:
+        """(bandwidth, latency) from device ``a`` to ``b``.
+
+        A direct link if there is one; else the widest path (the most bandwidth at its
+        narrowest hop), with the latencies of its hops added.
+        """
+        g = self.graph()
+        if g.has_edge(a, b):
+            e = g.edges[a, b]
+            return e["bandwidth"], e["latency"]
+        # Widest path: a maximum spanning tree holds one for every pair.
+        tree = nx.maximum_spanning_tree(g, weight="bandwidth")
+        hops = nx.shortest_path(tree, a, b)
+        edges = [g.edges[u, v] for u, v in itertools.pairwise(hops)]
+        return min(e["bandwidth"] for e in edges), sum(e["latency"] for e in edges)
+
+    def nodes(self) -> list[int]:
+        return sorted({d.node for d in self.devices})
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def cluster_from_json(text: str, origin: str = "cluster JSON") -> Cluster:
+    """Parse and validate a cluster document; errors name the field and the problem."""
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ClusterError(f"{origin}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise ClusterError(f"{origin}: {exc}") from None
+    try:
+        return Cluster.model_validate(data)
+    except ValidationError as exc:
+        raise ClusterError(f"{origin}: {_explain(exc)}") from None
+    except ClusterError as exc:
+        raise ClusterError(f"{origin}: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a cluster")
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "document"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ClusterError(f"cannot read cluster file {str(path)!r}: {exc.strerror}") from None
+    return cluster_from_json(text, origin=str(path))
+
+
+def save_cluster(cluster: Cluster, path: str | Path) -> None:
+    Path(path).write_text(cluster.to_json() + "\n")
+
+
+# -- short form --------------------------------------------------------------------------
+_GROUP = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9\-]*):(?P<per>\d+)(?:x(?P<nodes>\d+))?$")
+
+
+def parse_short_form(spec: str) -> Cluster:
+    """Build a cluster from ``KIND:PER_NODE[xNODES]`` groups joined by ``+``.
+
+    Devices of one kind in one node use the kind's own link (NVLink, PCIe, loopback);
+    different kinds in one node meet over the slower host bus; nodes are joined by the
+    slower of the kinds' inter-node fabrics.
+
+    >>> c = parse_short_form("h100:8")
+    >>> len(c.devices), len(c.links), c.links[0].kind
+    (8, 28, 'nvlink4')
+    >>> [d.node for d in parse_short_form("a100-80gb:2x2").devices]
+    [0, 0, 1, 1]
+    """
+    groups = []
+    for part in spec.split("+"):
+        m = _GROUP.match(part.strip())
+        if not m:
+            raise ClusterError(
+                f"cluster {spec!r}: group {part!r} is not KIND:PER_NODE[xNODES], e.g. h100:8 or a100-80gb:8x4"
+            )
+        kind = device_kind(m["kind"])
+        per, nodes = int(m["per"]), int(m["nodes"] or 1)
+        if per < 1 or nodes < 1:
+            raise ClusterError(f"cluster {spec!r}: group {part!r} needs at least one device and node")
+        groups.append((kind, per, nodes))
+    node_counts = {n for _, _, n in groups}
+    if len(node_counts) > 1:
+        raise ClusterError(f"cluster {spec!r}: groups joined by '+' share nodes, so need one node count")
+    nodes = node_counts.pop()
+    devices: list[dict[str, Any]] = []
+    notes: list[str] = []
+    cpu_per_node = sum(per for kind, per, _ in groups if kind.id == "cpu")
+    cpu_memory, cpu_share = _cpu_rank_budget(cpu_per_node, notes) if cpu_per_node else (0, 1.0)
+    for node in range(nodes):
+        for kind, per, _ in groups:
+            for _ in range(per):
+                is_cpu = kind.id == "cpu"
+                devices.append(
+                    {
+                        "id": len(devices),
+                        "kind": kind.id,
+                        "node": node,
+                        "memory_bytes": cpu_memory if is_cpu else kind.memory_bytes,
+                        "compute_share": cpu_share if is_cpu else 1.0,
+                    }
+                )
+    links = [
+        {"a": a["id"], "b": b["id"], "kind": _link_between(a, b)}
+        for i, a in enumerate(devices)
+        for b in devices[i + 1 :]
+    ]
+    try:
+        return Cluster(name=spec, devices=devices, links=links, notes=notes)
+    except ValidationError as exc:
+        raise ClusterError(f"cluster {spec!r}: {_explain(exc)}") from None
+
+
+def _link_between(a: dict[str, Any], b: dict[str, Any]) -> str:
+    ka, kb = DEVICE_KINDS[a["kind"]], DEVICE_KINDS[b["kind"]]
+    if a["node"] != b["node"]:
+        return slower_link(ka.inter_node_link, kb.inter_node_link)
+    if ka.id == kb.id:
+        return ka.intra_node_link
+    return slower_link(ka.host_link, kb.host_link)
+
+
+def _cpu_rank_budget(ranks: int, notes: list[str]) -> tuple[int, float]:
+    """Memory and compute share of each of ``ranks`` CPU ranks on this host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    share = min(1.0, cores / ranks)
+    if ranks > cores:
+        notes.append(f"{ranks} CPU ranks share {cores} cores on each node: each gets {share:.2f} of a core")
+    return total // ranks, share
+
+
+# -- presets and detection ----------------------------------------------------------------
+PRESETS: dict[str, tuple[str, str]] = {
+    "dgx-h100": ("h100:8", "one node of 8x H100 80GB on NVLink"),
+    "dgx-a100-x2": ("a100-80gb:8x2", "2 nodes of 8x A100 80GB over InfiniBand"),
+    "l4x4": ("l4:4", "4x L4 on PCIe"),
+    "a100-v100-mixed": ("a100-80gb:4+v100-32gb:4", "one node: 4x A100 80GB + 4x V100 32GB"),
+    "local": ("", "this machine: its CUDA devices, else one CPU rank per core"),
+}
+
+
+def detect_local() -> Cluster:
+    """This machine: its CUDA devices if torch sees any, else one CPU rank per core."""
+    try:
+        import torch
+
+        gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        gpus = []
+    if not gpus:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cluster = parse_short_form(f"cpu:{cores or 1}")
+        return cluster.model_copy(update={"name": "local"})
+    kinds = [_kind_of_gpu(p.name, p.total_memory) for p in gpus]
+    spec = "+".join(f"{k}:{kinds.count(k)}" for k in dict.fromkeys(kinds))
+    cluster = parse_short_form(spec)
+    devices = [
+        d.model_copy(update={"memory_bytes": p.total_memory})
+        for d, p in zip(cluster.devices, gpus, strict=True)
+    ]
+    return cluster.model_copy(update={"name": "local", "devices": devices})
+
+
+def _kind_of_gpu(name: str, memory: int) -> str:
+    n = name.upper()
+    gib = memory / 2**30
+    if "H100" in n or "H200" in n:
+        return "h100-80gb"  # H200 has no catalog entry yet: planned as an H100
+    if "A100" in n:
+        return "a100-80gb" if gib > 50 else "a100-40gb"
+    if "V100" in n:
+        return "v100-32gb" if gib > 20 else "v100-16gb"
+    if "L4" in n:
+        return "l4"
+    if "4090" in n:
+        return "rtx4090"
+    raise ClusterError(
+        f"GPU {name!r} ({gib:.0f} GiB) is not in the device catalog; describe it in a cluster JSON"
+    )
+
+
+def resolve_cluster(spec: str) -> Cluster:
+    """A preset name, a cluster JSON file, or the short form."""
+    spec = (spec or "").strip()
+    if spec == "local":
+        return detect_local()
+    if spec in PRESETS:
+        short, _ = PRESETS[spec]
+        return parse_short_form(short).model_copy(update={"name": spec})
+    if spec.endswith(".json") or Path(spec).is_file():
+        return load_cluster(spec)
+    if ":" in spec:
+        return parse_short_form(spec)
+    raise ClusterError(
+        f"cluster {spec!r} is not a preset ({', '.join(PRESETS)}), a .json file, "
+        "or KIND:PER_NODE[xNODES] (e.g. h100:8, cpu:2)"
+    )
+
+
+def catalog() -> dict[str, Any]:
+    """Every device kind, link kind and preset with its figures and their sources."""
+    from dataclasses import asdict
+
+    return {
+        "device_kinds": {k: asdict(v) for k, v in DEVICE_KINDS.items()},
+        "link_kinds": {k: asdict(v) for k, v in _link_kinds().items()},
+        "presets": {k: {"short_form": s or "(detected)", "description": d} for k, (s, d) in PRESETS.items()},
+    }
+
+
+def _link_kinds() -> dict[str, LinkKind]:
+    from planner.devices import LINK_KINDS
+
+    return LINK_KINDS

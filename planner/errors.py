@@ -1,0 +1,17 @@
+"""Exception types of the planner. Each message names the input that is wrong."""
+
+
+class PlannerError(ValueError):
+    """Base class: bad input to the planner, reported to the user without a traceback."""
+
+
+class SourceError(PlannerError):
+    """A model source string or its size overrides cannot be used."""
+
+
+class TraceError(PlannerError):
+    """A model could not be captured into a layer graph by any method."""
+
+
+class ClusterError(PlannerError):
+    """A cluster description (preset, short form or JSON) is invalid."""

@@ -1,0 +1,57 @@
+"""Weights that depend only on (seed, parameter FQN).
+
+Every rank builds the full model and keeps its stage, so a parameter must get the same
+value whichever process builds it and whatever else that process built before: one
+generator per parameter, seeded from a stable hash of (seed, FQN), not a global RNG stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def parameter_seed(seed: int, fqn: str) -> int:
+    """A 63-bit generator seed for parameter ``fqn`` (stable across processes and runs)."""
+    digest = hashlib.sha256(f"{seed}:{fqn}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Initialise every parameter of ``model`` from (seed, FQN) alone.
+
+    Linear and conv weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default bound);
+    embeddings: N(0, 0.02) as in GPT-2; norm weights one, every bias zero. Tied parameters
+    are initialised once, under their first FQN.
+    """
+    seen: set[int] = set()
+    for module_fqn, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            fqn = f"{module_fqn}.{name}" if module_fqn else name
+            gen = torch.Generator(device="cpu").manual_seed(parameter_seed(seed, fqn))
+            value = _initial_value(module, name, param, gen)
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def _initial_value(module: nn.Module, name: str, param: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    shape = param.shape
+    if name == "bias":
+        return torch.zeros(shape)
+    if isinstance(module, _NORMS):
+        return torch.ones(shape)
+    # Embedding tables (and modules that declare `init_std`) get a normal init as in GPT-2.
+    std = 0.02 if isinstance(module, nn.Embedding) else getattr(module, "init_std", None)
+    if std is not None:
+        return torch.randn(shape, generator=gen) * std
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
