@@ -123,6 +123,23 @@ def _make_contiguous(order: list[str], owner: dict[str, str]) -> dict[str, str]:
     return {name: find(b) for name, b in owner.items()}
 
 
+def _resaved_across_blocks(graph: nx.DiGraph, owner: dict[str, str], coarse: nx.DiGraph) -> None:
+    """Per block, the bytes it keeps for backward of tensors counted in another block.
+
+    One process keeps one copy; a pipeline cut between the blocks keeps one on each side.
+    """
+    seen: set[tuple[int, str]] = set()
+    for name, data in graph.nodes(data=True):
+        block = owner[name]
+        for storage_id, producer, first, nbytes in data.get("resaved", []):
+            if owner.get(first) == block or (storage_id, block) in seen:
+                continue
+            seen.add((storage_id, block))
+            source = owner.get(producer, owner.get(first))
+            into = coarse.nodes[block]["resaved_from"]
+            into[source] = into.get(source, 0) + int(nbytes)
+
+
 def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
     """One node per block; node sums and crossing bytes preserved exactly.
 
@@ -147,6 +164,7 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
                 members=0,
                 params=[],
                 shared_params=[],
+                resaved_from={},
                 output_shape=[],
                 output_bytes=0,
                 **{key: 0 for key in NODE_SUMS},
@@ -159,6 +177,7 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
         node["shared_params"].extend(
             p for p in data.get("shared_params", []) if p not in node["shared_params"]
         )
+    _resaved_across_blocks(graph, owner, coarse)
     outputs = set(graph.graph.get("outputs", []))
     for name in order:
         src = owner[name]

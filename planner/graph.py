@@ -10,7 +10,12 @@ Node attributes (fine graph from `planner.trace`, and coarsened blocks alike):
     params          FQNs of those parameters
     shared_params   FQNs of tied parameters this node uses or owns that others use too
     buffer_bytes    bytes of module buffers owned here
-    saved_bytes     bytes autograd keeps for backward (de-duplicated by storage)
+    saved_bytes     bytes autograd keeps for backward (de-duplicated by storage: a tensor
+                    kept by several ops counts once, at the first op that keeps it)
+    resaved         fine graph: [storage id, producer node, first keeper, bytes] for each
+                    tensor this op keeps that an earlier op already counted
+    resaved_from    coarsened: {producer block: bytes} this block keeps of tensors counted
+                    in another block; a stage cut between them keeps a second copy here
     output_shape    shape of the (first) output tensor
     output_bytes    bytes of all outputs
     read_bytes      bytes read from inputs and parameters (0 for views)

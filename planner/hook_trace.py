@@ -190,6 +190,7 @@ def _node(kind: str, fqn: str, op: str, t: Any, stack: list[str]) -> dict[str, A
         "shared_params": [],
         "buffer_bytes": 0,
         "saved_bytes": 0,
+        "resaved": [],
         "output_shape": list(t.shape),
         "output_bytes": nbytes,
         "read_bytes": 0,

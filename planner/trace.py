@@ -209,7 +209,8 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
 
     graph = nx.DiGraph()
     values: dict[str, Any] = {}
-    counted_storages: set[tuple] = set()
+    first_saver: dict[tuple, tuple[int, str]] = {}  # storage -> (id, node that counted it)
+    producer_of: dict[tuple, str] = {}  # storage -> node whose output it is
     keep_alive: list[Any] = []
     owner_of_param: dict[str, str] = {}
     param_users: dict[str, set[str]] = {}
@@ -217,10 +218,18 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
-        if key not in param_storages and key not in counted_storages:
-            counted_storages.add(key)
+        if key in param_storages:
+            return t
+        nbytes = t.untyped_storage().nbytes()
+        if key not in first_saver:
+            first_saver[key] = (len(first_saver), current["node"])
             keep_alive.append(t)  # a freed storage's address could be reused by a later one
-            current["saved"] += t.untyped_storage().nbytes()
+            current["saved"] += nbytes
+        elif first_saver[key][1] != current["node"]:
+            # Kept again by a later op: one copy here, but a second one on a stage that
+            # receives the tensor over a cut (see planner.coarsen, resaved_from).
+            storage_id, first = first_saver[key]
+            current["resaved"].append([storage_id, producer_of.get(key, first), first, nbytes])
         return t
 
     nodes = list(gm.graph.nodes)
@@ -235,6 +244,7 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
             if kind[0] == "input":
                 t = feeds[node.name]
                 graph.add_node(node.name, **_empty_node("input", "", "input", t))
+                producer_of.setdefault(_storage_key(t), node.name)
             continue
         if node.op == "output":
             output_node = node
@@ -246,7 +256,7 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
             raise TraceError(f"unexpected {node.op} node {node.name} in the exported graph")
         fn_args = torch.fx.node.map_arg(node.args, lambda n: values[n.name])
         fn_kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: values[n.name])
-        current["saved"] = 0
+        current.update(saved=0, resaved=[], node=node.name)
         with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
             if _is_sdpa(node.target):
                 out, flops = _run_attention(fn_args, fn_kwargs)
@@ -274,12 +284,15 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
             "shared_params": [],
             "buffer_bytes": 0,
             "saved_bytes": int(current["saved"]),
+            "resaved": current["resaved"],
             "output_shape": list(first.shape) if first is not None else [],
             "output_bytes": sum(_nbytes(t) for t in out_tensors),
             "read_bytes": 0 if is_view else sum(_nbytes(t) for t in in_tensors),
             "write_bytes": 0 if is_view else sum(_nbytes(t) for t in out_tensors),
         }
         graph.add_node(node.name, **attrs)
+        for t in out_tensors:
+            producer_of.setdefault(_storage_key(t), node.name)
         for inp in node.all_input_nodes:
             kind = placeholder_kind.get(inp.name)
             if kind and kind[0] == "param":
@@ -433,6 +446,7 @@ def _empty_node(kind: str, fqn: str, op: str, t: Any) -> dict[str, Any]:
         "shared_params": [],
         "buffer_bytes": 0,
         "saved_bytes": 0,
+        "resaved": [],
         "output_shape": list(t.shape),
         "output_bytes": _nbytes(t),
         "read_bytes": 0,

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # Named sizes for `size=...`; d_ff defaults to 4 * d_model. Parameter counts are about
-# 12 * n_layer * d_model**2 plus the embeddings (and the head unless tied).
+# 12 * n_layer * d_model**2 plus the embeddings (and the head unless tied). 70b widens the
+# MLP to 4.5 * d_model so that two matrices reach Llama-2-70B's size (it has three).
 SIZES: dict[str, dict[str, int]] = {
     "toy": dict(vocab_size=256, seq_len=64, d_model=64, n_layer=2, n_head=4),
     "1m": dict(vocab_size=256, seq_len=128, d_model=128, n_layer=5, n_head=4),
     "125m": dict(vocab_size=50257, seq_len=1024, d_model=768, n_layer=12, n_head=12),
     "7b": dict(vocab_size=32000, seq_len=2048, d_model=4096, n_layer=32, n_head=32),
-    "70b": dict(vocab_size=32000, seq_len=2048, d_model=8192, n_layer=80, n_head=64, d_ff=28672),
+    "70b": dict(vocab_size=32000, seq_len=2048, d_model=8192, n_layer=80, n_head=64, d_ff=36864),
 }
 
 

@@ -1,0 +1,82 @@
+"""`python -m planner`: the commands users type, run as users run them."""
+
+import json
+import subprocess
+import sys
+
+import networkx as nx
+
+
+def planner(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_graph_json_has_the_documented_shape():
+    out = planner(
+        "graph", "--model", "gpt", "--set", "n_layer=1", "--set", "d_model=32", "n_head=2", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"summary", "graph"}
+    assert set(doc["summary"]) == {
+        "num_nodes",
+        "param_count",
+        "fwd_flops_per_sample",
+        "saved_bytes_per_sample",
+        "largest_activation_bytes",
+    }
+    assert all(isinstance(v, int) for v in doc["summary"].values())
+    graph = nx.node_link_graph(doc["graph"], edges="edges")
+    assert graph.number_of_nodes() == doc["summary"]["num_nodes"]
+    assert graph.graph["config"]["n_layer"] == 1 and graph.graph["config"]["d_model"] == 32
+    # 256*32 embedding + 64*32 positions + one block + final norm + head
+    block = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 128 + 128) + (128 * 32 + 32)
+    assert doc["summary"]["param_count"] == 256 * 32 + 64 * 32 + block + 2 * 32 + 32 * 256
+
+
+def test_graph_coarsen_prints_a_block_table():
+    out = planner("graph", "--model", "gan", "--coarsen")
+    assert out.returncode == 0, out.stderr
+    assert "generator" in out.stdout and "discriminator" in out.stdout
+    assert "parameters   35,393" in out.stdout
+
+
+def test_graph_of_an_untraceable_model_warns_and_still_answers():
+    out = planner("graph", "--model", "py:tests.fixtures.models:branchy")
+    assert out.returncode == 0, out.stderr
+    assert "warning: torch.export could not capture module 'gate'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_traceback():
+    for args, message in [
+        (["graph", "--model", "resnet"], "unknown model source 'resnet'"),
+        (["graph", "--model", "gpt", "--set", "n_layer"], "not of the form key=value"),
+        (["graph", "--model", "gpt", "--set", "layers=3"], "gpt has no parameter 'layers'"),
+        (["graph", "--model", "py:tests.fixtures.models:broken"], "module 'inner'"),
+        (["cluster", "a100:8"], "ambiguous: a100-40gb, a100-80gb"),
+        (["cluster", "nope.json"], "cannot read cluster file"),
+    ]:
+        out = planner(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_cluster_forms_and_list(tmp_path):
+    out = planner("cluster", "a100-80gb:8x2", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["devices"]) == 16
+    path = tmp_path / "c.json"
+    path.write_text(out.stdout)
+    again = planner("cluster", str(path), "--json")
+    assert json.loads(again.stdout) == doc
+    text = planner("cluster", "dgx-h100").stdout
+    assert "8 devices on 1 node(s)" in text and "28 link(s) nvlink4" in text
+    listing = planner("cluster", "--list").stdout
+    for kind in ["h100-80gb", "a100-40gb", "a100-80gb", "v100-16gb", "v100-32gb", "l4", "rtx4090", "cpu"]:
+        assert f"  {kind} " in listing
+    assert "datasheet" in listing and "source:" in listing
