@@ -165,6 +165,7 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
                 params=[],
                 shared_params=[],
                 resaved_from={},
+                ops=[],
                 output_shape=[],
                 output_bytes=0,
                 **{key: 0 for key in NODE_SUMS},
@@ -174,6 +175,10 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
         for key in NODE_SUMS:
             node[key] += int(data.get(key, 0))
         node["params"].extend(data.get("params", []))
+        weights = int(data.get("weight_read_bytes", 0))
+        moved = int(data.get("read_bytes", 0)) - weights + int(data.get("write_bytes", 0))
+        if data.get("fwd_flops", 0) or moved or weights:
+            node["ops"].append([int(data.get("fwd_flops", 0)), moved, weights])
         node["shared_params"].extend(
             p for p in data.get("shared_params", []) if p not in node["shared_params"]
         )
@@ -184,10 +189,17 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
         dst_blocks = {owner[d] for d in graph.successors(name)} - {src}
         nbytes = int(graph.nodes[name].get("output_bytes", 0))
         for dst in dst_blocks:
+            # A tensor carries a gradient back if any edge into the block does.
+            grad = max(
+                int(graph.edges[name, d].get("grad_bytes", 0))
+                for d in graph.successors(name)
+                if owner[d] == dst
+            )
             if coarse.has_edge(src, dst):
                 coarse.edges[src, dst]["bytes"] += nbytes
+                coarse.edges[src, dst]["grad_bytes"] += grad
             else:
-                coarse.add_edge(src, dst, bytes=nbytes)
+                coarse.add_edge(src, dst, bytes=nbytes, grad_bytes=grad)
         if dst_blocks or name in outputs:
             # The block's output: what leaves it, last producer first (its main output).
             node = coarse.nodes[src]

@@ -19,8 +19,13 @@ Node attributes (fine graph from `planner.trace`, and coarsened blocks alike):
     output_shape    shape of the (first) output tensor
     output_bytes    bytes of all outputs
     read_bytes      bytes read from inputs and parameters (0 for views)
+    weight_read_bytes  the part of read_bytes that is parameters and buffers (batch-independent)
     write_bytes     bytes written (0 for views)
-Edge attribute ``bytes``: bytes of the producer's output that cross the edge.
+    ops             coarsened: [[fwd_flops, activation bytes moved, weight bytes read], ...]
+                    per op, so a roofline can be taken op by op (see planner.cost)
+Edge attributes: ``bytes``, the producer's output bytes that cross the edge, and
+``grad_bytes``, the part that carries a gradient back in backward (float tensors that
+require grad; masks and token ids carry none).
 
 Activation figures (saved, output, read, write, FLOPs) are for ``graph.graph['batch_size']``
 samples: one, unless the graph was traced with a larger batch.
@@ -39,6 +44,7 @@ NODE_SUMS = (
     "buffer_bytes",
     "saved_bytes",
     "read_bytes",
+    "weight_read_bytes",
     "write_bytes",
 )
 
@@ -68,6 +74,24 @@ def summary(graph: nx.DiGraph) -> dict[str, int]:
         "saved_bytes_per_sample": t["saved_bytes"] // batch,
         "largest_activation_bytes": largest // batch,
     }
+
+
+def graph_digest(graph: nx.DiGraph) -> str:
+    """sha256 of what the planner prices: nodes, edges, source, batch and dtype.
+
+    Excludes timings of the trace itself, so tracing the same model twice gives one digest.
+    """
+    import hashlib
+    import json
+
+    keep = ("source", "overrides", "batch_size", "dtype", "input_shapes")
+    doc = {
+        "graph": {k: graph.graph.get(k) for k in keep},
+        "nodes": [[n, graph.nodes[n]] for n in block_order(graph)],
+        "edges": sorted([a, b, d] for a, b, d in graph.edges(data=True)),
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def to_json(graph: nx.DiGraph) -> dict[str, Any]:

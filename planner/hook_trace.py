@@ -123,6 +123,11 @@ def _run(built: BuiltModel) -> nx.DiGraph:
             owned_params.update(id(p) for p in params)
             attrs["param_count"] = sum(p.numel() for p in params)
             attrs["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
+            weights = sum(t.numel() * t.element_size() for t in module.parameters(recurse=False))
+            inputs = sum(t.numel() * t.element_size() for t in state["inputs"])
+            attrs.update(
+                read_bytes=inputs + weights, weight_read_bytes=weights, write_bytes=attrs["output_bytes"]
+            )
             attrs["params"] = [
                 f"{fqn}.{n}" for n, p in module.named_parameters(recurse=False) if any(p is q for q in params)
             ]
@@ -131,10 +136,12 @@ def _run(built: BuiltModel) -> nx.DiGraph:
                 src = producer.get(t.untyped_storage()._cdata, state["last"])
                 if src is not None and src != name:
                     nbytes = t.numel() * t.element_size()
+                    grad = nbytes if t.requires_grad else 0
                     if graph.has_edge(src, name):
                         graph.edges[src, name]["bytes"] += nbytes
+                        graph.edges[src, name]["grad_bytes"] += grad
                     else:
-                        graph.add_edge(src, name, bytes=nbytes)
+                        graph.add_edge(src, name, bytes=nbytes, grad_bytes=grad)
             for t in outs:
                 producer[t.untyped_storage()._cdata] = name
             state["flops"] = counter.get_total_flops()
@@ -170,6 +177,7 @@ def _run(built: BuiltModel) -> nx.DiGraph:
         attach_params(
             graph, [(n, named[n].numel(), named[n].numel() * named[n].element_size()) for n in unused]
         )
+    graph.graph["param_bytes"] = {n: p.numel() * p.element_size() for n, p in named.items()}
     graph.graph["outputs"] = sorted({producer.get(t.untyped_storage()._cdata, last) for t in tensors(out)})
     graph.graph["order"] = list(graph.nodes)
     graph.graph["modules"] = module_info(model)
@@ -194,5 +202,6 @@ def _node(kind: str, fqn: str, op: str, t: Any, stack: list[str]) -> dict[str, A
         "output_shape": list(t.shape),
         "output_bytes": nbytes,
         "read_bytes": 0,
+        "weight_read_bytes": 0,
         "write_bytes": 0,
     }

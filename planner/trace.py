@@ -288,6 +288,7 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
             "output_shape": list(first.shape) if first is not None else [],
             "output_bytes": sum(_nbytes(t) for t in out_tensors),
             "read_bytes": 0 if is_view else sum(_nbytes(t) for t in in_tensors),
+            "weight_read_bytes": 0 if is_view else _weight_bytes(node, placeholder_kind, values),
             "write_bytes": 0 if is_view else sum(_nbytes(t) for t in out_tensors),
         }
         graph.add_node(node.name, **attrs)
@@ -311,13 +312,21 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
                         _nbytes(t) for t in _tensors(values[inp.name])
                     )
             elif inp.name in graph:
-                graph.add_edge(inp.name, node.name, bytes=sum(_nbytes(t) for t in _tensors(values[inp.name])))
+                sent = _tensors(values[inp.name])
+                graph.add_edge(
+                    inp.name,
+                    node.name,
+                    bytes=sum(_nbytes(t) for t in sent),
+                    # What flows back in backward: only float tensors that require grad.
+                    grad_bytes=sum(_nbytes(t) for t in sent if t.requires_grad),
+                )
     # Tied parameters: used by several nodes; owned (counted) once, marked on every user.
     for fqn, users in param_users.items():
         names = aliases.get(id(named_params.get(fqn)), [fqn])
         if len(users) > 1 or len(names) > 1:
             for user in users:
                 graph.nodes[user]["shared_params"].append(fqn)
+    graph.graph["param_bytes"] = {names[0]: _nbytes(named_params[names[0]]) for names in aliases.values()}
     outputs = [n.name for n in (output_node.all_input_nodes if output_node else []) if n.name in graph]
     graph.graph["outputs"] = outputs
     graph.graph["order"] = list(graph.nodes)  # insertion order = execution order
@@ -372,6 +381,16 @@ def _run_attention(args: tuple, kwargs: dict) -> tuple[Any, int]:
         q, k, v, 0.0, causal, attn_mask=mask, scale=scale
     )
     return out[0], flops
+
+
+def _weight_bytes(node: Any, placeholder_kind: dict, values: dict) -> int:
+    """Bytes of parameters, buffers and constants an op reads: fixed, whatever the batch."""
+    return sum(
+        _nbytes(t)
+        for inp in node.all_input_nodes
+        if placeholder_kind.get(inp.name, ("",))[0] in ("param", "buffer", "constant")
+        for t in _tensors(values[inp.name])
+    )
 
 
 def _fetch_attr(gm: Any, target: str) -> Any:
@@ -450,6 +469,7 @@ def _empty_node(kind: str, fqn: str, op: str, t: Any) -> dict[str, Any]:
         "output_shape": list(t.shape),
         "output_bytes": _nbytes(t),
         "read_bytes": 0,
+        "weight_read_bytes": 0,
         "write_bytes": 0,
     }
 
