@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from planner.devices import (
     DEVICE_KINDS,
@@ -29,15 +29,12 @@ from planner.devices import (
     slower_link,
 )
 from planner.errors import ClusterError
+from planner.strict import StrictModel, explain, loads_strict
 
 SCHEMA_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class Device(_Strict):
+class Device(StrictModel):
     id: int = Field(ge=0, description="Rank-independent device id, unique in the cluster.")
     kind: str = Field(description="Device kind id from the catalog, e.g. 'h100-80gb'.")
     node: int = Field(ge=0, description="Node (host) index; devices on one node share a host.")
@@ -55,7 +52,7 @@ class Device(_Strict):
         return self
 
 
-class Link(_Strict):
+class Link(StrictModel):
     a: int = Field(ge=0)
     b: int = Field(ge=0)
     kind: str = Field(description="Link kind id from the catalog, e.g. 'nvlink4'.")
@@ -70,7 +67,7 @@ class Link(_Strict):
         return self
 
 
-class Cluster(_Strict):
+class Cluster(StrictModel):
     """Devices and links. Validated on construction; JSON round-trips exactly."""
 
     schema_version: int = SCHEMA_VERSION
@@ -78,6 +75,11 @@ class Cluster(_Strict):
     devices: list[Device] = Field(min_length=1)
     links: list[Link] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    overhead_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per device kind: memory a rank's process holds before the model (CUDA context, "
+        "collective buffers). A measured profile's figure replaces it.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Cluster:
@@ -164,32 +166,15 @@ class Cluster(_Strict):
 def cluster_from_json(text: str, origin: str = "cluster JSON") -> Cluster:
     """Parse and validate a cluster document; errors name the field and the problem."""
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = loads_strict(text)
     except json.JSONDecodeError as exc:
         raise ClusterError(f"{origin}: not valid JSON ({exc})") from None
     except ValueError as exc:
-        raise ClusterError(f"{origin}: {exc}") from None
+        raise ClusterError(f"{origin}: {exc} in a cluster") from None
     try:
         return Cluster.model_validate(data)
     except ValidationError as exc:
-        raise ClusterError(f"{origin}: {_explain(exc)}") from None
-    except ClusterError as exc:
-        raise ClusterError(f"{origin}: {exc}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in a cluster")
-
-
-def _explain(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "document"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
+        raise ClusterError(f"{origin}: {explain(exc)}") from None
 
 
 def load_cluster(path: str | Path) -> Cluster:
@@ -263,7 +248,7 @@ def parse_short_form(spec: str) -> Cluster:
     try:
         return Cluster(name=spec, devices=devices, links=links, notes=notes)
     except ValidationError as exc:
-        raise ClusterError(f"cluster {spec!r}: {_explain(exc)}") from None
+        raise ClusterError(f"cluster {spec!r}: {explain(exc)}") from None
 
 
 def _link_between(a: dict[str, Any], b: dict[str, Any]) -> str:

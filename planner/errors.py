@@ -15,3 +15,7 @@ class TraceError(PlannerError):
 
 class ClusterError(PlannerError):
     """A cluster description (preset, short form or JSON) is invalid."""
+
+
+class PlanError(PlannerError):
+    """A plan document is malformed or inconsistent; the message names the field."""

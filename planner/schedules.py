@@ -57,7 +57,9 @@ def schedule_error(schedule: str, pp_degree: int, micro_batches: int, virtual_st
     return None
 
 
-def rank_actions(schedule: str, pp_degree: int, micro_batches: int, virtual_stages: int = 1) -> list[list[Action]]:
+def rank_actions(
+    schedule: str, pp_degree: int, micro_batches: int, virtual_stages: int = 1
+) -> list[list[Action]]:
     """Each pipeline rank's computations in the order torch issues them.
 
     Stage ``i`` lives on rank ``i % pp_degree`` (for non-interleaved schedules, stage = rank).
@@ -70,7 +72,9 @@ def rank_actions(schedule: str, pp_degree: int, micro_batches: int, virtual_stag
         raise ValueError(error)
     p, m = pp_degree, micro_batches
     if schedule == "gpipe":
-        return [[Action(r, "F", i) for i in range(m)] + [Action(r, "B", i) for i in range(m)] for r in range(p)]
+        return [
+            [Action(r, "F", i) for i in range(m)] + [Action(r, "B", i) for i in range(m)] for r in range(p)
+        ]
     if schedule == "1f1b":
         return [_one_f_one_b(s, p, m) for s in range(p)]
     return [_interleaved(r, p, m, virtual_stages) for r in range(p)]

@@ -1,0 +1,526 @@
+"""`price(graph, cluster, plan, profile=None)`: the one cost function.
+
+The search ranks candidates with it, the dashboard draws what it returns, and the
+calibration bench checks it against measured runs. It builds one step's tasks for the
+plan's strategy and schedule (forward and backward of every stage and micro-batch in
+torch's order, a send for every stage boundary each micro-batch crosses, the tied-weight
+and data-parallel all-reduces, the optimizer), simulates them rank by rank
+(`planner.simulate`), and adds up memory per device (`planner.memory`).
+
+Why simulate rather than use the closed form (sum of stages + (m - 1) x slowest): the
+closed form is exact only for GPipe without communication; it over-estimates 1F1B with
+uneven stages and ignores per-hop transfers (FACTS.md; `planner.schedules.closed_form_step`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from planner.cluster import Cluster
+from planner.devices import device_kind
+from planner.errors import PlanError
+from planner.graph import graph_digest
+from planner.memory import MemoryBreakdown, optimizer_state_bytes, rank_memory
+from planner.plan import Plan, Predicted
+from planner.profile import Profile
+from planner.schedules import Action, in_flight, rank_actions
+from planner.simulate import COMPUTE_KINDS, Interval, Task, simulate, timeline
+from planner.timing import (
+    DTYPE_BYTES,
+    CostOptions,
+    block_times,
+    optimizer_time,
+    ring_all_reduce_time,
+    transfer_time,
+)
+
+
+@dataclass
+class Prediction:
+    """What a plan is predicted to do in one optimizer step."""
+
+    step_time_s: float
+    samples_per_s: float
+    bubble_fraction: float
+    """1 - (compute busy time of all ranks) / (ranks x step time)."""
+    timeline: list[Interval]
+    link_bytes: dict[tuple[int, int], int]
+    """Bytes sent per step from device a to device b."""
+    memory: list[MemoryBreakdown]
+    stage_times: dict[tuple[int, int], tuple[float, float]]
+    """(rank, stage) -> (forward, backward) seconds per micro-batch."""
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(self.link_bytes.values())
+
+    @property
+    def feasible(self) -> bool:
+        return all(m.fits for m in self.memory)
+
+    def peak_memory(self) -> dict[int, int]:
+        return {m.device: m.total for m in self.memory}
+
+    def to_predicted(self) -> Predicted:
+        return Predicted(
+            step_time_s=self.step_time_s,
+            samples_per_s=self.samples_per_s,
+            bubble_fraction=min(1.0, max(0.0, self.bubble_fraction)),
+            bytes_sent_per_step=self.bytes_sent,
+            peak_memory=[{"device": d, "bytes": b} for d, b in self.peak_memory().items()],
+            sources=self.sources,
+        )
+
+
+@dataclass
+class _StageCost:
+    blocks: list[str]
+    param_bytes: int  # training dtype, tied copies included
+    param_count: int
+    saved_per_sample: float  # own saved bytes + tensors also kept by earlier stages
+    out_per_sample: float  # the last block's output (what the loss keeps on the last stage)
+    ops: list[list[int]]
+
+
+def price(
+    graph: nx.DiGraph,
+    cluster: Cluster,
+    plan: Plan,
+    profile: Profile | None = None,
+    options: CostOptions | None = None,
+) -> Prediction:
+    """Predict step time, timeline, traffic and memory of ``plan`` on ``cluster``.
+
+    Raises
+    ------
+    PlanError
+        The plan was made for another graph, or the profile was measured for another one.
+    """
+    opts = options or CostOptions()
+    digest = graph_digest(graph)
+    if plan.model.graph_digest != digest:
+        theirs = plan.model.graph_digest[:12]
+        raise PlanError(f"model.graph_digest: this plan is for graph {theirs}, not {digest[:12]}")
+    if profile is not None and profile.graph_digest != digest:
+        raise PlanError(f"profile.graph_digest: measured for graph {profile.graph_digest[:12]}, not this one")
+    ctx = _Context(graph, cluster, plan, profile, opts)
+    gan = plan.strategy == "mp" and {s.name for s in plan.stages} == {"generator", "discriminator"}
+    tasks, programs, actions = ctx.gan_tasks() if gan else ctx.pipeline_tasks()
+    node_of = {r.rank: r.node for r in plan.ranks}
+    times, step = simulate(tasks, programs, node_of, ctx.cores())
+    intervals = timeline(tasks, times, step)
+    busy = sum(i.end - i.start for i in intervals if i.kind in COMPUTE_KINDS)
+    link_bytes: dict[tuple[int, int], int] = defaultdict(int)
+    for (a, b), n in ctx.link_bytes.items():
+        link_bytes[(a, b)] += round(n)
+    sources = ctx.sources()
+    return Prediction(
+        step_time_s=step,
+        samples_per_s=plan.training.global_batch / step if step > 0 else math.inf,
+        bubble_fraction=1 - busy / (len(plan.ranks) * step) if step > 0 else 0.0,
+        timeline=intervals,
+        link_bytes=dict(link_bytes),
+        memory=ctx.memory(actions, gan),
+        stage_times=ctx.stage_time_table,
+        sources=sources,
+    )
+
+
+class _Context:
+    def __init__(
+        self, graph: nx.DiGraph, cluster: Cluster, plan: Plan, profile: Profile | None, opts: CostOptions
+    ):
+        self.graph, self.cluster, self.plan, self.profile, self.opts = graph, cluster, plan, profile, opts
+        self.dtype = plan.training.dtype
+        traced = graph.graph.get("dtype", "float32")
+        self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[traced]
+        self.trace_batch = int(graph.graph.get("batch_size", 1))
+        self.elsize = DTYPE_BYTES[traced]
+        self.m = plan.training.micro_batches
+        self.p = plan.pp_degree
+        self.share = {r.dp_index: r.batch_share for r in plan.replicas}
+        self.used_sources: dict[str, set[str]] = defaultdict(set)
+        self.link_bytes: dict[tuple[int, int], float] = defaultdict(float)
+        self.stage_time_table: dict[tuple[int, int], tuple[float, float]] = {}
+        self.stage_of = {b: i for i, blocks in enumerate(plan.stage_blocks()) for b in blocks}
+        self.stages = [self._stage_cost(blocks) for blocks in plan.stage_blocks()]
+        self.fwd_cross, self.bwd_cross = self._boundary_bytes()
+        self.users = self._port_users()
+
+    # -- static costs ---------------------------------------------------------------------
+    def _stage_cost(self, blocks: list[str]) -> _StageCost:
+        g, members = self.graph, set(blocks)
+        owners = {p: b for b in g.nodes for p in g.nodes[b].get("params", [])}
+        # A tied weight used here but owned by a block of another stage is a copy here.
+        copies = {
+            p for b in blocks for p in g.nodes[b].get("shared_params", []) if owners.get(p) not in members
+        }
+        sizes = g.graph.get("param_bytes", {})
+        param_bytes = sum(g.nodes[b]["param_bytes"] for b in blocks) + sum(sizes.get(p, 0) for p in copies)
+        saved = sum(g.nodes[b]["saved_bytes"] for b in blocks)
+        saved += sum(
+            n for b in blocks for src, n in g.nodes[b].get("resaved_from", {}).items() if src not in members
+        )
+        return _StageCost(
+            blocks=blocks,
+            param_bytes=round(param_bytes * self.scale),
+            param_count=round(param_bytes / self.elsize),
+            saved_per_sample=saved / self.trace_batch * self.scale,
+            out_per_sample=g.nodes[blocks[-1]]["output_bytes"] / self.trace_batch * self.scale,
+            ops=[op for b in blocks for op in g.nodes[b].get("ops", [])],
+        )
+
+    def _boundary_bytes(self) -> tuple[list[float], list[float]]:
+        """Per-sample bytes crossing each stage boundary k -> k+1, forward and backward.
+
+        A tensor that skips stages is sent across every boundary it crosses.
+        """
+        n = len(self.stages)
+        fwd, bwd = [0.0] * max(n - 1, 0), [0.0] * max(n - 1, 0)
+        for u, v, d in self.graph.edges(data=True):
+            su, sv = self.stage_of.get(u, 0), self.stage_of.get(v, 0)
+            for k in range(su, sv):
+                fwd[k] += d.get("bytes", 0) / self.trace_batch * self.scale
+                bwd[k] += d.get("grad_bytes", 0) / self.trace_batch * self.scale
+        return fwd, bwd
+
+    def _port_users(self) -> dict[int, int]:
+        """How many data-parallel groups each device's links serve (they share its bandwidth)."""
+        users: dict[int, int] = defaultdict(int)
+        if self.plan.dp_degree > 1:
+            for r in self.plan.ranks:
+                users[r.device] += 1
+        return users
+
+    def cores(self) -> dict[int, float]:
+        """Cores per node for CPU ranks (their compute shares add up); GPUs never share."""
+        cores: dict[int, float] = defaultdict(float)
+        for d in self.cluster.devices:
+            cores[d.node] = math.inf if d.kind != "cpu" else cores[d.node] + d.compute_share
+        return dict(cores)
+
+    def stage_time(self, rank: int, stage: int) -> tuple[float, float]:
+        key = (rank, stage)
+        if key not in self.stage_time_table:
+            r = self.plan.ranks[rank]
+            kind = device_kind(self.cluster.device(r.device).kind)
+            samples = self.share[r.dp_index] / self.m
+            fwd = bwd = 0.0
+            for block in self.stages[stage].blocks:
+                f, b, src = block_times(
+                    block,
+                    self.graph.nodes[block].get("ops", []),
+                    kind,
+                    self.dtype,
+                    samples,
+                    self.trace_batch,
+                    self.scale,
+                    self.opts,
+                    self.profile,
+                )
+                fwd, bwd = fwd + f, bwd + b
+                self.used_sources["compute"].add(src)
+            self.stage_time_table[key] = (fwd, bwd)
+        return self.stage_time_table[key]
+
+    def link(self, a: int, b: int, op: str = "p2p") -> tuple[float, float]:
+        """(latency, bandwidth) between devices a and b: a profile's fit, else the catalog's."""
+        if self.profile is not None:
+            direct = next((lk for lk in self.cluster.links if {lk.a, lk.b} == {a, b}), None)
+            measured = self.profile.link(direct.kind, op) if direct else None
+            if measured:
+                self.used_sources["communication"].add("profile")
+                return measured
+        self.used_sources["communication"].add("datasheet")
+        bandwidth, latency = self.cluster.path(a, b)
+        return latency, bandwidth
+
+    def ring_time(self, devices: list[int], nbytes: float) -> float:
+        d = len(devices)
+        if d < 2 or nbytes <= 0:
+            return 0.0
+        hops = list(zip(devices, devices[1:] + devices[:1], strict=True))
+        for a, b in hops:
+            self.link_bytes[(a, b)] += 2 * (d - 1) / d * nbytes
+        lat_bw = [self.link(a, b, "all_reduce" if d == 2 else "p2p") for a, b in hops]
+        latency = max(lat for lat, _ in lat_bw)
+        bandwidth = min(
+            bw / max(self.users.get(a, 1), self.users.get(b, 1), 1)
+            for (a, b), (_, bw) in zip(hops, lat_bw, strict=True)
+        )
+        return ring_all_reduce_time(nbytes, d, latency, bandwidth)
+
+    # -- task graphs ----------------------------------------------------------------------
+    def pipeline_tasks(self) -> tuple[list[Task], dict[int, list[int]], dict[int, list[Action]]]:
+        plan = self.plan
+        schedule = plan.schedule or ("1f1b" if plan.strategy == "dp" else "gpipe")
+        orders = rank_actions(schedule, self.p, self.m, plan.virtual_stages)
+        tasks: list[Task] = []
+        programs: dict[int, list[int]] = defaultdict(list)
+        actions: dict[int, list[Action]] = {}
+        last_backward: dict[tuple[int, int], int] = {}  # (rank, stage) -> task id
+
+        def add(**kw) -> Task:
+            t = Task(id=len(tasks), **kw)
+            tasks.append(t)
+            return t
+
+        for dp in range(plan.dp_degree):
+            ranks = [plan.rank_of(dp, q).rank for q in range(self.p)]
+            compute: dict[tuple[str, int, int], Task] = {}
+            for q, order in enumerate(orders):
+                rank = ranks[q]
+                actions[rank] = order
+                for a in order:
+                    fwd, bwd = self.stage_time(rank, a.stage)
+                    kind = "forward" if a.kind == "F" else "backward"
+                    t = add(
+                        kind=kind,
+                        work=fwd if a.kind == "F" else bwd,
+                        rank=rank,
+                        stage=a.stage,
+                        micro_batch=a.micro_batch,
+                    )
+                    compute[(a.kind, a.stage, a.micro_batch)] = t
+                    programs[rank].append(t.id)
+                    if a.kind == "B":
+                        last_backward[(rank, a.stage)] = t.id
+            n_stages = len(self.stages)
+            samples = self.share[dp] / self.m
+            for (kind, s, i), t in compute.items():
+                if kind == "F" and s > 0:
+                    t.deps.append(
+                        self._send(
+                            add, compute[("F", s - 1, i)], ranks, s - 1, s, self.fwd_cross[s - 1] * samples
+                        ).id
+                    )
+                if kind == "B":
+                    t.deps.append(compute[("F", s, i)].id)
+                    if s < n_stages - 1:
+                        t.deps.append(
+                            self._send(
+                                add, compute[("B", s + 1, i)], ranks, s + 1, s, self.bwd_cross[s] * samples
+                            ).id
+                        )
+        self._reductions(add, programs, last_backward)
+        return tasks, dict(programs), actions
+
+    def _send(self, add, producer: Task, ranks: list[int], src: int, dst: int, nbytes: float) -> Task:
+        a, b = ranks[src % self.p], ranks[dst % self.p]
+        da, db = self.plan.ranks[a].device, self.plan.ranks[b].device
+        latency, bandwidth = self.link(da, db)
+        self.link_bytes[(da, db)] += nbytes
+        return add(
+            kind="send",
+            work=transfer_time(nbytes, latency, bandwidth),
+            rank=a,
+            deps=[producer.id],
+            channel=f"p2p:{da}->{db}",
+            lanes=(a,),
+            stage=src,
+            micro_batch=producer.micro_batch,
+            nbytes=round(nbytes),
+        )
+
+    def _reductions(
+        self, add, programs: dict[int, list[int]], last_backward: dict[tuple[int, int], int]
+    ) -> None:
+        """Tied-weight sums, then data-parallel all-reduces, then each rank's optimizer step."""
+        plan = self.plan
+        before_optimizer: dict[int, list[int]] = defaultdict(list)
+        tied_of_stage: dict[tuple[int, int], list[int]] = defaultdict(list)  # (dp, stage) -> task ids
+        for fqn, stages in self._tied_stages().items():
+            nbytes = self.graph.graph.get("param_bytes", {}).get(fqn, 0) * self.scale
+            for dp in range(plan.dp_degree):
+                ranks = sorted({plan.rank_of(dp, s % self.p).rank for s in stages})
+                if len(ranks) < 2:
+                    continue
+                devices = [plan.ranks[r].device for r in ranks]
+                t = add(
+                    kind="all-reduce",
+                    work=self.ring_time(devices, nbytes),
+                    rank=ranks[0],
+                    deps=[last_backward[(plan.rank_of(dp, s % self.p).rank, s)] for s in stages],
+                    channel=f"tied:{dp}:{fqn}",
+                    lanes=tuple(ranks),
+                    nbytes=round(nbytes),
+                )
+                for s in stages:
+                    tied_of_stage[(dp, s)].append(t.id)
+                for r in ranks:
+                    before_optimizer[r].append(t.id)
+        for s, cost in enumerate(self.stages):
+            group = [plan.rank_of(dp, s % self.p).rank for dp in range(plan.dp_degree)]
+            done = [last_backward[(r, s)] for r in group] + [
+                t for dp in range(plan.dp_degree) for t in tied_of_stage[(dp, s)]
+            ]
+            if plan.dp_degree > 1:
+                devices = [plan.ranks[r].device for r in group]
+                t = add(
+                    kind="all-reduce",
+                    work=self.ring_time(devices, cost.param_bytes),
+                    rank=group[0],
+                    deps=done,
+                    channel=f"dp:{s % self.p}",
+                    lanes=tuple(group),
+                    stage=s,
+                    nbytes=cost.param_bytes,
+                )
+                done = [t.id]
+            for r in group:
+                before_optimizer[r].extend(done)
+        self._optimizers(add, programs, before_optimizer)
+
+    def _optimizers(self, add, programs: dict[int, list[int]], before: dict[int, list[int]]) -> None:
+        opt = self.plan.training.optimizer
+        for r in self.plan.ranks:
+            params = sum(
+                self.stages[s].param_count for s in range(len(self.stages)) if s % self.p == r.pp_index
+            )
+            kind = device_kind(self.cluster.device(r.device).kind)
+            work, src = optimizer_time(params, opt.name, opt.momentum, kind, self.opts, self.profile)
+            self.used_sources["compute"].add(src)
+            t = add(kind="optimizer", work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
+            programs[r.rank].append(t.id)
+
+    def _tied_stages(self) -> dict[str, list[int]]:
+        """Tied parameters held by more than one stage: their gradients are summed across them."""
+        held: dict[str, set[int]] = defaultdict(set)
+        for b, s in self.stage_of.items():
+            for p in self.graph.nodes[b].get("shared_params", []):
+                held[p].add(s)
+        return {p: sorted(s) for p, s in held.items() if len(s) > 1}
+
+    def gan_tasks(self) -> tuple[list[Task], dict[int, list[int]], dict[int, list[Action]]]:
+        """One GAN step as its phases (the runtime's hand-written schedule, runtime/gan.py).
+
+        Discriminator step: D forward and backward on real samples; G forward, send the
+        samples, D forward and backward on them; D's optimizer. Generator step: D forward
+        on the same samples, backward to its input, send that gradient back, G backward,
+        G's optimizer.
+        """
+        plan = self.plan
+        g_stage = next(s.index for s in plan.stages if s.name == "generator")
+        d_stage = next(s.index for s in plan.stages if s.name == "discriminator")
+        g, d = plan.rank_of(0, g_stage).rank, plan.rank_of(0, d_stage).rank
+        dg, dd = plan.ranks[g].device, plan.ranks[d].device
+        g_f, g_b = self.stage_time(g, g_stage)
+        d_f, d_b = self.stage_time(d, d_stage)
+        batch = plan.training.global_batch
+        sample_bytes = self.fwd_cross[min(g_stage, d_stage)] * batch
+        grad_bytes = self.bwd_cross[min(g_stage, d_stage)] * batch
+        tasks: list[Task] = []
+
+        def add(**kw) -> Task:
+            t = Task(id=len(tasks), **kw)
+            tasks.append(t)
+            return t
+
+        def send(src_rank: int, a: int, b: int, nbytes: float, dep: Task) -> Task:
+            latency, bandwidth = self.link(a, b)
+            self.link_bytes[(a, b)] += nbytes
+            return add(
+                kind="send",
+                work=transfer_time(nbytes, latency, bandwidth),
+                rank=src_rank,
+                deps=[dep.id],
+                channel=f"p2p:{a}->{b}",
+                lanes=(src_rank,),
+                nbytes=round(nbytes),
+            )
+
+        d_real_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=0)
+        d_real_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=0, deps=[d_real_f.id])
+        g_fwd = add(kind="forward", work=g_f, rank=g, stage=g_stage, micro_batch=0)
+        samples = send(g, dg, dd, sample_bytes, g_fwd)
+        d_fake_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=1, deps=[samples.id])
+        d_fake_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=1, deps=[d_fake_f.id])
+        d_params = self.stages[d_stage].param_count
+        opt = plan.training.optimizer
+        d_kind = device_kind(self.cluster.device(dd).kind)
+        g_kind = device_kind(self.cluster.device(dg).kind)
+        d_opt = add(
+            kind="optimizer",
+            work=optimizer_time(d_params, opt.name, opt.momentum, d_kind, self.opts, self.profile)[0],
+            rank=d,
+            deps=[d_real_b.id, d_fake_b.id],
+        )
+        d_gen_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=2, deps=[d_opt.id])
+        d_gen_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=2, deps=[d_gen_f.id])
+        grad = send(d, dd, dg, grad_bytes, d_gen_b)
+        g_bwd = add(kind="backward", work=g_b, rank=g, stage=g_stage, micro_batch=0, deps=[grad.id])
+        g_opt = add(
+            kind="optimizer",
+            work=optimizer_time(
+                self.stages[g_stage].param_count, opt.name, opt.momentum, g_kind, self.opts, self.profile
+            )[0],
+            rank=g,
+            deps=[g_bwd.id],
+        )
+        programs = {
+            d: [d_real_f.id, d_real_b.id, d_fake_f.id, d_fake_b.id, d_opt.id, d_gen_f.id, d_gen_b.id],
+            g: [g_fwd.id, g_bwd.id, g_opt.id],
+        }
+        actions = {
+            d: [Action(d_stage, "F", 0), Action(d_stage, "B", 0)],
+            g: [Action(g_stage, "F", 0), Action(g_stage, "B", 0)],
+        }
+        self.used_sources["compute"].add("datasheet" if self.profile is None else "profile")
+        return tasks, programs, actions
+
+    # -- memory ---------------------------------------------------------------------------
+    def memory(self, actions: dict[int, list[Action]], gan: bool) -> list[MemoryBreakdown]:
+        plan, opt = self.plan, self.plan.training.optimizer
+        per_param = optimizer_state_bytes(opt.name, opt.momentum, self.dtype)
+        last = len(self.stages) - 1
+        out = []
+        for r in plan.ranks:
+            device = self.cluster.device(r.device)
+            mine = [s for s in range(len(self.stages)) if s % self.p == r.pp_index]
+            flight = in_flight(actions.get(r.rank, []))
+            samples = plan.training.global_batch if gan else self.share[r.dp_index] / self.m
+            overhead = self.cluster.overhead_bytes.get(device.kind, 0)
+            if self.profile is not None and device.kind in self.profile.overhead_bytes:
+                overhead = self.profile.overhead_bytes[device.kind]
+            out.append(
+                rank_memory(
+                    rank=r.rank,
+                    device=r.device,
+                    capacity=device.memory_bytes,
+                    param_bytes=sum(self.stages[s].param_bytes for s in mine),
+                    param_count=sum(self.stages[s].param_count for s in mine),
+                    optimizer_bytes_per_param=per_param,
+                    saved_per_sample={s: self.stages[s].saved_per_sample for s in mine},
+                    in_flight=flight,
+                    micro_batch_size=samples,
+                    loss_output_per_sample=self.stages[last].out_per_sample
+                    if last in mine and not gan
+                    else 0.0,
+                    loss_in_flight=flight.get(last, 0),
+                    overhead=overhead,
+                )
+            )
+        return out
+
+    def sources(self) -> dict[str, str]:
+        digest = self.profile.digest() if self.profile is not None else ""
+
+        def name(kinds: set[str]) -> str:
+            parts = [f"profile:{digest}"] if "profile" in kinds else []
+            if "datasheet" in kinds or not kinds:
+                parts.append("datasheet")
+            return "+".join(parts)
+
+        timing = name(self.used_sources["compute"] | self.used_sources["communication"])
+        return {
+            "step_time_s": timing,
+            "samples_per_s": timing,
+            "bubble_fraction": timing,
+            "bytes_sent_per_step": "trace",
+            "peak_memory": "trace",
+        }

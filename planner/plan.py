@@ -1,0 +1,314 @@
+"""The plan: the contract between the planner, the runtime and the dashboard.
+
+A versioned JSON document (``schema_version`` 1; the JSON Schema is committed as
+``planner/plan.schema.json``). Loading is strict: unknown keys, NaN, negative ids, devices
+that do not exist, stages that do not cover the model once and in order, degrees that do
+not multiply to the ranks, shares that do not sum to the batch, and schedules torch would
+refuse are errors that name the field. No pickle anywhere.
+
+Rank layout: every global rank has coordinates ``(dp_index, pp_index)``. Ranks with the same
+``dp_index`` form one pipeline (a replica of the model); ranks with the same ``pp_index``
+hold the same stages and average their gradients. Stage ``i`` runs on pipeline rank
+``i % pp_degree`` (``virtual_stages`` stages per rank for interleaved schedules).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from planner.cluster import Cluster
+from planner.errors import PlanError
+from planner.schedules import schedule_error
+from planner.strict import StrictModel, explain, loads_strict
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
+Strategy = Literal["dp", "pp", "hybrid", "mp"]
+Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
+
+
+class ModelRef(StrictModel):
+    source: str = Field(min_length=1, description="Model source: zoo name, hf:<type> or py:pkg.mod:fn.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Size overrides it was built with.")
+    graph_digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the coarsened graph.")
+    blocks: list[str] = Field(min_length=1, description="Coarsened blocks (module FQNs) in execution order.")
+    input_shapes: list[list[int]] = Field(description="Shapes of the example inputs used for tracing.")
+    trace_batch_size: int = Field(default=1, ge=1, description="Samples in the traced input.")
+
+
+class Optimizer(StrictModel):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1, description="SGD only.")
+
+
+class Training(StrictModel):
+    seed: int = Field(default=0, ge=0)
+    global_batch: int = Field(ge=1, description="Samples per optimizer step, all replicas together.")
+    micro_batches: int = Field(default=1, ge=1, description="Micro-batches per step in each replica.")
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dataset: str = Field(min_length=1, description="Data set id, e.g. digits or bytes:stdlib.")
+    steps: int = Field(default=100, ge=1)
+    checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only on stop.")
+    pg_timeout_s: float = Field(default=60.0, gt=0, description="Process-group timeout: a hung peer fails.")
+
+
+class UnusedDevice(StrictModel):
+    device: int = Field(ge=0)
+    reason: str = Field(min_length=1)
+
+
+class Stage(StrictModel):
+    index: int = Field(ge=0)
+    first: str = Field(description="FQN of the first block in this stage.")
+    last: str = Field(description="FQN of the last block in this stage.")
+    pp_rank: int = Field(ge=0, description="Pipeline rank that runs it: index % pp_degree.")
+    name: str = Field(default="", description="Sub-network name (mp strategy).")
+
+
+class RankAssignment(StrictModel):
+    rank: int = Field(ge=0)
+    device: int = Field(ge=0)
+    node: int = Field(ge=0)
+    dp_index: int = Field(ge=0)
+    pp_index: int = Field(ge=0)
+
+
+class Replica(StrictModel):
+    dp_index: int = Field(ge=0)
+    batch_share: int = Field(ge=1, description="Samples of the global batch this replica takes per step.")
+
+
+class DeviceMemory(StrictModel):
+    device: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+
+
+class Predicted(StrictModel):
+    step_time_s: float = Field(ge=0)
+    samples_per_s: float = Field(ge=0)
+    bubble_fraction: float = Field(ge=0, le=1)
+    bytes_sent_per_step: int = Field(ge=0)
+    peak_memory: list[DeviceMemory]
+    sources: dict[str, str] = Field(
+        description="Per figure: 'datasheet', 'profile:<sha256>', or both joined by '+'."
+    )
+
+
+class Plan(StrictModel):
+    schema_version: int = SCHEMA_VERSION
+    model: ModelRef
+    cluster: Cluster
+    unused_devices: list[UnusedDevice] = Field(default_factory=list)
+    training: Training
+    strategy: Strategy
+    schedule: Schedule | None = Field(default=None, description="pp and hybrid only.")
+    virtual_stages: int = Field(default=1, ge=1, description="Stages per pipeline rank (interleaved).")
+    dp_degree: int = Field(ge=1)
+    pp_degree: int = Field(ge=1)
+    stages: list[Stage] = Field(min_length=1)
+    ranks: list[RankAssignment] = Field(min_length=1)
+    replicas: list[Replica] = Field(min_length=1)
+    predicted: Predicted | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_first(cls, data: Any) -> Any:
+        # Checked before any other field: a newer document's other errors would mislead.
+        if isinstance(data, dict):
+            version = data.get("schema_version", SCHEMA_VERSION)
+            if isinstance(version, int) and version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"schema_version {version} is newer than this planner supports ({SCHEMA_VERSION})"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        if self.schema_version < 1:
+            raise ValueError(f"schema_version: {self.schema_version} is not a version")
+        self._check_strategy()
+        self._check_ranks()
+        self._check_stages()
+        self._check_replicas()
+        return self
+
+    # -- the checks, each naming the field ------------------------------------------------
+    def _check_strategy(self) -> None:
+        s, dp, pp = self.strategy, self.dp_degree, self.pp_degree
+        needs = {
+            "dp": (pp == 1, "dp needs pp_degree 1"),
+            "pp": (dp == 1 and pp >= 2, "pp needs dp_degree 1 and pp_degree >= 2"),
+            "hybrid": (dp >= 2 and pp >= 2, "hybrid needs dp_degree >= 2 and pp_degree >= 2"),
+            "mp": (dp == 1 and pp >= 2, "mp needs dp_degree 1 and one pipeline rank per sub-network"),
+        }
+        ok, message = needs[s]
+        if not ok:
+            raise ValueError(f"strategy: {message} (got dp_degree {dp}, pp_degree {pp})")
+        if s in ("pp", "hybrid"):
+            if self.schedule is None:
+                raise ValueError(f"schedule: {s} needs a schedule (gpipe, 1f1b or interleaved_1f1b)")
+            error = schedule_error(self.schedule, pp, self.training.micro_batches, self.virtual_stages)
+            if error:
+                raise ValueError(f"schedule: {error}")
+        else:
+            if self.schedule is not None:
+                raise ValueError(f"schedule: {s} has no pipeline schedule, got {self.schedule!r}")
+            if self.virtual_stages != 1:
+                raise ValueError(f"virtual_stages: {s} needs 1, got {self.virtual_stages}")
+        if s == "mp" and self.training.micro_batches != 1:
+            raise ValueError("training.micro_batches: mp has no micro-batch schedule, use 1")
+
+    def _check_ranks(self) -> None:
+        n = len(self.ranks)
+        if self.dp_degree * self.pp_degree != n:
+            raise ValueError(
+                f"ranks: dp_degree x pp_degree = {self.dp_degree} x {self.pp_degree} = "
+                f"{self.dp_degree * self.pp_degree}, but {n} ranks are listed"
+            )
+        devices = {d.id: d for d in self.cluster.devices}
+        seen_devices: dict[int, int] = {}
+        seen_coords: set[tuple[int, int]] = set()
+        for i, r in enumerate(self.ranks):
+            if r.rank != i:
+                raise ValueError(f"ranks[{i}].rank: expected {i}, got {r.rank} (ranks are listed in order)")
+            if r.device not in devices:
+                raise ValueError(f"ranks[{i}].device: device {r.device} is not in the cluster")
+            if r.device in seen_devices:
+                raise ValueError(
+                    f"ranks[{i}].device: device {r.device} is already rank {seen_devices[r.device]}'s"
+                )
+            seen_devices[r.device] = i
+            if devices[r.device].node != r.node:
+                raise ValueError(
+                    f"ranks[{i}].node: device {r.device} is on node {devices[r.device].node}, not {r.node}"
+                )
+            if r.dp_index >= self.dp_degree or r.pp_index >= self.pp_degree:
+                raise ValueError(
+                    f"ranks[{i}]: coordinates ({r.dp_index}, {r.pp_index}) are outside "
+                    f"dp_degree {self.dp_degree} x pp_degree {self.pp_degree}"
+                )
+            if (r.dp_index, r.pp_index) in seen_coords:
+                raise ValueError(f"ranks[{i}]: coordinates ({r.dp_index}, {r.pp_index}) are taken twice")
+            seen_coords.add((r.dp_index, r.pp_index))
+        for i, u in enumerate(self.unused_devices):
+            if u.device not in devices:
+                raise ValueError(f"unused_devices[{i}].device: device {u.device} is not in the cluster")
+            if u.device in seen_devices:
+                raise ValueError(
+                    f"unused_devices[{i}].device: device {u.device} is used by rank {seen_devices[u.device]}"
+                )
+        listed = set(seen_devices) | {u.device for u in self.unused_devices}
+        missing = sorted(set(devices) - listed)
+        if missing:
+            raise ValueError(
+                f"unused_devices: device {missing[0]} is neither used by a rank nor listed with a reason"
+            )
+
+    def _check_stages(self) -> None:
+        blocks = self.model.blocks
+        if len(set(blocks)) != len(blocks):
+            raise ValueError("model.blocks: a block is listed twice")
+        position = {b: i for i, b in enumerate(blocks)}
+        expected = self.pp_degree * self.virtual_stages
+        if len(self.stages) != expected:
+            raise ValueError(
+                f"stages: pp_degree x virtual_stages = {self.pp_degree} x {self.virtual_stages} needs "
+                f"{expected} stages, got {len(self.stages)}"
+            )
+        next_block = 0
+        for i, st in enumerate(self.stages):
+            if st.index != i:
+                raise ValueError(
+                    f"stages[{i}].index: expected {i}, got {st.index} (stages are listed in order)"
+                )
+            if st.pp_rank != i % self.pp_degree:
+                raise ValueError(f"stages[{i}].pp_rank: stage {i} runs on pipeline rank {i % self.pp_degree}")
+            for end in ("first", "last"):
+                if getattr(st, end) not in position:
+                    raise ValueError(f"stages[{i}].{end}: {getattr(st, end)!r} is not a block of the model")
+            first, last = position[st.first], position[st.last]
+            if first != next_block:
+                want = blocks[next_block] if next_block < len(blocks) else "nothing (all blocks are covered)"
+                raise ValueError(
+                    f"stages[{i}].first: expected {want!r} (stages cover the blocks once, in order)"
+                )
+            if last < first:
+                raise ValueError(
+                    f"stages[{i}]: last {st.last!r} comes before first {st.first!r}; a stage is never empty"
+                )
+            next_block = last + 1
+        if next_block != len(blocks):
+            raise ValueError(f"stages: blocks from {blocks[next_block]!r} on are in no stage")
+        if self.strategy == "mp" and any(not st.name for st in self.stages):
+            raise ValueError("stages: mp stages need the name of their sub-network")
+
+    def _check_replicas(self) -> None:
+        indices = sorted(r.dp_index for r in self.replicas)
+        if indices != list(range(self.dp_degree)):
+            raise ValueError(f"replicas: need one per dp_index 0..{self.dp_degree - 1}, got {indices}")
+        total = sum(r.batch_share for r in self.replicas)
+        if total != self.training.global_batch:
+            want = self.training.global_batch
+            raise ValueError(f"replicas: batch shares sum to {total}, not training.global_batch {want}")
+        m = self.training.micro_batches
+        for i, r in enumerate(self.replicas):
+            if r.batch_share % m:
+                raise ValueError(
+                    f"replicas[{i}].batch_share: {r.batch_share} does not split evenly into {m} micro-batches"
+                )
+
+    # -- convenience ---------------------------------------------------------------------
+    def stage_blocks(self) -> list[list[str]]:
+        """The blocks of every stage, in order."""
+        blocks = self.model.blocks
+        position = {b: i for i, b in enumerate(blocks)}
+        return [blocks[position[s.first] : position[s.last] + 1] for s in self.stages]
+
+    def rank_of(self, dp_index: int, pp_index: int) -> RankAssignment:
+        for r in self.ranks:
+            if (r.dp_index, r.pp_index) == (dp_index, pp_index):
+                return r
+        raise PlanError(f"no rank at coordinates ({dp_index}, {pp_index})")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def plan_from_json(text: str, origin: str = "plan") -> Plan:
+    """Parse and validate a plan; a `PlanError` names the field that is wrong."""
+    try:
+        data = loads_strict(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{origin}: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise PlanError(f"{origin}: {exc} in a plan") from None
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(f"{origin}: {explain(exc)}") from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {str(path)!r}: {exc.strerror}") from None
+    return plan_from_json(text, origin=str(path))
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    Path(path).write_text(plan.to_json() + "\n")
+
+
+def json_schema() -> dict[str, Any]:
+    """The plan's JSON Schema (committed as planner/plan.schema.json; a test keeps it current)."""
+    return Plan.model_json_schema()

@@ -1,0 +1,113 @@
+"""The profile: numbers measured on real devices, which replace datasheet figures in `price`.
+
+Filled by ``python -m runtime profile`` (a later part of the runtime); the planner only reads
+it and never imports the runtime. A profile belongs to one coarsened graph (its digest):
+block timings of another model would silently misprice this one.
+
+Link timings are fitted as ``time = latency + bytes / bandwidth`` (the alpha-beta model of
+Hockney, 1994), separately for point-to-point and all-reduce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from planner.errors import PlannerError
+from planner.strict import StrictModel, explain
+
+SCHEMA_VERSION = 1
+
+
+class BlockTiming(StrictModel):
+    block: str = Field(description="Block FQN in the coarsened graph.")
+    device_kind: str = Field(description="Device kind id it was measured on.")
+    micro_batch_size: int = Field(ge=1, description="Samples per micro-batch.")
+    forward_s: float = Field(ge=0, description="Median forward time.")
+    backward_s: float = Field(ge=0, description="Median backward time (input and weight gradients).")
+    saved_bytes: int | None = Field(default=None, ge=0, description="Bytes kept for backward.")
+
+
+class LinkTiming(StrictModel):
+    link_kind: str = Field(description="Link kind id (see planner.devices).")
+    op: Literal["p2p", "all_reduce"]
+    ranks: int = Field(default=2, ge=2, description="Group size it was measured with.")
+    latency_s: float = Field(ge=0)
+    bandwidth: float = Field(gt=0, description="Bytes/s fitted from the slope.")
+
+
+class OptimizerTiming(StrictModel):
+    device_kind: str
+    optimizer: str
+    seconds_per_param: float = Field(ge=0)
+
+
+class Profile(StrictModel):
+    schema_version: int = SCHEMA_VERSION
+    graph_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    host: str = ""
+    torch_version: str = ""
+    blocks: list[BlockTiming] = Field(default_factory=list)
+    links: list[LinkTiming] = Field(default_factory=list)
+    optimizers: list[OptimizerTiming] = Field(default_factory=list)
+    overhead_bytes: dict[str, int] = Field(
+        default_factory=dict, description="Per device kind: memory a rank's process holds before the model."
+    )
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: what a plan cites as its figures' source."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def block_time(self, block: str, device_kind: str, micro_batch_size: float) -> tuple[float, float] | None:
+        """(forward, backward) seconds per micro-batch, or None if this block was not measured.
+
+        Between measured sizes the time is interpolated linearly; outside them it is scaled
+        in proportion to the nearest measured size.
+        """
+        points = sorted(
+            (b.micro_batch_size, b.forward_s, b.backward_s)
+            for b in self.blocks
+            if b.block == block and b.device_kind == device_kind
+        )
+        if not points:
+            return None
+        for (x0, f0, b0), (x1, f1, b1) in itertools.pairwise(points):
+            if x0 <= micro_batch_size <= x1:
+                w = (micro_batch_size - x0) / (x1 - x0)
+                return f0 + w * (f1 - f0), b0 + w * (b1 - b0)
+        x, f, b = points[0] if micro_batch_size < points[0][0] else points[-1]
+        return f * micro_batch_size / x, b * micro_batch_size / x
+
+    def link(self, link_kind: str, op: str) -> tuple[float, float] | None:
+        """(latency, bandwidth) for a link kind and op, or None if not measured."""
+        for t in self.links:
+            if t.link_kind == link_kind and t.op == op:
+                return t.latency_s, t.bandwidth
+        return None
+
+    def optimizer_seconds_per_param(self, device_kind: str, optimizer: str) -> float | None:
+        for t in self.optimizers:
+            if t.device_kind == device_kind and t.optimizer == optimizer:
+                return t.seconds_per_param
+        return None
+
+
+def profile_from_json(text: str, origin: str = "profile") -> Profile:
+    try:
+        return Profile.model_validate_json(text)
+    except ValidationError as exc:
+        raise PlannerError(f"{origin}: {explain(exc)}") from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PlannerError(f"cannot read profile {str(path)!r}: {exc.strerror}") from None
+    return profile_from_json(text, origin=str(path))
