@@ -1,9 +1,11 @@
-"""`python -m planner`: trace a model's layer graph, describe a cluster.
+"""`python -m planner`: trace a model's layer graph, describe a cluster, check a plan.
 
     python -m planner graph --model gpt --set n_layer=4 d_model=128 --coarsen
     python -m planner graph --model hf:gpt2 --set n_layer=2 --json
     python -m planner cluster a100-80gb:4+v100-32gb:4
     python -m planner cluster --list
+    python -m planner validate plan.json
+    python -m planner schema
 
 Bad input exits with status 2 and one line on stderr that names the problem.
 """
@@ -51,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     g.add_argument("--json", action="store_true", help="print summary and node-link graph as JSON")
     g.set_defaults(func=_cmd_graph)
+
+    v = sub.add_parser("validate", help="check a plan JSON file; exit 2 naming the field that is wrong")
+    v.add_argument("plan", help="plan.json")
+    v.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("schema", help="print the plan's JSON Schema")
+    s.set_defaults(func=_cmd_schema)
 
     c = sub.add_parser("cluster", help="describe a cluster (preset, JSON file or short form)")
     c.add_argument("spec", nargs="?", help="e.g. dgx-h100, cluster.json, h100:8, a100-80gb:8x4, cpu:2")
@@ -100,6 +109,25 @@ def _cmd_graph(args: argparse.Namespace) -> int:
                 f"{d['fwd_flops'] / 1e9:>10.3f} {_bytes(d['saved_bytes']):>10} "
                 f"{_bytes(d['output_bytes']):>10}"
             )
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from planner.plan import load_plan
+
+    plan = load_plan(args.plan)
+    print(
+        f"valid: {plan.strategy} dp={plan.dp_degree} pp={plan.pp_degree} "
+        f"{plan.schedule or 'no schedule'}, {len(plan.stages)} stages on {len(plan.ranks)} ranks, "
+        f"model {plan.model.source} ({plan.model.graph_digest[:12]})"
+    )
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from planner.plan import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return 0
 
 

@@ -142,7 +142,7 @@ def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: flo
         if t.kind in COMPUTE_KINDS:
             out.append(Interval(t.rank, start, end, t.kind, t.stage, t.micro_batch))
             compute[t.rank].append((start, end))
-        else:
+        elif end > start:  # a zero-byte send is no event worth drawing
             for lane in t.lanes or (t.rank,):
                 out.append(Interval(lane, start, end, t.kind, t.stage, t.micro_batch))
     for rank, spans in compute.items():

@@ -1,0 +1,236 @@
+"""price(): small cases worked out by hand (times in ms of forward work on an H100)."""
+
+import networkx as nx
+import pytest
+
+from planner.build import make_plan
+from planner.cluster import Cluster
+from planner.cost import price
+from planner.errors import PlanError
+from planner.graph import graph_digest
+from planner.profile import Profile
+from planner.schedules import closed_form_step
+from planner.timing import CostOptions, ring_all_reduce_time
+from tests.handmade import UNIT, chain, gpus
+
+EXACT = CostOptions(compute_efficiency=1.0, memory_efficiency=1.0, backward_factor=2.0)
+
+
+def _pp(graph, cluster, schedule, m, *, batch=None, **kw):
+    p = len([n for n in graph if n.startswith("b")])
+    plan = make_plan(
+        graph,
+        cluster,
+        strategy="pp",
+        pp_degree=kw.pop("pp", p),
+        schedule=schedule,
+        micro_batches=m,
+        global_batch=batch or m,
+        **kw,
+    )
+    return price(graph, cluster, plan, options=EXACT)
+
+
+def _ms(pred):
+    return pred.step_time_s / UNIT
+
+
+def test_gpipe_equals_the_closed_form_without_communication():
+    f = [2, 1, 1, 1]
+    pred = _pp(chain(f), gpus(4), "gpipe", 8)
+    assert _ms(pred) == pytest.approx(closed_form_step([3 * x for x in f], 8)) == pytest.approx(57)
+
+
+def test_1f1b_with_an_uneven_first_stage_is_below_the_closed_form():
+    pred = _pp(chain([2, 1, 1, 1]), gpus(4), "1f1b", 8)
+    assert _ms(pred) == pytest.approx(51)  # FACTS.md's simulation of the same case
+    assert _ms(pred) < closed_form_step([6, 3, 3, 3], 8)
+
+
+def test_1f1b_timeline_matches_the_one_drawn_by_hand():
+    # p=2, m=2, forward [2, 1], backward [4, 2]. Stage 0: F0 F1 B0 B1; stage 1: F0 B0 F1 B1.
+    pred = _pp(chain([2, 1]), gpus(2), "1f1b", 2)
+    got = [
+        (i.rank, i.kind, i.micro_batch, round(i.start / UNIT, 9), round(i.end / UNIT, 9))
+        for i in pred.timeline
+        if i.kind != "optimizer"
+    ]
+    assert got == [
+        (0, "forward", 0, 0, 2),
+        (0, "forward", 1, 2, 4),
+        (0, "idle", None, 4, 5),
+        (0, "backward", 0, 5, 9),
+        (0, "backward", 1, 9, 13),
+        (1, "idle", None, 0, 2),
+        (1, "forward", 0, 2, 3),
+        (1, "backward", 0, 3, 5),
+        (1, "forward", 1, 5, 6),
+        (1, "backward", 1, 6, 8),
+        (1, "idle", None, 8, 13),
+    ]
+    assert _ms(pred) == pytest.approx(13)
+    busy = (2 + 2 + 4 + 4) + (1 + 2 + 1 + 2)
+    assert pred.bubble_fraction == pytest.approx(1 - busy / (2 * 13))
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_link_latency_adds_exactly_the_per_hop_cost(stages):
+    graph = chain([1] * stages, edge_bytes=1024)
+    base = _pp(graph, gpus(stages), "gpipe", 1)
+    slow = _pp(graph, gpus(stages, latency=0.25 * UNIT), "gpipe", 1)
+    hops = 2 * (stages - 1)  # one forward and one backward transfer per boundary
+    assert _ms(slow) - _ms(base) == pytest.approx(0.25 * hops)
+
+
+def test_a_skip_edge_is_sent_across_every_boundary_it_crosses():
+    plain = chain([1, 1, 1], edge_bytes=100)
+    skip = chain([1, 1, 1], edge_bytes=100, skips=[(0, 2, 1000)])
+    bw = 1000 / UNIT  # 1000 bytes take 1 ms
+    m = 2
+    base, pred = _pp(plain, gpus(3, bandwidth=bw), "gpipe", m), _pp(skip, gpus(3, bandwidth=bw), "gpipe", m)
+    samples = 1  # global batch m over m micro-batches
+    # Forward on both boundaries, backward (gradients) on both: the skip is charged twice each way.
+    assert pred.link_bytes[(0, 1)] == pred.link_bytes[(1, 0)] == (100 + 1000) * samples * m
+    assert pred.link_bytes[(1, 2)] == pred.link_bytes[(2, 1)] == (100 + 1000) * samples * m
+    assert pred.bytes_sent - base.bytes_sent == 4 * 1000 * m
+    assert _ms(pred) > _ms(base)
+
+
+def test_1f1b_keeps_fewer_micro_batches_in_flight_on_stage_0():
+    graph = chain([1, 1, 1, 1], saved=[1000] * 4)
+    gpipe, one_f = _pp(graph, gpus(4), "gpipe", 8), _pp(graph, gpus(4), "1f1b", 8)
+    assert gpipe.memory[0].in_flight == {0: 8} and one_f.memory[0].in_flight == {0: 4}
+    assert gpipe.memory[0].activations == 8 * 1000 and one_f.memory[0].activations == 4 * 1000
+    assert [m.in_flight for m in one_f.memory] == [{0: 4}, {1: 3}, {2: 2}, {3: 1}]
+
+
+def test_memory_terms_follow_the_formula():
+    graph = chain([1, 1], params=[1000, 3000], saved=[40, 80], out_bytes=[0, 12])
+    cluster = gpus(2)
+    plan = make_plan(
+        graph, cluster, strategy="pp", pp_degree=2, schedule="gpipe", micro_batches=2, global_batch=8
+    )
+    last = price(graph, cluster, plan, options=EXACT).memory[1]
+    assert last.terms() == {
+        "parameters": 4 * 3000,
+        "gradients": 4 * 3000,
+        "optimizer": 8 * 3000,  # AdamW: two fp32 moments
+        "activations": 80 * 4 * 2,  # saved per sample x micro-batch of 4 x 2 in flight (GPipe)
+        "loss_outputs": 12 * 4 * 2,
+        "overhead": 0,
+    }
+    mixed = make_plan(
+        graph,
+        cluster,
+        strategy="pp",
+        pp_degree=2,
+        schedule="gpipe",
+        micro_batches=2,
+        global_batch=8,
+        training={"dtype": "bfloat16"},
+    )
+    m = price(graph, cluster, mixed, options=EXACT).memory[1]
+    # 16 B/param in all: bf16 parameter and gradient, fp32 master weights and two moments.
+    assert (m.parameters + m.gradients + m.optimizer) / 3000 == 16
+    assert m.activations == 80 * 4 * 2 // 2
+
+
+def test_data_parallel_all_reduce_is_a_ring_after_the_last_backward():
+    graph = chain([1], params=[10**6])
+    latency, bw = 0.1 * UNIT, 4e6 / UNIT  # 4 MB per ms
+    cluster = gpus(2, latency=latency, bandwidth=bw)
+    plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2)
+    pred = price(graph, cluster, plan, options=EXACT)
+    ring = ring_all_reduce_time(4e6, 2, latency, bw)  # 2 latencies + 4 MB / 4 MB/ms
+    assert ring / UNIT == pytest.approx(1.2)
+    reduce = [i for i in pred.timeline if i.kind == "all-reduce"]
+    assert {i.rank for i in reduce} == {0, 1}
+    assert reduce[0].start / UNIT == pytest.approx(3)  # after F (1) + B (2)
+    assert (reduce[0].end - reduce[0].start) == pytest.approx(ring)
+    optimizer = [i for i in pred.timeline if i.kind == "optimizer"]
+    assert optimizer[0].start == pytest.approx(reduce[0].end)
+    assert pred.link_bytes == {(0, 1): 4 * 10**6, (1, 0): 4 * 10**6}  # 2(d-1)/d x 4 MB each way
+
+
+def test_tied_weights_on_two_stages_are_summed_between_them():
+    graph = chain([1, 1], params=[100, 0])
+    graph.nodes["b0"]["shared_params"] = ["b0.weight"]
+    graph.nodes["b1"]["shared_params"] = ["b0.weight"]
+    pred = _pp(graph, gpus(2, latency=0.5 * UNIT), "gpipe", 1)
+    tied = [i for i in pred.timeline if i.kind == "all-reduce"]
+    assert {i.rank for i in tied} == {0, 1}
+    assert pred.memory[1].parameters == 400  # the copy of the tied weight on stage 1
+
+
+def test_cores_shared_by_more_ranks_than_there_are_run_at_their_share():
+    graph = chain([1])
+    cluster = Cluster(
+        devices=[
+            {"id": i, "kind": "cpu", "node": 0, "memory_bytes": 2**30, "compute_share": 0.5} for i in range(4)
+        ],
+        links=[{"a": a, "b": b, "kind": "loopback"} for a in range(4) for b in range(a + 1, 4)],
+    )
+    alone = make_plan(graph, cluster, strategy="dp", global_batch=4)
+    four = make_plan(graph, cluster, strategy="dp", dp_degree=4, global_batch=16)
+    t_alone = price(graph, cluster, alone, options=EXACT)
+    t_four = price(graph, cluster, four, options=EXACT)
+    compute = lambda p: sum(
+        i.end - i.start for i in p.timeline if i.kind in ("forward", "backward") and i.rank == 0
+    )
+    # Same per-rank batch (4 samples); four ranks on two cores each run at half speed.
+    assert compute(t_four) == pytest.approx(2 * compute(t_alone))
+
+
+def test_gan_is_priced_as_its_phases():
+    graph = nx.relabel_nodes(chain([1, 2], edge_bytes=500), {"b0": "generator", "b1": "discriminator"})
+    graph.graph["order"] = ["input:x", "generator", "discriminator"]
+    for name in ("generator", "discriminator"):
+        graph.nodes[name]["fqn"] = name
+    cluster = gpus(2, latency=0.5 * UNIT)
+    plan = make_plan(
+        graph, cluster, strategy="mp", pp_degree=2, global_batch=1, stage_names=["generator", "discriminator"]
+    )
+    pred = price(graph, cluster, plan, options=EXACT)
+    # D: real F(2) B(4); fake F(2) B(4) after G F(1) + send(0.5); opt; G-step F(2) B(4);
+    # grad back (0.5); G backward (2).
+    assert _ms(pred) == pytest.approx(2 + 4 + 2 + 4 + 2 + 4 + 0.5 + 2)
+    assert pred.link_bytes == {(0, 1): 500, (1, 0): 500}
+
+
+def test_a_profile_replaces_datasheet_times_and_is_cited():
+    graph = chain([1, 1])
+    cluster = gpus(2)
+    plan = make_plan(
+        graph, cluster, strategy="pp", pp_degree=2, schedule="gpipe", micro_batches=1, global_batch=1
+    )
+    profile = Profile(
+        graph_digest=graph_digest(graph),
+        blocks=[
+            {
+                "block": "b0",
+                "device_kind": "h100-80gb",
+                "micro_batch_size": 1,
+                "forward_s": 0.003,
+                "backward_s": 0.005,
+            },
+            {
+                "block": "b1",
+                "device_kind": "h100-80gb",
+                "micro_batch_size": 1,
+                "forward_s": 0.001,
+                "backward_s": 0.001,
+            },
+        ],
+    )
+    pred = price(graph, cluster, plan, profile=profile, options=EXACT)
+    assert _ms(pred) == pytest.approx(3 + 1 + 1 + 5)
+    assert pred.sources["step_time_s"] == f"profile:{profile.digest()}+datasheet"  # links from the datasheet
+    assert (
+        plan.model_copy(update={"predicted": pred.to_predicted()}).predicted.step_time_s == pred.step_time_s
+    )
+
+
+def test_a_plan_for_another_graph_is_refused():
+    plan = make_plan(chain([1, 1]), gpus(2), strategy="pp", pp_degree=2, schedule="gpipe", global_batch=1)
+    with pytest.raises(PlanError, match=r"model\.graph_digest: this plan is for graph"):
+        price(chain([1, 2]), gpus(2), plan)

@@ -1,0 +1,197 @@
+"""The plan document: round trip, schema, and refusals that name the field."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from planner.build import make_plan
+from planner.cluster import resolve_cluster
+from planner.coarsen import coarsen
+from planner.errors import PlanError
+from planner.plan import SCHEMA_PATH, json_schema, load_plan, plan_from_json, save_plan
+from planner.trace import trace
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    return coarsen(trace("gpt", {"n_layer": 4}))
+
+
+@pytest.fixture(scope="module")
+def hybrid(gpt):
+    return make_plan(
+        gpt,
+        resolve_cluster("cpu:4"),
+        strategy="hybrid",
+        global_batch=16,
+        dp_degree=2,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=4,
+    )
+
+
+def test_round_trip_is_exact(hybrid, tmp_path):
+    path = tmp_path / "plan.json"
+    save_plan(hybrid, path)
+    again = load_plan(path)
+    assert again == hybrid
+    assert again.to_json() == hybrid.to_json()
+
+
+def test_the_committed_json_schema_is_current():
+    committed = json.loads(SCHEMA_PATH.read_text())
+    assert committed == json_schema(), "regenerate with: python -m planner schema > planner/plan.schema.json"
+
+
+def test_stages_cut_between_modules_and_ranks_have_coordinates(hybrid):
+    assert [(s.first, s.last, s.pp_rank) for s in hybrid.stages] == [
+        ("tok_emb", "blocks.1", 0),
+        ("blocks.2", "head", 1),
+    ]
+    assert [(r.rank, r.device, r.dp_index, r.pp_index) for r in hybrid.ranks] == [
+        (0, 0, 0, 0),
+        (1, 1, 0, 1),
+        (2, 2, 1, 0),
+        (3, 3, 1, 1),
+    ]
+    assert [r.batch_share for r in hybrid.replicas] == [8, 8]
+
+
+def test_interleaved_stages_round_robin_over_pipeline_ranks(gpt):
+    plan = make_plan(
+        gpt,
+        resolve_cluster("cpu:2"),
+        strategy="pp",
+        global_batch=8,
+        pp_degree=2,
+        schedule="interleaved_1f1b",
+        virtual_stages=2,
+        micro_batches=4,
+    )
+    assert [s.pp_rank for s in plan.stages] == [0, 1, 0, 1]
+    assert plan.stage_blocks()[0] == ["tok_emb", "pos_emb"]
+
+
+def _doc(plan):
+    return json.loads(plan.to_json())
+
+
+def _refused(doc, message):
+    with pytest.raises(PlanError, match=message):
+        plan_from_json(json.dumps(doc))
+
+
+def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
+    doc = _doc(hybrid)
+    _refused({**doc, "colour": "red"}, "colour: unknown key")
+    _refused({**doc, "training": {**doc["training"], "lr": 0.1}}, r"training.lr: unknown key")
+    _refused({**doc, "schema_version": 2}, r"schema_version 2 is newer than this planner supports \(1\)")
+    bad = _doc(hybrid)
+    bad["ranks"][1]["device"] = -1
+    _refused(bad, r"ranks.1.device: Input should be greater than or equal to 0")
+    text = hybrid.to_json().replace('"pg_timeout_s": 60.0', '"pg_timeout_s": NaN')
+    with pytest.raises(PlanError, match="NaN is not allowed"):
+        plan_from_json(text)
+    with pytest.raises(PlanError, match="not valid JSON"):
+        plan_from_json("{")
+
+
+def _mutated(plan, change):
+    doc = _doc(plan)
+    change(doc)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["stages"][1].update(first="blocks.3"), r"stages\[1\].first: expected 'blocks.2'"),
+        (lambda d: d["stages"][0].update(last="blocks.2"), r"stages\[1\].first: expected 'blocks.3'"),
+        (lambda d: d["stages"][1].update(last="ln_f"), r"stages: blocks from 'head' on are in no stage"),
+        (
+            lambda d: d["stages"][1].update(first="blocks.2", last="blocks.1"),
+            r"stages\[1\]: last 'blocks.1' comes before",
+        ),
+        (lambda d: d["stages"][1].update(last="decoder"), r"stages\[1\].last: 'decoder' is not a block"),
+        (lambda d: d["stages"][1].update(pp_rank=0), r"stages\[1\].pp_rank: stage 1 runs on pipeline rank 1"),
+        (lambda d: d["stages"].pop(), r"stages: pp_degree x virtual_stages = 2 x 1 needs 2 stages, got 1"),
+        (lambda d: d["replicas"][0].update(batch_share=7), r"replicas: batch shares sum to 15"),
+        (
+            lambda d: (d["replicas"][0].update(batch_share=6), d["replicas"][1].update(batch_share=10)),
+            r"replicas\[0\].batch_share: 6 does not split evenly into 4 micro-batches",
+        ),
+        (
+            lambda d: d["training"].update(micro_batches=1),
+            r"schedule: 1f1b needs micro_batches >= stages \(1 < 2\)",
+        ),
+        (lambda d: d.update(schedule="interleaved_1f1b"), "needs virtual_stages >= 2"),
+        (lambda d: d.update(schedule=None), "hybrid needs a schedule"),
+        (lambda d: d.update(dp_degree=1), r"strategy: hybrid needs dp_degree >= 2"),
+        (lambda d: d.update(strategy="dp"), r"strategy: dp needs pp_degree 1"),
+        (lambda d: d["ranks"].pop(), r"ranks: dp_degree x pp_degree = 2 x 2 = 4, but 3 ranks are listed"),
+        (lambda d: d["ranks"][3].update(device=9), r"ranks\[3\].device: device 9 is not in the cluster"),
+        (lambda d: d["ranks"][3].update(device=0), r"ranks\[3\].device: device 0 is already rank 0's"),
+        (lambda d: d["ranks"][3].update(node=1), r"ranks\[3\].node: device 3 is on node 0, not 1"),
+        (lambda d: d["ranks"][3].update(pp_index=0), r"ranks\[3\]: coordinates \(1, 0\) are taken twice"),
+        (lambda d: d["ranks"][3].update(dp_index=2), r"ranks\[3\]: coordinates \(2, 1\) are outside"),
+        (
+            lambda d: d["unused_devices"].append({"device": 1, "reason": "slow"}),
+            r"unused_devices\[0\].device: device 1 is used",
+        ),
+        (lambda d: d["cluster"]["devices"][3].update(kind="a100"), "ambiguous"),
+    ],
+)
+def test_inconsistent_plans_name_the_field(hybrid, change, message):
+    _refused(_mutated(hybrid, change), message)
+
+
+def test_a_device_left_out_needs_a_reason(gpt):
+    plan = make_plan(gpt, resolve_cluster("cpu:4"), strategy="dp", global_batch=8, dp_degree=2)
+    assert [(u.device, u.reason) for u in plan.unused_devices] == [
+        (2, "not needed by this plan"),
+        (3, "not needed by this plan"),
+    ]
+    doc = _doc(plan)
+    doc["unused_devices"].pop()
+    _refused(doc, "unused_devices: device 3 is neither used by a rank nor listed with a reason")
+
+
+def test_mp_needs_named_sub_networks_and_no_schedule():
+    gan = coarsen(trace("gan"))
+    plan = make_plan(
+        gan,
+        resolve_cluster("cpu:2"),
+        strategy="mp",
+        global_batch=32,
+        pp_degree=2,
+        stage_names=["generator", "discriminator"],
+    )
+    assert [(s.name, s.first) for s in plan.stages] == [
+        ("generator", "generator"),
+        ("discriminator", "discriminator"),
+    ]
+    doc = _doc(plan)
+    doc["stages"][0]["name"] = ""
+    _refused(doc, "mp stages need the name of their sub-network")
+    _refused({**_doc(plan), "schedule": "gpipe"}, "mp has no pipeline schedule")
+
+
+def test_validate_command(hybrid, tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    save_plan(hybrid, good)
+    doc = _doc(hybrid)
+    doc["training"]["micro_batches"] = 3
+    bad.write_text(json.dumps(doc))
+    ok = subprocess.run(
+        [sys.executable, "-m", "planner", "validate", str(good)], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    no = subprocess.run(
+        [sys.executable, "-m", "planner", "validate", str(bad)], capture_output=True, text=True
+    )
+    assert no.returncode == 2
+    assert "replicas[0].batch_share: 8 does not split evenly into 3 micro-batches" in no.stderr
+    assert "Traceback" not in no.stderr

@@ -1,0 +1,63 @@
+"""The profile schema, with a hand-written profile of a two-block chain."""
+
+from pathlib import Path
+
+import pytest
+
+from planner.build import make_plan
+from planner.cost import price
+from planner.errors import PlannerError
+from planner.graph import graph_digest
+from planner.profile import load_profile, profile_from_json
+from planner.timing import CostOptions
+from tests.handmade import chain, gpus
+
+FIXTURE = Path(__file__).parent / "fixtures" / "profile_chain.json"
+
+
+def profiled_graph():
+    return chain([1, 1], edge_bytes=10**6)
+
+
+def test_the_hand_written_profile_belongs_to_its_graph():
+    profile = load_profile(FIXTURE)
+    assert profile.graph_digest == graph_digest(profiled_graph()), (
+        "the chain's digest changed: rewrite the fixture"
+    )
+
+
+def test_block_times_interpolate_between_measured_sizes_and_scale_outside():
+    profile = load_profile(FIXTURE)
+    assert profile.block_time("b0", "h100-80gb", 1) == (0.003, 0.005)
+    assert profile.block_time("b0", "h100-80gb", 2) == pytest.approx((0.005, 0.009))
+    assert profile.block_time("b0", "h100-80gb", 8) == pytest.approx((0.018, 0.034))
+    assert profile.block_time("b0", "a100-80gb", 1) is None
+    assert profile.link("nvlink4", "p2p") == (0.0005, 1e9)
+
+
+def test_measured_numbers_drive_the_price_and_the_plan_cites_the_profile():
+    graph, cluster, profile = profiled_graph(), gpus(2), load_profile(FIXTURE)
+    plan = make_plan(graph, cluster, strategy="pp", pp_degree=2, schedule="gpipe", global_batch=1)
+    pred = price(graph, cluster, plan, profile=profile, options=CostOptions(compute_efficiency=1.0))
+    send = 0.0005 + 10**6 / 1e9  # the profile's link, not NVLink's datasheet figure
+    optimizer = 0  # no parameters
+    assert pred.step_time_s == pytest.approx(0.003 + send + 0.001 + 0.001 + send + 0.005 + optimizer)
+    assert pred.sources["step_time_s"] == f"profile:{profile.digest()}"
+    assert all(m.overhead == 536870912 for m in pred.memory)
+    with pytest.raises(PlannerError, match=r"profile\.graph_digest: measured for graph"):
+        price(
+            chain([2, 1]),
+            cluster,
+            make_plan(chain([2, 1]), cluster, strategy="pp", pp_degree=2, schedule="gpipe", global_batch=1),
+            profile=profile,
+        )
+
+
+def test_bad_profiles_name_the_field():
+    text = FIXTURE.read_text()
+    with pytest.raises(PlannerError, match=r"blocks.0.forward_s: Input should be greater than or equal to 0"):
+        profile_from_json(text.replace('"forward_s": 0.003', '"forward_s": -1'))
+    with pytest.raises(PlannerError, match="colour: unknown key"):
+        profile_from_json(text.replace('"host"', '"colour": 1, "host"'))
+    with pytest.raises(PlannerError, match="graph_digest: String should match pattern"):
+        profile_from_json(text.replace(graph_digest(profiled_graph()), "abc"))
