@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -140,18 +141,23 @@ class Cluster(StrictModel):
             raise ClusterError(f"{d.kind} has no {dtype} peak (it supports {', '.join(peaks)})")
         return peaks[dtype] * d.compute_share
 
+    @cached_property
+    def link_graphs(self) -> tuple[nx.Graph, nx.Graph]:
+        """The link graph and its maximum spanning tree, built once per (immutable) cluster."""
+        g = self.graph()
+        return g, nx.maximum_spanning_tree(g, weight="bandwidth")
+
     def path(self, a: int, b: int) -> tuple[float, float]:
         """(bandwidth, latency) from device ``a`` to ``b``.
 
         A direct link if there is one; else the widest path (the most bandwidth at its
         narrowest hop), with the latencies of its hops added.
         """
-        g = self.graph()
+        g, tree = self.link_graphs
         if g.has_edge(a, b):
             e = g.edges[a, b]
             return e["bandwidth"], e["latency"]
         # Widest path: a maximum spanning tree holds one for every pair.
-        tree = nx.maximum_spanning_tree(g, weight="bandwidth")
         hops = nx.shortest_path(tree, a, b)
         edges = [g.edges[u, v] for u, v in itertools.pairwise(hops)]
         return min(e["bandwidth"] for e in edges), sum(e["latency"] for e in edges)

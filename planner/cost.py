@@ -101,45 +101,104 @@ def price(
     PlanError
         The plan was made for another graph, or the profile was measured for another one.
     """
-    opts = options or CostOptions()
-    digest = graph_digest(graph)
-    if plan.model.graph_digest != digest:
-        theirs = plan.model.graph_digest[:12]
-        raise PlanError(f"model.graph_digest: this plan is for graph {theirs}, not {digest[:12]}")
-    if profile is not None and profile.graph_digest != digest:
-        raise PlanError(f"profile.graph_digest: measured for graph {profile.graph_digest[:12]}, not this one")
-    ctx = _Context(graph, cluster, plan, profile, opts)
-    gan = plan.strategy == "mp" and {s.name for s in plan.stages} == {"generator", "discriminator"}
-    tasks, programs, actions = ctx.gan_tasks() if gan else ctx.pipeline_tasks()
-    node_of = {r.rank: r.node for r in plan.ranks}
-    times, step = simulate(tasks, programs, node_of, ctx.cores())
-    intervals = timeline(tasks, times, step)
-    busy = sum(i.end - i.start for i in intervals if i.kind in COMPUTE_KINDS)
-    link_bytes: dict[tuple[int, int], int] = defaultdict(int)
-    for (a, b), n in ctx.link_bytes.items():
-        link_bytes[(a, b)] += round(n)
-    sources = ctx.sources()
-    return Prediction(
-        step_time_s=step,
-        samples_per_s=plan.training.global_batch / step if step > 0 else math.inf,
-        bubble_fraction=1 - busy / (len(plan.ranks) * step) if step > 0 else 0.0,
-        timeline=intervals,
-        link_bytes=dict(link_bytes),
-        memory=ctx.memory(actions, gan),
-        stage_times=ctx.stage_time_table,
-        sources=sources,
-    )
+    return Pricer(graph, cluster, profile, options)(plan)
+
+
+class Pricer:
+    """`price` for many plans of one graph and cluster: what does not depend on the plan is
+    computed once (the graph's digest, parameter owners, links, block times)."""
+
+    def __init__(
+        self,
+        graph: nx.DiGraph,
+        cluster: Cluster,
+        profile: Profile | None = None,
+        options: CostOptions | None = None,
+    ) -> None:
+        self.graph, self.cluster, self.profile = graph, cluster, profile
+        self.opts = options or CostOptions()
+        self.digest = graph_digest(graph)
+        if profile is not None and profile.graph_digest != self.digest:
+            raise PlanError(
+                f"profile.graph_digest: measured for graph {profile.graph_digest[:12]}, not this one"
+            )
+        self.owners = {p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])}
+        self.profile_digest = profile.digest() if profile is not None else ""
+        self._links: dict[tuple[int, int, str], tuple[float, float, str]] = {}
+        self._blocks: dict[tuple[str, str, str, float], tuple[float, float, str]] = {}
+
+    def __call__(self, plan: Plan) -> Prediction:
+        if plan.model.graph_digest != self.digest:
+            theirs = plan.model.graph_digest[:12]
+            raise PlanError(f"model.graph_digest: this plan is for graph {theirs}, not {self.digest[:12]}")
+        ctx = _Context(self, plan)
+        gan = plan.strategy == "mp" and {s.name for s in plan.stages} == {"generator", "discriminator"}
+        tasks, programs, actions = ctx.gan_tasks() if gan else ctx.pipeline_tasks()
+        node_of = {r.rank: r.node for r in plan.ranks}
+        times, step = simulate(tasks, programs, node_of, ctx.cores())
+        intervals = timeline(tasks, times, step)
+        busy = sum(i.end - i.start for i in intervals if i.kind in COMPUTE_KINDS)
+        return Prediction(
+            step_time_s=step,
+            samples_per_s=plan.training.global_batch / step if step > 0 else math.inf,
+            bubble_fraction=1 - busy / (len(plan.ranks) * step) if step > 0 else 0.0,
+            timeline=intervals,
+            link_bytes={k: round(v) for k, v in ctx.link_bytes.items()},
+            memory=ctx.memory(actions, gan),
+            stage_times=ctx.stage_time_table,
+            sources=ctx.sources(),
+        )
+
+    def block_times(
+        self, block: str, kind_id: str, dtype: str, samples: float, scale: float, trace_batch: int
+    ):
+        """(forward, backward, source) of one block: cached, since the search asks often."""
+        key = (block, kind_id, dtype, samples)
+        if key not in self._blocks:
+            self._blocks[key] = block_times(
+                block,
+                self.graph.nodes[block].get("ops", []),
+                device_kind(kind_id),
+                dtype,
+                samples,
+                trace_batch,
+                scale,
+                self.opts,
+                self.profile,
+            )
+        return self._blocks[key]
+
+    def link(self, a: int, b: int, op: str) -> tuple[float, float, str]:
+        """(latency, bandwidth, source) between devices a and b: a profile's fit, else the catalog's."""
+        key = (a, b, op)
+        if key not in self._links:
+            measured = None
+            if self.profile is not None:
+                direct = next((lk for lk in self.cluster.links if {lk.a, lk.b} == {a, b}), None)
+                measured = self.profile.link(direct.kind, op) if direct else None
+            if measured:
+                self._links[key] = (*measured, "profile")
+            else:
+                bandwidth, latency = self.cluster.path(a, b)
+                self._links[key] = (latency, bandwidth, "datasheet")
+        return self._links[key]
 
 
 class _Context:
-    def __init__(
-        self, graph: nx.DiGraph, cluster: Cluster, plan: Plan, profile: Profile | None, opts: CostOptions
-    ):
-        self.graph, self.cluster, self.plan, self.profile, self.opts = graph, cluster, plan, profile, opts
+    """Everything about pricing one plan."""
+
+    def __init__(self, pricer: Pricer, plan: Plan):
+        self.pricer, self.plan = pricer, plan
+        self.graph, self.cluster, self.profile, self.opts = (
+            pricer.graph,
+            pricer.cluster,
+            pricer.profile,
+            pricer.opts,
+        )
         self.dtype = plan.training.dtype
-        traced = graph.graph.get("dtype", "float32")
+        traced = self.graph.graph.get("dtype", "float32")
         self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[traced]
-        self.trace_batch = int(graph.graph.get("batch_size", 1))
+        self.trace_batch = int(self.graph.graph.get("batch_size", 1))
         self.elsize = DTYPE_BYTES[traced]
         self.m = plan.training.micro_batches
         self.p = plan.pp_degree
@@ -154,8 +213,7 @@ class _Context:
 
     # -- static costs ---------------------------------------------------------------------
     def _stage_cost(self, blocks: list[str]) -> _StageCost:
-        g, members = self.graph, set(blocks)
-        owners = {p: b for b in g.nodes for p in g.nodes[b].get("params", [])}
+        g, members, owners = self.graph, set(blocks), self.pricer.owners
         # A tied weight used here but owned by a block of another stage is a copy here.
         copies = {
             p for b in blocks for p in g.nodes[b].get("shared_params", []) if owners.get(p) not in members
@@ -208,20 +266,12 @@ class _Context:
         key = (rank, stage)
         if key not in self.stage_time_table:
             r = self.plan.ranks[rank]
-            kind = device_kind(self.cluster.device(r.device).kind)
+            kind = self.cluster.device(r.device).kind
             samples = self.share[r.dp_index] / self.m
             fwd = bwd = 0.0
             for block in self.stages[stage].blocks:
-                f, b, src = block_times(
-                    block,
-                    self.graph.nodes[block].get("ops", []),
-                    kind,
-                    self.dtype,
-                    samples,
-                    self.trace_batch,
-                    self.scale,
-                    self.opts,
-                    self.profile,
+                f, b, src = self.pricer.block_times(
+                    block, kind, self.dtype, samples, self.scale, self.trace_batch
                 )
                 fwd, bwd = fwd + f, bwd + b
                 self.used_sources["compute"].add(src)
@@ -229,15 +279,8 @@ class _Context:
         return self.stage_time_table[key]
 
     def link(self, a: int, b: int, op: str = "p2p") -> tuple[float, float]:
-        """(latency, bandwidth) between devices a and b: a profile's fit, else the catalog's."""
-        if self.profile is not None:
-            direct = next((lk for lk in self.cluster.links if {lk.a, lk.b} == {a, b}), None)
-            measured = self.profile.link(direct.kind, op) if direct else None
-            if measured:
-                self.used_sources["communication"].add("profile")
-                return measured
-        self.used_sources["communication"].add("datasheet")
-        bandwidth, latency = self.cluster.path(a, b)
+        latency, bandwidth, source = self.pricer.link(a, b, op)
+        self.used_sources["communication"].add(source)
         return latency, bandwidth
 
     def ring_time(self, devices: list[int], nbytes: float) -> float:
@@ -508,7 +551,7 @@ class _Context:
         return out
 
     def sources(self) -> dict[str, str]:
-        digest = self.profile.digest() if self.profile is not None else ""
+        digest = self.pricer.profile_digest
 
         def name(kinds: set[str]) -> str:
             parts = [f"profile:{digest}"] if "profile" in kinds else []

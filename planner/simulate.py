@@ -61,76 +61,96 @@ def simulate(
     for t in tasks:
         for d in t.deps:
             dependents[d].append(t.id)
-    position = {rank: 0 for rank in programs}
-    busy: dict[int, int | None] = {rank: None for rank in programs}
-    running: dict[int, float] = {}  # compute task -> remaining work
+    position = dict.fromkeys(programs, 0)
+    idle = set(programs)
     queues: dict[str, deque[int]] = defaultdict(deque)
-    channel_busy: dict[str, int | None] = defaultdict(lambda: None)
-    comm_ends: list[tuple[float, int]] = []
-    times: dict[int, tuple[float, float]] = {}
+    channel_free: dict[str, bool] = defaultdict(lambda: True)
+    events: list[tuple[float, int, int]] = []  # (end time, version, task); stale versions skipped
+    version: dict[int, int] = {}
+    # Compute tasks on nodes whose cores are shared: remaining work, rate, last update.
+    shared: dict[int, dict[int, list[float]]] = defaultdict(dict)
     started: dict[int, float] = {}
+    times: dict[int, tuple[float, float]] = {}
     now = 0.0
-    finished = 0
+
+    def reshare(node: int) -> None:
+        """Processor sharing: the node's running tasks split its cores evenly from now on."""
+        running = shared[node]
+        rate = min(1.0, cores[node] / len(running)) if running else 1.0
+        for tid, state in running.items():
+            state[0] -= state[1] * (now - state[2])
+            state[1], state[2] = rate, now
+            version[tid] = version.get(tid, 0) + 1
+            heapq.heappush(events, (now + state[0] / rate, version[tid], tid))
+
+    def try_rank(rank: int) -> None:
+        if rank not in idle or position[rank] >= len(programs[rank]):
+            return
+        tid = programs[rank][position[rank]]
+        if waiting[tid]:
+            return
+        idle.discard(rank)
+        started[tid] = now
+        node = node_of[rank]
+        if math.isinf(cores[node]):
+            version[tid] = 0
+            heapq.heappush(events, (now + by_id[tid].work, 0, tid))
+        else:
+            shared[node][tid] = [by_id[tid].work, 1.0, now]
+            reshare(node)
+
+    def try_channel(channel: str) -> None:
+        if channel_free[channel] and queues[channel]:
+            tid = queues[channel].popleft()
+            channel_free[channel] = False
+            started[tid] = now
+            version[tid] = 0
+            heapq.heappush(events, (now + by_id[tid].work, 0, tid))
 
     for t in tasks:
         if t.channel is not None and waiting[t.id] == 0:
             queues[t.channel].append(t.id)
+    for rank in programs:
+        try_rank(rank)
+    for channel in list(queues):
+        try_channel(channel)
 
-    def start_ready() -> None:
-        for rank, pos in position.items():
-            if busy[rank] is None and pos < len(programs[rank]):
-                tid = programs[rank][pos]
-                if waiting[tid] == 0:
-                    busy[rank] = tid
-                    running[tid] = by_id[tid].work
-                    started[tid] = now
-        for channel, queue in queues.items():
-            if channel_busy[channel] is None and queue:
-                tid = queue.popleft()
-                channel_busy[channel] = tid
-                started[tid] = now
-                heapq.heappush(comm_ends, (now + by_id[tid].work, tid))
-
-    def finish(tid: int) -> None:
-        nonlocal finished
+    while events:
+        end, ver, tid = heapq.heappop(events)
+        if version.get(tid) != ver or tid in times:
+            continue
+        now = end
+        t = by_id[tid]
         times[tid] = (started[tid], now)
-        finished += 1
+        ranks, channels = set(), set()
+        if t.channel is None:
+            node = node_of[t.rank]
+            if tid in shared[node]:
+                del shared[node][tid]
+                reshare(node)
+            idle.add(t.rank)
+            position[t.rank] += 1
+            ranks.add(t.rank)
+        else:
+            channel_free[t.channel] = True
+            channels.add(t.channel)
         for d in dependents[tid]:
             waiting[d] -= 1
-            if waiting[d] == 0 and by_id[d].channel is not None:
-                queues[by_id[d].channel].append(d)
-
-    while finished < len(tasks):
-        start_ready()
-        rates = _rates(running, by_id, node_of, cores)
-        next_compute = min((now + running[t] / rates[t] for t in running), default=math.inf)
-        next_comm = comm_ends[0][0] if comm_ends else math.inf
-        until = min(next_compute, next_comm)
-        if until == math.inf:
-            stuck = sorted(set(by_id) - set(times))[:5]
-            raise RuntimeError(f"simulation deadlock: tasks {stuck} can never start")
-        for t in running:
-            running[t] -= rates[t] * (until - now)
-        now = until
-        for t in [t for t, left in running.items() if left <= 1e-12 * max(1.0, by_id[t].work)]:
-            del running[t]
-            busy[by_id[t].rank] = None
-            position[by_id[t].rank] += 1
-            finish(t)
-        while comm_ends and comm_ends[0][0] <= now:
-            _, tid = heapq.heappop(comm_ends)
-            channel_busy[by_id[tid].channel] = None
-            finish(tid)
+            if waiting[d] == 0:
+                dep = by_id[d]
+                if dep.channel is not None:
+                    queues[dep.channel].append(d)
+                    channels.add(dep.channel)
+                else:
+                    ranks.add(dep.rank)
+        for rank in ranks:
+            try_rank(rank)
+        for channel in channels:
+            try_channel(channel)
+    if len(times) < len(tasks):
+        stuck = sorted(set(by_id) - set(times))[:5]
+        raise RuntimeError(f"simulation deadlock: tasks {stuck} can never start")
     return times, now
-
-
-def _rates(
-    running: dict[int, float], by_id: dict[int, Task], node_of: dict[int, int], cores: dict[int, float]
-) -> dict[int, float]:
-    per_node: dict[int, int] = defaultdict(int)
-    for t in running:
-        per_node[node_of[by_id[t].rank]] += 1
-    return {t: min(1.0, cores[node_of[by_id[t].rank]] / per_node[node_of[by_id[t].rank]]) for t in running}
 
 
 def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: float) -> list[Interval]:
