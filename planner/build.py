@@ -47,6 +47,19 @@ def even_cuts(num_blocks: int, num_stages: int) -> list[int]:
     return starts
 
 
+def stages_for(
+    blocks: Sequence[str], cuts: Sequence[int], pp_degree: int, names: Sequence[str] | None = None
+) -> list[Stage]:
+    """Stages from cut positions: stage i holds blocks[starts[i]:starts[i+1]] on rank i % p."""
+    starts = [0, *cuts]
+    ends = [*(s - 1 for s in starts[1:]), len(blocks) - 1]
+    labels = list(names) if names else [""] * len(starts)
+    return [
+        Stage(index=i, first=blocks[a], last=blocks[b], pp_rank=i % pp_degree, name=labels[i])
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+    ]
+
+
 def make_plan(
     graph: nx.DiGraph,
     cluster: Cluster,
@@ -88,13 +101,8 @@ def make_plan(
     """
     blocks = model_blocks(graph)
     num_stages = pp_degree * virtual_stages
-    starts = [0, *(cuts if cuts is not None else even_cuts(len(blocks), num_stages))]
-    ends = [*(s - 1 for s in starts[1:]), len(blocks) - 1]
-    names = list(stage_names) if stage_names else [""] * len(starts)
-    stages = [
-        Stage(index=i, first=blocks[a], last=blocks[b], pp_rank=i % pp_degree, name=names[i])
-        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
-    ]
+    chosen = list(cuts) if cuts is not None else even_cuts(len(blocks), num_stages)
+    stages = stages_for(blocks, chosen, pp_degree, stage_names)
     n = dp_degree * pp_degree
     device_ids = list(devices) if devices is not None else [d.id for d in cluster.devices[:n]]
     grid = list(coords) if coords is not None else [(r // pp_degree, r % pp_degree) for r in range(n)]

@@ -4,6 +4,7 @@
     python -m planner graph --model hf:gpt2 --set n_layer=2 --json
     python -m planner cluster a100-80gb:4+v100-32gb:4
     python -m planner cluster --list
+    python -m planner plan --model gpt --cluster cpu:2 --global-batch 16 -o plan.json
     python -m planner validate plan.json
     python -m planner schema
 
@@ -53,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     g.add_argument("--json", action="store_true", help="print summary and node-link graph as JSON")
     g.set_defaults(func=_cmd_graph)
+
+    p = sub.add_parser("plan", help="search the plans for a model on a cluster and write the best")
+    p.add_argument("--model", required=True, help="zoo name, hf:<model_type> or py:pkg.mod:factory")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cluster", required=True, help="preset, cluster .json or short form (h100:8, cpu:2)")
+    p.add_argument("--global-batch", type=int, required=True, help="samples per optimizer step")
+    p.add_argument("--strategy", default="auto", choices=["auto", "dp", "pp", "hybrid", "mp"])
+    p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved_1f1b"], help="pin the schedule")
+    p.add_argument("--micro-batches", type=int, help="pin the micro-batch count")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--steps", type=int, default=100, help="training steps the plan runs")
+    p.add_argument("--profile", help="a measured profile.json to use instead of datasheet figures")
+    p.add_argument("--top", type=int, default=10, help="rows of the candidates table")
+    p.add_argument("-o", "--output", help="write the best plan here")
+    p.set_defaults(func=_cmd_plan)
 
     v = sub.add_parser("validate", help="check a plan JSON file; exit 2 naming the field that is wrong")
     v.add_argument("plan", help="plan.json")
@@ -110,6 +126,76 @@ def _cmd_graph(args: argparse.Namespace) -> int:
                 f"{_bytes(d['output_bytes']):>10}"
             )
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from planner.cluster import resolve_cluster
+    from planner.coarsen import coarsen
+    from planner.overrides import parse_overrides
+    from planner.plan import save_plan
+    from planner.profile import load_profile
+    from planner.search import search
+    from planner.trace import trace
+
+    cluster = resolve_cluster(args.cluster)
+    graph = coarsen(trace(args.model, parse_overrides(args.overrides)))
+    profile = load_profile(args.profile) if args.profile else None
+    result = search(
+        graph,
+        cluster,
+        global_batch=args.global_batch,
+        strategy=args.strategy,
+        schedule=args.schedule,
+        micro_batches=args.micro_batches,
+        training={"dtype": args.dtype, "steps": args.steps},
+        profile=profile,
+    )
+    print(
+        f"{graph.graph['source']} ({graph.number_of_nodes() - len(graph.graph['input_shapes'])} blocks, "
+        f"{result.units} partitioned) on {cluster.name} ({len(cluster.devices)} devices): "
+        f"{result.screened} layouts screened, {len(result.candidates)} priced"
+    )
+    header = (
+        f"{'':2}{'strategy':<8} {'devices':<14} {'dp':>3} {'pp':>3} {'m':>3} {'schedule':<19} {'step':>10} "
+        f"{'samples/s':>10} {'peak mem/dev':>13} {'sent/step':>11} {'bubble':>7}  notes"
+    )
+    print(header)
+    for c in result.candidates[: args.top]:
+        row = c.row()
+        mark = "* " if c is result.best else "  "
+        kinds = sorted({cluster.device(d).kind for d in c.devices})
+        devices = f"{len(c.devices)}x {'+'.join(kinds)}"
+        notes = "; ".join(
+            x
+            for x in (
+                f"infeasible: {c.reason}" if c.reason else "",
+                c.mesh,
+                "" if c.exact else "split not proven optimal",
+            )
+            if x
+        )
+        head = f"{mark}{row['strategy']:<8} {devices[:14]:<14} {row['dp']:>3} {row['pp']:>3} {row['m']:>3} "
+        if row["step_s"] is None:
+            print(f"{head}{row['schedule']:<19} {notes}")
+            continue
+        print(
+            f"{head}{row['schedule']:<19} {_seconds(row['step_s']):>10} {row['samples_s']:>10.1f} "
+            f"{_bytes(row['peak_mem']):>13} {_bytes(row['bytes_sent']):>11} {row['bubble']:>7.1%}  {notes}"
+        )
+    best = result.best
+    if best is None:
+        print("error: no candidate fits; the table says which stage on which device is over", file=sys.stderr)
+        return 1
+    if args.output:
+        save_plan(best.plan, args.output)
+        print(
+            f"wrote {args.output}: {best.label}, stages {[len(b) for b in best.plan.stage_blocks()]} blocks"
+        )
+    return 0
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.3f} s"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

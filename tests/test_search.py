@@ -1,0 +1,155 @@
+"""The search: hand-checked placements, pure strategies always listed, reasons for misfits."""
+
+import subprocess
+import sys
+
+import pytest
+
+from planner.cluster import Cluster, resolve_cluster
+from planner.coarsen import coarsen
+from planner.errors import PlannerError
+from planner.plan import load_plan
+from planner.search import search
+from planner.trace import trace
+
+BIG_VOCAB = {"vocab_size": 16384, "d_model": 256, "n_layer": 8, "seq_len": 128, "n_head": 8}
+
+
+def _layers(blocks):
+    return sum(b.startswith("blocks.") for b in blocks)
+
+
+def test_a_large_vocabulary_head_gets_fewer_blocks_than_the_embedding():
+    # Measured on cpu:2 (FACTS.md): the fastest 2-stage split was embedding + 6 or 7 blocks | the rest + head.
+    graph = coarsen(trace("gpt", BIG_VOCAB))
+    for schedule in ("gpipe", "1f1b"):
+        result = search(
+            graph,
+            resolve_cluster("cpu:2"),
+            global_batch=16,
+            strategy="pp",
+            schedule=schedule,
+            micro_batches=8,
+        )
+        first, second = result.best.plan.stage_blocks()
+        assert first[:2] == ["tok_emb", "pos_emb"] and second[-1] == "head"
+        assert _layers(first) in (6, 7), first
+
+
+def test_a_device_twice_as_fast_gets_about_twice_the_layers():
+    # fp32 peaks: L4 30.3 TFLOP/s, V100 15.7 (1.9x); compute-bound blocks (d_model 1024).
+    graph = coarsen(trace("gpt", {"n_layer": 12, "d_model": 1024, "seq_len": 256, "n_head": 16}))
+    result = search(
+        graph,
+        resolve_cluster("l4:1+v100-16gb:1"),
+        global_batch=8,
+        strategy="pp",
+        schedule="gpipe",
+        micro_batches=4,
+    )
+    plan = result.best.plan
+    layers = {
+        plan.cluster.device(plan.ranks[s.pp_rank].device).kind: _layers(b)
+        for s, b in zip(plan.stages, plan.stage_blocks(), strict=True)
+    }
+    assert layers == {"l4": 8, "v100-16gb": 4}
+
+
+def test_a100s_get_more_layers_than_v100s():
+    # fp16 peaks: A100 312 TFLOP/s, V100 125.
+    graph = coarsen(trace("gpt", {"n_layer": 16, "d_model": 512, "seq_len": 128, "n_head": 8}))
+    result = search(
+        graph, resolve_cluster("a100-80gb:4+v100-32gb:4"), global_batch=64, training={"dtype": "float16"}
+    )
+    best = result.best
+    per_kind = {"a100-80gb": [], "v100-32gb": []}
+    for s, blocks in zip(best.plan.stages, best.plan.stage_blocks(), strict=True):
+        rank = next(r for r in best.plan.ranks if r.pp_index == s.pp_rank and r.dp_index == 0)
+        per_kind[best.plan.cluster.device(rank.device).kind].append(_layers(blocks))
+    assert per_kind["a100-80gb"] and per_kind["v100-32gb"], "the best plan uses both kinds"
+    assert min(per_kind["a100-80gb"]) > max(per_kind["v100-32gb"]), per_kind
+
+
+def test_pure_strategies_are_always_listed_with_the_reason_they_do_not_fit():
+    graph = coarsen(trace("gpt", {"size": "7b", "seq_len": 256}))
+    result = search(graph, resolve_cluster("a100-80gb:4"), global_batch=8)
+    by_strategy = {c.strategy: c for c in result.candidates}
+    assert {"dp", "pp"} <= set(by_strategy)
+    dp = next(c for c in result.candidates if c.strategy == "dp" and c.dp_degree == 4)
+    assert not dp.feasible
+    assert (
+        "stage 0 on device" in dp.reason
+        and "(a100-80gb) needs" in dp.reason
+        and "over its 80.00 GiB" in dp.reason
+    )
+    assert result.best is not None and result.best.pp_degree > 1  # 7B with AdamW needs ~107 GB
+
+
+def test_the_gan_goes_to_two_devices_when_one_cannot_hold_both():
+    graph = coarsen(trace("gan", {"hidden": 2048}))
+    roomy = resolve_cluster("cpu:2")
+    assert search(graph, roomy, global_batch=64).best.strategy == "dp"  # the transfer is not worth it
+    # Give each device just what its network needs in the mp plan: neither holds both.
+    mp = search(graph, roomy, global_batch=64, strategy="mp").best.prediction
+    need = {m.device: m.total for m in mp.memory}
+    alone = search(graph, roomy, global_batch=64, strategy="dp").candidates
+    both = min(c.prediction.memory[0].total for c in alone)
+    tight = Cluster(
+        devices=[{"id": d, "kind": "cpu", "node": 0, "memory_bytes": need[d] + 2**20} for d in (0, 1)],
+        links=[{"a": 0, "b": 1, "kind": "loopback"}],
+    )
+    assert both > max(need.values()) + 2**20
+    result = search(graph, tight, global_batch=64)
+    best = result.best
+    assert best.strategy == "mp"
+    assert [(s.name, best.plan.ranks[s.pp_rank].device) for s in best.plan.stages] == [
+        ("generator", 0),
+        ("discriminator", 1),
+    ]
+    assert [c.reason for c in result.candidates if c.strategy == "dp"]
+    assert all("over its" in c.reason for c in result.candidates if c.strategy == "dp")
+
+
+def test_pins_are_respected_and_bad_requests_explained():
+    graph = coarsen(trace("gpt"))
+    result = search(
+        graph, resolve_cluster("cpu:4"), global_batch=16, strategy="pp", schedule="1f1b", micro_batches=4
+    )
+    assert {(c.strategy, c.schedule, c.micro_batches) for c in result.candidates} == {("pp", "1f1b", 4)}
+    with pytest.raises(PlannerError, match="mp places named sub-networks"):
+        search(graph, resolve_cluster("cpu:2"), global_batch=8, strategy="mp")
+    with pytest.raises(PlannerError, match="no pp plan with schedule=1f1b, micro-batches=3"):
+        search(
+            graph, resolve_cluster("cpu:2"), global_batch=8, strategy="pp", schedule="1f1b", micro_batches=3
+        )
+
+
+def test_plan_command_prints_the_table_and_writes_the_best(tmp_path):
+    out = tmp_path / "plan.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "planner",
+            "plan",
+            "--model",
+            "gpt",
+            "--set",
+            "n_layer=4",
+            "--cluster",
+            "cpu:2",
+            "--global-batch",
+            "16",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "strategy devices" in run.stdout and "samples/s" in run.stdout and "bubble" in run.stdout
+    assert run.stdout.count("* ") == 1
+    plan = load_plan(out)
+    assert plan.predicted is not None and plan.predicted.step_time_s > 0
+    assert plan.model.source == "gpt" and plan.model.overrides == {"n_layer": 4}
