@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 from functools import cached_property
@@ -153,6 +154,8 @@ class Cluster(StrictModel):
         A direct link if there is one; else the widest path (the most bandwidth at its
         narrowest hop), with the latencies of its hops added.
         """
+        if a == b:
+            return math.inf, 0.0  # nothing crosses a link
         g, tree = self.link_graphs
         if g.has_edge(a, b):
             e = g.edges[a, b]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
@@ -137,6 +137,14 @@ class Pricer:
         node_of = {r.rank: r.node for r in plan.ranks}
         times, step = simulate(tasks, programs, node_of, ctx.cores())
         intervals = timeline(tasks, times, step)
+        if len(ctx.simulated) < plan.dp_degree:  # copy the simulated replica's timeline
+            source = {r.rank: ctx.mirror_rank(r.rank) for r in plan.ranks if r.dp_index not in ctx.simulated}
+            by_rank: dict[int, list[Interval]] = defaultdict(list)
+            for i in intervals:
+                by_rank[i.rank].append(i)
+            for rank, src in source.items():
+                intervals += [replace(i, rank=rank) for i in by_rank[src]]
+            intervals.sort(key=lambda i: (i.rank, i.start, i.kind))
         busy = sum(i.end - i.start for i in intervals if i.kind in COMPUTE_KINDS)
         return Prediction(
             step_time_s=step,
@@ -210,6 +218,7 @@ class _Context:
         self.stages = [self._stage_cost(blocks) for blocks in plan.stage_blocks()]
         self.fwd_cross, self.bwd_cross = self._boundary_bytes()
         self.users = self._port_users()
+        self.simulated = self._replicas_to_simulate()
 
     # -- static costs ---------------------------------------------------------------------
     def _stage_cost(self, blocks: list[str]) -> _StageCost:
@@ -255,6 +264,30 @@ class _Context:
                 users[r.device] += 1
         return users
 
+    def _replicas_to_simulate(self) -> list[int]:
+        """Replicas whose timelines must be simulated; identical replicas run identically.
+
+        Replicas are identical when they take equal shares on the same device kinds, with
+        the same links between consecutive stages, and no CPU cores are shared between
+        ranks (then replicas would slow each other down). One is simulated; the others'
+        timelines are copies (a 512-GPU plan simulates one pipeline, not 64).
+        """
+        plan = self.plan
+        if plan.dp_degree == 1 or any(self.cluster.device(r.device).kind == "cpu" for r in plan.ranks):
+            return list(range(plan.dp_degree))
+
+        def signature(dp: int) -> tuple:
+            devices = [plan.rank_of(dp, q).device for q in range(self.p)]
+            kinds = tuple(self.cluster.device(d).kind for d in devices)
+            pairs = zip(devices, devices[1:] + devices[:1], strict=True) if self.p > 1 else []
+            hops = tuple(self.pricer.link(a, b, "p2p")[:2] for a, b in pairs)
+            return self.share[dp], kinds, hops
+
+        first = signature(0)
+        if all(signature(dp) == first for dp in range(1, plan.dp_degree)):
+            return [0]
+        return list(range(plan.dp_degree))
+
     def cores(self) -> dict[int, float]:
         """Cores per node for CPU ranks (their compute shares add up); GPUs never share."""
         cores: dict[int, float] = defaultdict(float)
@@ -283,13 +316,18 @@ class _Context:
         self.used_sources["communication"].add(source)
         return latency, bandwidth
 
+    def _ring_bytes(self, devices: list[int], nbytes: float) -> None:
+        """Each hop of a ring all-reduce carries 2(d-1)/d of the buffer."""
+        d = len(devices)
+        for a, b in zip(devices, devices[1:] + devices[:1], strict=True):
+            self.link_bytes[(a, b)] += 2 * (d - 1) / d * nbytes
+
     def ring_time(self, devices: list[int], nbytes: float) -> float:
         d = len(devices)
         if d < 2 or nbytes <= 0:
             return 0.0
         hops = list(zip(devices, devices[1:] + devices[:1], strict=True))
-        for a, b in hops:
-            self.link_bytes[(a, b)] += 2 * (d - 1) / d * nbytes
+        self._ring_bytes(devices, nbytes)
         lat_bw = [self.link(a, b, "all_reduce" if d == 2 else "p2p") for a, b in hops]
         latency = max(lat for lat, _ in lat_bw)
         bandwidth = min(
@@ -313,7 +351,7 @@ class _Context:
             tasks.append(t)
             return t
 
-        for dp in range(plan.dp_degree):
+        for dp in self.simulated:
             ranks = [plan.rank_of(dp, q).rank for q in range(self.p)]
             compute: dict[tuple[str, int, int], Task] = {}
             for q, order in enumerate(orders):
@@ -358,6 +396,10 @@ class _Context:
         da, db = self.plan.ranks[a].device, self.plan.ranks[b].device
         latency, bandwidth = self.link(da, db)
         self.link_bytes[(da, db)] += nbytes
+        for other in self._mirrors():  # identical replicas send the same, on their own links
+            oa = self.plan.rank_of(other, src % self.p).device
+            ob = self.plan.rank_of(other, dst % self.p).device
+            self.link_bytes[(oa, ob)] += nbytes
         return add(
             kind="send",
             work=transfer_time(nbytes, latency, bandwidth),
@@ -370,6 +412,17 @@ class _Context:
             nbytes=round(nbytes),
         )
 
+    def _mirrors(self) -> list[int]:
+        """Replicas not simulated because replica 0 stands for them."""
+        return [] if len(self.simulated) > 1 else list(range(1, self.plan.dp_degree))
+
+    def mirror_rank(self, rank: int) -> int:
+        """The simulated rank that a mirrored rank's timeline copies."""
+        r = self.plan.ranks[rank]
+        if r.dp_index in self.simulated:
+            return rank
+        return self.plan.rank_of(self.simulated[0], r.pp_index).rank
+
     def _reductions(
         self, add, programs: dict[int, list[int]], last_backward: dict[tuple[int, int], int]
     ) -> None:
@@ -379,11 +432,15 @@ class _Context:
         tied_of_stage: dict[tuple[int, int], list[int]] = defaultdict(list)  # (dp, stage) -> task ids
         for fqn, stages in self._tied_stages().items():
             nbytes = self.graph.graph.get("param_bytes", {}).get(fqn, 0) * self.scale
-            for dp in range(plan.dp_degree):
+            for dp in self.simulated:
                 ranks = sorted({plan.rank_of(dp, s % self.p).rank for s in stages})
                 if len(ranks) < 2:
                     continue
                 devices = [plan.ranks[r].device for r in ranks]
+                for other in self._mirrors():
+                    self._ring_bytes(
+                        [plan.rank_of(other, plan.ranks[r].pp_index).device for r in ranks], nbytes
+                    )
                 t = add(
                     kind="all-reduce",
                     work=self.ring_time(devices, nbytes),
@@ -399,8 +456,9 @@ class _Context:
                     before_optimizer[r].append(t.id)
         for s, cost in enumerate(self.stages):
             group = [plan.rank_of(dp, s % self.p).rank for dp in range(plan.dp_degree)]
-            done = [last_backward[(r, s)] for r in group] + [
-                t for dp in range(plan.dp_degree) for t in tied_of_stage[(dp, s)]
+            simulated = [plan.rank_of(dp, s % self.p).rank for dp in self.simulated]
+            done = [last_backward[(r, s)] for r in simulated] + [
+                t for dp in self.simulated for t in tied_of_stage[(dp, s)]
             ]
             if plan.dp_degree > 1:
                 devices = [plan.ranks[r].device for r in group]
@@ -410,18 +468,20 @@ class _Context:
                     rank=group[0],
                     deps=done,
                     channel=f"dp:{s % self.p}",
-                    lanes=tuple(group),
+                    lanes=tuple(simulated),
                     stage=s,
                     nbytes=cost.param_bytes,
                 )
                 done = [t.id]
-            for r in group:
+            for r in simulated:
                 before_optimizer[r].extend(done)
         self._optimizers(add, programs, before_optimizer)
 
     def _optimizers(self, add, programs: dict[int, list[int]], before: dict[int, list[int]]) -> None:
         opt = self.plan.training.optimizer
         for r in self.plan.ranks:
+            if r.dp_index not in self.simulated:
+                continue
             params = sum(
                 self.stages[s].param_count for s in range(len(self.stages)) if s % self.p == r.pp_index
             )

@@ -234,3 +234,38 @@ def test_a_plan_for_another_graph_is_refused():
     plan = make_plan(chain([1, 1]), gpus(2), strategy="pp", pp_degree=2, schedule="gpipe", global_batch=1)
     with pytest.raises(PlanError, match=r"model\.graph_digest: this plan is for graph"):
         price(chain([1, 2]), gpus(2), plan)
+
+
+def test_identical_replicas_are_simulated_once_with_the_same_result():
+    import planner.cost as cost
+
+    graph = chain([1, 2, 1, 1], edge_bytes=5000, params=[1000] * 4)
+    cluster = Cluster(
+        devices=[{"id": i, "kind": "h100-80gb", "node": i // 4, "memory_bytes": 2**34} for i in range(8)],
+        links=[
+            {"a": a, "b": b, "kind": "nvlink4" if a // 4 == b // 4 else "infiniband-ndr"}
+            for a in range(8)
+            for b in range(a + 1, 8)
+        ],
+    )
+    plan = make_plan(
+        graph,
+        cluster,
+        strategy="hybrid",
+        dp_degree=2,
+        pp_degree=4,
+        schedule="1f1b",
+        micro_batches=4,
+        global_batch=16,
+    )
+    fast = price(graph, cluster, plan, options=EXACT)
+    every = cost._Context._replicas_to_simulate
+    try:
+        cost._Context._replicas_to_simulate = lambda self: list(range(self.plan.dp_degree))
+        slow = price(graph, cluster, plan, options=EXACT)
+    finally:
+        cost._Context._replicas_to_simulate = every
+    assert fast.step_time_s == slow.step_time_s
+    assert fast.link_bytes == slow.link_bytes
+    key = lambda p: sorted((i.rank, round(i.start, 12), round(i.end, 12), i.kind) for i in p.timeline)
+    assert key(fast) == key(slow)
