@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import networkx as nx
+from pydantic import ValidationError
 
 from planner.cluster import Cluster
+from planner.errors import PlanError
 from planner.graph import block_order, graph_digest
 from planner.plan import (
     ModelRef,
@@ -23,6 +25,7 @@ from planner.plan import (
     Training,
     UnusedDevice,
 )
+from planner.strict import explain
 
 
 def model_blocks(graph: nx.DiGraph) -> list[str]:
@@ -78,6 +81,7 @@ def make_plan(
     stage_names: Sequence[str] | None = None,
     training: dict[str, Any] | None = None,
     unused_reason: str = "not needed by this plan",
+    digest: str | None = None,
 ) -> Plan:
     """Build and validate a plan.
 
@@ -93,6 +97,8 @@ def make_plan(
         consecutive: rank = dp_index * pp_degree + pp_index.
     shares
         Samples per replica; an even split if omitted.
+    digest
+        The graph's digest when the caller has it already (the search builds many plans).
 
     Raises
     ------
@@ -122,30 +128,29 @@ def make_plan(
         "dataset": graph.graph.get("dataset") or "none",
         **(training or {}),
     }
-    from planner.plan import plan_from_json
-
-    plan_doc = {
-        "model": ModelRef(
-            source=graph.graph.get("source", ""),
-            overrides=graph.graph.get("overrides", {}),
-            graph_digest=graph_digest(graph),
-            blocks=blocks,
-            input_shapes=graph.graph.get("input_shapes", []),
-            trace_batch_size=graph.graph.get("batch_size", 1),
-        ).model_dump(mode="json"),
-        "cluster": cluster.model_dump(mode="json"),
-        "unused_devices": [u.model_dump() for u in unused],
-        "training": Training(**train).model_dump(mode="json"),
-        "strategy": strategy,
-        "schedule": schedule,
-        "virtual_stages": virtual_stages,
-        "dp_degree": dp_degree,
-        "pp_degree": pp_degree,
-        "stages": [s.model_dump() for s in stages],
-        "ranks": [r.model_dump() for r in ranks],
-        "replicas": [r.model_dump() for r in replicas],
-    }
-    # Through the JSON loader, so a plan built here passes exactly the checks a file does.
-    import json
-
-    return plan_from_json(json.dumps(plan_doc), origin="plan")
+    try:
+        # The cluster instance is taken as it is (already validated); the plan's own
+        # consistency checks run exactly as they do for a file.
+        return Plan(
+            model=ModelRef(
+                source=graph.graph.get("source", ""),
+                overrides=graph.graph.get("overrides", {}),
+                graph_digest=digest or graph_digest(graph),
+                blocks=blocks,
+                input_shapes=graph.graph.get("input_shapes", []),
+                trace_batch_size=graph.graph.get("batch_size", 1),
+            ),
+            cluster=cluster,
+            unused_devices=unused,
+            training=Training(**train),
+            strategy=strategy,
+            schedule=schedule,
+            virtual_stages=virtual_stages,
+            dp_degree=dp_degree,
+            pp_degree=pp_degree,
+            stages=stages,
+            ranks=ranks,
+            replicas=replicas,
+        )
+    except ValidationError as exc:
+        raise PlanError(f"plan: {explain(exc)}") from None

@@ -125,11 +125,15 @@ class Cluster(StrictModel):
             )
         return g
 
+    @cached_property
+    def by_id(self) -> dict[int, Device]:
+        return {d.id: d for d in self.devices}
+
     def device(self, device_id: int) -> Device:
-        for d in self.devices:
-            if d.id == device_id:
-                return d
-        raise ClusterError(f"device {device_id} is not in cluster {self.name!r}")
+        try:
+            return self.by_id[device_id]
+        except KeyError:
+            raise ClusterError(f"device {device_id} is not in cluster {self.name!r}") from None
 
     def kind_of(self, device_id: int) -> DeviceKind:
         return device_kind(self.device(device_id).kind)

@@ -127,7 +127,9 @@ class Pricer:
         self._links: dict[tuple[int, int, str], tuple[float, float, str]] = {}
         self._blocks: dict[tuple[str, str, str, float], tuple[float, float, str]] = {}
 
-    def __call__(self, plan: Plan) -> Prediction:
+    def __call__(self, plan: Plan, *, with_timeline: bool = True) -> Prediction:
+        """Price ``plan``; without the timeline (an empty list) when only the figures matter,
+        as in the partitioner's inner loop."""
         if plan.model.graph_digest != self.digest:
             theirs = plan.model.graph_digest[:12]
             raise PlanError(f"model.graph_digest: this plan is for graph {theirs}, not {self.digest[:12]}")
@@ -136,8 +138,11 @@ class Pricer:
         tasks, programs, actions = ctx.gan_tasks() if gan else ctx.pipeline_tasks()
         node_of = {r.rank: r.node for r in plan.ranks}
         times, step = simulate(tasks, programs, node_of, ctx.cores())
-        intervals = timeline(tasks, times, step)
-        if len(ctx.simulated) < plan.dp_degree:  # copy the simulated replica's timeline
+        # Busy compute time of every rank: the simulated ones count for their mirrors too.
+        copies = plan.dp_degree / len(ctx.simulated)
+        busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
+        intervals = timeline(tasks, times, step) if with_timeline else []
+        if with_timeline and len(ctx.simulated) < plan.dp_degree:  # copy the simulated replica's
             source = {r.rank: ctx.mirror_rank(r.rank) for r in plan.ranks if r.dp_index not in ctx.simulated}
             by_rank: dict[int, list[Interval]] = defaultdict(list)
             for i in intervals:
@@ -145,7 +150,6 @@ class Pricer:
             for rank, src in source.items():
                 intervals += [replace(i, rank=rank) for i in by_rank[src]]
             intervals.sort(key=lambda i: (i.rank, i.start, i.kind))
-        busy = sum(i.end - i.start for i in intervals if i.kind in COMPUTE_KINDS)
         return Prediction(
             step_time_s=step,
             samples_per_s=plan.training.global_batch / step if step > 0 else math.inf,

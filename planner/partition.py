@@ -112,8 +112,8 @@ def best_split(
         Pipeline rank of each stage; given for interleaved schedules, where a rank runs
         several stages.
     max_evaluations, max_nodes
-        Give up proving optimality after this many prices, or this many partial splits
-        visited (``exact`` is then False and the best split found is returned).
+        Give up proving optimality after this many prices, or this many stage ranges
+        tried (``exact`` is then False and the best split found is returned).
     """
     k, n = len(work), len(work[0])
     if not 1 <= k <= n:
@@ -146,12 +146,12 @@ def best_split(
 
     def dfs(j: int, a: int, cuts: list[int], ahead: float, bound: float, per_rank: list[float]) -> None:
         nonlocal exhausted, visited
-        visited += 1
-        if exhausted or (max_nodes is not None and visited > max_nodes):
-            exhausted = True
-            return
         left = k - j
         for b in range(a, n - left + 1):  # stage j takes blocks a..b
+            visited += 1
+            if exhausted or (max_nodes is not None and visited > max_nodes):
+                exhausted = True
+                return
             if fits is not None and not fits(j, a, b):
                 break  # more blocks only need more memory
             w = prefix[j][b + 1] - prefix[j][a]

@@ -15,6 +15,7 @@ hold the same stages and average their gradients. Stage ``i`` runs on pipeline r
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -273,11 +274,16 @@ class Plan(StrictModel):
         position = {b: i for i, b in enumerate(blocks)}
         return [blocks[position[s.first] : position[s.last] + 1] for s in self.stages]
 
+    @cached_property
+    def grid(self) -> dict[tuple[int, int], RankAssignment]:
+        """Ranks by their ``(dp_index, pp_index)`` coordinates."""
+        return {(r.dp_index, r.pp_index): r for r in self.ranks}
+
     def rank_of(self, dp_index: int, pp_index: int) -> RankAssignment:
-        for r in self.ranks:
-            if (r.dp_index, r.pp_index) == (dp_index, pp_index):
-                return r
-        raise PlanError(f"no rank at coordinates ({dp_index}, {pp_index})")
+        try:
+            return self.grid[(dp_index, pp_index)]
+        except KeyError:
+            raise PlanError(f"no rank at coordinates ({dp_index}, {pp_index})") from None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ from planner.timing import CostOptions
 
 STRATEGIES = ("auto", "dp", "pp", "hybrid", "mp")
 MAX_UNITS = 512  # past this many blocks, cut only between groups of consecutive blocks
+MAX_PP = 64  # deeper pipelines are not enumerated: their bubble and simulation cost grow with depth
+EXACT_LIMIT = 4096  # blocks x stages up to which the split is proven optimal by branch and bound
 
 
 @dataclass
@@ -115,11 +118,18 @@ def search(
     training: dict[str, Any] | None = None,
     profile: Profile | None = None,
     options: CostOptions | None = None,
-    max_priced: int = 12,
-    max_evaluations: int = 64,
+    max_priced: int = 8,
+    max_evaluations: int = 32,
     max_nodes: int = 20000,
+    exact_budget_s: float = 2.0,
 ) -> SearchResult:
-    """Find the fastest plan that fits; return it with the alternatives that were priced."""
+    """Find the fastest plan that fits; return it with the alternatives that were priced.
+
+    Splits are proven optimal (branch and bound on `price()`) while the search has spent
+    less than ``exact_budget_s``; after that, and for problems past ``EXACT_LIMIT``, the
+    split that balances work is priced once and the row says it is not proven.
+    """
+    started = time.perf_counter()
     if strategy not in STRATEGIES:
         raise PlannerError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     if global_batch < 1:
@@ -140,8 +150,9 @@ def search(
     if not candidates:
         raise PlannerError(_nothing_to_try(strategy, schedule, micro_batches, global_batch, len(blocks)))
     units = _units(graph, blocks)
+    screen = _Screen(pricer, graph, blocks, training)
     for c in candidates:
-        c.estimate = _estimate(pricer, graph, cluster, c, blocks, training)
+        c.estimate = screen(cluster, c)
     candidates.sort(key=lambda c: c.estimate)
     chosen = candidates[:max_priced]
     # Always compare against pure data parallel, pure pipeline parallel and one device alone.
@@ -154,7 +165,8 @@ def search(
         if pure is not None and pure not in chosen:
             chosen.append(pure)
     for c in chosen:
-        _partition_and_price(pricer, graph, cluster, c, training, units, max_evaluations, max_nodes)
+        prove = time.perf_counter() - started < exact_budget_s
+        _partition_and_price(pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, prove)
     chosen.sort(key=lambda c: (not c.feasible, c.prediction.step_time_s if c.prediction else math.inf))
     return SearchResult(_best_per_family(chosen), len(candidates), len(units) if units else len(blocks))
 
@@ -203,8 +215,10 @@ def _orders(cluster: Cluster, devices: list[int]) -> list[tuple[str, list[int]]]
 def _micro_batch_counts(pp: int, share: int, pinned: int | None) -> list[int]:
     if pinned is not None:
         return [pinned]
+    # More micro-batches shrink the bubble but cost a weight read per micro-batch and grow
+    # the simulation; past max(64, pp) the gain is gone.
     options = {1, 2, 4, 8, 16, 32, 64, pp, 2 * pp, 4 * pp}
-    return sorted(m for m in options if m <= share)
+    return sorted(m for m in options if m <= min(share, max(64, pp)))
 
 
 def _shares(cluster: Cluster, replicas: list[list[int]], batch: int, m: int) -> list[list[int]]:
@@ -233,12 +247,14 @@ def _layouts(cluster, n_blocks, batch, strategy, schedule, pinned_m):
     seen = set()
     # On one node with one kind of link every mesh order is the same plan.
     uniform = len(cluster.nodes()) == 1 and len({lk.kind for lk in cluster.links}) <= 1
-    for devices in _device_sets(cluster):
-        n = len(devices)
-        for pp in range(1, min(n, n_blocks) + 1):
-            if n % pp:
-                continue
-            dp = n // pp
+    for device_set in _device_sets(cluster):
+        total = len(device_set)
+        shapes = [(total // pp, pp) for pp in range(1, min(total, n_blocks, MAX_PP) + 1) if total % pp == 0]
+        if total > MAX_PP and n_blocks >= MAX_PP:
+            shapes.append((1, MAX_PP))  # the pure pipeline, as deep as it goes, on the first devices
+        for dp, pp in shapes:
+            n = dp * pp
+            devices = device_set[:n]
             kind = "dp" if pp == 1 else ("pp" if dp == 1 else "hybrid")
             if strategy not in ("auto", kind):
                 continue
@@ -306,7 +322,7 @@ def _nothing_to_try(strategy, schedule, m, batch, n_blocks) -> str:
 
 
 # -- screening, partitioning, pricing ------------------------------------------------------
-def _template(graph, cluster, c: Candidate, training, cuts=None) -> Plan:
+def _template(graph, cluster, c: Candidate, training, digest: str) -> Plan:
     unused = {d.id for d in cluster.devices} - set(c.devices)
     return make_plan(
         graph,
@@ -321,10 +337,10 @@ def _template(graph, cluster, c: Candidate, training, cuts=None) -> Plan:
         devices=c.devices,
         coords=c.coords,
         shares=c.shares,
-        cuts=cuts,
         stage_names=c.names or None,
         training=training,
         unused_reason="not used by this plan" if unused else "",
+        digest=digest,
     )
 
 
@@ -342,69 +358,70 @@ def _units(graph: nx.DiGraph, blocks: list[str]) -> list[int] | None:
     return starts
 
 
-def _estimate(pricer: Pricer, graph, cluster, c: Candidate, blocks, training) -> float:
-    """A quick step-time estimate to screen candidates: the pipeline closed form on the split
-    that balances work, plus the time to stream the gradients once over the slowest link."""
-    if c.strategy == "mp":
-        return 0.0  # few enough to price them all
-    traced = graph.graph.get("dtype", "float32")
-    dtype = (training or {}).get("dtype", "float32")
-    scale = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype] / {"float32": 4, "bfloat16": 2, "float16": 2}[
-        traced
-    ]
-    trace_batch = int(graph.graph.get("batch_size", 1))
-    k = c.pp_degree * c.virtual_stages
-    worst = 0.0
-    for dp in range(c.dp_degree):
-        mb = c.shares[dp] / c.micro_batches
-        devs = [c.devices[r] for r in range(len(c.devices)) if c.coords[r][0] == dp]
-        devs = [
-            devs[q]
-            for q in sorted(range(c.pp_degree), key=lambda q: [x[1] for x in c.coords if x[0] == dp][q])
-        ]
-        work = [
-            [
-                sum(
-                    pricer.block_times(
-                        b, cluster.device(devs[j % c.pp_degree]).kind, dtype, mb, scale, trace_batch
-                    )[:2]
-                )
-                for b in blocks
+class _Screen:
+    """Quick step-time estimates for screening candidates, from cached per-kind totals."""
+
+    def __init__(self, pricer: Pricer, graph: nx.DiGraph, blocks: list[str], training: dict[str, Any]):
+        self.pricer, self.graph, self.blocks = pricer, graph, blocks
+        sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+        self.dtype = training.get("dtype", "float32")
+        self.scale = sizes[self.dtype] / sizes[graph.graph.get("dtype", "float32")]
+        self.trace_batch = int(graph.graph.get("batch_size", 1))
+        self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * self.scale
+        self._totals: dict[tuple[str, float], tuple[float, float]] = {}
+
+    def totals(self, kind: str, mb: float) -> tuple[float, float]:
+        """(whole model, largest block) forward + backward seconds per micro-batch on ``kind``."""
+        key = (kind, mb)
+        if key not in self._totals:
+            times = [
+                sum(self.pricer.block_times(b, kind, self.dtype, mb, self.scale, self.trace_batch)[:2])
+                for b in self.blocks
             ]
-            for j in range(k)
-        ]
-        cuts = min_bottleneck_cuts(work) if k > 1 else []
-        bounds = [0, *cuts, len(blocks)]
-        stage = [sum(work[j][bounds[j] : bounds[j + 1]]) for j in range(k)]
-        per_rank = [sum(stage[j] for j in range(k) if j % c.pp_degree == q) for q in range(c.pp_degree)]
-        pipeline = sum(stage) + (c.micro_batches - 1) * max(per_rank)
-        worst = max(worst, pipeline)
-    if c.dp_degree > 1:
-        grads = sum(graph.nodes[b]["param_bytes"] for b in blocks) * scale / c.pp_degree
-        bandwidth = (
-            min(cluster.path(a, b)[0] for a, b in itertools.pairwise(c.devices)) if len(c.devices) > 1 else 1
-        )
-        worst += 2 * grads / bandwidth
-    return worst
+            self._totals[key] = (sum(times), max(times))
+        return self._totals[key]
+
+    def __call__(self, cluster: Cluster, c: Candidate) -> float:
+        """The pipeline closed form on a split balanced by device speed, plus streaming the
+        gradients once over the slowest link between neighbouring devices."""
+        if c.strategy == "mp":
+            return 0.0  # few enough to price them all
+        worst = 0.0
+        for dp in range(c.dp_degree):
+            mb = c.shares[dp] / c.micro_batches
+            kinds = [cluster.device(c.devices[r]).kind for r in range(len(c.devices)) if c.coords[r][0] == dp]
+            totals = [self.totals(k, mb) for k in kinds]
+            balanced = 1 / sum(1 / t for t, _ in totals)  # work split in proportion to speed
+            stage = max(balanced, max(b for _, b in totals) / c.virtual_stages)
+            fill = (c.pp_degree - 1) / c.virtual_stages
+            worst = max(worst, (c.micro_batches + fill) * stage)
+        if c.dp_degree > 1:
+            bandwidth = min(cluster.path(a, b)[0] for a, b in itertools.pairwise(c.devices))
+            worst += 2 * self.grad_bytes / c.pp_degree / bandwidth
+        return worst
 
 
 def _partition_and_price(
-    pricer, graph, cluster, c: Candidate, training, units, max_evaluations, max_nodes
+    pricer, graph, cluster, c: Candidate, training, units, max_evaluations, max_nodes, prove=True
 ) -> None:
     try:
-        template = _template(graph, cluster, c, training)
+        template = _template(graph, cluster, c, training, pricer.digest)
     except PlannerError as exc:
         c.reason = str(exc)
         return
     if c.strategy == "mp" or c.pp_degree * c.virtual_stages == 1:
-        c.plan, c.prediction, c.exact = template, pricer(template), True
+        c.plan, c.prediction, c.exact = template, pricer(template, with_timeline=False), True
     else:
         problem = StageProblem(pricer, template, units)
-        result = problem.solve(max_evaluations=max_evaluations)
-        c.exact = result.exact and units is None
-        cuts = result.cuts if result.cuts is not None else min_bottleneck_cuts(problem.work)
+        if prove and len(problem.work[0]) * problem.k <= EXACT_LIMIT:
+            result = problem.solve(max_evaluations=max_evaluations, max_nodes=max_nodes)
+            c.exact = result.exact and units is None
+            cuts = result.cuts
+        else:  # too large to prove: the split that balances work, priced once
+            cuts = None
+        cuts = cuts if cuts is not None else min_bottleneck_cuts(problem.work)
         c.plan = problem.plan(cuts)
-        c.prediction = pricer(c.plan)
+        c.prediction = pricer(c.plan, with_timeline=False)
     if not c.prediction.feasible:
         c.reason = _over_memory(c.plan, c.prediction, cluster)
     else:

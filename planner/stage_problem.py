@@ -45,16 +45,21 @@ class StageProblem:
             for j in range(self.k)
         ]
         kinds = {d.id: d.kind for d in pricer.cluster.devices}
-        self.work = [
-            [
-                min(
-                    sum(pricer.block_times(b, kinds[dev], plan.training.dtype, mb, scale, trace_batch)[:2])
-                    for dev, mb in self.places[j]
-                )
-                for b in self.blocks
-            ]
-            for j in range(self.k)
-        ]
+        rows: dict[tuple, list[float]] = {}  # one row per distinct (kind, micro-batch) set
+        self.work = []
+        for j in range(self.k):
+            key = tuple(sorted({(kinds[dev], mb) for dev, mb in self.places[j]}))
+            if key not in rows:
+                per_place = [
+                    [
+                        sum(pricer.block_times(b, kind, plan.training.dtype, mb, scale, trace_batch)[:2])
+                        for b in self.blocks
+                    ]
+                    for kind, mb in key
+                ]
+                # The least over replicas keeps the partitioner's bound a lower bound for each.
+                rows[key] = [min(col) for col in zip(*per_place, strict=True)]
+            self.work.append(rows[key])
         # Memory lower bound per block: parameters + gradients + optimizer state, and saved
         # activations per sample (tied copies and re-kept inputs only add to it).
         opt = plan.training.optimizer
@@ -110,10 +115,10 @@ class StageProblem:
         return self.pricer(self.plan(cuts))
 
     def evaluate(self, cuts: list[int]) -> float:
-        pred = self.predict(cuts)
+        pred = self.pricer(self.plan(cuts), with_timeline=False)
         return pred.step_time_s if pred.feasible else math.inf
 
-    def solve(self, max_evaluations: int | None = None) -> SplitResult:
+    def solve(self, max_evaluations: int | None = None, max_nodes: int | None = None) -> SplitResult:
         return best_split(
             self.work,
             self.template.training.micro_batches,
@@ -121,4 +126,5 @@ class StageProblem:
             fits=self.fits,
             ranks=self.ranks,
             max_evaluations=max_evaluations,
+            max_nodes=max_nodes,
         )

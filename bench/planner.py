@@ -1,0 +1,217 @@
+"""How fast and how good the planner's search is.
+
+    python bench/planner.py [--quick]
+
+(a) The full auto search (`planner.search.search`) on synthetic layer graphs of 100, 1,000
+    and 10,000 blocks (a 7B-parameter transformer, bf16, 2k tokens, cut into that many blocks
+    of random sizes, with skip edges) on 8, 64 and 512 H100s, global batch max(64, 2 x devices):
+    blocks actually partitioned, wall time on one core, and whether the split of the chosen
+    plan is proven optimal. Where the branch and bound gives up, the gap of the
+    screening split to the exact split is printed at the largest size exact still runs.
+(b) A GPT with a large vocabulary (16384, d_model 256, 8 blocks; FACTS.md) on 4 and 8
+    devices: the predicted step time of the plan the search picks, against the same
+    degrees with an even layer split (Megatron's default) and a parameter-balanced split
+    (DeepSpeed's default), as ratios (> 1: the baseline is slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import networkx as nx
+
+from planner.cluster import resolve_cluster
+from planner.cost import Pricer
+from planner.devices import device_kind
+from planner.partition import min_bottleneck_cuts
+from planner.search import search
+from planner.stage_problem import StageProblem
+
+PEAK = device_kind("h100-80gb").peak_flops["float32"]
+
+
+def synthetic(n: int, seed: int = 0) -> nx.DiGraph:
+    """n transformer-like blocks: random FLOPs, parameters and saved bytes, a few skip edges."""
+    rng = random.Random(seed)
+    g = nx.DiGraph(
+        source=f"synthetic-{n}",
+        overrides={},
+        batch_size=1,
+        dtype="bfloat16",
+        input_shapes=[[1]],
+        param_bytes={},
+    )
+    g.add_node(
+        "input:x",
+        kind="input",
+        fqn="",
+        op="input",
+        ops=[],
+        param_bytes=0,
+        param_count=0,
+        saved_bytes=0,
+        output_bytes=0,
+        params=[],
+        shared_params=[],
+        resaved_from={},
+        fwd_flops=0,
+    )
+    # A 7B-parameter model (2k tokens, hidden 4096) cut into n blocks of random sizes.
+    act = 2048 * 4096 * 2  # one sample's hidden state in fp16
+    for i in range(n):
+        share = rng.uniform(0.5, 1.5) / n
+        flops = share * 6 * 7e9 * 2048 / 3  # forward: a third of 6 N T
+        params = int(share * 7e9)
+        g.add_node(
+            f"b{i}",
+            kind="block",
+            fqn=f"b{i}",
+            op="Block",
+            fwd_flops=int(flops),
+            ops=[[int(flops), 4 * act, 2 * params]],
+            param_bytes=2 * params,
+            param_count=params,
+            params=[],
+            shared_params=[],
+            saved_bytes=int(32 * 34 * act * share),
+            output_bytes=act,
+            resaved_from={},
+        )
+    g.add_edge("input:x", "b0", bytes=0, grad_bytes=0)
+    for i in range(n - 1):
+        g.add_edge(f"b{i}", f"b{i + 1}", bytes=act, grad_bytes=act)
+        if i + 3 < n and rng.random() < 0.05:
+            g.add_edge(f"b{i}", f"b{i + 3}", bytes=act // 4, grad_bytes=act // 4)
+    g.graph["order"] = list(g.nodes)
+    return g
+
+
+def part_a(sizes, clusters) -> None:
+    print("(a) full auto search, one core")
+    print(
+        f"{'blocks':>7} {'devices':>8} {'partitioned':>11} {'screened':>9} {'priced':>7} {'time s':>8}  "
+        f"{'best plan':<42} {'split proven optimal'}"
+    )
+    for n in sizes:
+        graph = synthetic(n)
+        for spec in clusters:
+            cluster = resolve_cluster(spec)
+            t0 = time.perf_counter()
+            batch = max(64, 2 * len(cluster.devices))
+            result = search(graph, cluster, global_batch=batch, training={"dtype": "bfloat16"})
+            dt = time.perf_counter() - t0
+            best = result.best
+            label = best.label if best else "none fits"
+            print(
+                f"{n:>7} {len(cluster.devices):>8} {result.units:>11} {result.screened:>9} "
+                f"{len(result.candidates):>7} {dt:>8.2f}  {label[:42]:<42} "
+                f"{'yes' if best and best.exact else 'no'}"
+            )
+
+
+def heuristic_gap(sizes, spec: str, pp: int, m: int) -> None:
+    """The screening split (least bottleneck) vs the exact split, where the exact one finishes."""
+    from planner.build import make_plan
+
+    print(f"\n    screening split vs exact split, pp={pp} m={m} 1f1b on {spec}:")
+    cluster = resolve_cluster(spec)
+    for n in sizes:
+        graph = synthetic(n)
+        template = make_plan(
+            graph,
+            cluster,
+            strategy="pp",
+            pp_degree=pp,
+            schedule="1f1b",
+            micro_batches=m,
+            global_batch=m,
+            devices=[d.id for d in cluster.devices[:pp]],
+            training={"dtype": "bfloat16"},
+        )
+        problem = StageProblem(Pricer(graph, cluster), template)
+        quick = problem.evaluate(min_bottleneck_cuts(problem.work))
+        t0 = time.perf_counter()
+        exact = problem.solve(max_evaluations=5000, max_nodes=2_000_000)
+        dt = time.perf_counter() - t0
+        status = "exact" if exact.exact else "gave up"
+        print(
+            f"    {n:>6} blocks: screening split / best split = {quick / exact.value:.4f}  "
+            f"({status} after {exact.evaluations} prices, {dt:.2f} s)"
+        )
+
+
+def part_b(devices_list) -> None:
+    from planner.build import make_plan, model_blocks
+    from planner.coarsen import coarsen
+    from planner.trace import trace
+
+    print("\n(b) GPT, vocab 16384, d_model 256, 8 blocks, global batch 32: baseline step / chosen step")
+    graph = coarsen(
+        trace("gpt", {"vocab_size": 16384, "d_model": 256, "n_layer": 8, "seq_len": 128, "n_head": 8})
+    )
+    blocks = model_blocks(graph)
+    params = [graph.nodes[b]["param_count"] for b in blocks]
+    for n in devices_list:
+        cluster = resolve_cluster(f"a100-80gb:{n}")
+        result = search(graph, cluster, global_batch=32, strategy="pp")
+        best = result.best
+        k = best.pp_degree * best.virtual_stages
+        pricer = Pricer(graph, cluster)
+
+        def step(cuts, best=best, cluster=cluster, pricer=pricer):
+            plan = make_plan(
+                graph,
+                cluster,
+                strategy=best.strategy,
+                global_batch=sum(best.shares),
+                dp_degree=best.dp_degree,
+                pp_degree=best.pp_degree,
+                schedule=best.schedule,
+                micro_batches=best.micro_batches,
+                virtual_stages=best.virtual_stages,
+                devices=best.devices,
+                coords=best.coords,
+                shares=best.shares,
+                cuts=cuts,
+            )
+            return pricer(plan).step_time_s
+
+        chosen = best.prediction.step_time_s
+        even = step(_even_layers(blocks, k))
+        balanced = step(min_bottleneck_cuts([params] * k))
+        print(
+            f"  {n} x a100-80gb, {best.label}: chosen {chosen * 1e3:.3f} ms; "
+            f"even layers {even / chosen:.3f}x; parameter-balanced {balanced / chosen:.3f}x"
+        )
+
+
+def _even_layers(blocks: list[str], k: int) -> list[int]:
+    """Megatron-style: the same number of transformer layers per stage, the embedding with the
+    first, the final norm and head with the last."""
+    layers = [i for i, b in enumerate(blocks) if b.startswith("blocks.")]
+    per = len(layers) / k
+    return [layers[round(per * j)] for j in range(1, k)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only the smaller sizes")
+    args = parser.parse_args()
+    if args.quick:
+        part_a([100, 1000], ["h100:8", "h100:8x8"])
+    else:
+        part_a([100, 1000, 10000], ["h100:8", "h100:8x8", "h100:8x64"])
+    heuristic_gap([20, 50, 100], "h100:8", pp=8, m=16)
+    part_b([4, 8])
+
+
+if __name__ == "__main__":
+    main()
