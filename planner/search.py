@@ -154,7 +154,7 @@ def search(
     for c in candidates:
         c.estimate = screen(cluster, c)
     candidates.sort(key=lambda c: c.estimate)
-    chosen = candidates[:max_priced]
+    chosen = _best_per_family(candidates)[:max_priced]  # the best-screened variant of each
     # Always compare against pure data parallel, pure pipeline parallel and one device alone.
     for must in (
         lambda c: c.strategy == "dp" and len(c.devices) > 1,
@@ -392,7 +392,7 @@ class _Screen:
             kinds = [cluster.device(c.devices[r]).kind for r in range(len(c.devices)) if c.coords[r][0] == dp]
             totals = [self.totals(k, mb) for k in kinds]
             balanced = 1 / sum(1 / t for t, _ in totals)  # work split in proportion to speed
-            stage = max(balanced, max(b for _, b in totals) / c.virtual_stages)
+            stage = max(balanced, max(b for _, b in totals))  # a block is never split
             fill = (c.pp_degree - 1) / c.virtual_stages
             worst = max(worst, (c.micro_batches + fill) * stage)
         if c.dp_degree > 1:
