@@ -11,7 +11,6 @@ A cluster can be named three ways wherever one is asked for (`resolve_cluster`):
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from planner.devices import (
     slower_link,
 )
 from planner.errors import ClusterError
-from planner.strict import StrictModel, explain, loads_strict
+from planner.strict import StrictModel, explain, parse_document, read_document
 
 SCHEMA_VERSION = 1
 
@@ -178,25 +177,11 @@ class Cluster(StrictModel):
 
 def cluster_from_json(text: str, origin: str = "cluster JSON") -> Cluster:
     """Parse and validate a cluster document; errors name the field and the problem."""
-    try:
-        data = loads_strict(text)
-    except json.JSONDecodeError as exc:
-        raise ClusterError(f"{origin}: not valid JSON ({exc})") from None
-    except ValueError as exc:
-        raise ClusterError(f"{origin}: {exc} in a cluster") from None
-    try:
-        return Cluster.model_validate(data)
-    except ValidationError as exc:
-        raise ClusterError(f"{origin}: {explain(exc)}") from None
+    return parse_document(Cluster, text, origin, ClusterError, "cluster")
 
 
 def load_cluster(path: str | Path) -> Cluster:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ClusterError(f"cannot read cluster file {str(path)!r}: {exc.strerror}") from None
-    return cluster_from_json(text, origin=str(path))
+    return read_document(Cluster, path, ClusterError, "cluster file")
 
 
 def save_cluster(cluster: Cluster, path: str | Path) -> None:

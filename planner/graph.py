@@ -49,6 +49,36 @@ NODE_SUMS = (
 )
 
 
+def node_attrs(
+    kind: str, fqn: str, op: str, shape: list[int], output_bytes: int, **values: Any
+) -> dict[str, Any]:
+    """A fine-graph node's attributes: every key above, zero unless given in ``values``."""
+    attrs: dict[str, Any] = {
+        "fqn": fqn,
+        "module_stack": [],
+        "kind": kind,
+        "op": op,
+        "fwd_flops": 0,
+        "param_count": 0,
+        "param_bytes": 0,
+        "params": [],
+        "shared_params": [],
+        "buffer_bytes": 0,
+        "saved_bytes": 0,
+        "resaved": [],
+        "output_shape": list(shape),
+        "output_bytes": output_bytes,
+        "read_bytes": 0,
+        "weight_read_bytes": 0,
+        "write_bytes": 0,
+    }
+    unknown = set(values) - set(attrs)
+    if unknown:
+        raise KeyError(f"not node attributes: {sorted(unknown)}")
+    attrs.update(values)
+    return attrs
+
+
 def totals(graph: nx.DiGraph) -> dict[str, int]:
     """Sum the additive node attributes and the edge bytes of ``graph``."""
     out = {key: sum(int(d.get(key, 0)) for _, d in graph.nodes(data=True)) for key in NODE_SUMS}

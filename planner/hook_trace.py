@@ -17,7 +17,7 @@ from typing import Any
 import networkx as nx
 
 from planner.errors import TraceError
-from planner.graph import attach_params
+from planner.graph import attach_params, node_attrs
 from planner.source import BuiltModel, ModelSource, build_model
 
 CPU_FALLBACK_BYTES = 2 * 1024**3  # materialise at most 2 GiB of weights for the CPU run
@@ -81,7 +81,7 @@ def _run(built: BuiltModel) -> nx.DiGraph:
 
     for i, t in enumerate(tensors((built.args, built.kwargs))):
         name = f"input_{i}"
-        graph.add_node(name, **_node("input", "", "input", t, stack=[]))
+        graph.add_node(name, **node_attrs("input", "", "input", list(t.shape), t.numel() * t.element_size()))
         producer[t.untyped_storage()._cdata] = name
 
     counter = FlopCounterMode(display=False)
@@ -116,7 +116,9 @@ def _run(built: BuiltModel) -> nx.DiGraph:
             # Everything measured since the previous leaf call belongs to this one.
             flops = counter.get_total_flops() - state["flops"]
             saved = state["saved"] - state.get("saved_mark", 0)
-            attrs = _node("op", fqn, type(module).__name__, first, stack=[*list(stack), fqn])
+            attrs = node_attrs(
+                "op", fqn, type(module).__name__, list(first.shape), 0, module_stack=[*list(stack), fqn]
+            )
             attrs["output_bytes"] = sum(t.numel() * t.element_size() for t in outs)
             attrs.update(fwd_flops=int(flops), saved_bytes=int(saved))
             params = [p for p in module.parameters(recurse=False) if id(p) not in owned_params]
@@ -182,26 +184,3 @@ def _run(built: BuiltModel) -> nx.DiGraph:
     graph.graph["order"] = list(graph.nodes)
     graph.graph["modules"] = module_info(model)
     return graph
-
-
-def _node(kind: str, fqn: str, op: str, t: Any, stack: list[str]) -> dict[str, Any]:
-    nbytes = t.numel() * t.element_size()
-    return {
-        "fqn": fqn,
-        "module_stack": stack,
-        "kind": kind,
-        "op": op,
-        "fwd_flops": 0,
-        "param_count": 0,
-        "param_bytes": 0,
-        "params": [],
-        "shared_params": [],
-        "buffer_bytes": 0,
-        "saved_bytes": 0,
-        "resaved": [],
-        "output_shape": list(t.shape),
-        "output_bytes": nbytes,
-        "read_bytes": 0,
-        "weight_read_bytes": 0,
-        "write_bytes": 0,
-    }

@@ -14,17 +14,16 @@ hold the same stages and average their gradients. Stage ``i`` runs on pipeline r
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from planner.cluster import Cluster
 from planner.errors import PlanError
 from planner.schedules import schedule_error
-from planner.strict import StrictModel, explain, loads_strict
+from planner.strict import StrictModel, parse_document, read_document
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
@@ -291,24 +290,11 @@ class Plan(StrictModel):
 
 def plan_from_json(text: str, origin: str = "plan") -> Plan:
     """Parse and validate a plan; a `PlanError` names the field that is wrong."""
-    try:
-        data = loads_strict(text)
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{origin}: not valid JSON ({exc})") from None
-    except ValueError as exc:
-        raise PlanError(f"{origin}: {exc} in a plan") from None
-    try:
-        return Plan.model_validate(data)
-    except ValidationError as exc:
-        raise PlanError(f"{origin}: {explain(exc)}") from None
+    return parse_document(Plan, text, origin, PlanError, "plan")
 
 
 def load_plan(path: str | Path) -> Plan:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise PlanError(f"cannot read plan {str(path)!r}: {exc.strerror}") from None
-    return plan_from_json(text, origin=str(path))
+    return read_document(Plan, path, PlanError, "plan")
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from planner.errors import PlannerError
-from planner.strict import StrictModel, explain
+from planner.strict import StrictModel, parse_document, read_document
 
 SCHEMA_VERSION = 1
 
@@ -99,15 +99,8 @@ class Profile(StrictModel):
 
 
 def profile_from_json(text: str, origin: str = "profile") -> Profile:
-    try:
-        return Profile.model_validate_json(text)
-    except ValidationError as exc:
-        raise PlannerError(f"{origin}: {explain(exc)}") from None
+    return parse_document(Profile, text, origin, PlannerError, "profile")
 
 
 def load_profile(path: str | Path) -> Profile:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise PlannerError(f"cannot read profile {str(path)!r}: {exc.strerror}") from None
-    return profile_from_json(text, origin=str(path))
+    return read_document(Profile, path, PlannerError, "profile")

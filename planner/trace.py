@@ -25,7 +25,7 @@ from typing import Any
 import networkx as nx
 
 from planner.errors import SourceError, TraceError
-from planner.graph import attach_params
+from planner.graph import attach_params, node_attrs
 from planner.source import ModelSource, build_model, parse_source
 
 Progress = Callable[[int, int], None]
@@ -243,7 +243,7 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
             kind = placeholder_kind.get(node.name, ("constant", ""))
             if kind[0] == "input":
                 t = feeds[node.name]
-                graph.add_node(node.name, **_empty_node("input", "", "input", t))
+                graph.add_node(node.name, **node_attrs("input", "", "input", list(t.shape), _nbytes(t)))
                 producer_of.setdefault(_storage_key(t), node.name)
             continue
         if node.op == "output":
@@ -272,25 +272,20 @@ def _measure(exported: Any, model: Any, args: tuple, progress: Progress | None) 
         out_tensors = _tensors(out)
         is_view = node.target is operator.getitem or _aliases(out_tensors, in_tensors)
         first = out_tensors[0] if out_tensors else None
-        attrs = {
-            "fqn": stack[-1] if stack else "",
-            "module_stack": stack,
-            "kind": "op",
-            "op": _op_name(node.target),
-            "fwd_flops": int(flops),
-            "param_count": 0,
-            "param_bytes": 0,
-            "params": [],
-            "shared_params": [],
-            "buffer_bytes": 0,
-            "saved_bytes": int(current["saved"]),
-            "resaved": current["resaved"],
-            "output_shape": list(first.shape) if first is not None else [],
-            "output_bytes": sum(_nbytes(t) for t in out_tensors),
-            "read_bytes": 0 if is_view else sum(_nbytes(t) for t in in_tensors),
-            "weight_read_bytes": 0 if is_view else _weight_bytes(node, placeholder_kind, values),
-            "write_bytes": 0 if is_view else sum(_nbytes(t) for t in out_tensors),
-        }
+        attrs = node_attrs(
+            "op",
+            stack[-1] if stack else "",
+            _op_name(node.target),
+            list(first.shape) if first is not None else [],
+            sum(_nbytes(t) for t in out_tensors),
+            module_stack=stack,
+            fwd_flops=int(flops),
+            saved_bytes=int(current["saved"]),
+            resaved=current["resaved"],
+            read_bytes=0 if is_view else sum(_nbytes(t) for t in in_tensors),
+            weight_read_bytes=0 if is_view else _weight_bytes(node, placeholder_kind, values),
+            write_bytes=0 if is_view else sum(_nbytes(t) for t in out_tensors),
+        )
         graph.add_node(node.name, **attrs)
         for t in out_tensors:
             producer_of.setdefault(_storage_key(t), node.name)
@@ -450,28 +445,6 @@ def _unused_params(named: dict, aliases: dict[int, list[str]], owners: dict) -> 
         if aliases[id(p)][0] not in owners:
             missing.append(name)
     return missing
-
-
-def _empty_node(kind: str, fqn: str, op: str, t: Any) -> dict[str, Any]:
-    return {
-        "fqn": fqn,
-        "module_stack": [],
-        "kind": kind,
-        "op": op,
-        "fwd_flops": 0,
-        "param_count": 0,
-        "param_bytes": 0,
-        "params": [],
-        "shared_params": [],
-        "buffer_bytes": 0,
-        "saved_bytes": 0,
-        "resaved": [],
-        "output_shape": list(t.shape),
-        "output_bytes": _nbytes(t),
-        "read_bytes": 0,
-        "weight_read_bytes": 0,
-        "write_bytes": 0,
-    }
 
 
 def _first_line(exc: BaseException) -> str:
