@@ -167,6 +167,12 @@ def search(
     for c in chosen:
         prove = time.perf_counter() - started < exact_budget_s
         _partition_and_price(pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, prove)
+    # When memory rules out every candidate priced so far, keep going down the screened list.
+    rest = [c for c in _best_per_family(candidates) if c not in chosen]
+    while rest and not any(c.feasible for c in chosen) and len(chosen) < 4 * max_priced:
+        c = rest.pop(0)
+        _partition_and_price(pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, False)
+        chosen.append(c)
     chosen.sort(key=lambda c: (not c.feasible, c.prediction.step_time_s if c.prediction else math.inf))
     return SearchResult(_best_per_family(chosen), len(candidates), len(units) if units else len(blocks))
 
