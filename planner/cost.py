@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import networkx as nx
@@ -341,13 +342,13 @@ class _Context:
         return ring_all_reduce_time(nbytes, d, latency, bandwidth)
 
     # -- task graphs ----------------------------------------------------------------------
-    def pipeline_tasks(self) -> tuple[list[Task], dict[int, list[int]], dict[int, list[Action]]]:
+    def pipeline_tasks(self) -> tuple[list[Task], dict[int, list[int]], dict[int, Sequence[Action]]]:
         plan = self.plan
         schedule = plan.schedule or ("1f1b" if plan.strategy == "dp" else "gpipe")
         orders = rank_actions(schedule, self.p, self.m, plan.virtual_stages)
         tasks: list[Task] = []
         programs: dict[int, list[int]] = defaultdict(list)
-        actions: dict[int, list[Action]] = {}
+        actions: dict[int, Sequence[Action]] = {}
         last_backward: dict[tuple[int, int], int] = {}  # (rank, stage) -> task id
 
         def add(**kw) -> Task:
@@ -503,7 +504,7 @@ class _Context:
                 held[p].add(s)
         return {p: sorted(s) for p, s in held.items() if len(s) > 1}
 
-    def gan_tasks(self) -> tuple[list[Task], dict[int, list[int]], dict[int, list[Action]]]:
+    def gan_tasks(self) -> tuple[list[Task], dict[int, list[int]], dict[int, Sequence[Action]]]:
         """One GAN step as its phases (the runtime's hand-written schedule, runtime/gan.py).
 
         Discriminator step: D forward and backward on real samples; G forward, send the
@@ -581,7 +582,7 @@ class _Context:
         return tasks, programs, actions
 
     # -- memory ---------------------------------------------------------------------------
-    def memory(self, actions: dict[int, list[Action]], gan: bool) -> list[MemoryBreakdown]:
+    def memory(self, actions: dict[int, Sequence[Action]], gan: bool) -> list[MemoryBreakdown]:
         plan, opt = self.plan, self.plan.training.optimizer
         per_param = optimizer_state_bytes(opt.name, opt.momentum, self.dtype)
         last = len(self.stages) - 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
@@ -57,12 +58,14 @@ def schedule_error(schedule: str, pp_degree: int, micro_batches: int, virtual_st
     return None
 
 
+@lru_cache(maxsize=256)
 def rank_actions(
     schedule: str, pp_degree: int, micro_batches: int, virtual_stages: int = 1
-) -> list[list[Action]]:
+) -> tuple[tuple[Action, ...], ...]:
     """Each pipeline rank's computations in the order torch issues them.
 
     Stage ``i`` lives on rank ``i % pp_degree`` (for non-interleaved schedules, stage = rank).
+    Cached: the search asks for the same orders many times (hence tuples, never mutated).
 
     >>> [[f"{a.kind}{a.micro_batch}" for a in r] for r in rank_actions("1f1b", 2, 3)]
     [['F0', 'F1', 'B0', 'F2', 'B1', 'B2'], ['F0', 'B0', 'F1', 'B1', 'F2', 'B2']]
@@ -70,7 +73,10 @@ def rank_actions(
     error = schedule_error(schedule, pp_degree, micro_batches, virtual_stages)
     if error:
         raise ValueError(error)
-    p, m = pp_degree, micro_batches
+    return tuple(tuple(order) for order in _orders(schedule, pp_degree, micro_batches, virtual_stages))
+
+
+def _orders(schedule: str, p: int, m: int, virtual_stages: int) -> list[list[Action]]:
     if schedule == "gpipe":
         return [
             [Action(r, "F", i) for i in range(m)] + [Action(r, "B", i) for i in range(m)] for r in range(p)
@@ -130,7 +136,7 @@ def _interleaved(rank: int, p: int, m: int, v: int) -> list[Action]:
     return actions
 
 
-def in_flight(actions: list[Action]) -> dict[int, int]:
+def in_flight(actions: tuple[Action, ...] | list[Action]) -> dict[int, int]:
     """Most micro-batches each stage holds activations for at once (forwards not yet undone).
 
     >>> in_flight(rank_actions("gpipe", 2, 4)[0]), in_flight(rank_actions("1f1b", 2, 4)[0])
