@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import re
+from collections import Counter
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,19 @@ class Cluster(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Cluster:
+        # pydantic re-runs this for a cluster inside every plan built from it; the checks
+        # (quadratic in devices for all-pairs links) run once per instance.
+        _ = self.consistency_checked  # raises ValueError naming the problem
+        return self
+
+    @cached_property
+    def consistency_checked(self) -> bool:
         if self.schema_version > SCHEMA_VERSION:
             raise ValueError(
                 f"schema_version {self.schema_version} is newer than this planner's {SCHEMA_VERSION}"
             )
         ids = [d.id for d in self.devices]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dupes:
             raise ValueError(f"device ids {dupes} appear more than once")
         known = set(ids)
@@ -102,10 +110,10 @@ class Cluster(StrictModel):
             if pair in pairs:
                 raise ValueError(f"links[{i}] repeats the link between {link.a} and {link.b}")
             pairs.add(pair)
-        if len(ids) > 1 and not nx.is_connected(self.graph()):
-            parts = [sorted(c) for c in nx.connected_components(self.graph())]
+        if len(ids) > 1 and not nx.is_connected(self.link_graphs[0]):
+            parts = [sorted(c) for c in nx.connected_components(self.link_graphs[0])]
             raise ValueError(f"devices are not all linked: separate groups {parts}")
-        return self
+        return True
 
     # -- views -------------------------------------------------------------------------
     def graph(self) -> nx.Graph:

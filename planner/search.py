@@ -375,6 +375,13 @@ class _Screen:
         self.trace_batch = int(graph.graph.get("batch_size", 1))
         self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * self.scale
         self._totals: dict[tuple[str, float], tuple[float, float]] = {}
+        self._links: dict[tuple[int, ...], float] = {}
+
+    def slowest_link(self, cluster: Cluster, devices: tuple[int, ...]) -> float:
+        """Least bandwidth between neighbours in this device order (many candidates share one)."""
+        if devices not in self._links:
+            self._links[devices] = min(cluster.path(a, b)[0] for a, b in itertools.pairwise(devices))
+        return self._links[devices]
 
     def totals(self, kind: str, mb: float) -> tuple[float, float]:
         """(whole model, largest block) forward + backward seconds per micro-batch on ``kind``."""
@@ -402,8 +409,7 @@ class _Screen:
             fill = (c.pp_degree - 1) / c.virtual_stages
             worst = max(worst, (c.micro_batches + fill) * stage)
         if c.dp_degree > 1:
-            bandwidth = min(cluster.path(a, b)[0] for a, b in itertools.pairwise(c.devices))
-            worst += 2 * self.grad_bytes / c.pp_degree / bandwidth
+            worst += 2 * self.grad_bytes / c.pp_degree / self.slowest_link(cluster, tuple(c.devices))
         return worst
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 COMPUTE_KINDS = ("forward", "backward", "optimizer")
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     id: int
     kind: str  # forward | backward | optimizer | send | all-reduce
@@ -34,7 +34,7 @@ class Task:
     nbytes: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interval:
     rank: int
     start: float
