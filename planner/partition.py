@@ -6,7 +6,8 @@ pricing every split: a split is priced only if a lower bound on its step time be
 best price found so far, and the bound never exceeds the price:
 
     step >= sum_{j < s} w_j + m * w_s        for every stage s (GPipe, 1F1B)
-    step >= m * (sum of w over the chunks of one rank)   (interleaved)
+    step >= sum_{j < q} w_j + m * (all work of rank q)   (interleaved; chunk q is rank
+                                                          q's first, j < q its predecessors)
 
 where w_j is stage j's forward + backward time per micro-batch on its device: stage s
 cannot start before the stages ahead of it have run their first forward, must run m
@@ -144,7 +145,9 @@ def best_split(
     if fits is None or all(fits(j, a, b - 1) for j, (a, b) in enumerate(_ranges(start, n))):
         price(start)
 
-    def dfs(j: int, a: int, cuts: list[int], ahead: float, bound: float, per_rank: list[float]) -> None:
+    def dfs(
+        j: int, a: int, cuts: list[int], ahead: float, bound: float, per_rank: list[float], heads: list[float]
+    ) -> None:
         nonlocal exhausted, visited
         left = k - j
         for b in range(a, n - left + 1):  # stage j takes blocks a..b
@@ -156,9 +159,14 @@ def best_split(
                 break  # more blocks only need more memory
             w = prefix[j][b + 1] - prefix[j][a]
             if interleaved:
+                # Rank q starts after the forwards of the chunks before its first one and ends
+                # before their backwards: heads[q] + m * (all of rank q's work).
+                q = ranks[j]
                 rank_work = per_rank[:]
-                rank_work[ranks[j]] += w
-                stage_bound = max(bound, m * max(rank_work))
+                rank_work[q] += w
+                head = ahead if j < len(heads_needed) else heads[q]
+                own = head + m * rank_work[q]
+                stage_bound = max(bound, own)
             else:
                 rank_work = per_rank
                 stage_bound = max(bound, ahead + m * w)
@@ -169,7 +177,7 @@ def best_split(
                 else 0.0
             )
             if max(stage_bound, remaining) >= best_value:
-                if not interleaved and ahead + m * w >= best_value:
+                if (own if interleaved else ahead + m * w) >= best_value:
                     break  # a longer stage j only raises this bound further
                 continue
             if rest == 0:
@@ -180,10 +188,12 @@ def best_split(
                     price(cuts)
                 continue
             cuts.append(b + 1)
-            dfs(j + 1, b + 1, cuts, ahead + w, stage_bound, rank_work)
+            next_heads = [*heads, ahead] if interleaved and j < len(heads_needed) else heads
+            dfs(j + 1, b + 1, cuts, ahead + w, stage_bound, rank_work, next_heads)
             cuts.pop()
 
-    dfs(0, 0, [], 0.0, 0.0, [0.0] * (max(ranks) + 1))
+    heads_needed = sorted(set(ranks))  # the first round: chunk q is rank q's first
+    dfs(0, 0, [], 0.0, 0.0, [0.0] * (max(ranks) + 1), [])
     return SplitResult(best_cuts, best_value, not exhausted, evaluations)
 
 
