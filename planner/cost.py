@@ -398,13 +398,17 @@ class _Context:
 
     def _send(self, add, producer: Task, ranks: list[int], src: int, dst: int, nbytes: float) -> Task:
         a, b = ranks[src % self.p], ranks[dst % self.p]
-        da, db = self.plan.ranks[a].device, self.plan.ranks[b].device
-        latency, bandwidth = self.link(da, db)
-        self.link_bytes[(da, db)] += nbytes
         for other in self._mirrors():  # identical replicas send the same, on their own links
             oa = self.plan.rank_of(other, src % self.p).device
             ob = self.plan.rank_of(other, dst % self.p).device
             self.link_bytes[(oa, ob)] += nbytes
+        return self._transfer(add, a, b, nbytes, producer, stage=src)
+
+    def _transfer(self, add, a: int, b: int, nbytes: float, producer: Task, stage: int | None = None) -> Task:
+        """A point-to-point send from rank a to rank b after ``producer``, FIFO on its link."""
+        da, db = self.plan.ranks[a].device, self.plan.ranks[b].device
+        latency, bandwidth = self.link(da, db)
+        self.link_bytes[(da, db)] += nbytes
         return add(
             kind="send",
             work=transfer_time(nbytes, latency, bandwidth),
@@ -412,7 +416,7 @@ class _Context:
             deps=[producer.id],
             channel=f"p2p:{da}->{db}",
             lanes=(a,),
-            stage=src,
+            stage=stage,
             micro_batch=producer.micro_batch,
             nbytes=round(nbytes),
         )
@@ -529,23 +533,10 @@ class _Context:
             tasks.append(t)
             return t
 
-        def send(src_rank: int, a: int, b: int, nbytes: float, dep: Task) -> Task:
-            latency, bandwidth = self.link(a, b)
-            self.link_bytes[(a, b)] += nbytes
-            return add(
-                kind="send",
-                work=transfer_time(nbytes, latency, bandwidth),
-                rank=src_rank,
-                deps=[dep.id],
-                channel=f"p2p:{a}->{b}",
-                lanes=(src_rank,),
-                nbytes=round(nbytes),
-            )
-
         d_real_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=0)
         d_real_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=0, deps=[d_real_f.id])
         g_fwd = add(kind="forward", work=g_f, rank=g, stage=g_stage, micro_batch=0)
-        samples = send(g, dg, dd, sample_bytes, g_fwd)
+        samples = self._transfer(add, g, d, sample_bytes, g_fwd)
         d_fake_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=1, deps=[samples.id])
         d_fake_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=1, deps=[d_fake_f.id])
         d_params = self.stages[d_stage].param_count
@@ -560,7 +551,7 @@ class _Context:
         )
         d_gen_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=2, deps=[d_opt.id])
         d_gen_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=2, deps=[d_gen_f.id])
-        grad = send(d, dd, dg, grad_bytes, d_gen_b)
+        grad = self._transfer(add, d, g, grad_bytes, d_gen_b)
         g_bwd = add(kind="backward", work=g_b, rank=g, stage=g_stage, micro_batch=0, deps=[grad.id])
         g_opt = add(
             kind="optimizer",
