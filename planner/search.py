@@ -4,11 +4,14 @@ Enumerated: the devices to use (all, each kind alone, the fastest one), dp x pp 
 both mesh orders (a pipeline's ranks on neighbouring devices, so stage-to-stage traffic
 stays on the fast links inside a node; or a replica group's), every order of device kinds
 along a pipeline, micro-batch counts, schedules (GPipe, 1F1B, interleaved with v = 2), and
-for replicas of different speeds, batch shares in proportion to speed. Each candidate is
-screened with a quick estimate; the most promising are partitioned exactly
-(`planner.stage_problem`) and priced. Pure data parallel and pure pipeline parallel are
-always priced and listed, with the reason when they do not fit. The GAN (a model of named
-sub-networks) is planned as data parallel or as `mp`, its networks on their own devices.
+for replicas of different speeds, batch shares in proportion to speed (pipelines up to
+MAX_PP deep). Each candidate is screened with a quick estimate; the best-screened variant
+of the most promising families is split into stages (`planner.stage_problem`: proven
+optimal by branch and bound while small and within the time budget, else the split that
+balances work) and priced. Pure data parallel, pure pipeline parallel and one device alone
+are always priced and listed, with the reason when they do not fit. The GAN (a model of
+named sub-networks) is planned as data parallel or as `mp`, its networks on their own
+devices.
 """
 
 from __future__ import annotations
