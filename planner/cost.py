@@ -376,50 +376,54 @@ class _Context:
                     programs[rank].append(t.id)
                     if a.kind == "B":
                         last_backward[(rank, a.stage)] = t.id
-            n_stages = len(self.stages)
             samples = self.share[dp] / self.m
+            # Every micro-batch crossing a boundary sends the same bytes over the same link:
+            # work out each hop once.
+            fwd_hops = [
+                self._hop(ranks, j, j + 1, self.fwd_cross[j] * samples) for j in range(len(self.stages) - 1)
+            ]
+            bwd_hops = [
+                self._hop(ranks, j + 1, j, self.bwd_cross[j] * samples) for j in range(len(self.stages) - 1)
+            ]
+            last = len(self.stages) - 1
             for (kind, s, i), t in compute.items():
                 if kind == "F" and s > 0:
-                    t.deps.append(
-                        self._send(
-                            add, compute[("F", s - 1, i)], ranks, s - 1, s, self.fwd_cross[s - 1] * samples
-                        ).id
-                    )
+                    t.deps.append(self._hop_task(add, fwd_hops[s - 1], compute[("F", s - 1, i)], s - 1))
                 if kind == "B":
                     t.deps.append(compute[("F", s, i)].id)
-                    if s < n_stages - 1:
-                        t.deps.append(
-                            self._send(
-                                add, compute[("B", s + 1, i)], ranks, s + 1, s, self.bwd_cross[s] * samples
-                            ).id
-                        )
+                    if s < last:
+                        t.deps.append(self._hop_task(add, bwd_hops[s], compute[("B", s + 1, i)], s + 1))
         self._reductions(add, programs, last_backward)
         return tasks, dict(programs), actions
 
-    def _send(self, add, producer: Task, ranks: list[int], src: int, dst: int, nbytes: float) -> Task:
+    def _hop(self, ranks: list[int], src: int, dst: int, nbytes: float) -> tuple:
+        """(sender rank, work, channel, bytes) of one micro-batch's send from stage src to
+        dst, with its bytes counted on every link it uses, the mirrored replicas' too."""
         a, b = ranks[src % self.p], ranks[dst % self.p]
+        da, db = self.plan.ranks[a].device, self.plan.ranks[b].device
+        latency, bandwidth = self.link(da, db)
+        per_step = nbytes * self.m
+        self.link_bytes[(da, db)] += per_step
         for other in self._mirrors():  # identical replicas send the same, on their own links
             oa = self.plan.rank_of(other, src % self.p).device
             ob = self.plan.rank_of(other, dst % self.p).device
-            self.link_bytes[(oa, ob)] += nbytes
-        return self._transfer(add, a, b, nbytes, producer, stage=src)
+            self.link_bytes[(oa, ob)] += per_step
+        return a, transfer_time(nbytes, latency, bandwidth), f"p2p:{da}->{db}", round(nbytes)
 
-    def _transfer(self, add, a: int, b: int, nbytes: float, producer: Task, stage: int | None = None) -> Task:
-        """A point-to-point send from rank a to rank b after ``producer``, FIFO on its link."""
-        da, db = self.plan.ranks[a].device, self.plan.ranks[b].device
-        latency, bandwidth = self.link(da, db)
-        self.link_bytes[(da, db)] += nbytes
+    @staticmethod
+    def _hop_task(add, hop: tuple, producer: Task, stage: int) -> int:
+        rank, work, channel, nbytes = hop
         return add(
             kind="send",
-            work=transfer_time(nbytes, latency, bandwidth),
-            rank=a,
+            work=work,
+            rank=rank,
             deps=[producer.id],
-            channel=f"p2p:{da}->{db}",
-            lanes=(a,),
+            channel=channel,
+            lanes=(rank,),
             stage=stage,
             micro_batch=producer.micro_batch,
-            nbytes=round(nbytes),
-        )
+            nbytes=nbytes,
+        ).id
 
     def _mirrors(self) -> list[int]:
         """Replicas not simulated because replica 0 stands for them."""
@@ -536,8 +540,9 @@ class _Context:
         d_real_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=0)
         d_real_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=0, deps=[d_real_f.id])
         g_fwd = add(kind="forward", work=g_f, rank=g, stage=g_stage, micro_batch=0)
-        samples = self._transfer(add, g, d, sample_bytes, g_fwd)
-        d_fake_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=1, deps=[samples.id])
+        ranks = [plan.rank_of(0, q).rank for q in range(self.p)]
+        samples = self._hop_task(add, self._hop(ranks, g_stage, d_stage, sample_bytes), g_fwd, g_stage)
+        d_fake_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=1, deps=[samples])
         d_fake_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=1, deps=[d_fake_f.id])
         d_params = self.stages[d_stage].param_count
         opt = plan.training.optimizer
@@ -551,8 +556,8 @@ class _Context:
         )
         d_gen_f = add(kind="forward", work=d_f, rank=d, stage=d_stage, micro_batch=2, deps=[d_opt.id])
         d_gen_b = add(kind="backward", work=d_b, rank=d, stage=d_stage, micro_batch=2, deps=[d_gen_f.id])
-        grad = self._transfer(add, d, g, grad_bytes, d_gen_b)
-        g_bwd = add(kind="backward", work=g_b, rank=g, stage=g_stage, micro_batch=0, deps=[grad.id])
+        grad = self._hop_task(add, self._hop(ranks, d_stage, g_stage, grad_bytes), d_gen_b, d_stage)
+        g_bwd = add(kind="backward", work=g_b, rank=g, stage=g_stage, micro_batch=0, deps=[grad])
         g_opt = add(
             kind="optimizer",
             work=optimizer_time(

@@ -52,26 +52,36 @@ def simulate(
 ) -> tuple[dict[int, tuple[float, float]], float]:
     """Run the tasks; return ``{task id: (start, end)}`` and the step's end time.
 
-    ``programs[rank]`` lists the rank's compute task ids in order; ``cores[node]`` is how many
-    compute tasks the node runs at full speed at once (``math.inf`` for GPUs).
+    ``tasks[i].id`` must be ``i``. ``programs[rank]`` lists the rank's compute task ids in
+    order; ``cores[node]`` is how many compute tasks the node runs at full speed at once
+    (``math.inf`` for GPUs).
     """
-    by_id = {t.id: t for t in tasks}
-    waiting = {t.id: len(t.deps) for t in tasks}
-    dependents: dict[int, list[int]] = defaultdict(list)
+    n = len(tasks)
+    if any(t.id != i for i, t in enumerate(tasks)):
+        raise ValueError("task ids must be their positions in the list")
+    # Plain lists indexed by task id: this loop runs once per task, thousands per price.
+    waiting = [len(t.deps) for t in tasks]
+    dependents: list[list[int]] = [[] for _ in range(n)]
     for t in tasks:
         for d in t.deps:
             dependents[d].append(t.id)
+    work = [t.work for t in tasks]
+    channel_of = [t.channel for t in tasks]
+    rank_of = [t.rank for t in tasks]
+    started = [0.0] * n
+    ended = [-1.0] * n
+    version = [0] * n
     position = dict.fromkeys(programs, 0)
     idle = set(programs)
     queues: dict[str, deque[int]] = defaultdict(deque)
-    channel_free: dict[str, bool] = defaultdict(lambda: True)
+    busy_channels: set[str] = set()
     events: list[tuple[float, int, int]] = []  # (end time, version, task); stale versions skipped
-    version: dict[int, int] = {}
     # Compute tasks on nodes whose cores are shared: remaining work, rate, last update.
     shared: dict[int, dict[int, list[float]]] = defaultdict(dict)
-    started: dict[int, float] = {}
-    times: dict[int, tuple[float, float]] = {}
+    unshared = {node: math.isinf(c) for node, c in cores.items()}
+    push, pop = heapq.heappush, heapq.heappop
     now = 0.0
+    done = 0
 
     def reshare(node: int) -> None:
         """Processor sharing: the node's running tasks split its cores evenly from now on."""
@@ -80,32 +90,33 @@ def simulate(
         for tid, state in running.items():
             state[0] -= state[1] * (now - state[2])
             state[1], state[2] = rate, now
-            version[tid] = version.get(tid, 0) + 1
-            heapq.heappush(events, (now + state[0] / rate, version[tid], tid))
+            version[tid] += 1
+            push(events, (now + state[0] / rate, version[tid], tid))
 
     def try_rank(rank: int) -> None:
-        if rank not in idle or position[rank] >= len(programs[rank]):
+        program = programs[rank]
+        at = position[rank]
+        if rank not in idle or at >= len(program):
             return
-        tid = programs[rank][position[rank]]
+        tid = program[at]
         if waiting[tid]:
             return
         idle.discard(rank)
         started[tid] = now
         node = node_of[rank]
-        if math.isinf(cores[node]):
-            version[tid] = 0
-            heapq.heappush(events, (now + by_id[tid].work, 0, tid))
+        if unshared[node]:
+            push(events, (now + work[tid], version[tid], tid))
         else:
-            shared[node][tid] = [by_id[tid].work, 1.0, now]
+            shared[node][tid] = [work[tid], 1.0, now]
             reshare(node)
 
     def try_channel(channel: str) -> None:
-        if channel_free[channel] and queues[channel]:
-            tid = queues[channel].popleft()
-            channel_free[channel] = False
+        queue = queues[channel]
+        if queue and channel not in busy_channels:
+            tid = queue.popleft()
+            busy_channels.add(channel)
             started[tid] = now
-            version[tid] = 0
-            heapq.heappush(events, (now + by_id[tid].work, 0, tid))
+            push(events, (now + work[tid], version[tid], tid))
 
     for t in tasks:
         if t.channel is not None and waiting[t.id] == 0:
@@ -116,41 +127,38 @@ def simulate(
         try_channel(channel)
 
     while events:
-        end, ver, tid = heapq.heappop(events)
-        if version.get(tid) != ver or tid in times:
+        end, ver, tid = pop(events)
+        if ver != version[tid] or ended[tid] >= 0:
             continue
         now = end
-        t = by_id[tid]
-        times[tid] = (started[tid], now)
-        ranks, channels = set(), set()
-        if t.channel is None:
-            node = node_of[t.rank]
-            if tid in shared[node]:
+        ended[tid] = now
+        done += 1
+        channel = channel_of[tid]
+        if channel is None:
+            rank = rank_of[tid]
+            node = node_of[rank]
+            if not unshared[node] and tid in shared[node]:
                 del shared[node][tid]
                 reshare(node)
-            idle.add(t.rank)
-            position[t.rank] += 1
-            ranks.add(t.rank)
+            idle.add(rank)
+            position[rank] += 1
+            try_rank(rank)
         else:
-            channel_free[t.channel] = True
-            channels.add(t.channel)
+            busy_channels.discard(channel)
+            try_channel(channel)
         for d in dependents[tid]:
             waiting[d] -= 1
             if waiting[d] == 0:
-                dep = by_id[d]
-                if dep.channel is not None:
-                    queues[dep.channel].append(d)
-                    channels.add(dep.channel)
+                dep_channel = channel_of[d]
+                if dep_channel is not None:
+                    queues[dep_channel].append(d)
+                    try_channel(dep_channel)
                 else:
-                    ranks.add(dep.rank)
-        for rank in ranks:
-            try_rank(rank)
-        for channel in channels:
-            try_channel(channel)
-    if len(times) < len(tasks):
-        stuck = sorted(set(by_id) - set(times))[:5]
+                    try_rank(rank_of[d])
+    if done < n:
+        stuck = [i for i in range(n) if ended[i] < 0][:5]
         raise RuntimeError(f"simulation deadlock: tasks {stuck} can never start")
-    return times, now
+    return {i: (started[i], ended[i]) for i in range(n)}, now
 
 
 def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: float) -> list[Interval]:
