@@ -351,8 +351,8 @@ class _Context:
         actions: dict[int, Sequence[Action]] = {}
         last_backward: dict[tuple[int, int], int] = {}  # (rank, stage) -> task id
 
-        def add(**kw) -> Task:
-            t = Task(id=len(tasks), **kw)
+        def add(*args, **kw) -> Task:
+            t = Task(len(tasks), *args, **kw)
             tasks.append(t)
             return t
 
@@ -362,19 +362,26 @@ class _Context:
             for q, order in enumerate(orders):
                 rank = ranks[q]
                 actions[rank] = order
+                program = programs[rank]
                 for a in order:
                     fwd, bwd = self.stage_time(rank, a.stage)
-                    kind = "forward" if a.kind == "F" else "backward"
-                    t = add(
-                        kind=kind,
-                        work=fwd if a.kind == "F" else bwd,
-                        rank=rank,
-                        stage=a.stage,
-                        micro_batch=a.micro_batch,
+                    forward = a.kind == "F"
+                    # Positional: this runs once per micro-batch and stage (tens of thousands).
+                    t = Task(
+                        len(tasks),
+                        "forward" if forward else "backward",
+                        fwd if forward else bwd,
+                        rank,
+                        [],
+                        None,
+                        (),
+                        a.stage,
+                        a.micro_batch,
                     )
+                    tasks.append(t)
                     compute[(a.kind, a.stage, a.micro_batch)] = t
-                    programs[rank].append(t.id)
-                    if a.kind == "B":
+                    program.append(t.id)
+                    if not forward:
                         last_backward[(rank, a.stage)] = t.id
             samples = self.share[dp] / self.m
             # Every micro-batch crossing a boundary sends the same bytes over the same link:
@@ -414,15 +421,7 @@ class _Context:
     def _hop_task(add, hop: tuple, producer: Task, stage: int) -> int:
         rank, work, channel, nbytes = hop
         return add(
-            kind="send",
-            work=work,
-            rank=rank,
-            deps=[producer.id],
-            channel=channel,
-            lanes=(rank,),
-            stage=stage,
-            micro_batch=producer.micro_batch,
-            nbytes=nbytes,
+            "send", work, rank, [producer.id], channel, (rank,), stage, producer.micro_batch, nbytes
         ).id
 
     def _mirrors(self) -> list[int]:
@@ -532,8 +531,8 @@ class _Context:
         grad_bytes = self.bwd_cross[min(g_stage, d_stage)] * batch
         tasks: list[Task] = []
 
-        def add(**kw) -> Task:
-            t = Task(id=len(tasks), **kw)
+        def add(*args, **kw) -> Task:
+            t = Task(len(tasks), *args, **kw)
             tasks.append(t)
             return t
 

@@ -142,12 +142,17 @@ def in_flight(actions: tuple[Action, ...] | list[Action]) -> dict[int, int]:
     >>> in_flight(rank_actions("gpipe", 2, 4)[0]), in_flight(rank_actions("1f1b", 2, 4)[0])
     ({0: 4}, {0: 2})
     """
+    return dict(_in_flight_of(tuple(actions)))
+
+
+@lru_cache(maxsize=1024)
+def _in_flight_of(actions: tuple[Action, ...]) -> tuple[tuple[int, int], ...]:
     live: dict[int, int] = defaultdict(int)
     peak: dict[int, int] = defaultdict(int)
     for a in actions:
         live[a.stage] += 1 if a.kind == "F" else -1
         peak[a.stage] = max(peak[a.stage], live[a.stage])
-    return dict(peak)
+    return tuple(peak.items())
 
 
 def closed_form_step(stage_times: list[float], micro_batches: int) -> float:
