@@ -129,6 +129,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from planner.build import model_blocks
     from planner.cluster import resolve_cluster
     from planner.coarsen import coarsen
     from planner.overrides import parse_overrides
@@ -151,7 +152,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         profile=profile,
     )
     print(
-        f"{graph.graph['source']} ({graph.number_of_nodes() - len(graph.graph['input_shapes'])} blocks, "
+        f"{graph.graph['source']} ({len(model_blocks(graph))} blocks, "
         f"{result.units} partitioned) on {cluster.name} ({len(cluster.devices)} devices): "
         f"{result.screened} layouts screened, {len(result.candidates)} priced"
     )

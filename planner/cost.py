@@ -85,7 +85,6 @@ class _StageCost:
     param_count: int
     saved_per_sample: float  # own saved bytes + tensors also kept by earlier stages
     out_per_sample: float  # the last block's output (what the loss keeps on the last stage)
-    ops: list[list[int]]
 
 
 def price(
@@ -185,16 +184,28 @@ class Pricer:
         """(latency, bandwidth, source) between devices a and b: a profile's fit, else the catalog's."""
         key = (a, b, op)
         if key not in self._links:
-            measured = None
-            if self.profile is not None:
-                direct = next((lk for lk in self.cluster.links if {lk.a, lk.b} == {a, b}), None)
-                measured = self.profile.link(direct.kind, op) if direct else None
+            kind = self._link_kind(a, b)
+            measured = self.profile.link(kind, op) if self.profile is not None and kind else None
             if measured:
                 self._links[key] = (*measured, "profile")
             else:
                 bandwidth, latency = self.cluster.path(a, b)
                 self._links[key] = (latency, bandwidth, "datasheet")
         return self._links[key]
+
+    def _link_kind(self, a: int, b: int) -> str | None:
+        """Kind of the direct link between a and b, if there is one."""
+        g = self.cluster.link_graphs[0]
+        return g.edges[a, b]["kind"] if g.has_edge(a, b) else None
+
+    def measured_all_reduce(self, hops: list[tuple[int, int]], ranks: int) -> tuple[float, float] | None:
+        """A profile's (latency, bandwidth) fit for an all-reduce of ``ranks`` over one link kind."""
+        if self.profile is None:
+            return None
+        kinds = {self._link_kind(a, b) for a, b in hops}
+        if len(kinds) != 1 or None in kinds:
+            return None
+        return self.profile.all_reduce(kinds.pop(), ranks)
 
 
 class _Context:
@@ -219,10 +230,10 @@ class _Context:
         self.used_sources: dict[str, set[str]] = defaultdict(set)
         self.link_bytes: dict[tuple[int, int], float] = defaultdict(float)
         self.stage_time_table: dict[tuple[int, int], tuple[float, float]] = {}
-        self.stage_of = {b: i for i, blocks in enumerate(plan.stage_blocks()) for b in blocks}
-        self.stages = [self._stage_cost(blocks) for blocks in plan.stage_blocks()]
+        stage_blocks = plan.stage_blocks()
+        self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
+        self.stages = [self._stage_cost(blocks) for blocks in stage_blocks]
         self.fwd_cross, self.bwd_cross = self._boundary_bytes()
-        self.users = self._port_users()
         self.simulated = self._replicas_to_simulate()
 
     # -- static costs ---------------------------------------------------------------------
@@ -244,7 +255,6 @@ class _Context:
             param_count=round(param_bytes / self.elsize),
             saved_per_sample=saved / self.trace_batch * self.scale,
             out_per_sample=g.nodes[blocks[-1]]["output_bytes"] / self.trace_batch * self.scale,
-            ops=[op for b in blocks for op in g.nodes[b].get("ops", [])],
         )
 
     def _boundary_bytes(self) -> tuple[list[float], list[float]]:
@@ -260,14 +270,6 @@ class _Context:
                 fwd[k] += d.get("bytes", 0) / self.trace_batch * self.scale
                 bwd[k] += d.get("grad_bytes", 0) / self.trace_batch * self.scale
         return fwd, bwd
-
-    def _port_users(self) -> dict[int, int]:
-        """How many data-parallel groups each device's links serve (they share its bandwidth)."""
-        users: dict[int, int] = defaultdict(int)
-        if self.plan.dp_degree > 1:
-            for r in self.plan.ranks:
-                users[r.device] += 1
-        return users
 
     def _replicas_to_simulate(self) -> list[int]:
         """Replicas whose timelines must be simulated; identical replicas run identically.
@@ -328,17 +330,20 @@ class _Context:
             self.link_bytes[(a, b)] += 2 * (d - 1) / d * nbytes
 
     def ring_time(self, devices: list[int], nbytes: float) -> float:
+        """One all-reduce over ``devices``: a profile's measured fit for this link kind and
+        group size where it has one, else the ring formula on the slowest hop."""
         d = len(devices)
         if d < 2 or nbytes <= 0:
             return 0.0
         hops = list(zip(devices, devices[1:] + devices[:1], strict=True))
         self._ring_bytes(devices, nbytes)
-        lat_bw = [self.link(a, b, "all_reduce" if d == 2 else "p2p") for a, b in hops]
+        measured = self.pricer.measured_all_reduce(hops, d)
+        if measured is not None:
+            self.used_sources["communication"].add("profile")
+            return measured[0] + nbytes / measured[1]
+        lat_bw = [self.link(a, b) for a, b in hops]
         latency = max(lat for lat, _ in lat_bw)
-        bandwidth = min(
-            bw / max(self.users.get(a, 1), self.users.get(b, 1), 1)
-            for (a, b), (_, bw) in zip(hops, lat_bw, strict=True)
-        )
+        bandwidth = min(bw for _, bw in lat_bw)
         return ring_all_reduce_time(nbytes, d, latency, bandwidth)
 
     # -- task graphs ----------------------------------------------------------------------

@@ -91,6 +91,14 @@ class Profile(StrictModel):
                 return t.latency_s, t.bandwidth
         return None
 
+    def all_reduce(self, link_kind: str, ranks: int) -> tuple[float, float] | None:
+        """(latency, bandwidth) of a whole all-reduce of ``ranks`` over ``link_kind``: its time
+        is latency + bytes / bandwidth. None unless measured with that group size."""
+        for t in self.links:
+            if t.link_kind == link_kind and t.op == "all_reduce" and t.ranks == ranks:
+                return t.latency_s, t.bandwidth
+        return None
+
     def optimizer_seconds_per_param(self, device_kind: str, optimizer: str) -> float | None:
         for t in self.optimizers:
             if t.device_kind == device_kind and t.optimizer == optimizer:

@@ -34,7 +34,7 @@ from planner.plan import Plan
 from planner.profile import Profile
 from planner.schedules import schedule_error
 from planner.stage_problem import StageProblem
-from planner.timing import CostOptions
+from planner.timing import DTYPE_BYTES, CostOptions
 
 STRATEGIES = ("auto", "dp", "pp", "hybrid", "mp")
 MAX_UNITS = 512  # past this many blocks, cut only between groups of consecutive blocks
@@ -371,10 +371,9 @@ class _Screen:
     """Quick step-time estimates for screening candidates, from cached per-kind totals."""
 
     def __init__(self, pricer: Pricer, graph: nx.DiGraph, blocks: list[str], training: dict[str, Any]):
-        self.pricer, self.graph, self.blocks = pricer, graph, blocks
-        sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+        self.pricer, self.blocks = pricer, blocks
         self.dtype = training.get("dtype", "float32")
-        self.scale = sizes[self.dtype] / sizes[graph.graph.get("dtype", "float32")]
+        self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[graph.graph.get("dtype", "float32")]
         self.trace_batch = int(graph.graph.get("batch_size", 1))
         self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * self.scale
         self._totals: dict[tuple[str, float], tuple[float, float]] = {}

@@ -11,7 +11,7 @@ import itertools
 import math
 
 from planner.build import stages_for
-from planner.cost import Prediction, Pricer
+from planner.cost import Pricer
 from planner.memory import optimizer_state_bytes
 from planner.partition import SplitResult, best_split
 from planner.plan import Plan
@@ -110,9 +110,6 @@ class StageProblem:
         t = self.template
         stages = stages_for(self.blocks, self.block_cuts(cuts), t.pp_degree, [s.name for s in t.stages])
         return t.model_copy(update={"stages": stages})
-
-    def predict(self, cuts: list[int]) -> Prediction:
-        return self.pricer(self.plan(cuts))
 
     def evaluate(self, cuts: list[int]) -> float:
         pred = self.pricer(self.plan(cuts), with_timeline=False)

@@ -61,3 +61,25 @@ def test_bad_profiles_name_the_field():
         profile_from_json(text.replace('"host"', '"colour": 1, "host"'))
     with pytest.raises(PlannerError, match="graph_digest: String should match pattern"):
         profile_from_json(text.replace(graph_digest(profiled_graph()), "abc"))
+
+
+def test_a_measured_all_reduce_replaces_the_ring_formula():
+    from planner.profile import Profile
+
+    graph, cluster = chain([1], params=[10**6]), gpus(2)
+    profile = Profile(
+        graph_digest=graph_digest(graph),
+        links=[
+            {"link_kind": "nvlink4", "op": "all_reduce", "ranks": 2, "latency_s": 0.001, "bandwidth": 5e8}
+        ],
+    )
+    plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2)
+    pred = price(graph, cluster, plan, profile=profile, options=CostOptions(compute_efficiency=1.0))
+    reduce = next(i for i in pred.timeline if i.kind == "all-reduce")
+    assert reduce.end - reduce.start == pytest.approx(0.001 + 4 * 10**6 / 5e8)
+    assert pred.sources["step_time_s"].startswith(f"profile:{profile.digest()}")
+    # Measured with another group size: the ring formula on the datasheet links instead.
+    other = profile.model_copy(update={"links": [profile.links[0].model_copy(update={"ranks": 4})]})
+    pred = price(graph, cluster, plan, profile=other, options=CostOptions(compute_efficiency=1.0))
+    ring = max((i.end - i.start for i in pred.timeline if i.kind == "all-reduce"), default=0.0)
+    assert ring < 1e-6  # the handmade links: no latency, unbounded bandwidth
