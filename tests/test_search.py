@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
+from planner.build import make_plan
 from planner.cluster import Cluster, resolve_cluster
 from planner.coarsen import coarsen
+from planner.cost import price
 from planner.errors import PlannerError
 from planner.plan import load_plan
 from planner.search import search
@@ -153,3 +155,13 @@ def test_plan_command_prints_the_table_and_writes_the_best(tmp_path):
     plan = load_plan(out)
     assert plan.predicted is not None and plan.predicted.step_time_s > 0
     assert plan.model.source == "gpt" and plan.model.overrides == {"n_layer": 4}
+
+
+def test_data_parallel_replicas_of_different_speeds_take_unequal_shares():
+    graph = coarsen(trace("gpt", {"n_layer": 4, "d_model": 512, "n_head": 8, "seq_len": 128}))
+    cluster = resolve_cluster("h100:1+a100-80gb:1")  # fp32 peaks 67 vs 19.5 TFLOP/s
+    best = search(graph, cluster, global_batch=64, strategy="dp").best
+    share = {best.plan.ranks[r.dp_index].device: r.batch_share for r in best.plan.replicas}
+    assert best.dp_degree == 2 and share[0] > 2 * share[1] and sum(share.values()) == 64
+    even = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=64)
+    assert best.prediction.step_time_s < price(graph, cluster, even).step_time_s
