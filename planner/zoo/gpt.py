@@ -67,7 +67,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = cfg.n_head
         self.q = nn.Linear(cfg.d_model, cfg.d_model)
-        self.k = nn.Linear(cfg.d_model, cfg.d_model)
+        # No key bias: it adds q.b to a whole row of attention scores, which softmax
+        # cancels, so its gradient is zero up to rounding, and Adam would turn that
+        # rounding noise into updates of size lr.
+        self.k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.v = nn.Linear(cfg.d_model, cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 

@@ -1,0 +1,166 @@
+"""Per-step figures of every rank, gathered to rank 0 over the process group and stored.
+
+Per rank and step (names as stored):
+- ``loss``: the replica's mean loss, on the rank that computes it (NaN and Inf kept);
+- ``step_time_s``: wall time of the step on this rank, data to optimizer step included;
+- ``compute_s``: wall time inside the stage's forward, loss and backward (runtime.clock);
+- ``optimizer_s``: the optimizer step;
+- ``comm_wait_s``: step - compute - optimizer: sends, receives, all-reduces, and waiting;
+- ``peak_memory_bytes``: process peak RSS on CPU, the allocator's peak on CUDA;
+- ``cpu_percent``: process CPU time / wall time over the step (all its threads, gloo's
+  too), its own column: a busy CPU is not the same thing as a compute share.
+
+Per step (rank -1): ``loss`` (replica losses weighted by batch share), ``step_time_s``
+(slowest rank), ``samples_per_s``, ``tokens_per_s`` (GPT), and the measured
+``bubble_fraction`` = 1 - sum(compute) / (ranks x step time).
+
+Gathering costs one small all-gather per flush, not per step: ranks flush every k steps,
+with k chosen (identically on every rank, from the gathered step times) so that a flush
+comes about every ``flush_period_s``.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from planner.plan import Plan
+from runtime.step import StepResult
+from runtime.store import STEP_RANK, Metric
+
+FIELDS = (
+    "has_loss",
+    "loss",
+    "loss_d",
+    "loss_g",
+    "step_time_s",
+    "compute_s",
+    "optimizer_s",
+    "peak_memory_bytes",
+    "cpu_percent",
+    "time",
+)
+COL = {name: i for i, name in enumerate(FIELDS)}
+MAX_INTERVAL = 1000
+
+
+def peak_memory_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+
+
+class MetricsRecorder:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        tokens_per_sample: int,
+        device: torch.device,
+        last_step: int,
+        write: Callable[[list[Metric]], None] | None,
+        group=None,
+        flush_period_s: float = 2.0,
+    ) -> None:
+        self.plan = plan
+        self.tokens_per_sample = tokens_per_sample
+        self.device = device
+        self.last_step = last_step
+        self.write = write  # rank 0 only
+        self.group = group
+        self.flush_period_s = flush_period_s
+        self.world_size = dist.get_world_size()
+        shares = {r.dp_index: r.batch_share for r in plan.replicas}
+        weights = [shares[r.dp_index] / plan.training.global_batch for r in plan.ranks]
+        self.loss_weight = torch.tensor(weights, dtype=torch.float64)
+        self.interval = 1
+        self.pending: list[tuple[int, list[float]]] = []
+        self.logging_s = 0.0
+        self.step_s = 0.0
+
+    def record(self, step: int, result: StepResult, step_time_s: float, cpu_s: float) -> None:
+        """Keep this rank's figures of ``step`` (1-based); every rank calls it every step."""
+        self.step_s += step_time_s
+        row = [0.0] * len(FIELDS)
+        row[COL["has_loss"]] = float(result.loss is not None)
+        row[COL["loss"]] = result.loss if result.loss is not None else 0.0
+        row[COL["loss_d"]] = result.extra.get("loss_d", 0.0)
+        row[COL["loss_g"]] = result.extra.get("loss_g", 0.0)
+        row[COL["step_time_s"]] = step_time_s
+        row[COL["compute_s"]] = result.compute_s
+        row[COL["optimizer_s"]] = result.optimizer_s
+        row[COL["peak_memory_bytes"]] = peak_memory_bytes(self.device)
+        row[COL["cpu_percent"]] = 100.0 * cpu_s / step_time_s if step_time_s > 0 else 0.0
+        row[COL["time"]] = time.time()
+        self.pending.append((step, row))
+        if len(self.pending) >= self.interval or step == self.last_step:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        t = time.perf_counter()
+        local = torch.tensor([row for _, row in self.pending], dtype=torch.float64)  # (k, F)
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local, group=self.group)
+        table = torch.stack(gathered, dim=1)  # (k steps, ranks, F)
+        steps = [s for s, _ in self.pending]
+        self.pending.clear()
+        step_times = table[:, :, COL["step_time_s"]].max(dim=1).values
+        # Same data on every rank, so every rank picks the same next interval.
+        median = statistics.median(step_times.tolist())
+        self.interval = max(1, min(MAX_INTERVAL, int(self.flush_period_s / max(median, 1e-9))))
+        if self.write is not None:
+            self.write(self._rows(steps, table))
+        self.logging_s += time.perf_counter() - t
+
+    def _rows(self, steps: list[int], table: torch.Tensor) -> list[Metric]:
+        rows: list[Metric] = []
+        gan = self.plan.model.source == "gan"
+        batch = self.plan.training.global_batch
+        for k, step in enumerate(steps):
+            t = table[k]  # (ranks, F)
+            now = float(t[:, COL["time"]].max())
+            for rank in range(self.world_size):
+                r = t[rank]
+                step_time, compute, opt = (
+                    float(r[COL[n]]) for n in ("step_time_s", "compute_s", "optimizer_s")
+                )
+                figures = {
+                    "step_time_s": step_time,
+                    "compute_s": compute,
+                    "optimizer_s": opt,
+                    "comm_wait_s": max(step_time - compute - opt, 0.0),
+                    "peak_memory_bytes": float(r[COL["peak_memory_bytes"]]),
+                    "cpu_percent": float(r[COL["cpu_percent"]]),
+                }
+                if r[COL["has_loss"]]:
+                    figures["loss"] = float(r[COL["loss"]])
+                rows += [
+                    Metric(step, rank, name, value, float(r[COL["time"]])) for name, value in figures.items()
+                ]
+            has = t[:, COL["has_loss"]] > 0
+            step_time = float(t[:, COL["step_time_s"]].max())
+            whole = {
+                "loss": self._weighted(t[:, COL["loss"]], has),
+                "step_time_s": step_time,
+                "samples_per_s": batch / step_time,
+                "bubble_fraction": 1.0 - float(t[:, COL["compute_s"]].sum()) / (self.world_size * step_time),
+            }
+            if self.tokens_per_sample > 1:
+                whole["tokens_per_s"] = batch * self.tokens_per_sample / step_time
+            if gan:
+                whole["loss_d"] = self._weighted(t[:, COL["loss_d"]], has)
+                whole["loss_g"] = self._weighted(t[:, COL["loss_g"]], has)
+            rows += [Metric(step, STEP_RANK, name, value, now) for name, value in whole.items()]
+        return rows
+
+    def _weighted(self, values: torch.Tensor, has: torch.Tensor) -> float:
+        # One rank per replica computes its loss; weighting by share gives the global mean.
+        # A NaN anywhere stays NaN (no masking by multiplication: 0 x NaN is NaN, kept).
+        return float((values[has] * self.loss_weight[has]).sum())

@@ -1,0 +1,94 @@
+"""Build a plan's full model on a real device, and find its shared (tied) parameters.
+
+Every rank builds the whole model from the plan's source, overrides and seed, then keeps
+the part its stage holds. Zoo weights depend only on (seed, FQN), so every rank and the
+single-process reference get the same values without any broadcast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from planner.errors import PlanError, SourceError
+from planner.plan import Plan
+from planner.source import build_model, parse_source
+
+
+class LogitsOnly(nn.Module):
+    """Wraps a Hugging Face model so that it returns the logits tensor, not a ModelOutput.
+
+    Keeps the wrapped model under ``model`` so that FQNs read ``model.transformer.h.0...``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+@dataclass
+class FullModel:
+    module: nn.Module
+    config: dict[str, Any]
+    example_args: tuple[torch.Tensor, ...]
+    """One sample's example inputs (batch 1), for tracing the pipeline split."""
+
+
+def build_full_model(plan: Plan, device: torch.device | str = "cpu") -> FullModel:
+    """The plan's model with its training weights, in the plan's dtype, in train mode."""
+    source = parse_source(plan.model.source, plan.model.overrides)
+    try:
+        built = build_model(
+            source, device=str(device), batch_size=1, seed=plan.training.seed, dtype=plan.training.dtype
+        )
+    except SourceError as exc:
+        raise PlanError(f"model.source: {exc}") from None
+    module = built.module
+    if source.kind == "hf":
+        if not hasattr(module, "lm_head") and "ForCausalLM" not in type(module).__name__:
+            raise PlanError(f"model.source {source}: only causal language models can be trained")
+        module = LogitsOnly(module)
+    module.train()
+    return FullModel(module, built.config, tuple(built.args))
+
+
+def shared_parameter_groups(module: nn.Module) -> list[list[str]]:
+    """FQNs that name the same parameter (a tied embedding and head), one list per tensor.
+
+    >>> lin = nn.Linear(2, 2)
+    >>> seq = nn.Sequential(lin, nn.ReLU(), lin)
+    >>> shared_parameter_groups(seq)
+    [['0.weight', '2.weight'], ['0.bias', '2.bias']]
+    """
+    by_tensor: dict[int, list[str]] = {}
+    for fqn, param in module.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(fqn)
+    return [fqns for fqns in by_tensor.values() if len(fqns) > 1]
+
+
+def unique_parameters(modules: list[nn.Module]) -> dict[str, nn.Parameter]:
+    """Parameters of several modules by FQN, each tensor once (stages on one rank may share)."""
+    out: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module in modules:
+        for fqn, param in module.named_parameters():
+            if id(param) not in seen:
+                seen.add(id(param))
+                out[fqn] = param
+    return out
+
+
+def make_optimizer(plan: Plan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    o = plan.training.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    # foreach=False: one code path (the per-tensor loop, CPU's default anyway) in every
+    # process, so a stage's update and the full model's match bit for bit on GPUs too.
+    return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, foreach=False)

@@ -1,0 +1,147 @@
+"""Pipeline parallel with `torch.distributed.pipelining`: the plan's cuts, schedule and m.
+
+Every rank traces the full model with `pipeline()`, split at the first block of every
+stage after the first (`SplitPoint.BEGINNING` at that module's FQN). The stage modules
+keep the full model's FQNs (checkpoints rely on it). A rank builds the stages it runs:
+stage i runs on pipeline rank i % pp_degree, so interleaved schedules get v stages each.
+The schedules are torch's; `scale_grads` (its default) turns the sum over micro-batches
+into their mean.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch.distributed.pipelining import (
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    SplitPoint,
+    pipeline,
+)
+
+from planner.errors import PlanError
+from planner.plan import Plan
+from runtime.clock import ComputeClock
+from runtime.grad_sync import average_replicas, sum_tied
+from runtime.mesh import Placement
+from runtime.model import FullModel, make_optimizer, shared_parameter_groups
+from runtime.step import StepResult
+from runtime.task import Task
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+def split_model(plan: Plan, full: FullModel, micro_batch: int):
+    """`pipeline()` over the full model, cut where the plan's stages begin."""
+    split_spec = {stage.first: SplitPoint.BEGINNING for stage in plan.stages[1:]}
+    example = tuple(a.expand(micro_batch, *a.shape[1:]).contiguous() for a in full.example_args)
+    try:
+        pipe = pipeline(full.module, mb_args=example, split_spec=split_spec)
+    except Exception as exc:
+        raise PlanError(f"stages: torch.distributed.pipelining could not cut the model there: {exc}") from exc
+    if pipe.num_stages != len(plan.stages):
+        raise PlanError(
+            f"stages: cutting at {sorted(split_spec)} gave {pipe.num_stages} stages, not {len(plan.stages)}"
+        )
+    return pipe
+
+
+class PipelineParallel:
+    """One pipeline rank: its stages, torch's schedule, then tied and replica gradients."""
+
+    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        p, m = plan.pp_degree, plan.training.micro_batches
+        share = plan.replicas[where.rank.dp_index].batch_share
+        self.weight = share / plan.training.global_batch
+        self.dp_group = where.dp_group if plan.dp_degree > 1 else None
+        pipe = split_model(plan, full, share // m)
+        num_stages = pipe.num_stages
+        mine = [i for i in range(num_stages) if i % p == where.rank.pp_index]
+        self.holds_first, self.holds_last = 0 in mine, num_stages - 1 in mine
+        self.clock = ComputeClock(where.device)
+        self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
+        for stage in self.stages:
+            self.clock.attach_forward(stage.submod)
+            # Backward of one micro-batch, without its sends and receives (the schedule
+            # posts those separately): the stage's backward compute.
+            stage.backward_one_chunk = self.clock.wrap(stage.backward_one_chunk)
+        loss_fn = self.clock.wrap(task.loss_fn)
+        if plan.schedule == "interleaved_1f1b":
+            self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=m, loss_fn=loss_fn)
+        else:
+            self.schedule = SCHEDULES[plan.schedule](self.stages[0], n_microbatches=m, loss_fn=loss_fn)
+        self.tied = _tied_copies(plan, pipe, full, self.stages, where)
+        self.params = _distinct([p for stage in self.stages for p in stage.submod.parameters()])
+        self.optimizer = make_optimizer(plan, self.params)
+        del pipe
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        self.optimizer.zero_grad(set_to_none=True)
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if self.holds_first else ()
+        kwargs = {"target": targets, "losses": losses} if self.holds_last else {}
+        self.schedule.step(*args, return_outputs=False, **kwargs)
+        for copies, group in self.tied:
+            sum_tied(copies, group)
+        if self.dp_group is not None:
+            average_replicas(self.params, self.weight, self.dp_group)
+        t = time.perf_counter()
+        self.optimizer.step()
+        optimizer_s = time.perf_counter() - t
+        loss = torch.stack(losses).mean().item() if losses else None
+        return StepResult(loss, self.clock.take(), optimizer_s)
+
+    def local_parameters(self) -> dict[str, torch.nn.Parameter]:
+        out: dict[str, torch.nn.Parameter] = {}
+        for stage in self.stages:
+            for fqn, param in stage.submod.named_parameters():
+                out.setdefault(fqn, param)
+        return out
+
+
+def _distinct(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    seen: set[int] = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+
+def _tied_copies(plan: Plan, pipe, full: FullModel, stages, where: Placement):
+    """For each set of pipeline ranks sharing tied weights: this rank's copies and a group.
+
+    Every rank computes the same list from the full pipe, and creates the same groups in
+    the same order (`new_group` is collective over the whole world).
+    """
+    p = plan.pp_degree
+    alias = {fqn: k for k, fqns in enumerate(shared_parameter_groups(full.module)) for fqn in fqns}
+    holders: dict[int, set[int]] = {}
+    for i in range(pipe.num_stages):
+        for fqn, _ in pipe.get_stage_module(i).named_parameters():
+            if fqn in alias:
+                holders.setdefault(alias[fqn], set()).add(i % p)
+    by_ranks: dict[tuple[int, ...], list[int]] = {}
+    for k, pp_ranks in sorted(holders.items()):
+        by_ranks.setdefault(tuple(sorted(pp_ranks)), []).append(k)
+    out = []
+    for pp_ranks, tied in by_ranks.items():
+        group = None
+        if len(pp_ranks) > 1:
+            for d in range(plan.dp_degree):
+                ranks = [plan.rank_of(d, q).rank for q in pp_ranks]
+                made = dist.new_group(ranks)
+                if d == where.rank.dp_index:
+                    group = made
+        if where.rank.pp_index not in pp_ranks:
+            continue
+        copies = []
+        for k in tied:
+            local = [
+                param
+                for stage in stages
+                for fqn, param in stage.submod.named_parameters()
+                if alias.get(fqn) == k
+            ]
+            copies.append(_distinct(local))
+        out.append((copies, group))
+    return out

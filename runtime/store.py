@@ -1,0 +1,181 @@
+"""The runs database: one SQLite file, `<runs-dir>/runs.sqlite`, written while it is read.
+
+WAL mode, a 5 s busy timeout and `BEGIN IMMEDIATE` for every write: with them, 8 writers
+and a polling reader saw no "database is locked" (FACTS.md). Only rank 0 of a run and the
+launcher write; the dashboard reads.
+
+Metrics are long rows `(run_id, step, rank, name, value, special, time)`; rank -1 holds the
+figures of the whole step (its loss, bubble, samples/s). SQLite turns NaN into NULL, so a
+non-finite value is stored as NULL with ``special`` set to 'nan', 'inf' or '-inf', and read
+back as that float: a diverged loss stays visible as NaN, never as a gap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_DIR_ENV = "STAGECRAFT_RUNS_DIR"
+DB_NAME = "runs.sqlite"
+STEP_RANK = -1  # metrics of a whole step, not of one rank
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    created     REAL NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT NOT NULL DEFAULT '',
+    plan_sha256 TEXT NOT NULL,
+    plan_json   TEXT NOT NULL,
+    world_size  INTEGER NOT NULL,
+    steps       INTEGER NOT NULL,
+    run_dir     TEXT NOT NULL,
+    started     REAL,
+    ended       REAL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    run_id TEXT NOT NULL,
+    rank   INTEGER NOT NULL,
+    pid    INTEGER NOT NULL,
+    host   TEXT NOT NULL,
+    PRIMARY KEY (run_id, rank)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id  TEXT NOT NULL,
+    step    INTEGER NOT NULL,
+    rank    INTEGER NOT NULL,
+    name    TEXT NOT NULL,
+    value   REAL,
+    special TEXT,
+    time    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, step);
+"""
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV) or "runs")
+
+
+def connect(runs_dir: str | Path) -> sqlite3.Connection:
+    """Open (and create) the runs database; autocommit, WAL, busy timeout 5 s."""
+    path = Path(runs_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path / DB_NAME, timeout=5.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+    conn.execute("PRAGMA busy_timeout=5000")
+    with write(conn):
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    return conn
+
+
+@contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken at once (`BEGIN IMMEDIATE`) so it never deadlocks."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def encode(value: float) -> tuple[float | None, str | None]:
+    """SQLite column values for a float: finite as itself, NaN/Inf as NULL plus a tag.
+
+    >>> encode(1.5), encode(float("nan")), encode(float("-inf"))
+    ((1.5, None), (None, 'nan'), (None, '-inf'))
+    """
+    if math.isfinite(value):
+        return value, None
+    return None, "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def decode(value: float | None, special: str | None) -> float:
+    return float(special) if special is not None else float(value)
+
+
+@dataclass(frozen=True)
+class Metric:
+    step: int
+    rank: int
+    name: str
+    value: float
+    time: float
+
+
+def insert_metrics(conn: sqlite3.Connection, run_id: str, rows: Iterable[Metric]) -> None:
+    with write(conn):
+        conn.executemany(
+            "INSERT INTO metrics (run_id, step, rank, name, value, special, time)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, m.step, m.rank, m.name, *encode(m.value), m.time) for m in rows],
+        )
+
+
+def read_metrics(
+    conn: sqlite3.Connection, run_id: str, *, after_rowid: int = 0, names: Iterable[str] | None = None
+) -> tuple[list[Metric], int]:
+    """Metrics of a run written after ``after_rowid``, and the last rowid seen (poll with it)."""
+    query = "SELECT rowid, step, rank, name, value, special, time FROM metrics WHERE run_id = ? AND rowid > ?"
+    params: list = [run_id, after_rowid]
+    if names is not None:
+        names = list(names)
+        query += f" AND name IN ({', '.join('?' * len(names))})"
+        params += names
+    rows = conn.execute(query + " ORDER BY rowid", params).fetchall()
+    last = rows[-1][0] if rows else after_rowid
+    return [Metric(s, r, n, decode(v, sp), t) for _, s, r, n, v, sp, t in rows], last
+
+
+def create_run(
+    conn: sqlite3.Connection,
+    *,
+    run_id: str,
+    plan_json: str,
+    plan_sha256: str,
+    world_size: int,
+    steps: int,
+    run_dir: str,
+    state: str = "running",
+) -> None:
+    now = time.time()
+    with write(conn):
+        conn.execute(
+            "INSERT INTO runs (run_id, created, state, plan_sha256, plan_json, world_size, steps,"
+            " run_dir, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, now, state, plan_sha256, plan_json, world_size, steps, run_dir, now),
+        )
+
+
+def set_state(conn: sqlite3.Connection, run_id: str, state: str, reason: str = "") -> None:
+    ended = time.time() if state in ("finished", "failed", "stopped") else None
+    with write(conn):
+        conn.execute(
+            "UPDATE runs SET state = ?, reason = ?, ended = COALESCE(?, ended) WHERE run_id = ?",
+            (state, reason, ended, run_id),
+        )
+
+
+def record_workers(conn: sqlite3.Connection, run_id: str, workers: Iterable[tuple[int, int, str]]) -> None:
+    with write(conn):
+        conn.executemany(
+            "INSERT OR REPLACE INTO workers (run_id, rank, pid, host) VALUES (?, ?, ?, ?)",
+            [(run_id, rank, pid, host) for rank, pid, host in workers],
+        )
+
+
+def run_row(conn: sqlite3.Connection, run_id: str) -> dict | None:
+    cur = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+    row = cur.fetchone()
+    return None if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))

@@ -1,0 +1,173 @@
+"""The worker: one rank of a run. Runs unchanged under `torchrun`, on one machine or many.
+
+    torchrun --standalone --nproc-per-node 2 -m runtime.worker --plan plan.json --run-id R
+
+Rank and world size come from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK). CPU
+plans use gloo and one process per "device"; GPU plans use nccl and `cuda:LOCAL_RANK`.
+Every rank reports its PID, then trains; rank 0 writes the gathered metrics to the runs
+database. An exception is written to ``<run-dir>/error-rank<r>.txt`` before the rank
+exits non-zero, so the launcher can say which rank failed and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from planner.errors import PlanError
+from planner.plan import Plan, load_plan
+from runtime import store
+from runtime.mesh import Placement, build_mesh
+from runtime.metrics import MetricsRecorder
+from runtime.model import build_full_model
+from runtime.parallelize import parallelize
+from runtime.task import plan_task
+
+HOST_BYTES = 64
+
+
+def pick_device(plan: Plan, rank: int, local_rank: int) -> torch.device:
+    kind = plan.cluster.device(plan.ranks[rank].device).kind
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise PlanError(
+            f"ranks[{rank}]: the plan puts this rank on a {kind} GPU, and this machine has no CUDA"
+        )
+    if local_rank >= torch.cuda.device_count():
+        raise PlanError(
+            f"ranks[{rank}]: local rank {local_rank}, but only {torch.cuda.device_count()} GPUs here"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def _gather_workers(rank: int, world_size: int, group) -> list[tuple[int, int, str]]:
+    """(rank, pid, host) of every rank, without pickle: fixed-size integer tensors."""
+    host = socket.gethostname().encode()[:HOST_BYTES]
+    mine = torch.zeros(2 + HOST_BYTES, dtype=torch.int64)
+    mine[0], mine[1] = os.getpid(), len(host)
+    mine[2 : 2 + len(host)] = torch.tensor(list(host), dtype=torch.int64)
+    out = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(out, mine, group=group)
+    return [
+        (r, int(t[0]), bytes(t[2 : 2 + int(t[1])].tolist()).decode(errors="replace"))
+        for r, t in enumerate(out)
+    ]
+
+
+def train(
+    plan: Plan,
+    *,
+    run_id: str,
+    runs_dir: Path,
+    steps: int,
+    rank: int,
+    world_size: int,
+    local_rank: int = 0,
+    init_method: str = "env://",
+    save_parameters: Path | None = None,
+) -> None:
+    if world_size != len(plan.ranks):
+        raise PlanError(
+            f"ranks: the plan has {len(plan.ranks)} ranks, but {world_size} processes were started"
+        )
+    device = pick_device(plan, rank, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=plan.training.pg_timeout_s)
+    dist.init_process_group(
+        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
+    )
+    try:
+        # Metrics are CPU tensors: on nccl they need a gloo group of their own.
+        cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+        conn = store.connect(runs_dir) if rank == 0 else None
+        workers = _gather_workers(rank, world_size, cpu_group)
+        if conn is not None:
+            store.record_workers(conn, run_id, workers)
+        where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
+        full = build_full_model(plan, device)
+        task = plan_task(plan, full.config)
+        engine = parallelize(plan, full, task, where)
+        start = sum(r.batch_share for r in plan.replicas if r.dp_index < where.rank.dp_index)
+        share = plan.replicas[where.rank.dp_index].batch_share
+        write = (lambda rows: store.insert_metrics(conn, run_id, rows)) if conn is not None else None
+        recorder = MetricsRecorder(
+            plan,
+            tokens_per_sample=task.tokens_per_sample,
+            device=device,
+            last_step=steps,
+            write=write,
+            group=cpu_group,
+        )
+        for step in range(1, steps + 1):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            inputs, targets = task.batch(step - 1, start, share)  # data index is 0-based
+            result = engine.train_step(inputs.to(device), targets.to(device))
+            recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+        if save_parameters is not None:
+            save_parameters.mkdir(parents=True, exist_ok=True)
+            params = {fqn: p.detach().cpu() for fqn, p in engine.local_parameters().items()}
+            torch.save(params, save_parameters / f"rank{rank}.pt")
+        if conn is not None:
+            fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
+            store.insert_metrics(
+                conn,
+                run_id,
+                [store.Metric(steps, store.STEP_RANK, "logging_fraction", fraction, time.time())],
+            )
+        dist.barrier(group=cpu_group)
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", required=True, type=Path)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--runs-dir", type=Path, default=store.default_runs_dir())
+    parser.add_argument("--steps", type=int, help="default: the plan's training.steps")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
+    parser.add_argument("--init-method", default="env://", help="for launchers other than torchrun")
+    parser.add_argument("--save-parameters", type=Path, help="write each rank's final parameters here")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.set_num_threads(args.threads)
+    run_dir = args.runs_dir / args.run_id
+    try:
+        plan = load_plan(args.plan)
+        steps = args.steps or plan.training.steps
+        train(
+            plan,
+            run_id=args.run_id,
+            runs_dir=args.runs_dir,
+            steps=steps,
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            init_method=args.init_method,
+            save_parameters=args.save_parameters,
+        )
+    except BaseException as exc:
+        message = f"rank {rank}: {type(exc).__name__}: {exc}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"error-rank{rank}.txt").write_text(message + "\n\n" + traceback.format_exc())
+        print(message, file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
