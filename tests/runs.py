@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -21,15 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
-def graph_of(source: str, overrides: tuple = ()):
-    return coarsen(trace(source, dict(overrides)))
+def graph_of(source: str, overrides_json: str = "{}"):
+    return coarsen(trace(source, json.loads(overrides_json)))
 
 
 def zoo_plan(
     source: str, overrides: dict | None = None, *, ranks: int, training: dict | None = None, **choices
 ) -> Plan:
     """A plan for a zoo model on ``ranks`` CPU ranks, with explicit choices (see make_plan)."""
-    graph = graph_of(source, tuple(sorted((overrides or {}).items())))
+    graph = graph_of(source, json.dumps(overrides or {}, sort_keys=True))
     train = {"steps": 10, "optimizer": {"name": "adamw", "lr": 1e-3}, **(training or {})}
     return make_plan(graph, parse_short_form(f"cpu:{ranks}"), training=train, **choices)
 
@@ -39,6 +40,7 @@ def run_ranks(plan: Plan, tmp: Path, *, steps: int = 10, timeout: float = 240) -
 
     Returns the runs dir; final parameters are in ``<runs>/params/rank<r>.pt``.
     """
+    tmp.mkdir(parents=True, exist_ok=True)
     runs = tmp / "runs"
     plan_path = tmp / "plan.json"
     save_plan(plan, plan_path)
