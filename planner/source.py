@@ -172,7 +172,10 @@ def _build_hf(source: ModelSource, batch_size: int, device: Any) -> BuiltModel:
     seq = int(seq_len) if seq_len is not None else min(128, int(max_pos))
     ids = torch.zeros(batch_size, seq, dtype=torch.long, device=device)
     kwargs = {"use_cache": False} if hasattr(cfg, "use_cache") else {}
-    return BuiltModel(model, (ids,), kwargs, {**cfg.to_diff_dict(), "seq_len": seq}, None)
+    # A causal LM trains on next-byte prediction over the bundled corpus (token ids < 256).
+    dataset = "bytes:stdlib" if model_cls is transformers.AutoModelForCausalLM else None
+    config = {**cfg.to_diff_dict(), "vocab_size": cfg.vocab_size, "seq_len": seq}
+    return BuiltModel(model, (ids,), kwargs, config, dataset)
 
 
 def _build_py(source: ModelSource, batch_size: int, device: Any) -> BuiltModel:

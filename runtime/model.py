@@ -18,18 +18,19 @@ from planner.plan import Plan
 from planner.source import build_model, parse_source
 
 
-class LogitsOnly(nn.Module):
-    """Wraps a Hugging Face model so that it returns the logits tensor, not a ModelOutput.
+def return_logits(model: nn.Module) -> nn.Module:
+    """Make a Hugging Face causal LM's forward return the logits tensor, not a ModelOutput.
 
-    Keeps the wrapped model under ``model`` so that FQNs read ``model.transformer.h.0...``.
+    The class is swapped for a subclass rather than the model wrapped: a wrapper would put
+    a prefix on every FQN, and the plan's stages are cut at the unwrapped model's FQNs.
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    base = type(model)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, use_cache=False).logits
+        return base.forward(self, input_ids=input_ids, use_cache=False).logits
+
+    model.__class__ = type(base.__name__, (base,), {"forward": forward})
+    return model
 
 
 @dataclass
@@ -51,9 +52,9 @@ def build_full_model(plan: Plan, device: torch.device | str = "cpu") -> FullMode
         raise PlanError(f"model.source: {exc}") from None
     module = built.module
     if source.kind == "hf":
-        if not hasattr(module, "lm_head") and "ForCausalLM" not in type(module).__name__:
+        if built.dataset is None:
             raise PlanError(f"model.source {source}: only causal language models can be trained")
-        module = LogitsOnly(module)
+        module = return_logits(module)
     module.train()
     return FullModel(module, built.config, tuple(built.args))
 

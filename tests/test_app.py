@@ -16,7 +16,7 @@ def test_model_page_opens_with_a_worked_example():
     at = _app()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Parameters"] == "136,960"  # the default gpt
+    assert metrics["Parameters"] == "136,832"  # the default gpt
     assert metrics["Nodes (ops → blocks)"].endswith("→ 7")
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     markers = next(t for t in spec["data"] if t.get("name") == "blocks")

@@ -31,8 +31,8 @@ def test_graph_json_has_the_documented_shape():
     graph = nx.node_link_graph(doc["graph"], edges="edges")
     assert graph.number_of_nodes() == doc["summary"]["num_nodes"]
     assert graph.graph["config"]["n_layer"] == 1 and graph.graph["config"]["d_model"] == 32
-    # 256*32 embedding + 64*32 positions + one block + final norm + head
-    block = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 128 + 128) + (128 * 32 + 32)
+    # 256*32 embedding + 64*32 positions + one block (no key bias) + final norm + head
+    block = 4 * (32 * 32 + 32) - 32 + 2 * 2 * 32 + (32 * 128 + 128) + (128 * 32 + 32)
     assert doc["summary"]["param_count"] == 256 * 32 + 64 * 32 + block + 2 * 32 + 32 * 256
 
 
