@@ -42,11 +42,13 @@ def preflight(plan: Plan) -> None:
             f"ranks: the plan spans {len(nodes)} nodes; `runtime run` starts the ranks of one machine"
         )
     gpus = [r.rank for r in plan.ranks if plan.cluster.device(r.device).kind != "cpu"]
+    if gpus and len(gpus) < len(plan.ranks):
+        raise PlanError("ranks: the plan mixes CPU and GPU ranks; one run uses one backend (gloo or nccl)")
     if gpus and not torch.cuda.is_available():
         raise PlanError(
             f"ranks: rank {gpus[0]} is placed on a GPU, and this machine has no CUDA; plan for cpu:N"
         )
-    if len(gpus) > torch.cuda.device_count() and gpus:
+    if len(gpus) > torch.cuda.device_count():
         raise PlanError(
             f"ranks: {len(gpus)} GPU ranks, but this machine has {torch.cuda.device_count()} GPUs"
         )

@@ -74,7 +74,7 @@ class PipelineParallel:
         else:
             self.schedule = SCHEDULES[plan.schedule](self.stages[0], n_microbatches=m, loss_fn=loss_fn)
         self.tied = _tied_copies(plan, pipe, full, self.stages, where)
-        self.params = _distinct([p for stage in self.stages for p in stage.submod.parameters()])
+        self.params = _distinct([param for stage in self.stages for param in stage.submod.parameters()])
         self.optimizer = make_optimizer(plan, self.params)
         del pipe
 

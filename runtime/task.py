@@ -50,6 +50,9 @@ class Task:
     seed: int
     latent_dim: int = 0
     """GAN only: width of z."""
+    sample_shape: tuple[int, ...] | None = None
+    """Shape of one input sample when the model wants other than the data set's (the CNN's
+    1 x 8 x 8 image of a 64-pixel row)."""
 
     @property
     def tokens_per_sample(self) -> int:
@@ -88,6 +91,8 @@ class Task:
             )
         indices = self.sample_indices(step)[start : start + size]
         inputs, targets = self.data.batch(indices)
+        if self.sample_shape is not None:
+            inputs = inputs.reshape(size, *self.sample_shape)
         if self.kind != "gan":
             return inputs, targets
         gen = torch.Generator().manual_seed(stream_seed(self.seed, "latent", step))
@@ -123,7 +128,11 @@ def task_for(source: str, config: dict[str, Any], dataset: str, global_batch: in
         data = load_dataset(dataset)
     if len(data) < 1:
         raise PlanError(f"training.dataset {dataset!r} has no samples")
-    return Task(kind, data, global_batch, seed, latent_dim=int(config.get("latent_dim", 0)))
+    side = config.get("image_size")
+    shape = (1, side, side) if source == "cnn" else None
+    return Task(
+        kind, data, global_batch, seed, latent_dim=int(config.get("latent_dim", 0)), sample_shape=shape
+    )
 
 
 def plan_task(plan: Plan, config: dict[str, Any]) -> Task:
