@@ -1,42 +1,105 @@
-"""`python -m runtime`: run a plan.
+"""`python -m runtime`: run plans and look after the runs.
 
-    python -m runtime run plan.json [--steps N] [--runs-dir DIR] [--threads T]
+    python -m runtime run plan.json [--steps N] [--runs-dir DIR] [--threads T] [--detach]
+    python -m runtime list [--runs-dir DIR]
+    python -m runtime stop RUN_ID [--runs-dir DIR]
+    python -m runtime resume RUN_ID [--plan other.json] [--steps N] [--detach]
 
-Exit codes: 0 finished, 1 failed, 2 bad input (nothing was started), 3 stopped.
+Exit codes of run and resume: 0 finished, 1 failed, 2 bad input (nothing was started),
+3 stopped; with --detach, 0 once the run is started (its id is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from runtime import store
-from runtime.launch import run
+from planner.errors import PlanError
+from runtime import launch, store
+from runtime.supervisor import EXIT_BAD_INPUT, supervise
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m runtime", description="Run a plan with torch.distributed."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("run", help="train a plan on this machine's ranks (torchrun --standalone)")
-    p.add_argument("plan", type=Path, help="a plan JSON file (python -m planner plan -o plan.json)")
-    p.add_argument("--steps", type=int, help="optimizer steps; default: the plan's training.steps")
+def _runs_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runs-dir",
         type=Path,
         default=None,
         help=f"where runs.sqlite and the run folders live (default: ${store.RUNS_DIR_ENV} or ./runs)",
     )
+
+
+def _start_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help="optimizer steps in all; default: the plan's training.steps")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (default 1)")
-    args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error("--steps must be >= 1")
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
+    p.add_argument("--detach", action="store_true", help="start the run, print its id and return")
+    _runs_dir_option(p)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m runtime", description="Run plans with torch.distributed.")
+    commands = top.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("run", help="train a plan on this machine's ranks (torchrun --standalone)")
+    p.add_argument("plan", type=Path, help="a plan JSON file (python -m planner plan -o plan.json)")
+    _start_options(p)
+    p = commands.add_parser("resume", help="continue a stopped or failed run from its last checkpoint")
+    p.add_argument("run_id")
+    p.add_argument("--plan", type=Path, help="another plan of the same model (the checkpoint is resharded)")
+    _start_options(p)
+    p = commands.add_parser("stop", help="stop a run: finish the step, checkpoint, exit")
+    p.add_argument("run_id")
+    _runs_dir_option(p)
+    p = commands.add_parser("list", help="the runs and their states")
+    _runs_dir_option(p)
+    p = commands.add_parser("supervise", help=argparse.SUPPRESS)  # what --detach starts
+    p.add_argument("run_id")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume-from", type=Path)
+    _runs_dir_option(p)
+    return top
+
+
+def print_runs(rows: list[dict]) -> None:
+    print(f"{'run':22s} {'state':9s} {'steps':>11s} {'started':19s}  reason")
+    for r in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])) if r["started"] else "-"
+        progress = f"{r['last_step']:>5d}/{r['steps']:<5d}"
+        print(f"{r['run_id']:22s} {r['state']:9s} {progress} {started:19s}  {r['reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "steps", None) is not None and args.steps < 1:
+        print("error: --steps must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if getattr(args, "threads", 1) < 1:
+        print("error: --threads must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
     runs_dir = args.runs_dir or store.default_runs_dir()
-    return run(args.plan, runs_dir=runs_dir, steps=args.steps, threads=args.threads)
+    try:
+        if args.command == "run":
+            return launch.run(
+                args.plan, runs_dir=runs_dir, steps=args.steps, threads=args.threads, detach=args.detach
+            )
+        if args.command == "resume":
+            return launch.resume(
+                runs_dir,
+                args.run_id,
+                plan_path=args.plan,
+                steps=args.steps,
+                threads=args.threads,
+                detach=args.detach,
+            )
+        if args.command == "stop":
+            return 0 if launch.stop(runs_dir, args.run_id) in store.TERMINAL else 1
+        if args.command == "list":
+            print_runs(launch.list_runs(runs_dir))
+            return 0
+        return supervise(runs_dir, args.run_id, threads=args.threads, resume_from=args.resume_from)
+    except (launch.RunError, PlanError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

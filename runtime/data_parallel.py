@@ -52,3 +52,7 @@ class DataParallel:
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:
         return dict(self.module.named_parameters())
+
+    def state_parts(self):
+        """What a checkpoint holds: (module, its optimizers) pairs keyed by full-model FQNs."""
+        return [(self.module, [self.optimizer])]

@@ -115,6 +115,9 @@ class DataParallelGAN:
     def local_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.module.named_parameters())
 
+    def state_parts(self):
+        return [(self.module, [self.opt_g.optimizer, self.opt_d.optimizer])]
+
 
 class ModelParallelGAN:
     """G on one rank, D on another; samples forward and their gradient back."""
@@ -128,10 +131,12 @@ class ModelParallelGAN:
         self.device = where.device
         self.role = "generator" if where.rank.rank == roles["generator"] else "discriminator"
         self.peer = roles["discriminator" if self.role == "generator" else "generator"]
-        self.module = getattr(full.module, self.role).to(where.device)
-        # Drop the other network: only this rank's half stays referenced.
-        full.module = None
-        self.prefix = self.role + "."
+        other = "discriminator" if self.role == "generator" else "generator"
+        self.gan = full.module
+        # The other network is dropped; keeping the GAN as the parent keeps this half's
+        # FQNs ("generator.net.0.weight") for checkpoints.
+        setattr(self.gan, other, nn.Module())
+        self.module = getattr(self.gan, self.role).to(where.device)
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
         self.optimizer = make_optimizer(plan, list(self.module.parameters()))
@@ -175,4 +180,7 @@ class ModelParallelGAN:
         return _result(loss_d.item(), loss_g.item(), self.clock.take(), optimizer_s)
 
     def local_parameters(self) -> dict[str, nn.Parameter]:
-        return {self.prefix + fqn: p for fqn, p in self.module.named_parameters()}
+        return dict(self.gan.named_parameters())
+
+    def state_parts(self):
+        return [(self.gan, [self.optimizer])]

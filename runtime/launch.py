@@ -1,17 +1,16 @@
-"""`python -m runtime run`: check a plan, start its ranks with torchrun, follow the run.
+"""Start, stop, resume and list runs: what `python -m runtime` does.
 
-torchrun ``--standalone`` rendezvouses on ``localhost:0``, so the OS picks a free port and
-two runs never collide. Workers' output goes to ``<run-dir>/logs``; torchrun's own to
-``<run-dir>/torchrun.log``. The launcher reads rank 0's metrics back from the runs
-database to draw the progress bar, and records the final state: finished, or failed with
-the rank and the error that ended it.
+A run is prepared (plan checked, folder and ``queued`` row written) before anything
+starts, so bad input leaves nothing behind. Then the supervisor (runtime.supervisor) runs
+it, in this process with a progress bar, or detached: ``--detach`` starts the supervisor
+as a new session whose parent exits at once (a double fork), so the caller holds no child
+and no zombie is left; this is how the dashboard launches runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -23,15 +22,24 @@ from typing import TextIO
 import torch
 
 from planner.errors import PlanError
-from planner.plan import Plan, load_plan
-from runtime import store
+from planner.plan import Plan, load_plan, plan_from_json
+from runtime import checkpoint, store
+from runtime.control import pid_alive
 from runtime.model import build_full_model
-from runtime.progress import ProgressLine, render
+from runtime.supervisor import (
+    EXIT_BAD_INPUT,
+    ROOT,
+    STOP_GRACE_S,
+    kill_all,
+    reconcile,
+    signal_workers,
+    supervise,
+)
 from runtime.task import plan_task
 
-ROOT = Path(__file__).resolve().parents[1]
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
-POLL_S = 0.5
+
+class RunError(Exception):
+    """A request about runs that cannot be done (unknown run, wrong state); exit 2."""
 
 
 def preflight(plan: Plan) -> None:
@@ -39,7 +47,8 @@ def preflight(plan: Plan) -> None:
     nodes = sorted({r.node for r in plan.ranks})
     if len(nodes) > 1:
         raise PlanError(
-            f"ranks: the plan spans {len(nodes)} nodes; `runtime run` starts the ranks of one machine"
+            f"ranks: the plan spans {len(nodes)} nodes; `runtime run` starts the ranks of one machine "
+            "(`runtime command` prints the commands for several)"
         )
     gpus = [r.rank for r in plan.ranks if plan.cluster.device(r.device).kind != "cpu"]
     if gpus and len(gpus) < len(plan.ranks):
@@ -60,132 +69,160 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def torchrun_command(
-    plan_path: Path, run_id: str, runs_dir: Path, nproc: int, steps: int, threads: int, logs: Path
-):
-    return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--standalone", f"--nproc-per-node={nproc}",
-        "--log-dir", str(logs), "--redirects", "3",
-        "-m", "runtime.worker",
-        "--plan", str(plan_path), "--run-id", run_id, "--runs-dir", str(runs_dir),
-        "--steps", str(steps), "--threads", str(threads),
-    ]  # fmt: skip
-
-
-def root_cause(log_text: str) -> tuple[int, str] | None:
-    """torchrun's "Root Cause (first observed failure)": the rank and what ended it.
-
-    >>> root_cause("Root Cause (first observed failure):\\n[0]:\\n  rank      : 1 (local_rank: 1)\\n"
-    ...            "  traceback : Signal 9 (SIGKILL) received by PID 7\\n")
-    (1, 'Signal 9 (SIGKILL) received by PID 7')
-    """
-    _, found, section = log_text.partition("Root Cause (first observed failure)")
-    if not found:
-        return None
-    rank = re.search(r"^\s*rank\s*:\s*(\d+)", section, re.M)
-    what = re.search(r"^\s*traceback\s*:\s*(.+)$", section, re.M)
-    if rank is None:
-        return None
-    return int(rank.group(1)), what.group(1).strip() if what else "exited"
-
-
-def failure_reason(run_dir: Path, returncode: int) -> str:
-    """Which rank failed first and why: its own error file, else torchrun's root cause."""
-    log = run_dir / "torchrun.log"
-    text = log.read_text(errors="replace") if log.exists() else ""
-    cause = root_cause(text)
-    errors = sorted(run_dir.glob("error-rank*.txt"), key=lambda p: p.stat().st_mtime)
-    if cause is not None:
-        rank, what = cause
-        own = run_dir / f"error-rank{rank}.txt"
-        return own.read_text().splitlines()[0] if own.exists() else f"rank {rank}: {what}"
-    if errors:  # the first rank to write one; the others usually only lost their peer
-        return errors[0].read_text().splitlines()[0]
-    tail = [line for line in text.splitlines() if line.strip()][-3:]
-    return f"torchrun exited with code {returncode}" + (": " + " | ".join(tail) if tail else "")
-
-
-def run(
-    plan_path: Path, *, runs_dir: Path, steps: int | None = None, threads: int = 1, out: TextIO | None = None
-) -> int:
-    out = out or sys.stderr
-    try:
-        plan = load_plan(plan_path)
-        preflight(plan)
-    except PlanError as exc:
-        print(f"error: {exc}", file=out)
-        return EXIT_BAD_INPUT
-    steps = steps or plan.training.steps
+def prepare(plan_path: Path, runs_dir: Path, steps: int | None) -> str:
+    """Check the plan and record a queued run; a `PlanError` leaves nothing behind."""
+    plan = load_plan(plan_path)
+    preflight(plan)
     run_id = new_run_id()
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True)
     plan_json = plan.to_json()
     (run_dir / "plan.json").write_text(plan_json + "\n")
-    conn = store.connect(runs_dir)
     store.create_run(
-        conn, run_id=run_id, plan_json=plan_json, plan_sha256=hashlib.sha256(plan_json.encode()).hexdigest(),
-        world_size=len(plan.ranks), steps=steps, run_dir=str(run_dir),
+        store.connect(runs_dir), run_id=run_id, plan_json=plan_json, plan_sha256=_sha256(plan_json),
+        world_size=len(plan.ranks), steps=steps or plan.training.steps, run_dir=str(run_dir),
     )  # fmt: skip
+    return run_id
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def start(
+    runs_dir: Path, run_id: str, *, detach: bool, threads: int, resume_from: Path | None, out: TextIO
+) -> int:
+    conn = store.connect(runs_dir)
+    run = store.run_row(conn, run_id)
+    plan = plan_from_json(run["plan_json"])
+    what = f"resumed from step {checkpoint.step_of(resume_from)}" if resume_from else "started"
     print(
-        f"run {run_id}: {plan.strategy} on {len(plan.ranks)} ranks, {steps} steps, logs in {run_dir}",
+        f"run {run_id}: {what}, {plan.strategy} on {len(plan.ranks)} ranks, {run['steps']} steps, "
+        f"logs in {run['run_dir']}",
         file=out,
     )
+    if not detach:
+        return supervise(runs_dir, run_id, threads=threads, resume_from=resume_from, out=out)
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "supervise",
+        run_id,
+        "--runs-dir",
+        str(runs_dir),
+        "--threads",
+        str(threads),
+    ]
+    if resume_from:
+        cmd += ["--resume-from", str(resume_from)]
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": str(threads),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    cmd = torchrun_command(
-        run_dir / "plan.json", run_id, runs_dir, len(plan.ranks), steps, threads, run_dir / "logs"
-    )
-    with open(run_dir / "torchrun.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    with open(Path(run["run_dir"]) / "supervisor.log", "ab") as log:
+        # A new session, no terminal; this process exits next, so the supervisor is
+        # re-parented to init and nobody has to wait() for it.
+        subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            start_new_session=True,
+        )  # fmt: skip
+    print(run_id, file=sys.stdout, flush=True)
+    return 0
+
+
+def run(
+    plan_path: Path, *, runs_dir: Path, steps: int | None = None, threads: int = 1, detach: bool = False,
+    out: TextIO | None = None,
+) -> int:  # fmt: skip
+    out = out or sys.stderr
     try:
-        follow(conn, run_id, proc, steps, plan, ProgressLine(steps, out))
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        store.set_state(conn, run_id, "stopped", "interrupted from the keyboard")
-        print(f"\nrun {run_id}: stopped", file=out)
-        return EXIT_STOPPED
-    if proc.returncode == 0:
-        store.set_state(conn, run_id, "finished")
-        print(f"run {run_id}: finished", file=out)
-        return EXIT_FINISHED
-    reason = failure_reason(run_dir, proc.returncode)
-    store.set_state(conn, run_id, "failed", reason)
-    print(f"run {run_id}: failed: {reason}", file=out)
-    return EXIT_FAILED
+        run_id = prepare(plan_path, runs_dir, steps)
+    except PlanError as exc:
+        print(f"error: {exc}", file=out)
+        return EXIT_BAD_INPUT
+    return start(runs_dir, run_id, detach=detach, threads=threads, resume_from=None, out=out)
 
 
-def follow(conn, run_id: str, proc: subprocess.Popen, steps: int, plan: Plan, bar: ProgressLine) -> None:
-    """Redraw the progress bar from the database until torchrun exits."""
-    unit = "tokens/s" if plan.model.source == "gpt" or plan.model.source.startswith("hf:") else "samples/s"
-    rate_name = "tokens_per_s" if unit == "tokens/s" else "samples_per_s"
-    after, latest, first_time = 0, {}, None
-    while True:
-        done = proc.poll() is not None
-        rows, after = store.read_metrics(conn, run_id, after_rowid=after, names=("loss", rate_name))
-        for m in rows:
-            if m.rank == store.STEP_RANK:
-                latest[m.name] = m
-                if first_time is None:
-                    first_time = (m.step, m.time)
-        if "loss" in latest:
-            step = latest["loss"].step
-            eta = None
-            if first_time and step > first_time[0]:
-                per_step = (latest["loss"].time - first_time[1]) / (step - first_time[0])
-                eta = per_step * (steps - step)
-            rate = latest[rate_name].value if rate_name in latest else None
-            bar.update(
-                render(step, steps, loss=latest["loss"].value, rate=rate, unit=unit, eta_s=eta), final=done
-            )
-        if done:
-            return
-        time.sleep(POLL_S)
+def resume(
+    runs_dir: Path, run_id: str, *, plan_path: Path | None = None, steps: int | None = None, threads: int = 1,
+    detach: bool = False, out: TextIO | None = None,
+) -> int:  # fmt: skip
+    """Continue a run from its last complete checkpoint (a stopped or failed one, or a
+    finished one for more steps), under the same plan or another plan of the same model:
+    the checkpoint is resharded by FQN."""
+    out = out or sys.stderr
+    conn = store.connect(runs_dir)
+    reconcile(conn)
+    run = _run_or_error(conn, run_id)
+    if run["state"] in store.ACTIVE:
+        raise RunError(f"run {run_id} is {run['state']}; stop it before resuming it")
+    latest = checkpoint.latest_checkpoint(Path(run["run_dir"]))
+    if latest is None:
+        raise RunError(f"run {run_id} has no complete checkpoint to resume from")
+    old = plan_from_json(run["plan_json"])
+    plan = load_plan(plan_path) if plan_path else old
+    if plan.model.graph_digest != old.model.graph_digest:
+        raise RunError(
+            f"the new plan is for another model (graph digest {plan.model.graph_digest[:12]}, "
+            f"the run's is {old.model.graph_digest[:12]}); a checkpoint only continues the same model"
+        )
+    preflight(plan)
+    total = steps or run["steps"]
+    if latest.step >= total:
+        raise RunError(
+            f"run {run_id}'s checkpoint is at step {latest.step}, already at or past {total} steps"
+        )
+    plan_json = plan.to_json()
+    (Path(run["run_dir"]) / "plan.json").write_text(plan_json + "\n")
+    store.drop_metrics_after(conn, run_id, latest.step)
+    store.update_run(
+        conn, run_id, state="queued", reason="", plan_json=plan_json, plan_sha256=_sha256(plan_json),
+        world_size=len(plan.ranks), steps=total, stop_requested=None, ended=None,
+    )  # fmt: skip
+    return start(runs_dir, run_id, detach=detach, threads=threads, resume_from=latest.path, out=out)
+
+
+def stop(runs_dir: Path, run_id: str, *, wait_s: float = 60.0, out: TextIO | None = None) -> str:
+    """Ask a run to stop (the ranks finish the step and checkpoint); wait for its final state."""
+    out = out or sys.stderr
+    conn = store.connect(runs_dir)
+    reconcile(conn)
+    run = _run_or_error(conn, run_id)
+    if run["state"] not in store.ACTIVE:
+        print(f"run {run_id} is already {run['state']}", file=out)
+        return run["state"]
+    store.update_run(conn, run_id, stop_requested=time.time())
+    signal_workers(conn, run_id, signal.SIGUSR1)
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        run = store.run_row(conn, run_id)
+        if run["state"] in store.TERMINAL:
+            break
+        if run["supervisor_pid"] and not pid_alive(run["supervisor_pid"]):
+            # Nobody supervises it: give the ranks the grace period, then clean up here.
+            time.sleep(STOP_GRACE_S)
+            kill_all([run["torchrun_pid"], *store.worker_pids(conn, run_id).values()])
+            store.finish_once(conn, run_id, "stopped", "stopped; its supervisor was gone")
+            break
+        time.sleep(0.25)
+    run = store.run_row(conn, run_id)
+    print(f"run {run_id}: {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), file=out)
+    return run["state"]
+
+
+def list_runs(runs_dir: Path) -> list[dict]:
+    """Every run with its state (dead supervisors found and their runs failed first)."""
+    conn = store.connect(runs_dir)
+    reconcile(conn)
+    rows = store.runs(conn)
+    for row in rows:
+        row["last_step"] = store.last_step(conn, row["run_id"])
+    return rows
+
+
+def _run_or_error(conn, run_id: str) -> dict:
+    run = store.run_row(conn, run_id)
+    if run is None:
+        raise RunError(f"no run {run_id!r} in this runs dir")
+    return run

@@ -32,6 +32,8 @@ class Engine(Protocol):
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]: ...
 
+    def state_parts(self) -> list[tuple[torch.nn.Module, list[torch.optim.Optimizer]]]: ...
+
 
 def parallelize(plan: Plan, full: FullModel, task: Task, where: Placement) -> Engine:
     strategy = plan.strategy

@@ -75,11 +75,18 @@ class PipelineParallel:
             self.schedule = SCHEDULES[plan.schedule](self.stages[0], n_microbatches=m, loss_fn=loss_fn)
         self.tied = _tied_copies(plan, pipe, full, self.stages, where)
         self.params = _distinct([param for stage in self.stages for param in stage.submod.parameters()])
-        self.optimizer = make_optimizer(plan, self.params)
+        # One optimizer per stage, so that a checkpoint pairs each stage module with its
+        # own state; a tensor two local stages share is stepped by the first one only.
+        self.optimizers, owned = [], set()
+        for stage in self.stages:
+            params = [p for p in stage.submod.parameters() if id(p) not in owned]
+            owned.update(id(p) for p in params)
+            self.optimizers.append(make_optimizer(plan, params))
         del pipe
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         losses: list[torch.Tensor] = []
         args = (inputs,) if self.holds_first else ()
         kwargs = {"target": targets, "losses": losses} if self.holds_last else {}
@@ -89,7 +96,8 @@ class PipelineParallel:
         if self.dp_group is not None:
             average_replicas(self.params, self.weight, self.dp_group)
         t = time.perf_counter()
-        self.optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.step()
         optimizer_s = time.perf_counter() - t
         loss = torch.stack(losses).mean().item() if losses else None
         return StepResult(loss, self.clock.take(), optimizer_s)
@@ -100,6 +108,9 @@ class PipelineParallel:
             for fqn, param in stage.submod.named_parameters():
                 out.setdefault(fqn, param)
         return out
+
+    def state_parts(self):
+        return [(stage.submod, [opt]) for stage, opt in zip(self.stages, self.optimizers, strict=True)]
 
 
 def _distinct(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

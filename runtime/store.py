@@ -37,7 +37,10 @@ CREATE TABLE IF NOT EXISTS runs (
     steps       INTEGER NOT NULL,
     run_dir     TEXT NOT NULL,
     started     REAL,
-    ended       REAL
+    ended       REAL,
+    supervisor_pid INTEGER,
+    torchrun_pid   INTEGER,
+    stop_requested REAL
 );
 CREATE TABLE IF NOT EXISTS workers (
     run_id TEXT NOT NULL,
@@ -138,6 +141,10 @@ def read_metrics(
     return [Metric(s, r, n, decode(v, sp), t) for _, s, r, n, v, sp, t in rows], last
 
 
+ACTIVE = ("queued", "running")
+TERMINAL = ("stopped", "failed", "finished")
+
+
 def create_run(
     conn: sqlite3.Connection,
     *,
@@ -147,7 +154,7 @@ def create_run(
     world_size: int,
     steps: int,
     run_dir: str,
-    state: str = "running",
+    state: str = "queued",
 ) -> None:
     now = time.time()
     with write(conn):
@@ -159,12 +166,61 @@ def create_run(
 
 
 def set_state(conn: sqlite3.Connection, run_id: str, state: str, reason: str = "") -> None:
-    ended = time.time() if state in ("finished", "failed", "stopped") else None
+    ended = time.time() if state in TERMINAL else None
     with write(conn):
         conn.execute(
-            "UPDATE runs SET state = ?, reason = ?, ended = COALESCE(?, ended) WHERE run_id = ?",
+            "UPDATE runs SET state = ?, reason = ?, ended = ? WHERE run_id = ?",
             (state, reason, ended, run_id),
         )
+
+
+def finish_once(conn: sqlite3.Connection, run_id: str, state: str, reason: str = "") -> bool:
+    """Move an active run to a final state unless someone else already did; True if we did."""
+    with write(conn):
+        cur = conn.execute(
+            f"UPDATE runs SET state = ?, reason = ?, ended = ? WHERE run_id = ? AND state IN {ACTIVE}",
+            (state, reason, time.time(), run_id),
+        )
+    return cur.rowcount == 1
+
+
+def update_run(conn: sqlite3.Connection, run_id: str, **columns) -> None:
+    allowed = {"state", "reason", "started", "supervisor_pid", "torchrun_pid", "stop_requested",
+               "plan_json", "plan_sha256", "steps", "world_size", "ended"}  # fmt: skip
+    if not columns or set(columns) - allowed:
+        raise ValueError(f"cannot update {sorted(set(columns) - allowed)}")
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with write(conn):
+        conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*columns.values(), run_id))
+
+
+def clear_workers(conn: sqlite3.Connection, run_id: str) -> None:
+    """Forget a previous attempt's workers (a resumed run gets new ones)."""
+    with write(conn):
+        conn.execute("DELETE FROM workers WHERE run_id = ?", (run_id,))
+
+
+def worker_pids(conn: sqlite3.Connection, run_id: str) -> dict[int, int]:
+    return dict(conn.execute("SELECT rank, pid FROM workers WHERE run_id = ?", (run_id,)).fetchall())
+
+
+def last_step(conn: sqlite3.Connection, run_id: str) -> int:
+    row = conn.execute(
+        "SELECT MAX(step) FROM metrics WHERE run_id = ? AND rank = ? AND name = 'loss'", (run_id, STEP_RANK)
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+def drop_metrics_after(conn: sqlite3.Connection, run_id: str, step: int) -> None:
+    """Forget the steps a resumed run will redo (those after its checkpoint)."""
+    with write(conn):
+        conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
+
+
+def runs(conn: sqlite3.Connection) -> list[dict]:
+    cur = conn.execute("SELECT * FROM runs ORDER BY created")
+    names = [c[0] for c in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def record_workers(conn: sqlite3.Connection, run_id: str, workers: Iterable[tuple[int, int, str]]) -> None:

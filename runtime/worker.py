@@ -5,14 +5,18 @@
 Rank and world size come from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK). CPU
 plans use gloo and one process per "device"; GPU plans use nccl and `cuda:LOCAL_RANK`.
 Every rank reports its PID, then trains; rank 0 writes the gathered metrics to the runs
-database. An exception is written to ``<run-dir>/error-rank<r>.txt`` before the rank
+database. Checkpoints every ``training.checkpoint_every`` steps and when stopped (SIGUSR1,
+runtime.control); ``--resume-from`` continues from a checkpoint, under any plan of the
+same model. An exception is written to ``<run-dir>/error-rank<r>.txt`` before the rank
 exits non-zero, so the launcher can say which rank failed and why.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -25,7 +29,8 @@ import torch.distributed as dist
 
 from planner.errors import PlanError
 from planner.plan import Plan, load_plan
-from runtime import store
+from runtime import checkpoint, store
+from runtime.control import StopFlag, die_with_parent, watch_supervisor
 from runtime.mesh import Placement, build_mesh
 from runtime.metrics import MetricsRecorder
 from runtime.model import build_full_model
@@ -74,8 +79,11 @@ def train(
     world_size: int,
     local_rank: int = 0,
     init_method: str = "env://",
+    resume_from: Path | None = None,
     save_parameters: Path | None = None,
-) -> None:
+    stop: StopFlag | None = None,
+) -> str:
+    """Train ``plan`` as rank ``rank``; returns "finished" or "stopped" (all ranks agree)."""
     if world_size != len(plan.ranks):
         raise PlanError(
             f"ranks: the plan has {len(plan.ranks)} ranks, but {world_size} processes were started"
@@ -88,9 +96,12 @@ def train(
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
     )
+    run_dir = runs_dir / run_id
     try:
-        # Metrics are CPU tensors: on nccl they need a gloo group of their own.
+        # Metrics, stop flags and barriers use CPU tensors: on nccl they need a gloo group.
         cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+        stop = stop or StopFlag()
+        stop.group = cpu_group
         conn = store.connect(runs_dir) if rank == 0 else None
         workers = _gather_workers(rank, world_size, cpu_group)
         if conn is not None:
@@ -99,6 +110,11 @@ def train(
         full = build_full_model(plan, device)
         task = plan_task(plan, full.config)
         engine = parallelize(plan, full, task, where)
+        done = 0  # optimizer steps already taken
+        if resume_from is not None:
+            latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)
+            checkpoint.load(latest, engine.state_parts(), rank=rank)
+            done = latest.step
         start = sum(r.batch_share for r in plan.replicas if r.dp_index < where.rank.dp_index)
         share = plan.replicas[where.rank.dp_index].batch_share
         write = (lambda rows: store.insert_metrics(conn, run_id, rows)) if conn is not None else None
@@ -110,23 +126,36 @@ def train(
             write=write,
             group=cpu_group,
         )
-        for step in range(1, steps + 1):
+        every = plan.training.checkpoint_every
+        saved = last = done
+        outcome = "finished"
+        for step in range(done + 1, steps + 1):
             t0, cpu0 = time.perf_counter(), time.process_time()
-            inputs, targets = task.batch(step - 1, start, share)  # data index is 0-based
+            inputs, targets = task.batch(step - 1, start, share)  # the data index is 0-based
             result = engine.train_step(inputs.to(device), targets.to(device))
             recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+            last = step
+            stopping = stop.agreed() and step < steps
+            if (every and step % every == 0) or (stopping and saved < step):
+                recorder.flush()  # the metrics of every step a checkpoint covers are stored
+                checkpoint.save(run_dir, step, engine.state_parts(), rank=rank, group=cpu_group)
+                saved = step
+            if stopping:
+                recorder.flush()
+                outcome = "stopped"
+                if rank == 0:
+                    (run_dir / "stopped.json").write_text(json.dumps({"step": step}))
+                break
         if save_parameters is not None:
             save_parameters.mkdir(parents=True, exist_ok=True)
             params = {fqn: p.detach().cpu() for fqn, p in engine.local_parameters().items()}
             torch.save(params, save_parameters / f"rank{rank}.pt")
         if conn is not None:
             fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
-            store.insert_metrics(
-                conn,
-                run_id,
-                [store.Metric(steps, store.STEP_RANK, "logging_fraction", fraction, time.time())],
-            )
+            metric = store.Metric(last, store.STEP_RANK, "logging_fraction", fraction, time.time())
+            store.insert_metrics(conn, run_id, [metric])
         dist.barrier(group=cpu_group)
+        return outcome
     finally:
         dist.destroy_process_group()
 
@@ -139,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="default: the plan's training.steps")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
     parser.add_argument("--init-method", default="env://", help="for launchers other than torchrun")
+    parser.add_argument("--resume-from", type=Path, help="a complete checkpoint folder to continue from")
     parser.add_argument("--save-parameters", type=Path, help="write each rank's final parameters here")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    stop = StopFlag()  # first: a stop request during start-up must not kill the rank
     torch.set_num_threads(args.threads)
+    die_with_parent()
+    watch_supervisor()
     run_dir = args.runs_dir / args.run_id
     try:
         plan = load_plan(args.plan)
@@ -158,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             world_size=world_size,
             local_rank=local_rank,
             init_method=args.init_method,
+            resume_from=args.resume_from,
             save_parameters=args.save_parameters,
+            stop=stop,
         )
     except BaseException as exc:
         message = f"rank {rank}: {type(exc).__name__}: {exc}"
@@ -166,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         (run_dir / f"error-rank{rank}.txt").write_text(message + "\n\n" + traceback.format_exc())
         print(message, file=sys.stderr, flush=True)
         return 1
+    finally:
+        # A stop request that comes late must not kill the exiting process: Python puts
+        # its own handlers back to the default (terminate) at exit, but leaves SIG_IGN.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     return 0
 
 

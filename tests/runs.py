@@ -35,13 +35,21 @@ def zoo_plan(
     return make_plan(graph, parse_short_form(f"cpu:{ranks}"), training=train, **choices)
 
 
-def run_ranks(plan: Plan, tmp: Path, *, steps: int = 10, timeout: float = 240) -> Path:
+def run_ranks(
+    plan: Plan,
+    tmp: Path,
+    *,
+    steps: int = 10,
+    timeout: float = 240,
+    runs: Path | None = None,
+    resume_from: Path | None = None,
+) -> Path:
     """Start one worker process per rank (file:// rendezvous, no torchrun) and wait for all.
 
     Returns the runs dir; final parameters are in ``<runs>/params/rank<r>.pt``.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    runs = tmp / "runs"
+    runs = runs or tmp / "runs"
     plan_path = tmp / "plan.json"
     save_plan(plan, plan_path)
     init = f"file://{tmp / 'rendezvous'}"
@@ -64,6 +72,7 @@ def run_ranks(plan: Plan, tmp: Path, *, steps: int = 10, timeout: float = 240) -
             init,
             "--save-parameters",
             str(runs / "params"),
+            *(["--resume-from", str(resume_from)] if resume_from else []),
         ]
         procs.append(
             subprocess.Popen(

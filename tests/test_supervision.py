@@ -1,0 +1,220 @@
+"""Supervision: nothing outlives a run, failures are named, stop and resume are exact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from planner.plan import save_plan
+from runtime import checkpoint, store
+from runtime.control import pid_alive
+from tests.runs import run_ranks, step_losses, zoo_plan
+from tests.supervision import all_gone, losses, run_pids, runtime_cli, start_run, the_run, wait_for
+
+pytestmark = pytest.mark.slow
+LONG = {"steps": 100_000}
+GPT_1M = {"size": "1m"}  # about 0.1 s a step on 2 ranks: slow enough to stop mid-run
+
+
+def endless_mlp(**training):
+    return zoo_plan(
+        "mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2, training={**LONG, **training}
+    )
+
+
+def started(tmp_path, plan):
+    launcher = start_run(plan, tmp_path)
+    runs = tmp_path / "runs"
+    pids = wait_for(lambda: (runs / store.DB_NAME).exists() and run_pids(runs), 60, "the workers")
+    wait_for(lambda: store.last_step(store.connect(runs), the_run(runs)["run_id"]), 30, "metrics")
+    return launcher, pids
+
+
+def assert_failed_and_clean(tmp_path, pids, launcher, *, reason: str):
+    wait_for(lambda: all_gone(pids), 10, "every process of the run to exit")
+    if launcher.poll() is None:
+        launcher.wait(timeout=20)
+    row = the_run(tmp_path / "runs")
+    if row["state"] == "running":  # the launcher itself died: the next command notices
+        runtime_cli("list", "--runs-dir", tmp_path / "runs")
+        row = the_run(tmp_path / "runs")
+    assert row["state"] == "failed"
+    assert reason in row["reason"], row["reason"]
+    assert store.last_step(store.connect(tmp_path / "runs"), row["run_id"]) > 0  # metrics kept
+
+
+def test_kill_9_of_a_worker(tmp_path):
+    launcher, pids = started(tmp_path, endless_mlp())
+    os.kill(pids[2], signal.SIGKILL)  # rank 1
+    assert_failed_and_clean(tmp_path, pids, launcher, reason="rank 1: Signal 9 (SIGKILL)")
+    assert launcher.returncode == 1
+
+
+def test_kill_9_of_torchrun(tmp_path):
+    launcher, pids = started(tmp_path, endless_mlp())
+    os.kill(pids[0], signal.SIGKILL)
+    assert_failed_and_clean(tmp_path, pids, launcher, reason="torchrun was killed by SIGKILL")
+    assert launcher.returncode == 1
+
+
+def test_kill_9_of_the_launcher(tmp_path):
+    launcher, pids = started(tmp_path, endless_mlp())
+    supervisor = launcher.pid
+    launcher.kill()
+    launcher.wait()
+    assert_failed_and_clean(tmp_path, pids, launcher, reason=f"supervisor (pid {supervisor}) died")
+
+
+def test_a_hung_rank_fails_the_run_within_the_timeout(tmp_path):
+    launcher, pids = started(tmp_path, endless_mlp(pg_timeout_s=5))
+    t0 = time.monotonic()
+    os.kill(pids[2], signal.SIGSTOP)  # rank 1 stops answering, without dying
+    try:
+        launcher.wait(timeout=30)
+        assert time.monotonic() - t0 < 5 + 10
+    finally:
+        if pid_alive(pids[2]):
+            os.kill(pids[2], signal.SIGKILL)
+    assert_failed_and_clean(tmp_path, pids, launcher, reason="rank")
+
+
+def test_stop_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+    plan = zoo_plan("gpt", GPT_1M, ranks=2, strategy="pp", global_batch=16, pp_degree=2, schedule="1f1b",
+                    micro_batches=4, training={"steps": 20, "checkpoint_every": 5})  # fmt: skip
+    straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=20))
+    runs = tmp_path / "runs"
+    launcher = start_run(plan, tmp_path)
+    run_dir = wait_for(lambda: runs.exists() and [p for p in runs.iterdir() if p.is_dir()], 60, "the run")[0]
+    wait_for(lambda: checkpoint.latest_checkpoint(run_dir), 120, "the checkpoint at step 5")
+    stopped = runtime_cli("stop", the_run(runs)["run_id"], "--runs-dir", runs)
+    assert stopped.returncode == 0, stopped.stderr
+    assert launcher.wait(timeout=60) == 3
+    row = the_run(runs)
+    assert row["state"] == "stopped"
+    at = checkpoint.latest_checkpoint(run_dir).step
+    assert 5 <= at < 20 and f"after step {at}" in row["reason"]
+    resumed = runtime_cli("resume", row["run_id"], "--runs-dir", runs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step {at}" in resumed.stderr
+    assert the_run(runs)["state"] == "finished"
+    assert losses(runs, row["run_id"]) == straight  # exactly
+
+
+def test_pipeline_resume_after_kill_9_matches_the_uninterrupted_run(tmp_path):
+    plan = zoo_plan("gpt", GPT_1M, ranks=2, strategy="pp", global_batch=16, pp_degree=2, schedule="gpipe",
+                    micro_batches=4, training={"steps": 12, "checkpoint_every": 4})  # fmt: skip
+    straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=12))
+    runs = tmp_path / "runs"
+    launcher = start_run(plan, tmp_path)
+    run_dir = wait_for(lambda: runs.exists() and [p for p in runs.iterdir() if p.is_dir()], 60, "the run")[0]
+    wait_for(lambda: checkpoint.latest_checkpoint(run_dir), 120, "a checkpoint")
+    pids = run_pids(runs)
+    os.kill(pids[1], signal.SIGKILL)
+    assert launcher.wait(timeout=60) == 1
+    resumed = runtime_cli("resume", the_run(runs)["run_id"], "--runs-dir", runs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(runs, the_run(runs)["run_id"]) == straight
+
+
+def test_an_interrupted_checkpoint_is_never_loaded(tmp_path):
+    plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2,
+                    training={"steps": 8, "checkpoint_every": 4})  # fmt: skip
+    runs = run_ranks(plan, tmp_path, steps=8)
+    run_dir = runs / "test"
+    assert [c.step for c in checkpoint.complete_checkpoints(run_dir)] == [4, 8]
+    # What kill -9 in the middle of a save leaves: shards, maybe metadata, no complete.json.
+    (run_dir / "checkpoints" / "step-000008" / "complete.json").unlink()
+    assert checkpoint.latest_checkpoint(run_dir).step == 4
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpoint.step_of(run_dir / "checkpoints" / "step-000008")
+
+
+def test_data_parallel_checkpoint_continues_as_a_pipeline(tmp_path):
+    choices = dict(global_batch=16, training={"steps": 10, "checkpoint_every": 5})
+    dp = zoo_plan("gpt", {"size": "toy"}, ranks=2, strategy="dp", dp_degree=2, **choices)
+    pp = zoo_plan(
+        "gpt",
+        {"size": "toy"},
+        ranks=2,
+        strategy="pp",
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=4,
+        **choices,
+    )
+    straight = step_losses(run_ranks(dp, tmp_path / "straight", steps=10))
+    save_plan(dp, tmp_path / "dp.json")
+    save_plan(pp, tmp_path / "pp.json")
+    runs = tmp_path / "runs"
+    first = runtime_cli("run", tmp_path / "dp.json", "--steps", 5, "--runs-dir", runs)
+    assert first.returncode == 0, first.stderr
+    run_id = the_run(runs)["run_id"]
+    second = runtime_cli("resume", run_id, "--plan", tmp_path / "pp.json", "--steps", 10, "--runs-dir", runs)
+    assert second.returncode == 0, second.stderr
+    row = the_run(runs)
+    assert row["state"] == "finished" and '"strategy": "pp"' in row["plan_json"]
+    import torch
+
+    torch.testing.assert_close(
+        torch.tensor(losses(runs, run_id)), torch.tensor(straight), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_resume_refuses_another_model(tmp_path):
+    plan = zoo_plan(
+        "mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2, training={"checkpoint_every": 2}
+    )
+    save_plan(plan, tmp_path / "mlp.json")
+    save_plan(zoo_plan("gpt", {"size": "toy"}, ranks=2, strategy="dp", global_batch=8, dp_degree=2),
+              tmp_path / "gpt.json")  # fmt: skip
+    runs = tmp_path / "runs"
+    assert runtime_cli("run", tmp_path / "mlp.json", "--steps", 2, "--runs-dir", runs).returncode == 0
+    refused = runtime_cli("resume", the_run(runs)["run_id"], "--plan", tmp_path / "gpt.json", "--steps", 4,
+                          "--runs-dir", runs)  # fmt: skip
+    assert refused.returncode == 2 and "another model" in refused.stderr
+
+
+def test_two_detached_runs_at_once_and_a_polling_reader(tmp_path):
+    plan = zoo_plan("gpt", {"size": "toy"}, ranks=2, strategy="dp", global_batch=8, dp_degree=2,
+                    training={"steps": 150})  # fmt: skip
+    save_plan(plan, tmp_path / "plan.json")
+    runs = tmp_path / "runs"
+    ids = []
+    for _ in range(2):
+        done = runtime_cli("run", tmp_path / "plan.json", "--detach", "--runs-dir", runs, timeout=60)
+        assert done.returncode == 0, done.stderr
+        ids.append(done.stdout.strip())
+    errors, seen = [], {run_id: set() for run_id in ids}
+
+    def poll():  # the dashboard's way: 2 Hz, only new rows
+        conn, cursors = store.connect(runs), dict.fromkeys(ids, 0)
+        while not stop.is_set():
+            try:
+                for run_id in ids:
+                    rows, cursors[run_id] = store.read_metrics(conn, run_id, after_rowid=cursors[run_id],
+                                                                names=["loss"])  # fmt: skip
+                    seen[run_id].update(m.step for m in rows if m.rank == store.STEP_RANK)
+            except Exception as exc:  # a lock error would land here
+                errors.append(exc)
+            time.sleep(0.5)
+
+    stop = threading.Event()
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        conn = store.connect(runs)
+        wait_for(
+            lambda: all(store.run_row(conn, i)["state"] in store.TERMINAL for i in ids), 180, "both runs"
+        )
+        time.sleep(1.0)  # one more poll after the last rows
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors
+    for run_id in ids:
+        assert store.run_row(conn, run_id)["state"] == "finished"
+        assert seen[run_id] == set(range(1, 151))
