@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 PR_SET_PDEATHSIG = 1
 SUPERVISOR_ENV = "STAGECRAFT_SUPERVISOR_PID"
+STORE_ENV = "STAGECRAFT_STORE"  # host:port of the supervisor's rendezvous store
 WATCH_PERIOD_S = 0.5
 
 

@@ -1,6 +1,7 @@
 """The supervisor: owns a run from torchrun's start to the run's final state.
 
-It starts torchrun (argument list, no shell) with its own PID in the workers' environment,
+It hosts the run's rendezvous store on loopback, starts torchrun (argument list, no
+shell) with its own PID in the workers' environment,
 records every PID, redraws the progress bar, and decides the final state:
 - torchrun exits 0 after the ranks agreed to stop: ``stopped`` (exit 3);
 - torchrun exits 0 otherwise: ``finished`` (exit 0);
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from planner.plan import Plan, plan_from_json
 from runtime import store
-from runtime.control import SUPERVISOR_ENV, die_with_parent, pid_alive
+from runtime.control import STORE_ENV, SUPERVISOR_ENV, die_with_parent, pid_alive
 from runtime.progress import ProgressLine, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +37,36 @@ STOP_GRACE_S = 5.0
 SHUTDOWN_TIMEOUT_S = 3  # torchrun's wait between SIGTERM and SIGKILL (its default: 30 s)
 
 
-def torchrun_command(run: dict, plan: Plan, threads: int, resume_from: Path | None) -> list[str]:
+def loopback_store():
+    """A rendezvous store that listens on 127.0.0.1 only, and its port.
+
+    torchrun's own store (``--standalone``) listens on every interface, without
+    authentication (FACTS.md). TCPStore binds to whatever socket it is given, so the
+    supervisor binds one to loopback, hosts the store on it, and points torchrun at it
+    as a client (``is_host=false``); the workers reuse torchrun's store.
+    """
+    import socket
+
+    from torch.distributed import TCPStore
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # port 0: the OS picks a free one, two runs never collide
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    fd = sock.detach()  # the store owns the socket from here on and closes it
+    store = TCPStore(
+        "127.0.0.1", port, is_master=True, wait_for_workers=False, multi_tenant=True, master_listen_fd=fd
+    )
+    return store, port
+
+
+def torchrun_command(run: dict, plan: Plan, threads: int, resume_from: Path | None, port: int) -> list[str]:
     run_dir = Path(run["run_dir"])
     return [
         sys.executable, "-m", "torch.distributed.run",
-        "--standalone", f"--nproc-per-node={len(plan.ranks)}",
+        "--nnodes=1", f"--nproc-per-node={len(plan.ranks)}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={run['run_id']}",
+        "--rdzv-conf=is_host=false",
         f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
         "--log-dir", str(run_dir / "logs"), "--redirects", "3",
         "-m", "runtime.worker",
@@ -123,10 +149,19 @@ def supervise(
     run = store.run_row(conn, run_id)
     plan = plan_from_json(run["plan_json"])
     run_dir = Path(run["run_dir"])
+    store.clear_workers(conn, run_id)
+    rendezvous, port = loopback_store()  # kept alive until torchrun has exited
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
         SUPERVISOR_ENV: str(os.getpid()),
+        # Nothing of the run listens beyond loopback: the workers meet on the supervisor's
+        # store, torchrun makes no store of its own for them, and the collectives' own
+        # sockets are on loopback (every rank is on this machine).
+        STORE_ENV: f"127.0.0.1:{port}",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_SOCKET_IFNAME": "lo",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     stop_now = {"asked": False}
@@ -136,14 +171,13 @@ def supervise(
             raise KeyboardInterrupt
         stop_now["asked"] = True
 
-    store.clear_workers(conn, run_id)
     previous = {s: signal.signal(s, ask_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with open(run_dir / "torchrun.log", "ab") as log:
             # torchrun dies with the supervisor (and its workers with it); the supervisor
             # has no threads, so a preexec function is safe here.
             proc = subprocess.Popen(
-                torchrun_command(run, plan, threads, resume_from), stdout=log, stderr=subprocess.STDOUT,
+                torchrun_command(run, plan, threads, resume_from, port), stdout=log, stderr=subprocess.STDOUT,
                 env=env, cwd=ROOT, preexec_fn=die_with_parent,
             )  # fmt: skip
         store.update_run(
@@ -163,6 +197,7 @@ def supervise(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        del rendezvous
     kill_all(store.worker_pids(conn, run_id).values())  # none should be left; make sure
     marker = run_dir / "stopped.json"
     if proc.returncode == 0 and marker.exists():

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from planner.errors import PlanError
 from planner.plan import Plan, load_plan
 from runtime import checkpoint, store
-from runtime.control import StopFlag, die_with_parent, watch_supervisor
+from runtime.control import STORE_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.mesh import Placement, build_mesh
 from runtime.metrics import MetricsRecorder
 from runtime.model import build_full_model
@@ -69,6 +69,22 @@ def _gather_workers(rank: int, world_size: int, group) -> list[tuple[int, int, s
     ]
 
 
+def _supervisor_store(run_id: str, timeout: timedelta):
+    """A client of the supervisor's loopback store, when a supervisor started this rank.
+
+    torchrun's env:// rendezvous would make a new store server on every interface; the
+    supervisor's listens on 127.0.0.1 only (runtime.supervisor.loopback_store). Keys are
+    prefixed by run and torchrun attempt, so a restarted attempt never meets stale keys.
+    """
+    address = os.environ.get(STORE_ENV)
+    if not address:
+        return None
+    host, port = address.rsplit(":", 1)
+    client = dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"stagecraft/{run_id}/{attempt}/", client)
+
+
 def train(
     plan: Plan,
     *,
@@ -93,9 +109,13 @@ def train(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=plan.training.pg_timeout_s)
-    dist.init_process_group(
-        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
-    )
+    rendezvous = _supervisor_store(run_id, timeout)
+    if rendezvous is not None:
+        dist.init_process_group(backend, store=rendezvous, rank=rank, world_size=world_size, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
+        )
     run_dir = runs_dir / run_id
     try:
         # Metrics, stop flags and barriers use CPU tensors: on nccl they need a gloo group.
