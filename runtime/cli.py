@@ -4,6 +4,7 @@
     python -m runtime list [--runs-dir DIR]
     python -m runtime stop RUN_ID [--runs-dir DIR]
     python -m runtime resume RUN_ID [--plan other.json] [--steps N] [--detach]
+    python -m runtime command plan.json --nodes N --endpoint HOST:PORT
 
 Exit codes of run and resume: 0 finished, 1 failed, 2 bad input (nothing was started),
 3 stopped; with --detach, 0 once the run is started (its id is printed).
@@ -12,12 +13,14 @@ Exit codes of run and resume: 0 finished, 1 failed, 2 bad input (nothing was sta
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from planner.errors import PlanError
-from runtime import launch, store
+from planner.plan import load_plan
+from runtime import launch, multinode, store
 from runtime.supervisor import EXIT_BAD_INPUT, supervise
 
 
@@ -52,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
     _runs_dir_option(p)
     p = commands.add_parser("list", help="the runs and their states")
     _runs_dir_option(p)
+    p = commands.add_parser("command", help="print the torchrun command of every node, and a Slurm script")
+    p.add_argument("plan", type=Path)
+    p.add_argument("--nodes", type=int, required=True, help="machines (the plan's node count)")
+    p.add_argument("--endpoint", required=True, help="HOST:PORT of node 0's rendezvous, reachable from all")
+    p.add_argument("--runs-dir", default="runs", help="runs dir on each machine (default: runs)")
+    p.add_argument("--run-id", help="default: a new one")
     p = commands.add_parser("supervise", help=argparse.SUPPRESS)  # what --detach starts
     p.add_argument("run_id")
     p.add_argument("--threads", type=int, default=1)
@@ -68,6 +77,30 @@ def print_runs(rows: list[dict]) -> None:
         print(f"{r['run_id']:22s} {r['state']:9s} {progress} {started:19s}  {r['reason']}")
 
 
+def print_commands(args: argparse.Namespace) -> None:
+    plan = load_plan(args.plan)
+    run_id = args.run_id or launch.new_run_id()
+    plan_path = str(args.plan)
+    per_node = multinode.commands(
+        plan,
+        nodes=args.nodes,
+        plan_path=plan_path,
+        run_id=run_id,
+        endpoint=args.endpoint,
+        runs_dir=args.runs_dir,
+    )
+    print(f"# run {run_id}: copy {plan_path} to every machine, then run there (node 0 first):")
+    for node, cmd in enumerate(per_node):
+        print(f"# node {node}")
+        print(shlex.join(cmd))
+    _, port = multinode.check_endpoint(args.endpoint)
+    print("\n# or, under Slurm: sbatch this script")
+    print(
+        multinode.slurm_script(plan, plan_path=plan_path, run_id=run_id, port=port, runs_dir=args.runs_dir),
+        end="",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "steps", None) is not None and args.steps < 1:
@@ -76,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", 1) < 1:
         print("error: --threads must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    runs_dir = args.runs_dir or store.default_runs_dir()
     try:
+        if args.command == "command":
+            print_commands(args)
+            return 0
+        runs_dir = args.runs_dir or store.default_runs_dir()
         if args.command == "run":
             return launch.run(
                 args.plan, runs_dir=runs_dir, steps=args.steps, threads=args.threads, detach=args.detach

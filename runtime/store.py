@@ -12,6 +12,7 @@ back as that float: a diverged loss stays visible as NaN, never as a gap.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sqlite3
@@ -162,6 +163,28 @@ def create_run(
             "INSERT INTO runs (run_id, created, state, plan_sha256, plan_json, world_size, steps,"
             " run_dir, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, now, state, plan_sha256, plan_json, world_size, steps, run_dir, now),
+        )
+
+
+def ensure_run(
+    conn: sqlite3.Connection, *, run_id: str, plan_json: str, world_size: int, steps: int, run_dir: str
+) -> None:
+    """The run's row, created as running if no launcher made it (a hand-started torchrun)."""
+    now = time.time()
+    with write(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO runs (run_id, created, state, plan_sha256, plan_json, world_size, steps,"
+            " run_dir, started) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                now,
+                hashlib.sha256(plan_json.encode()).hexdigest(),
+                plan_json,
+                world_size,
+                steps,
+                run_dir,
+                now,
+            ),
         )
 
 

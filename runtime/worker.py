@@ -30,7 +30,7 @@ import torch.distributed as dist
 from planner.errors import PlanError
 from planner.plan import Plan, load_plan
 from runtime import checkpoint, store
-from runtime.control import STORE_ENV, StopFlag, die_with_parent, watch_supervisor
+from runtime.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.mesh import Placement, build_mesh
 from runtime.metrics import MetricsRecorder
 from runtime.model import build_full_model
@@ -123,6 +123,16 @@ def train(
         stop = stop or StopFlag()
         stop.group = cpu_group
         conn = store.connect(runs_dir) if rank == 0 else None
+        if conn is not None:  # started by hand or by `runtime command`: no row yet
+            plan_json = plan.to_json()
+            store.ensure_run(
+                conn,
+                run_id=run_id,
+                plan_json=plan_json,
+                world_size=world_size,
+                steps=steps,
+                run_dir=str(run_dir),
+            )
         workers = _gather_workers(rank, world_size, cpu_group)
         if conn is not None:
             store.record_workers(conn, run_id, workers)
@@ -180,6 +190,16 @@ def train(
         dist.destroy_process_group()
 
 
+def plan_rank(plan: Plan, node: int, local_rank: int) -> int:
+    """The global rank of the ``local_rank``-th process on ``node``, as the plan lays them out."""
+    on_node = [r.rank for r in plan.ranks if r.node == node]
+    if not on_node:
+        raise PlanError(f"ranks: the plan has no rank on node {node}")
+    if local_rank >= len(on_node):
+        raise PlanError(f"ranks: node {node} has {len(on_node)} ranks in the plan, not {local_rank + 1}")
+    return on_node[local_rank]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--plan", required=True, type=Path)
@@ -190,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-method", default="env://", help="for launchers other than torchrun")
     parser.add_argument("--resume-from", type=Path, help="a complete checkpoint folder to continue from")
     parser.add_argument("--save-parameters", type=Path, help="write each rank's final parameters here")
+    parser.add_argument(
+        "--plan-node",
+        type=int,
+        help="this machine's node index in the plan (multi-machine runs; see runtime command)",
+    )
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -201,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.runs_dir / args.run_id
     try:
         plan = load_plan(args.plan)
+        if args.plan_node is not None:
+            # torchrun numbers nodes in the order they join; the plan says which ranks
+            # live on which node, so the rank comes from the plan.
+            rank = plan_rank(plan, args.plan_node, local_rank)
         steps = args.steps or plan.training.steps
-        train(
+        outcome = train(
             plan,
             run_id=args.run_id,
             runs_dir=args.runs_dir,
@@ -215,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             save_parameters=args.save_parameters,
             stop=stop,
         )
+        if rank == 0 and not os.environ.get(SUPERVISOR_ENV):
+            store.finish_once(store.connect(args.runs_dir), args.run_id, outcome)  # nobody else will
     except BaseException as exc:
         message = f"rank {rank}: {type(exc).__name__}: {exc}"
         run_dir.mkdir(parents=True, exist_ok=True)
