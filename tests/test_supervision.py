@@ -218,3 +218,35 @@ def test_two_detached_runs_at_once_and_a_polling_reader(tmp_path):
     for run_id in ids:
         assert store.run_row(conn, run_id)["state"] == "finished"
         assert seen[run_id] == set(range(1, 151))
+
+
+def test_kill_9_during_a_checkpoint_save_resumes_from_the_previous_one(tmp_path):
+    # 12.7M parameters: params + Adam's two moments are ~150 MB a checkpoint, a save
+    # takes a good fraction of a second, long enough to be caught in the middle of one.
+    plan = zoo_plan("mlp", {"hidden": [2048] * 4}, ranks=2, strategy="dp", global_batch=32, dp_degree=2,
+                    training={"steps": 8, "checkpoint_every": 1})  # fmt: skip
+    straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=8))
+    runs = tmp_path / "runs"
+    launcher = start_run(plan, tmp_path)
+
+    def saving():
+        for run_dir in runs.iterdir() if runs.exists() else ():
+            for folder in (run_dir / "checkpoints").glob("step-*"):
+                step = int(folder.name.split("-")[1])
+                shards = list(folder.glob("*.distcp"))
+                if step >= 3 and shards and not (folder / "complete.json").exists():
+                    return folder
+        return None
+
+    folder = wait_for(saving, 120, "a checkpoint save in progress", period=0.01)
+    pids = run_pids(runs)
+    os.kill(pids[2], signal.SIGKILL)
+    assert launcher.wait(timeout=60) == 1
+    assert not (folder / "complete.json").exists()
+    run_id = the_run(runs)["run_id"]
+    previous = checkpoint.latest_checkpoint(runs / run_id)
+    assert previous.step < int(folder.name.split("-")[1])
+    resumed = runtime_cli("resume", run_id, "--runs-dir", runs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step {previous.step}" in resumed.stderr
+    assert losses(runs, run_id) == straight
