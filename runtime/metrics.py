@@ -84,8 +84,12 @@ class MetricsRecorder:
         self.logging_s = 0.0
         self.step_s = 0.0
 
-    def record(self, step: int, result: StepResult, step_time_s: float, cpu_s: float) -> None:
-        """Keep this rank's figures of ``step`` (1-based); every rank calls it every step."""
+    def record(self, step: int, result: StepResult, step_time_s: float, cpu_s: float) -> bool:
+        """Keep this rank's figures of ``step`` (1-based); every rank calls it every step.
+
+        Returns True when this step flushed (on every rank alike): a point where the ranks
+        already meet, so other collective checks (a stop request) can ride along.
+        """
         self.step_s += step_time_s
         row = [0.0] * len(FIELDS)
         row[COL["has_loss"]] = float(result.loss is not None)
@@ -101,6 +105,8 @@ class MetricsRecorder:
         self.pending.append((step, row))
         if len(self.pending) >= self.interval or step == self.last_step:
             self.flush()
+            return True
+        return False
 
     def flush(self) -> None:
         if not self.pending:

@@ -33,7 +33,7 @@ from runtime.progress import ProgressLine, render
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
 POLL_S = 0.5
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 5.0  # after a stop request (plus two steps): the ranks agree at their next flush, ~1 s
 SHUTDOWN_TIMEOUT_S = 3  # torchrun's wait between SIGTERM and SIGKILL (its default: 30 s)
 
 
@@ -230,6 +230,7 @@ def _follow(conn, run: dict, plan: Plan, proc, stop_now: dict, bar: ProgressLine
     lm = plan.model.source == "gpt" or plan.model.source.startswith("hf:")
     unit, rate_name = ("tokens/s", "tokens_per_s") if lm else ("samples/s", "samples_per_s")
     after, latest, first = 0, {}, None
+    began = time.time()  # a resumed run has older rows: they are shown, not used for the ETA
     deadline = teardown = None
     while True:
         done = proc.poll() is not None
@@ -239,11 +240,12 @@ def _follow(conn, run: dict, plan: Plan, proc, stop_now: dict, bar: ProgressLine
         for m in rows:
             if m.rank == store.STEP_RANK:
                 latest[m.name] = m
-                first = first or (m.step, m.time)
+                if m.time >= began:
+                    first = first or (m.step, m.time)
         if "loss" in latest:
             step = latest["loss"].step
             eta = None
-            if step > first[0]:
+            if first and step > first[0]:
                 eta = (latest["loss"].time - first[1]) / (step - first[0]) * (steps - step)
             rate = latest[rate_name].value if rate_name in latest else None
             bar.update(

@@ -163,9 +163,10 @@ def train(
             t0, cpu0 = time.perf_counter(), time.process_time()
             inputs, targets = task.batch(step - 1, start, share)  # the data index is 0-based
             result = engine.train_step(inputs.to(device), targets.to(device))
-            recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+            flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
             last = step
-            stopping = stop.agreed() and step < steps
+            # Checked where the ranks meet anyway (about once a second), not every step.
+            stopping = flushed and step < steps and stop.agreed()
             if (every and step % every == 0) or (stopping and saved < step):
                 recorder.flush()  # the metrics of every step a checkpoint covers are stored
                 checkpoint.save(run_dir, step, engine.state_parts(), rank=rank, group=cpu_group)
