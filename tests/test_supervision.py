@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -188,6 +189,12 @@ def test_two_detached_runs_at_once_and_a_polling_reader(tmp_path):
         done = runtime_cli("run", tmp_path / "plan.json", "--detach", "--runs-dir", runs, timeout=60)
         assert done.returncode == 0, done.stderr
         ids.append(done.stdout.strip())
+    conn = store.connect(runs)
+    pids_of = lambda: [store.run_row(conn, i)["supervisor_pid"] for i in ids]
+    supervisors = wait_for(lambda: all(pids_of()) and pids_of(), 60, "the supervisors")
+    for pid in supervisors:  # re-parented away from us: we hold no child to reap
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert ppid != os.getpid()
     errors, seen = [], {run_id: set() for run_id in ids}
 
     def poll():  # the dashboard's way: 2 Hz, only new rows
