@@ -3,6 +3,12 @@
 import streamlit as st
 
 st.set_page_config(page_title="Stagecraft", layout="wide")
-page = st.navigation([st.Page("pages/model.py", title="Model", default=True)])
+page = st.navigation(
+    [
+        st.Page("pages/model.py", title="Model", default=True),
+        st.Page("pages/devices.py", title="Devices"),
+        st.Page("pages/plan.py", title="Plan"),
+    ]
+)
 st.sidebar.caption("Stagecraft: plan and run parallel training")
 page.run()

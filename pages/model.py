@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.shared import set_model
 from planner.errors import PlannerError
 from planner.figures import block_graph_figure
 from planner.graph import from_json
@@ -54,6 +55,7 @@ except PlannerError as exc:
     st.error(str(exc))
     st.stop()
 
+set_model(source.strip(), overrides_text)  # the Plan page plans this model
 graph = from_json(data)
 if warning := graph.graph.get("warning"):
     st.warning(warning)

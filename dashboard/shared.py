@@ -1,0 +1,72 @@
+"""State the pages share, with a worked example as the default for every page.
+
+Widget values are copied into plain session keys (``model``, ``cluster_json``): Streamlit
+drops a widget's key when the page that draws it is not shown, and every page must still
+find the current model and devices (or the default: the zoo GPT on this machine).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+DEFAULT_MODEL = ("gpt", "")
+DEFAULT_BATCH = 8
+
+
+def step_time_text(seconds: float) -> str:
+    """How the Plan page shows a step time (tests compare against `price()` through it)."""
+    return f"{seconds * 1e3:.4f} ms"
+
+
+def current_model() -> tuple[str, str]:
+    """(source, overrides text) chosen on the Model page, or the default."""
+    return st.session_state.get("model", DEFAULT_MODEL)
+
+
+def set_model(source: str, overrides: str) -> None:
+    st.session_state["model"] = (source, overrides)
+
+
+def current_cluster_json() -> str:
+    """The cluster chosen on the Devices page, or this machine."""
+    return st.session_state.get("cluster_json") or local_cluster_json()
+
+
+def set_cluster_json(text: str) -> None:
+    st.session_state["cluster_json"] = text
+
+
+@st.cache_data(show_spinner=False)
+def local_cluster_json() -> str:
+    from planner.cluster import detect_local
+
+    return detect_local().to_json()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def coarse_graph_json(source: str, overrides: tuple[str, ...]) -> dict:
+    """The coarsened layer graph as node-link data (pure, serialisable, cached)."""
+    from planner.coarsen import coarsen
+    from planner.graph import to_json
+    from planner.overrides import parse_overrides
+    from planner.trace import trace
+
+    return to_json(coarsen(trace(source, parse_overrides(overrides))))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: str) -> list[dict]:
+    """Candidates as rows, each with its plan's JSON when it has one (cached)."""
+    from planner.cluster import cluster_from_json
+    from planner.graph import from_json
+    from planner.search import search
+
+    result = search(from_json(graph_data), cluster_from_json(cluster_json), global_batch=global_batch,
+                    strategy=strategy)  # fmt: skip
+    rows = []
+    for c in result.candidates:
+        row = c.row()
+        row["label"] = c.label
+        row["plan_json"] = c.plan.to_json() if c.plan is not None else None
+        rows.append(row)
+    return rows
