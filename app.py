@@ -8,6 +8,7 @@ page = st.navigation(
         st.Page("pages/model.py", title="Model", default=True),
         st.Page("pages/devices.py", title="Devices"),
         st.Page("pages/plan.py", title="Plan"),
+        st.Page("pages/export.py", title="Export / import"),
     ]
 )
 st.sidebar.caption("Stagecraft: plan and run parallel training")

@@ -70,3 +70,18 @@ def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: s
         row["plan_json"] = c.plan.to_json() if c.plan is not None else None
         rows.append(row)
     return rows
+
+
+def current_plan_json() -> str | None:
+    """The plan last shown on the Plan page or imported, else the worked example's best plan."""
+    if st.session_state.get("plan_json"):
+        return st.session_state["plan_json"]
+    source, overrides = current_model()
+    rows = searched(
+        coarse_graph_json(source, tuple(overrides.split())), current_cluster_json(), DEFAULT_BATCH, "auto"
+    )
+    return next((r["plan_json"] for r in rows if r["feasible"] and r["plan_json"]), None)
+
+
+def set_plan_json(text: str) -> None:
+    st.session_state["plan_json"] = text

@@ -10,6 +10,7 @@ from dashboard.shared import (
     current_cluster_json,
     current_model,
     searched,
+    set_plan_json,
     step_time_text,
 )
 from planner.build import make_plan, model_blocks
@@ -103,6 +104,7 @@ except PlannerError as exc:
     st.error(str(exc))
     st.stop()
 plan = plan.model_copy(update={"predicted": prediction.to_predicted()})
+set_plan_json(plan.to_json())  # what the Export page exports
 
 cols = st.columns(5)
 cols[0].metric("Step time", step_time_text(prediction.step_time_s))

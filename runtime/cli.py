@@ -79,7 +79,7 @@ def print_runs(rows: list[dict]) -> None:
 
 def print_commands(args: argparse.Namespace) -> None:
     plan = load_plan(args.plan)
-    run_id = args.run_id or launch.new_run_id()
+    run_id = args.run_id or store.new_run_id()
     plan_path = str(args.plan)
     per_node = multinode.commands(
         plan,

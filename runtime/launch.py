@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -65,15 +64,11 @@ def preflight(plan: Plan) -> None:
     plan_task(plan, build_full_model(plan, "meta").config)
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
 def prepare(plan_path: Path, runs_dir: Path, steps: int | None) -> str:
     """Check the plan and record a queued run; a `PlanError` leaves nothing behind."""
     plan = load_plan(plan_path)
     preflight(plan)
-    run_id = new_run_id()
+    run_id = store.new_run_id()
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True)
     plan_json = plan.to_json()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -61,6 +62,11 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, step);
 """
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: ``20261128-101233-1743``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 def default_runs_dir() -> Path:

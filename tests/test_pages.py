@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.shared import step_time_text
 from planner.build import make_plan, model_blocks
-from planner.cluster import detect_local
+from planner.cluster import detect_local, parse_short_form
 from planner.coarsen import coarsen
 from planner.cost import price
 from planner.search import search
@@ -99,3 +99,39 @@ def test_memory_bars_add_up_to_the_plans_breakdown():
     assert best.label == at.selectbox(key="plan_choice").value
     expected = [m.total / MiB for m in price(graph, cluster, best.plan).memory]
     assert totals == pytest.approx(expected, rel=1e-12)
+
+
+def test_export_page_offers_the_worked_example_and_its_commands():
+    at = open_page("pages/export.py")
+    assert not at.exception
+    code = "\n".join(c.value for c in at.code)
+    assert "python -m runtime run plan.json" in code
+    assert "torchrun" in code and "#SBATCH" in code
+    assert len(at.get("download_button")) == 1
+
+
+def test_a_bad_plan_upload_is_named_and_changes_nothing(tmp_path):
+    at = open_page("pages/export.py")
+    before = {m.label: m.value for m in at.metric}
+    good = zoo_plan_json()
+    bad = json.loads(good)
+    bad["replicas"][0]["batch_share"] += 1
+    at.get("file_uploader")[0].set_value(("bad.json", json.dumps(bad).encode(), "application/json"))
+    at.run()
+    assert not at.exception
+    assert "bad.json was not imported" in at.error[0].value and "replicas" in at.error[0].value
+    assert {m.label: m.value for m in at.metric} == before
+
+
+def test_a_good_plan_upload_becomes_the_current_plan():
+    at = open_page("pages/export.py")
+    at.get("file_uploader")[0].set_value(("pp.json", zoo_plan_json().encode(), "application/json"))
+    at.run()
+    assert not at.exception and at.success
+    assert {m.label: m.value for m in at.metric}["Strategy"] == "pp dp1×pp2"
+
+
+def zoo_plan_json() -> str:
+    graph, cluster = coarsen(trace("gpt")), parse_short_form("cpu:2")
+    return make_plan(graph, cluster, strategy="pp", global_batch=8, pp_degree=2, schedule="gpipe",
+                     micro_batches=2).to_json()  # fmt: skip
