@@ -9,6 +9,7 @@ page = st.navigation(
         st.Page("pages/devices.py", title="Devices"),
         st.Page("pages/plan.py", title="Plan"),
         st.Page("pages/export.py", title="Export / import"),
+        st.Page("pages/runs.py", title="Runs"),
     ]
 )
 st.sidebar.caption("Stagecraft: plan and run parallel training")

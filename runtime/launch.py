@@ -178,17 +178,25 @@ def resume(
     return start(runs_dir, run_id, detach=detach, threads=threads, resume_from=latest.path, out=out)
 
 
-def stop(runs_dir: Path, run_id: str, *, wait_s: float = 60.0, out: TextIO | None = None) -> str:
-    """Ask a run to stop (the ranks finish the step and checkpoint); wait for its final state."""
-    out = out or sys.stderr
+def request_stop(runs_dir: Path, run_id: str) -> dict:
+    """Ask an active run to stop and return at once; its supervisor does the rest."""
     conn = store.connect(runs_dir)
     reconcile(conn)
     run = _run_or_error(conn, run_id)
+    if run["state"] in store.ACTIVE:
+        store.update_run(conn, run_id, stop_requested=time.time())
+        signal_workers(conn, run_id, signal.SIGUSR1)
+    return store.run_row(conn, run_id)
+
+
+def stop(runs_dir: Path, run_id: str, *, wait_s: float = 60.0, out: TextIO | None = None) -> str:
+    """Ask a run to stop (the ranks finish the step and checkpoint); wait for its final state."""
+    out = out or sys.stderr
+    run = request_stop(runs_dir, run_id)
     if run["state"] not in store.ACTIVE:
-        print(f"run {run_id} is already {run['state']}", file=out)
+        print(f"run {run_id}: {run['state']}" + (f" ({run['reason']})" if run["reason"] else ""), file=out)
         return run["state"]
-    store.update_run(conn, run_id, stop_requested=time.time())
-    signal_workers(conn, run_id, signal.SIGUSR1)
+    conn = store.connect(runs_dir)
     deadline = time.time() + wait_s
     while time.time() < deadline:
         run = store.run_row(conn, run_id)
