@@ -10,6 +10,7 @@ page = st.navigation(
         st.Page("pages/plan.py", title="Plan"),
         st.Page("pages/export.py", title="Export / import"),
         st.Page("pages/runs.py", title="Runs"),
+        st.Page("pages/monitor.py", title="Monitor"),
     ]
 )
 st.sidebar.caption("Stagecraft: plan and run parallel training")

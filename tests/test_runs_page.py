@@ -53,3 +53,37 @@ def test_launch_list_and_stop_a_run(tmp_path, monkeypatch):
     while store.run_row(conn, run_id)["state"] in store.ACTIVE and time.monotonic() < deadline:
         time.sleep(0.5)
     assert state_shown(open_runs_page(), run_id) == "stopped"
+
+
+def test_monitor_page_draws_a_finished_run_and_reads_only_new_rows(tmp_path, monkeypatch):
+    import base64
+    import json
+
+    import numpy as np
+
+    from planner.cost import price
+    from planner.plan import save_plan
+    from tests.runs import graph_of, zoo_plan
+    from tests.supervision import runtime_cli
+
+    plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2)
+    plan = plan.model_copy(update={"predicted": price(graph_of("mlp"), plan.cluster, plan).to_predicted()})
+    save_plan(plan, tmp_path / "plan.json")
+    runs = tmp_path / "runs"
+    assert runtime_cli("run", tmp_path / "plan.json", "--steps", 6, "--runs-dir", runs).returncode == 0
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(runs))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("pages/monitor.py")
+    at.run()
+    assert not at.exception
+    labels = {m.label for m in at.metric}
+    assert {"Step time (measured, median)", "Step time (predicted)", "Bubble (measured)"} <= labels
+    loss = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if '"Loss"' in c.proto.spec)
+    x = loss["data"][0]["x"]
+    x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]).tolist() if isinstance(x, dict) else x
+    assert x == [1, 2, 3, 4, 5, 6]
+    run_id = store.runs(store.connect(runs))[0]["run_id"]
+    cursor = at.session_state[f"monitor_data_{run_id}"]["cursor"]
+    assert cursor == store.read_metrics(store.connect(runs), run_id)[1]  # everything read once
+    at.run()
+    assert at.session_state[f"monitor_data_{run_id}"]["cursor"] == cursor  # nothing new, nothing re-read

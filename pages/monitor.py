@@ -1,0 +1,153 @@
+"""Monitor page: a run, live. Reads only the rows written since its last look, every 2 s.
+
+Loss and throughput curves, where each rank's time goes, memory per rank against the
+plan's prediction, predicted vs measured step time and bubble, progress, and the end of
+each rank's log.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from planner.plan import plan_from_json
+from runtime import launch, store
+from runtime.progress import format_duration
+
+MiB = 2**20
+REFRESH_S = 2.0
+RECENT = 20  # steps the per-rank figures summarise
+
+st.title("Monitor")
+runs_dir = store.default_runs_dir().resolve()
+rows = launch.list_runs(runs_dir) if (runs_dir / store.DB_NAME).exists() else []
+if not rows:
+    st.info("No runs yet: launch one on the Runs page. This page then follows it live.")
+    st.stop()
+ids = [r["run_id"] for r in reversed(rows)]
+default = st.session_state.get("runs_selected")
+run_id = st.selectbox("Run", ids, index=ids.index(default) if default in ids else 0, key="monitor_run")
+
+
+def collected(run_id: str) -> dict:
+    """This session's copy of the run's metrics, topped up with the rows written since."""
+    key = f"monitor_data_{run_id}"
+    data = st.session_state.setdefault(key, {"cursor": 0, "series": defaultdict(dict)})
+    conn = store.connect(runs_dir)
+    new, data["cursor"] = store.read_metrics(conn, run_id, after_rowid=data["cursor"])
+    for m in new:
+        data["series"][(m.rank, m.name)][m.step] = (m.value, m.time)
+    return data
+
+
+def curve(series: dict, title: str, key: str, y_title: str) -> None:
+    steps = sorted(series)
+    fig = go.Figure(go.Scatter(x=steps, y=[series[s][0] for s in steps], mode="lines"))
+    fig.update_layout(
+        title=title, xaxis_title="step", yaxis_title=y_title, height=300, margin=dict(l=10, r=10, t=40, b=10)
+    )
+    st.plotly_chart(fig, key=key)
+
+
+@st.fragment(run_every=REFRESH_S)
+def live(run_id: str) -> None:
+    run = store.run_row(store.connect(runs_dir), run_id)
+    plan = plan_from_json(run["plan_json"])
+    series = collected(run_id)["series"]
+    loss = series.get((store.STEP_RANK, "loss"), {})
+    done = max(loss, default=0)
+    times = sorted(v[1] for v in loss.values())
+    eta = (times[-1] - times[0]) / (len(times) - 1) * (run["steps"] - done) if len(times) > 1 else None
+    eta_text = f", ETA {format_duration(eta)}" if eta is not None and run["state"] == "running" else ""
+    st.progress(min(done / run["steps"], 1.0), text=f"{run['state']}: step {done}/{run['steps']}{eta_text}")
+    if run["reason"]:
+        st.caption(run["reason"])
+
+    def recent(rank: int, name: str) -> float | None:
+        """Median of a rank's (or the step's, rank -1) last few values of ``name``."""
+        values = [v[0] for v in list(series.get((rank, name), {}).values())[-RECENT:]]
+        return statistics.median(values) if values else None
+
+    measured_step = recent(store.STEP_RANK, "step_time_s")
+    measured_bubble = recent(store.STEP_RANK, "bubble_fraction")
+    cols = st.columns(4)
+    predicted = plan.predicted
+    if measured_step is not None:
+        cols[0].metric("Step time (measured, median)", f"{measured_step * 1e3:.2f} ms")
+    if predicted is not None:
+        cols[1].metric("Step time (predicted)", f"{predicted.step_time_s * 1e3:.2f} ms")
+    if measured_bubble is not None:
+        cols[2].metric("Bubble (measured)", f"{measured_bubble:.1%}")
+    if predicted is not None:
+        cols[3].metric("Bubble (predicted)", f"{predicted.bubble_fraction:.1%}")
+
+    left, right = st.columns(2)
+    with left:
+        curve(loss, "Loss", "monitor_loss", "loss")
+    rate = "tokens_per_s" if (store.STEP_RANK, "tokens_per_s") in series else "samples_per_s"
+    with right:
+        curve(series.get((store.STEP_RANK, rate), {}), rate.replace("_per_s", "/s"), "monitor_rate", rate)
+
+    ranks = range(run["world_size"])
+
+    split = go.Figure()
+    for name, label in (
+        ("compute_s", "compute"),
+        ("optimizer_s", "optimizer"),
+        ("comm_wait_s", "communication + wait"),
+    ):
+        split.add_trace(
+            go.Bar(
+                name=label, x=[f"rank {r}" for r in ranks], y=[(recent(r, name) or 0.0) * 1e3 for r in ranks]
+            )
+        )
+    split.update_layout(
+        barmode="stack",
+        title=f"Where each rank's step goes (median of the last {RECENT})",
+        yaxis_title="ms",
+        height=320,
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
+    memory = go.Figure(
+        go.Bar(
+            name="measured peak",
+            x=[f"rank {r}" for r in ranks],
+            y=[(recent(r, "peak_memory_bytes") or 0.0) / MiB for r in ranks],
+        )
+    )
+    if predicted is not None:
+        by_device = {m.device: m.bytes for m in predicted.peak_memory}
+        memory.add_trace(
+            go.Bar(
+                name="predicted (no process overhead)",
+                x=[f"rank {r.rank}" for r in plan.ranks],
+                y=[by_device.get(r.device, 0) / MiB for r in plan.ranks],
+            )
+        )
+    memory.update_layout(
+        barmode="group",
+        title="Memory per rank",
+        yaxis_title="MiB",
+        height=320,
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
+    left, right = st.columns(2)
+    left.plotly_chart(split, key="monitor_split")
+    right.plotly_chart(memory, key="monitor_memory")
+    st.caption(
+        "CPU% per rank (its own column, not the compute share): "
+        + ", ".join(f"rank {r} {recent(r, 'cpu_percent') or 0.0:.0f}%" for r in ranks)
+    )
+
+    with st.expander("Logs (last lines per rank)"):
+        for log in sorted(Path(run["run_dir"]).glob("logs/*/attempt_*/*/stderr.log"))[-run["world_size"] :]:
+            lines = log.read_text(errors="replace").splitlines()[-15:]
+            st.caption(f"rank {log.parent.name}")
+            st.code("\n".join(lines) or "(empty)")
+
+
+live(run_id)
