@@ -54,6 +54,23 @@ def coarse_graph_json(source: str, overrides: tuple[str, ...]) -> dict:
     return to_json(coarsen(trace(source, parse_overrides(overrides))))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def block_ops(source: str, overrides: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every block's ATen ops in execution order, for expanding a block in the placement."""
+    from planner.coarsen import assign_blocks
+    from planner.graph import block_order
+    from planner.overrides import parse_overrides
+    from planner.trace import trace
+
+    fine = trace(source, parse_overrides(overrides))
+    owner = assign_blocks(fine)
+    ops: dict[str, list[str]] = {}
+    for name in block_order(fine):
+        if fine.nodes[name].get("kind") != "input":
+            ops.setdefault(owner[name], []).append(name)
+    return ops
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: str) -> list[dict]:
     """Candidates as rows, each with its plan's JSON when it has one (cached)."""

@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard.shared import (
     DEFAULT_BATCH,
+    block_ops,
     coarse_graph_json,
     current_cluster_json,
     current_model,
@@ -119,7 +120,9 @@ if not prediction.feasible:
         f"of {over[0].capacity / MiB:,.0f}"
     )
 
-st.plotly_chart(placement_figure(graph, plan), key="plan_placement")
+opened = st.multiselect("Expand blocks into their ops", blocks, key="plan_expand")
+ops = block_ops(source, tuple(overrides.split())) if opened else {}
+st.plotly_chart(placement_figure(graph, plan, {b: ops.get(b, [b]) for b in opened}), key="plan_placement")
 left, right = st.columns(2)
 left.plotly_chart(memory_figure(prediction), key="plan_memory")
 split = time_split(prediction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import networkx as nx
@@ -28,19 +29,31 @@ def stage_of_block(plan: Plan) -> dict[str, int]:
     return {block: i for i, blocks in enumerate(plan.stage_blocks()) for block in blocks}
 
 
-def placement_figure(graph: nx.DiGraph, plan: Plan, per_row: int = 8) -> go.Figure:
-    """Blocks coloured by the pipeline rank that holds them; edges that cross ranks in red."""
+def placement_figure(
+    graph: nx.DiGraph, plan: Plan, expanded: dict[str, list[str]] | None = None, per_row: int = 8
+) -> go.Figure:
+    """Blocks coloured by the pipeline rank that holds them; edges that cross ranks in red.
+
+    ``expanded`` maps a block to its ops: those blocks are drawn op by op (small markers,
+    chained in execution order) instead of as one marker.
+    """
+    expanded = expanded or {}
     stage = stage_of_block(plan)
-    order = [b for b in plan.model.blocks if b in graph]
+    blocks = [b for b in plan.model.blocks if b in graph]
+    points = [(op, b) for b in blocks for op in (expanded.get(b) or [b])]  # (point, its block)
+    order = [p for p, _ in points]
+    block_of = dict(points)
+    first = {b: (expanded.get(b) or [b])[0] for b in blocks}
+    last = {b: (expanded.get(b) or [b])[-1] for b in blocks}
     pos = chain_layout(order, per_row)
     scatter = go.Scattergl if len(order) > WEBGL_FROM else go.Scatter
+    pairs = [(last[a], first[b]) for a, b in graph.edges() if a in stage and b in stage]
+    pairs += [pair for b in blocks for pair in itertools.pairwise(expanded.get(b, []))]
     fig = go.Figure()
     same: list[list[float | None]] = [[], []]
     cross: list[list[float | None]] = [[], []]
-    for a, b in graph.edges():
-        if a not in pos or b not in pos:
-            continue
-        ra, rb = plan.stages[stage[a]].pp_rank, plan.stages[stage[b]].pp_rank
+    for a, b in pairs:
+        ra, rb = plan.stages[stage[block_of[a]]].pp_rank, plan.stages[stage[block_of[b]]].pp_rank
         target = cross if ra != rb else same
         target[0] += [pos[a][0], pos[b][0], None]
         target[1] += [pos[a][1], pos[b][1], None]
@@ -65,18 +78,24 @@ def placement_figure(graph: nx.DiGraph, plan: Plan, per_row: int = 8) -> go.Figu
         )
     )
     for pp_rank in range(plan.pp_degree):
-        mine = [b for b in order if plan.stages[stage[b]].pp_rank == pp_rank]
+        mine = [p for p in order if plan.stages[stage[block_of[p]]].pp_rank == pp_rank]
         devices = [r.device for r in plan.ranks if r.pp_index == pp_rank]
         fig.add_trace(
             scatter(
-                x=[pos[b][0] for b in mine],
-                y=[pos[b][1] for b in mine],
+                x=[pos[p][0] for p in mine],
+                y=[pos[p][1] for p in mine],
                 mode="markers+text" if len(order) <= 64 else "markers",
-                text=[b.rsplit(".", 2)[-1] if len(b) > 14 else b for b in mine],
+                text=[p.rsplit(".", 2)[-1] if len(p) > 14 else p for p in mine],
                 textposition="top center",
-                marker=dict(size=16, color=PALETTE[pp_rank % len(PALETTE)], line=dict(width=1, color="#333")),
+                marker=dict(
+                    size=[16 if p in stage else 8 for p in mine],
+                    color=PALETTE[pp_rank % len(PALETTE)],
+                    line=dict(width=1, color="#333"),
+                ),
                 hovertext=[
-                    f"{b}<br>stage {stage[b]}, pipeline rank {pp_rank}, devices {devices}" for b in mine
+                    f"{p}<br>block {block_of[p]}, stage {stage[block_of[p]]}, pipeline rank {pp_rank}, "
+                    f"devices {devices}"
+                    for p in mine
                 ],
                 hoverinfo="text",
                 name=f"pipeline rank {pp_rank} (devices {devices})",

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.shared import step_time_text
 from planner.build import make_plan, model_blocks
 from planner.cluster import detect_local, parse_short_form
-from planner.coarsen import coarsen
+from planner.coarsen import assign_blocks, coarsen
 from planner.cost import price
 from planner.search import search
 from planner.trace import trace
@@ -135,3 +135,20 @@ def zoo_plan_json() -> str:
     graph, cluster = coarsen(trace("gpt")), parse_short_form("cpu:2")
     return make_plan(graph, cluster, strategy="pp", global_batch=8, pp_degree=2, schedule="gpipe",
                      micro_batches=2).to_json()  # fmt: skip
+
+
+def test_expanding_a_block_raises_the_graphs_node_count():
+    def points(at) -> int:
+        placement = next(
+            json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Placement" in c.proto.spec
+        )
+        return sum(len(values(t["x"])) for t in placement["data"] if t.get("mode", "").startswith("markers"))
+
+    at = open_page("pages/plan.py")
+    before = points(at)
+    at.multiselect(key="plan_expand").set_value(["blocks.0"]).run()
+    assert not at.exception
+    fine = trace("gpt")
+    owner = assign_blocks(fine)
+    ops_in_block = sum(1 for n in fine if owner[n] == "blocks.0" and fine.nodes[n].get("kind") != "input")
+    assert points(at) == before - 1 + ops_in_block > before
