@@ -7,9 +7,22 @@ find the current model and devices (or the default: the zoo GPT on this machine)
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 DEFAULT_MODEL = ("gpt", "")
+PY_ALLOW_ENV = "STAGECRAFT_ALLOWED_PY"
+
+
+def allowed_py_sources() -> set[str]:
+    """`py:` sources the browser may load: the server's allow-list, empty unless set.
+
+    Importing a module runs its code, so a browser user must not name any module they like.
+    """
+    return {s.strip() for s in os.environ.get(PY_ALLOW_ENV, "").split(",") if s.strip()}
+
+
 DEFAULT_BATCH = 8
 
 

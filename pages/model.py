@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.shared import set_model
+from dashboard.shared import PY_ALLOW_ENV, allowed_py_sources, set_model
 from planner.errors import PlannerError
 from planner.figures import block_graph_figure
 from planner.graph import from_json
@@ -42,11 +42,15 @@ with right:
 st.caption(
     "Zoo models and Hugging Face architectures (built from their config, random weights, nothing "
     "downloaded) are traced on the meta device, so even a 70B model costs no memory here. "
-    "Import paths (py:...) run arbitrary code and are accepted on the command line only."
+    "Import paths (py:...) run arbitrary code: the browser accepts only those the server allows "
+    f"(${PY_ALLOW_ENV}); the command line takes any."
 )
 
-if source.strip().startswith("py:"):
-    st.error("py: sources import and run code; trace them with `python -m planner graph --model py:...`.")
+if source.strip().startswith("py:") and source.strip() not in allowed_py_sources():
+    st.error(
+        f"{source.strip()} is not on this server's allow-list of import paths (${PY_ALLOW_ENV}, empty by "
+        "default): importing a module runs its code. Trace it with `python -m planner graph --model py:...`."
+    )
     st.stop()
 try:
     with st.spinner(f"Tracing {source} on the meta device..."):

@@ -42,9 +42,23 @@ def test_bad_input_shows_a_message_not_a_traceback():
     assert "gpt has no parameter 'n_layers'" in at.error[0].value
 
 
-def test_import_paths_are_refused_in_the_browser():
+def test_import_paths_are_refused_in_the_browser(monkeypatch):
+    import planner.source
+
+    imported = []
+    monkeypatch.setattr(planner.source, "_build_py", lambda *a: imported.append(a))
     at = _app()
-    at.text_input(key="model_source").set_value("py:tests.fixtures.models:branchy").run()
-    assert not at.exception
-    assert "python -m planner graph" in at.error[0].value
-    assert not at.metric
+    for source in ("py:os:system", "py:tests.fixtures.models:branchy"):
+        at.text_input(key="model_source").set_value(source).run()
+        assert not at.exception
+        assert "allow-list" in at.error[0].value and "python -m planner graph" in at.error[0].value
+        assert not at.metric
+    assert imported == []  # nothing was imported
+
+
+def test_an_allowed_import_path_is_traced(monkeypatch):
+    monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "py:tests.fixtures.models:two_linear")
+    at = _app()
+    at.text_input(key="model_source").set_value("py:tests.fixtures.models:two_linear").run()
+    assert not at.exception and not at.error
+    assert {m.label for m in at.metric} >= {"Parameters"}
