@@ -115,3 +115,23 @@ def current_plan_json() -> str | None:
 
 def set_plan_json(text: str) -> None:
     st.session_state["plan_json"] = text
+
+
+IMPORTED = "imported plan"
+
+
+def import_plan(text: str, plan) -> None:
+    """Make an uploaded plan current: its model and cluster too, and a choice on the Plan page."""
+    import json
+
+    overrides = " ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in plan.model.overrides.items()
+    )
+    set_model(plan.model.source, overrides)
+    set_cluster_json(plan.cluster.to_json())
+    set_plan_json(text)
+    st.session_state["imported_plan_json"] = text
+
+
+def imported_plan_json() -> str | None:
+    return st.session_state.get("imported_plan_json")

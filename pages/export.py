@@ -6,7 +6,7 @@ import shlex
 
 import streamlit as st
 
-from dashboard.shared import current_plan_json, set_plan_json
+from dashboard.shared import current_plan_json, import_plan
 from planner.errors import PlannerError
 from planner.plan import plan_from_json
 from runtime import multinode
@@ -27,8 +27,8 @@ if uploaded is not None:
         st.error(f"{uploaded.name} was not imported: {exc}")  # the current plan stays as it was
     else:
         plan = imported
-        set_plan_json(plan.to_json())
-        st.success(f"Imported {uploaded.name}")
+        import_plan(plan.to_json(), plan)
+        st.success(f"Imported {uploaded.name}: it is now the current plan, also on the Plan page")
 
 nodes = len({r.node for r in plan.ranks})
 cols = st.columns(4)

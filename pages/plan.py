@@ -6,10 +6,12 @@ import streamlit as st
 
 from dashboard.shared import (
     DEFAULT_BATCH,
+    IMPORTED,
     block_ops,
     coarse_graph_json,
     current_cluster_json,
     current_model,
+    imported_plan_json,
     searched,
     set_plan_json,
     step_time_text,
@@ -64,9 +66,15 @@ feasible = [r for r in rows if r["feasible"] and r["plan_json"]]
 if not feasible:
     st.error(rows[0]["reason"] if rows else "no plan was found")
     st.stop()
+imported = imported_plan_json()
+if imported is not None:  # from the Export / import page: offered first
+    feasible.insert(0, {"label": IMPORTED, "plan_json": imported})
 labels = [r["label"] for r in feasible]
 choice = st.selectbox("Plan to inspect", labels, key="plan_choice")
 base = plan_from_json(next(r for r in feasible if r["label"] == choice)["plan_json"])
+if choice == IMPORTED:
+    batch = base.training.global_batch
+    st.caption(f"The imported plan keeps its own global batch ({batch}).")
 graph = from_json(graph_data)
 blocks = model_blocks(graph)
 

@@ -15,6 +15,7 @@ from planner.build import make_plan, model_blocks
 from planner.cluster import detect_local, parse_short_form
 from planner.coarsen import assign_blocks, coarsen
 from planner.cost import price
+from planner.plan import plan_from_json
 from planner.search import search
 from planner.trace import trace
 
@@ -152,3 +153,16 @@ def test_expanding_a_block_raises_the_graphs_node_count():
     owner = assign_blocks(fine)
     ops_in_block = sum(1 for n in fine if owner[n] == "blocks.0" and fine.nodes[n].get("kind") != "input")
     assert points(at) == before - 1 + ops_in_block > before
+
+
+def test_an_imported_plan_opens_in_the_plan_page():
+    text = zoo_plan_json()
+    at = open_page("pages/export.py")
+    at.get("file_uploader")[0].set_value(("pp.json", text.encode(), "application/json"))
+    at.run()
+    at.switch_page("pages/plan.py").run()
+    assert not at.exception
+    assert at.selectbox(key="plan_choice").value == "imported plan"
+    graph, cluster = coarsen(trace("gpt")), parse_short_form("cpu:2")
+    expected = price(graph, cluster, plan_from_json(text)).step_time_s
+    assert {m.label: m.value for m in at.metric}["Step time"] == step_time_text(expected)
