@@ -14,6 +14,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
+from planner.figures import WEBGL_FROM
 from planner.plan import plan_from_json
 from runtime import launch, store
 from runtime.progress import format_duration
@@ -46,7 +47,8 @@ def collected(run_id: str) -> dict:
 
 def curve(series: dict, title: str, key: str, y_title: str) -> None:
     steps = sorted(series)
-    fig = go.Figure(go.Scatter(x=steps, y=[series[s][0] for s in steps], mode="lines"))
+    scatter = go.Scattergl if len(steps) > WEBGL_FROM else go.Scatter
+    fig = go.Figure(scatter(x=steps, y=[series[s][0] for s in steps], mode="lines"))
     fig.update_layout(
         title=title, xaxis_title="step", yaxis_title=y_title, height=300, margin=dict(l=10, r=10, t=40, b=10)
     )

@@ -75,6 +75,7 @@ if st.session_state.get("runs_selected") not in ids:
     st.session_state["runs_selected"] = ids[0]
 selected = st.selectbox("Run", ids, key="runs_selected")
 row = next(r for r in rows if r["run_id"] == selected)
+st.markdown(f"Run `{selected}` is **{row['state']}** at step {row['last_step']} of {row['steps']}.")
 cols = st.columns(3)
 if cols[0].button("Stop", key="runs_stop", disabled=row["state"] not in store.ACTIVE):
     try:

@@ -1,0 +1,162 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium against `streamlit run`.
+
+Plan a GPT on cpu:2, download the plan and validate it, launch a short run, watch the loss
+chart gain points without a reload, stop the run and see it stopped, reload and find it.
+Screenshots of every page go to ``test-artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from planner.plan import load_plan
+from runtime import store
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def ensure_chromium() -> str:
+    """Debian's Chromium, installed with apt when missing (never Playwright's own download)."""
+    if not Path(CHROMIUM).exists() and shutil.which("apt-get"):
+        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+            subprocess.run(cmd, check=False, capture_output=True, timeout=900,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing and `apt-get install -y chromium` did not provide it")
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true"]  # fmt: skip
+    env = {**os.environ, store.RUNS_DIR_ENV: str(runs), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not answer on /_stcore/health within 60 s")
+    yield url, runs
+    proc.terminate()
+    proc.wait(timeout=20)
+    for run in store.runs(store.connect(runs)):  # runs outlive the dashboard by design: end them
+        if run["state"] in store.ACTIVE:
+            subprocess.run([sys.executable, "-m", "runtime", "stop", run["run_id"], "--runs-dir", str(runs)],
+                           cwd=ROOT, env=env, capture_output=True, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def page(dashboard):
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
+        yield context.new_page()
+        browser.close()
+
+
+def loss_points(page) -> int:
+    """Points in the Monitor page's loss chart (plotly 7: count them in calcdata)."""
+    return page.evaluate(
+        """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
+                   const loss = plots.find(p => ((p.layout || {}).title || {}).text?.includes('Loss'));
+                   return loss && loss.calcdata ? loss.calcdata[0].length : 0; }"""
+    )
+
+
+def test_plan_download_launch_watch_stop_and_find_again(dashboard, page, tmp_path):
+    url, runs = dashboard
+    for name in ("", "devices", "plan", "export"):
+        page.goto(f"{url}/{name}")
+        page.get_by_text("Stagecraft: plan and run parallel training").wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(SHOTS / f"{name or 'model'}.png"), full_page=True)
+
+    # Plan a GPT on cpu:2 and download the plan.
+    page.goto(f"{url}/devices")
+    spec = page.get_by_role("textbox", name="Cluster", exact=True)
+    spec.fill("cpu:2")
+    spec.press("Enter")
+    page.get_by_text("Devices", exact=True).first.wait_for()
+    page.wait_for_timeout(1000)
+    page.get_by_role("link", name="Plan").click()
+    page.get_by_text("Step time").wait_for(timeout=120_000)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download plan JSON").click()
+    saved = tmp_path / "plan.json"
+    download.value.save_as(saved)
+    plan = load_plan(saved)  # strict validation
+    assert plan.model.source == "gpt" and len(plan.ranks) == 2
+
+    # Launch a long run from the Runs page (a client-side page switch keeps the session).
+    page.get_by_role("link", name="Runs").click()
+    steps = page.get_by_role("spinbutton", name="Steps", exact=True)
+    steps.fill("100000")
+    steps.press("Enter")
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Launch the current plan").click()
+    page.get_by_text("Started run").wait_for(timeout=120_000)
+    page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+    conn = store.connect(runs)
+    (run,) = store.runs(conn)
+
+    # The loss chart gains points on its own, without a reload.
+    page.get_by_role("link", name="Monitor").click()
+    deadline = time.monotonic() + 120
+    first = 0
+    while time.monotonic() < deadline and first == 0:
+        page.wait_for_timeout(500)
+        first = loss_points(page)
+    assert first > 0, "the loss chart never drew"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and loss_points(page) <= first:
+        page.wait_for_timeout(500)
+    assert loss_points(page) > first, "the loss chart did not refresh on its own"
+    page.screenshot(path=str(SHOTS / "monitor.png"), full_page=True)
+
+    # Stop it from the Runs page and see it stopped; a reload still finds it.
+    page.get_by_role("link", name="Runs").click()
+    page.get_by_text(f"Run {run['run_id']} is running").wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)  # let the page settle: a click during a rerun can be lost
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text(f"Asked run {run['run_id']} to stop").wait_for(timeout=30_000)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and store.run_row(conn, run["run_id"])["state"] != "stopped":
+        time.sleep(0.5)
+    page.reload()
+    page.get_by_text(f"Run {run['run_id']} is stopped").wait_for(timeout=60_000)
+    page.screenshot(path=str(SHOTS / "runs-stopped.png"), full_page=True)
