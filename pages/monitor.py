@@ -14,8 +14,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard.shared import coarse_graph_json, current_model, current_plan_json
+from planner.cost import Pricer
+from planner.errors import PlannerError
 from planner.figures import WEBGL_FROM
+from planner.graph import from_json
 from planner.plan import plan_from_json
+from planner.plan_figures import gantt_figure
 from runtime import launch, store
 from runtime.progress import format_duration
 
@@ -27,7 +32,25 @@ st.title("Monitor")
 runs_dir = store.default_runs_dir().resolve()
 rows = launch.list_runs(runs_dir) if (runs_dir / store.DB_NAME).exists() else []
 if not rows:
-    st.info("No runs yet: launch one on the Runs page. This page then follows it live.")
+    st.info(
+        "No runs yet: launch one on the Runs page, and this page follows it live. Until then, "
+        "this is what the current plan is predicted to do."
+    )
+    text = current_plan_json()
+    if text is not None:
+        plan = plan_from_json(text)
+        source, overrides = current_model()
+        try:
+            prediction = Pricer(from_json(coarse_graph_json(source, tuple(overrides.split()))), plan.cluster)(
+                plan
+            )
+        except PlannerError as exc:
+            st.error(str(exc))
+            st.stop()
+        cols = st.columns(2)
+        cols[0].metric("Step time (predicted)", f"{prediction.step_time_s * 1e3:.2f} ms")
+        cols[1].metric("Bubble (predicted)", f"{prediction.bubble_fraction:.1%}")
+        st.plotly_chart(gantt_figure(prediction), key="monitor_predicted")
     st.stop()
 ids = [r["run_id"] for r in reversed(rows)]
 default = st.session_state.get("runs_selected")

@@ -100,6 +100,10 @@ def loss_points(page) -> int:
 
 def test_plan_download_launch_watch_stop_and_find_again(dashboard, page, tmp_path):
     url, runs = dashboard
+    elsewhere: list[str] = []  # fully offline: every request goes to the dashboard itself
+    page.on(
+        "request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url)
+    )
     for name in ("", "devices", "plan", "export"):
         page.goto(f"{url}/{name}")
         page.get_by_text("Stagecraft: plan and run parallel training").wait_for(timeout=60_000)
@@ -160,3 +164,4 @@ def test_plan_download_launch_watch_stop_and_find_again(dashboard, page, tmp_pat
     page.reload()
     page.get_by_text(f"Run {run['run_id']} is stopped").wait_for(timeout=60_000)
     page.screenshot(path=str(SHOTS / "runs-stopped.png"), full_page=True)
+    assert elsewhere == [], f"requests left the machine: {elsewhere[:5]}"

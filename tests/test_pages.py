@@ -166,3 +166,12 @@ def test_an_imported_plan_opens_in_the_plan_page():
     graph, cluster = coarsen(trace("gpt")), parse_short_form("cpu:2")
     expected = price(graph, cluster, plan_from_json(text)).step_time_s
     assert {m.label: m.value for m in at.metric}["Step time"] == step_time_text(expected)
+
+
+def test_monitor_page_without_runs_shows_the_plans_prediction(tmp_path, monkeypatch):
+    monkeypatch.setenv("STAGECRAFT_RUNS_DIR", str(tmp_path / "no-runs"))
+    at = open_page("pages/monitor.py")
+    assert not at.exception
+    assert "No runs yet" in at.info[0].value
+    assert {m.label for m in at.metric} == {"Step time (predicted)", "Bubble (predicted)"}
+    assert len(at.get("plotly_chart")) == 1
