@@ -50,7 +50,11 @@ except PlannerError as exc:
 st.subheader("Candidates")
 table = [
     {
-        "plan": r["label"],
+        "strategy": r["strategy"],
+        "dp": r["dp"],
+        "pp": r["pp"],
+        "micro-batches": r["m"],
+        "schedule": r["schedule"],
         "step ms": r["step_s"] * 1e3 if r["step_s"] is not None else None,
         "samples/s": r["samples_s"],
         "peak memory MiB": r["peak_mem"] / MiB if r["peak_mem"] is not None else None,
