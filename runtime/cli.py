@@ -5,6 +5,7 @@
     python -m runtime stop RUN_ID [--runs-dir DIR]
     python -m runtime resume RUN_ID [--plan other.json] [--steps N] [--detach]
     python -m runtime command plan.json --nodes N --endpoint HOST:PORT
+    python -m runtime profile --model SOURCE [--set k=v ...] [--cluster C] [-o profile.json]
 
 Exit codes of run and resume: 0 finished, 1 failed, 2 bad input (nothing was started),
 3 stopped; with --detach, 0 once the run is started (its id is printed).
@@ -61,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", required=True, help="HOST:PORT of node 0's rendezvous, reachable from all")
     p.add_argument("--runs-dir", default="runs", help="runs dir on each machine (default: runs)")
     p.add_argument("--run-id", help="default: a new one")
+    p = commands.add_parser("profile", help="measure a model's blocks and this machine's links")
+    p.add_argument("--model", required=True, help="zoo name or hf:<model_type>")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="size overrides")
+    p.add_argument("--cluster", default="local", help="the CPU cluster it is for (default: local)")
+    p.add_argument("--micro-batch-sizes", default="1,2,4,8", help="samples per micro-batch to time")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (the median is kept)")
+    p.add_argument("-o", "--output", type=Path, default=Path("profile.json"))
     p = commands.add_parser("supervise", help=argparse.SUPPRESS)  # what --detach starts
     p.add_argument("run_id")
     p.add_argument("--threads", type=int, default=1)
@@ -101,6 +109,24 @@ def print_commands(args: argparse.Namespace) -> None:
     )
 
 
+def write_profile(args: argparse.Namespace) -> int:
+    from planner.cluster import resolve_cluster
+    from planner.overrides import parse_overrides
+    from runtime.profile import make_profile
+
+    sizes = [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]
+    if not sizes or min(sizes) < 1 or args.repeats < 1:
+        print("error: --micro-batch-sizes needs positive integers and --repeats >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    profile = make_profile(
+        args.model, parse_overrides(args.set), resolve_cluster(args.cluster), sizes, repeats=args.repeats
+    )
+    args.output.write_text(profile.model_dump_json(indent=2) + "\n")
+    print(f"wrote {args.output}: {len(profile.blocks)} block timings, {len(profile.links)} links, "
+          f"sha256 {profile.digest()}")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "steps", None) is not None and args.steps < 1:
@@ -113,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "command":
             print_commands(args)
             return 0
+        if args.command == "profile":
+            return write_profile(args)
         runs_dir = args.runs_dir or store.default_runs_dir()
         if args.command == "run":
             return launch.run(

@@ -1,0 +1,183 @@
+"""`python -m runtime profile`: measure a model's blocks and this machine's links.
+
+Block timings: the model is cut at every block with `pipeline()` (the same cut the runtime
+makes at stage boundaries), and each block runs alone on one thread, as one CPU rank does:
+forward, then backward from a gradient of its output's shape, each the median of
+``repeats`` runs after a warm-up, per micro-batch size. Bytes kept for backward are
+counted with `saved_tensors_hooks`. The optimizer step is timed on the whole model.
+
+Links: two gloo processes on this machine send and all-reduce messages from 1 KiB to
+16 MiB; ``time = latency + bytes / bandwidth`` is fitted by least squares (Hockney).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from planner.errors import PlanError
+from planner.profile import BlockTiming, LinkTiming, OptimizerTiming, Profile
+
+SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls allocate and pick kernels
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *, repeats: int = 5,
+                  dtype: str = "float32") -> tuple[str, list[BlockTiming], float, int]:  # fmt: skip
+    """Per block and micro-batch size: (graph digest, timings, optimizer s/param, parameters)."""
+    from torch.distributed.pipelining import SplitPoint, pipeline
+
+    from planner.build import model_blocks
+    from planner.coarsen import coarsen
+    from planner.graph import graph_digest
+    from planner.source import build_model, parse_source
+    from planner.trace import trace
+
+    graph = coarsen(trace(source, overrides, dtype=dtype))
+    blocks = model_blocks(graph)
+    timings: list[BlockTiming] = []
+    for size in micro_batch_sizes:
+        # A fresh model per size: pipeline() patches the modules' forward, and a second cut
+        # of the same instance would nest those patches.
+        built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
+        model = built.module.train()
+        if source.startswith("hf:"):
+            from runtime.model import return_logits
+
+            model = return_logits(model)
+        example = tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+        try:
+            pipe = pipeline(model, mb_args=example, split_spec={b: SplitPoint.BEGINNING for b in blocks[1:]})
+        except Exception as exc:
+            raise PlanError(f"model: cannot cut {source} at every block: {exc}") from exc
+        if pipe.num_stages != len(blocks):
+            raise PlanError(f"model: cutting at every block gave {pipe.num_stages} pieces, not {len(blocks)}")
+        inputs = example
+        for i, block in enumerate(blocks):
+            module = pipe.get_stage_module(i)
+            args = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in inputs)
+            saved = [0]
+
+            def pack(t, saved=saved):
+                saved[0] += t.numel() * t.element_size()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = module(*args)
+            outs = out if isinstance(out, tuple) else (out,)
+            grads = tuple(torch.ones_like(o) for o in outs)
+            forward_s = _median_time(lambda module=module, args=args: module(*args), repeats)
+
+            def backward(module=module, args=args, grads=grads):
+                out = module(*args)
+                torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
+
+            both = _median_time(backward, repeats)  # forward + backward: backward needs a fresh graph
+            timing = BlockTiming(
+                block=block, device_kind="cpu", micro_batch_size=size, forward_s=forward_s,
+                backward_s=max(both - forward_s, 0.0), saved_bytes=saved[0],
+            )  # fmt: skip
+            timings.append(timing)
+            inputs = tuple(o.detach() for o in outs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    n = sum(p.numel() for p in params)
+    return graph_digest(graph), timings, _median_time(optimizer.step, repeats) / max(n, 1), n
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares latency + bytes / bandwidth, on relative error (weights 1/t): the
+    small messages that fix the latency count as much as the large ones."""
+    import numpy as np
+
+    x = np.array([b for b, _ in points], dtype=float)
+    y = np.array([t for _, t in points], dtype=float)
+    slope, intercept = np.polyfit(x, y, 1, w=1.0 / y)
+    return max(float(intercept), 0.0), 1.0 / max(float(slope), 1e-15)
+
+
+def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
+    import json
+    import resource
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    overhead = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {"p2p": [], "all_reduce": [], "overhead": overhead}
+    for size in SIZES_BYTES:
+        t = torch.zeros(size // 4)
+
+        def p2p(t=t):
+            if rank == 0:
+                dist.send(t, 1)
+                dist.recv(t, 1)
+            else:
+                dist.recv(t, 0)
+                dist.send(t, 0)
+
+        result["p2p"].append((size, _median_time(p2p, repeats) / 2))  # one way
+        dist.barrier()
+        result["all_reduce"].append((size, _median_time(lambda t=t: dist.all_reduce(t), repeats)))
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], int]:
+    """p2p and 2-rank all-reduce between two processes here, fitted; and a rank's base RSS."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "links.json")
+        mp.start_processes(
+            _link_worker, args=(f"file://{tmp}/rdv", out, repeats), nprocs=2, start_method="spawn"
+        )
+        measured = json.loads(Path(out).read_text())
+    links = []
+    for op in ("p2p", "all_reduce"):
+        latency, bandwidth = _fit(measured[op])
+        links.append(LinkTiming(link_kind=link_kind, op=op, ranks=2, latency_s=latency, bandwidth=bandwidth))
+    return links, int(measured["overhead"])
+
+
+def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[int], *, repeats: int = 5,
+                 optimizer: str = "adamw") -> Profile:  # fmt: skip
+    torch.set_num_threads(1)  # one CPU rank's view of the machine
+    kinds = {d.kind for d in cluster.devices}
+    if kinds != {"cpu"}:
+        raise PlanError(
+            f"cluster: profiling measures this machine's CPU ranks; the cluster has {sorted(kinds)}"
+        )
+    digest, blocks, per_param, _ = block_timings(source, overrides, micro_batch_sizes, repeats=repeats)
+    profile = Profile(
+        graph_digest=digest, host=socket.gethostname(), torch_version=torch.__version__, blocks=blocks,
+        optimizers=[OptimizerTiming(device_kind="cpu", optimizer=optimizer, seconds_per_param=per_param)],
+    )  # fmt: skip
+    if len(cluster.devices) >= 2:
+        a, b = cluster.devices[0].id, cluster.devices[1].id
+        kind = next((link.kind for link in cluster.links if {link.a, link.b} == {a, b}), None)
+        if kind is not None:
+            links, overhead = link_timings(kind, repeats)
+            profile = profile.model_copy(update={"links": links, "overhead_bytes": {"cpu": overhead}})
+    return profile

@@ -1,0 +1,54 @@
+"""`python -m runtime profile`: measured block, optimizer and link timings the planner uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from planner.coarsen import coarsen
+from planner.graph import graph_digest
+from planner.profile import load_profile, profile_from_json
+from planner.trace import trace
+from tests.supervision import ENV, ROOT, runtime_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
+    out = tmp_path / "profile.json"
+    done = runtime_cli("profile", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2",
+                       "--micro-batch-sizes", "1,2", "--repeats", "2", "-o", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    profile = load_profile(out)
+    graph = coarsen(trace("gpt", {"size": "toy"}))
+    assert profile.graph_digest == graph_digest(graph)
+    blocks = [n for n in graph if graph.nodes[n].get("kind") != "input"]
+    assert {(b.block, b.micro_batch_size) for b in profile.blocks} == {(b, s) for b in blocks for s in (1, 2)}
+    assert all(b.forward_s > 0 and b.backward_s >= 0 for b in profile.blocks)
+    assert {t.op for t in profile.links} == {"p2p", "all_reduce"}
+    assert all(t.bandwidth > 0 and t.latency_s >= 0 for t in profile.links)
+    assert profile.optimizers[0].seconds_per_param > 0 and profile.overhead_bytes["cpu"] > 0
+    assert profile_from_json(profile.model_dump_json()) == profile
+    assert profile.digest() in done.stdout
+
+    plan_path = tmp_path / "plan.json"
+    planned = runtime_cli_planner("plan", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2",
+                                  "--global-batch", "8", "--profile", out, "-o", plan_path)  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    sources = json.loads(plan_path.read_text())["predicted"]["sources"]
+    assert any(f"profile:{profile.digest()}" in v for v in sources.values()), sources
+
+
+def test_profile_refuses_a_cluster_it_cannot_measure(tmp_path):
+    done = runtime_cli("profile", "--model", "gpt", "--set", "size=toy", "--cluster", "h100:2", "-o",
+                       tmp_path / "p.json")  # fmt: skip
+    assert done.returncode == 2 and "CPU ranks" in done.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+def runtime_cli_planner(*args):
+    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=300)  # fmt: skip
