@@ -9,7 +9,6 @@ and no zombie is left; this is how the dashboard launches runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -74,14 +73,10 @@ def prepare(plan_path: Path, runs_dir: Path, steps: int | None) -> str:
     plan_json = plan.to_json()
     (run_dir / "plan.json").write_text(plan_json + "\n")
     store.create_run(
-        store.connect(runs_dir), run_id=run_id, plan_json=plan_json, plan_sha256=_sha256(plan_json),
+        store.connect(runs_dir), run_id=run_id, plan_json=plan_json,
         world_size=len(plan.ranks), steps=steps or plan.training.steps, run_dir=str(run_dir),
     )  # fmt: skip
     return run_id
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def start(
@@ -172,7 +167,7 @@ def resume(
     (Path(run["run_dir"]) / "plan.json").write_text(plan_json + "\n")
     store.drop_metrics_after(conn, run_id, latest.step)
     store.update_run(
-        conn, run_id, state="queued", reason="", plan_json=plan_json, plan_sha256=_sha256(plan_json),
+        conn, run_id, state="queued", reason="", plan_json=plan_json,
         world_size=len(plan.ranks), steps=total, stop_requested=None, ended=None,
     )  # fmt: skip
     return start(runs_dir, run_id, detach=detach, threads=threads, resume_from=latest.path, out=out)

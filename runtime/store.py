@@ -81,10 +81,14 @@ def connect(runs_dir: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
     conn.execute("PRAGMA busy_timeout=5000")
-    with write(conn):
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+    # The schema write takes the database's write lock: only when a table is missing, not
+    # on every connect of a page that polls every 2 s.
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"runs", "workers", "metrics"} <= tables:
+        with write(conn):
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
     return conn
 
 
@@ -152,12 +156,16 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("stopped", "failed", "finished")
 
 
+def plan_sha256(plan_json: str) -> str:
+    """The hash a run records of its plan (of the JSON text as saved in the run folder)."""
+    return hashlib.sha256(plan_json.encode()).hexdigest()
+
+
 def create_run(
     conn: sqlite3.Connection,
     *,
     run_id: str,
     plan_json: str,
-    plan_sha256: str,
     world_size: int,
     steps: int,
     run_dir: str,
@@ -168,7 +176,7 @@ def create_run(
         conn.execute(
             "INSERT INTO runs (run_id, created, state, plan_sha256, plan_json, world_size, steps,"
             " run_dir, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, now, state, plan_sha256, plan_json, world_size, steps, run_dir, now),
+            (run_id, now, state, plan_sha256(plan_json), plan_json, world_size, steps, run_dir, now),
         )
 
 
@@ -184,22 +192,13 @@ def ensure_run(
             (
                 run_id,
                 now,
-                hashlib.sha256(plan_json.encode()).hexdigest(),
+                plan_sha256(plan_json),
                 plan_json,
                 world_size,
                 steps,
                 run_dir,
                 now,
             ),
-        )
-
-
-def set_state(conn: sqlite3.Connection, run_id: str, state: str, reason: str = "") -> None:
-    ended = time.time() if state in TERMINAL else None
-    with write(conn):
-        conn.execute(
-            "UPDATE runs SET state = ?, reason = ?, ended = ? WHERE run_id = ?",
-            (state, reason, ended, run_id),
         )
 
 

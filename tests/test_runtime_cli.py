@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
 from planner.plan import save_plan
 from runtime import store
-from tests.runs import ROOT, run_ranks, step_losses, zoo_plan
+from tests.runs import run_ranks, step_losses, zoo_plan
+from tests.supervision import runtime_cli
 
 pytestmark = pytest.mark.slow
-
-
-def runtime_cli(*args, timeout=300, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True, env=env,
-        timeout=timeout, cwd=ROOT, **kwargs,
-    )  # fmt: skip
 
 
 def only_run(runs):

@@ -19,6 +19,9 @@ from tests.supervision import all_gone, losses, run_pids, runtime_cli, start_run
 pytestmark = pytest.mark.slow
 LONG = {"steps": 100_000}
 GPT_1M = {"size": "1m"}  # about 0.1 s a step on 2 ranks: slow enough to stop mid-run
+# Long enough that `runtime stop` (a new process, ~2 s to import torch) always lands before
+# the last step; with 20 steps a loaded machine could finish first.
+STOP_STEPS = 60
 
 
 def endless_mlp(**training):
@@ -85,8 +88,8 @@ def test_a_hung_rank_fails_the_run_within_the_timeout(tmp_path):
 
 def test_stop_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     plan = zoo_plan("gpt", GPT_1M, ranks=2, strategy="pp", global_batch=16, pp_degree=2, schedule="1f1b",
-                    micro_batches=4, training={"steps": 20, "checkpoint_every": 5})  # fmt: skip
-    straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=20))
+                    micro_batches=4, training={"steps": STOP_STEPS, "checkpoint_every": 5})  # fmt: skip
+    straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=STOP_STEPS))
     runs = tmp_path / "runs"
     launcher = start_run(plan, tmp_path)
     run_dir = wait_for(lambda: runs.exists() and [p for p in runs.iterdir() if p.is_dir()], 60, "the run")[0]
@@ -97,7 +100,7 @@ def test_stop_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     row = the_run(runs)
     assert row["state"] == "stopped"
     at = checkpoint.latest_checkpoint(run_dir).step
-    assert 5 <= at < 20 and f"after step {at}" in row["reason"]
+    assert 5 <= at < STOP_STEPS and f"after step {at}" in row["reason"]
     resumed = runtime_cli("resume", row["run_id"], "--runs-dir", runs)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from step {at}" in resumed.stderr
