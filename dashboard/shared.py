@@ -68,6 +68,18 @@ def coarse_graph_json(source: str, overrides: tuple[str, ...]) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
+def plan_graph_json(model_json: str, dtype: str) -> dict:
+    """The coarsened graph a plan was made for, traced from its own model section (a run's
+    plan may be of another model than the one chosen on the Model page)."""
+    from planner.graph import to_json
+    from planner.plan import ModelRef
+    from runtime.compare import plan_graph
+
+    model = ModelRef.model_validate_json(model_json)
+    return to_json(plan_graph(model, dtype))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
 def block_ops(source: str, overrides: tuple[str, ...]) -> dict[str, list[str]]:
     """Every block's ATen ops in execution order, for expanding a block in the placement."""
     from planner.coarsen import assign_blocks

@@ -1,8 +1,10 @@
 """Monitor page: a run, live. Reads only the rows written since its last look, every 2 s.
 
 Loss and throughput curves, where each rank's time goes, memory per rank against the
-plan's prediction, predicted vs measured step time and bubble, progress, and the end of
-each rank's log.
+plan's prediction, progress, and the end of each rank's log; and every predicted figure
+(from datasheets, and calibrated with this model's measured profile where there is one) next
+to its measurement and the error (runtime.compare): live from the recent steps while the
+run goes, and as stored at its end afterwards.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.shared import coarse_graph_json, current_model, current_plan_json
+from dashboard.shared import coarse_graph_json, current_model, current_plan_json, plan_graph_json
 from planner.cost import Pricer
 from planner.errors import PlannerError
 from planner.figures import WEBGL_FROM
 from planner.graph import from_json
 from planner.plan import plan_from_json
 from planner.plan_figures import gantt_figure
-from runtime import launch, store
+from runtime import compare, launch, store
 from runtime.progress import format_duration
 
 MiB = 2**20
@@ -68,6 +70,75 @@ def collected(run_id: str) -> dict:
     return data
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def priced(plan_json: str, runs_dir: str) -> tuple[dict, dict, str | None]:
+    """(datasheet, calibrated, profile sha256) figures of a run's plan, priced once."""
+    plan = plan_from_json(plan_json)
+    graph = from_json(plan_graph_json(plan.model.model_dump_json(), plan.training.dtype))
+    profile = compare.find_profile(plan, Path(runs_dir))
+    datasheet, calibrated = compare.predictions(plan, graph, profile)
+    return datasheet, calibrated, profile.digest() if profile else None
+
+
+def live_comparison(plan, series: dict) -> tuple[list[compare.Comparison], str | None]:
+    """Predicted vs the last RECENT steps after the warm-up (memory: the latest peak)."""
+    datasheet, calibrated, sha = priced(plan.to_json(), str(runs_dir))
+    steps = sorted(series.get((store.STEP_RANK, "step_time_s"), {}))
+    window = {s for s in steps if s > compare.WARMUP}
+    window = set(sorted(window)[-RECENT:])
+    metrics = [
+        store.Metric(step, rank, name, value, t)
+        for (rank, name), by_step in series.items()
+        for step, (value, t) in by_step.items()
+        if step in window
+    ]
+    return compare.combine(plan, datasheet, calibrated, compare.measured_figures(metrics, warmup=0)), sha
+
+
+def comparison_table(rows: list[compare.Comparison], sha: str | None, final: bool) -> None:
+    def show(name: str, value: float | None) -> str:
+        if value is None:
+            return "-"
+        if name == "dynamic_memory_bytes":
+            return f"{value / MiB:,.1f} MiB"
+        if name in compare.FRACTIONS:
+            return f"{value:.1%}"
+        if name == "samples_per_s":
+            return f"{value:,.2f}"
+        return f"{value * 1e3:,.2f} ms"
+
+    def err(c: compare.Comparison) -> str:
+        e = c.error
+        if e is None:
+            return "-"
+        return f"{e * 100:+.1f} pt" if c.name in compare.FRACTIONS else f"{e:+.1%}"
+
+    table = [
+        {
+            "figure": c.name,
+            "rank": "step" if c.rank == store.STEP_RANK else str(c.rank),
+            "datasheet": show(c.name, c.datasheet),
+            "calibrated": show(c.name, c.calibrated),
+            "measured": show(c.name, c.measured),
+            "error": err(c),
+        }
+        for c in rows
+    ]
+    st.subheader("Predicted vs measured")
+    st.dataframe(table, hide_index=True, key="monitor_comparison")
+    where = "stored at the end of the run" if final else f"live: the last {RECENT} steps after the warm-up"
+    calibration = (
+        f"calibrated with profile {sha[:12]}"
+        if sha
+        else "no profile of this model: `python -m runtime profile --model ...` makes one"
+    )
+    st.caption(
+        f"{where}; {calibration}. Error = calibrated (else datasheet) vs measured; the bubble's "
+        "in points. wait = communication not hidden by compute + idle. Memory: peak minus the "
+        "rank's footprint before the model was built."
+    )
+
+
 def curve(series: dict, title: str, key: str, y_title: str) -> None:
     steps = sorted(series)
     scatter = go.Scattergl if len(steps) > WEBGL_FROM else go.Scatter
@@ -110,6 +181,12 @@ def live(run_id: str) -> None:
     if predicted is not None:
         cols[3].metric("Bubble (predicted)", f"{predicted.bubble_fraction:.1%}")
 
+    rows, sha = compare.stored(store.connect(runs_dir), run_id)
+    final = bool(rows)
+    if not rows:
+        rows, sha = live_comparison(plan, series)
+    comparison_table(rows, sha, final)
+
     left, right = st.columns(2)
     with left:
         curve(loss, "Loss", "monitor_loss", "loss")
@@ -137,25 +214,19 @@ def live(run_id: str) -> None:
         height=320,
         margin=dict(l=10, r=10, t=40, b=10),
     )
-    memory = go.Figure(
-        go.Bar(
-            name="measured peak",
-            x=[f"rank {r}" for r in ranks],
-            y=[(recent(r, "peak_memory_bytes") or 0.0) / MiB for r in ranks],
-        )
-    )
-    if predicted is not None:
-        by_device = {m.device: m.bytes for m in predicted.peak_memory}
+    dynamic = {c.rank: c for c in rows if c.name == "dynamic_memory_bytes"}
+    memory = go.Figure()
+    for label, pick in (("measured", lambda c: c.measured), ("predicted", lambda c: c.predicted)):
         memory.add_trace(
             go.Bar(
-                name="predicted (no process overhead)",
-                x=[f"rank {r.rank}" for r in plan.ranks],
-                y=[by_device.get(r.device, 0) / MiB for r in plan.ranks],
+                name=label,
+                x=[f"rank {r}" for r in ranks],
+                y=[(pick(dynamic[r]) or 0.0) / MiB if r in dynamic else 0.0 for r in ranks],
             )
         )
     memory.update_layout(
         barmode="group",
-        title="Memory per rank",
+        title="Memory per rank: what the plan moves (peak minus the footprint before the model)",
         yaxis_title="MiB",
         height=320,
         margin=dict(l=10, r=10, t=40, b=10),

@@ -39,6 +39,11 @@ from planner.timing import (
     transfer_time,
 )
 
+LOSS_COPIES = 2
+"""Copies of the last stage's output held per micro-batch until its backward: the output
+itself (the pipeline schedule keeps it for the loss) and the log-probabilities of the same
+size that cross-entropy saves. For a 16384-way LM head they are the largest activations."""
+
 
 @dataclass
 class Prediction:
@@ -606,7 +611,7 @@ class _Context:
                     saved_per_sample={s: self.stages[s].saved_per_sample for s in mine},
                     in_flight=flight,
                     micro_batch_size=samples,
-                    loss_output_per_sample=self.stages[last].out_per_sample
+                    loss_output_per_sample=LOSS_COPIES * self.stages[last].out_per_sample
                     if last in mine and not gan
                     else 0.0,
                     loss_in_flight=flight.get(last, 0),

@@ -2,7 +2,7 @@
 
     total = parameters + gradients + optimizer state
           + saved activations x micro-batch size x micro-batches in flight
-          + the last stage's outputs kept for the loss
+          + the last stage's outputs kept for the loss (and the loss's log-probabilities)
           + a fixed per-process overhead
 
 Micro-batches in flight are read off the schedule's real order (`planner.schedules.in_flight`):

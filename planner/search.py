@@ -141,15 +141,18 @@ def search(
     blocks = model_blocks(graph)
     gan = {"generator", "discriminator"} <= set(blocks)
     training = dict(training or {})
+    speeds = device_speeds(cluster, profile, blocks, training.get("dtype", "float32"))
     if gan:
-        candidates = _gan_candidates(cluster, blocks, global_batch, strategy)
+        candidates = _gan_candidates(cluster, speeds, blocks, global_batch, strategy)
     else:
         if strategy == "mp":
             raise PlannerError(
                 "mp places named sub-networks (a GAN's generator and discriminator); "
                 "this model has none: use pp"
             )
-        candidates = list(_layouts(cluster, len(blocks), global_batch, strategy, schedule, micro_batches))
+        candidates = list(
+            _layouts(cluster, speeds, len(blocks), global_batch, strategy, schedule, micro_batches)
+        )
     if not candidates:
         raise PlannerError(_nothing_to_try(strategy, schedule, micro_batches, global_batch, len(blocks)))
     units = _units(graph, blocks)
@@ -192,19 +195,35 @@ def _best_per_family(ranked: list[Candidate]) -> list[Candidate]:
 
 
 # -- enumeration ---------------------------------------------------------------------------
-def _speed(cluster: Cluster, device: int, dtype: str = "float32") -> float:
-    d = cluster.device(device)
-    return device_kind(d.kind).peak_flops.get(dtype, 0.0) * d.compute_share
+def device_speeds(
+    cluster: Cluster, profile: Profile | None, blocks: list[str], dtype: str
+) -> dict[int, float]:
+    """Relative speed of each device, for choosing devices and batch shares.
+
+    Measured where the profile times every block on every kind in the cluster (one over a
+    one-sample forward and backward through all blocks), else datasheet peak FLOP/s; a
+    device measured twice as slow gets half the share. Times the device's compute share.
+    """
+    kinds = {d.kind for d in cluster.devices}
+    measured: dict[str, float] = {}
+    if profile is not None:
+        for kind in kinds:
+            times = [profile.block_time(b, kind, 1) for b in blocks]
+            if all(t is not None for t in times) and sum(f + b for f, b in times) > 0:
+                measured[kind] = 1.0 / sum(f + b for f, b in times)
+    if measured.keys() != kinds:  # never mix measured and datasheet scales
+        measured = {k: device_kind(k).peak_flops.get(dtype, 0.0) for k in kinds}
+    return {d.id: measured[d.kind] * d.compute_share for d in cluster.devices}
 
 
-def _device_sets(cluster: Cluster) -> list[list[int]]:
+def _device_sets(cluster: Cluster, speeds: dict[int, float]) -> list[list[int]]:
     """All devices; each kind alone when there are several; the single fastest device."""
     everything = [d.id for d in cluster.devices]
     sets = [everything]
     kinds = sorted({d.kind for d in cluster.devices})
     if len(kinds) > 1:
         sets += [[d.id for d in cluster.devices if d.kind == k] for k in kinds]
-    fastest = max(everything, key=lambda i: (_speed(cluster, i), -i))
+    fastest = max(everything, key=lambda i: (speeds[i], -i))
     if len(everything) > 1:
         sets.append([fastest])
     return sets
@@ -230,7 +249,7 @@ def _micro_batch_counts(pp: int, share: int, pinned: int | None) -> list[int]:
     return sorted(m for m in options if m <= min(share, max(64, pp)))
 
 
-def _shares(cluster: Cluster, replicas: list[list[int]], batch: int, m: int) -> list[list[int]]:
+def _shares(speeds: dict[int, float], replicas: list[list[int]], batch: int, m: int) -> list[list[int]]:
     """Even shares, and shares in proportion to replica speed when speeds differ; each a
     multiple of m."""
     dp = len(replicas)
@@ -239,9 +258,9 @@ def _shares(cluster: Cluster, replicas: list[list[int]], batch: int, m: int) -> 
     units = batch // m
     even = [units // dp + (1 if i < units % dp else 0) for i in range(dp)]
     out = [[u * m for u in even]]
-    speeds = [min(_speed(cluster, d) for d in r) * len(r) for r in replicas]
-    if len(set(speeds)) > 1:
-        raw = [units * s / sum(speeds) for s in speeds]
+    rates = [min(speeds[d] for d in r) * len(r) for r in replicas]
+    if len(set(rates)) > 1:
+        raw = [units * s / sum(rates) for s in rates]
         share = [max(1, int(r)) for r in raw]
         while sum(share) < units:
             share[max(range(dp), key=lambda i: raw[i] - share[i])] += 1
@@ -252,11 +271,11 @@ def _shares(cluster: Cluster, replicas: list[list[int]], batch: int, m: int) -> 
     return out
 
 
-def _layouts(cluster, n_blocks, batch, strategy, schedule, pinned_m):
+def _layouts(cluster, speeds, n_blocks, batch, strategy, schedule, pinned_m):
     seen = set()
     # On one node with one kind of link every mesh order is the same plan.
     uniform = len(cluster.nodes()) == 1 and len({lk.kind for lk in cluster.links}) <= 1
-    for device_set in _device_sets(cluster):
+    for device_set in _device_sets(cluster, speeds):
         total = len(device_set)
         shapes = [(total // pp, pp) for pp in range(1, min(total, n_blocks, MAX_PP) + 1) if total % pp == 0]
         if total > MAX_PP and n_blocks >= MAX_PP:
@@ -280,7 +299,7 @@ def _layouts(cluster, n_blocks, batch, strategy, schedule, pinned_m):
                     ]
                     replicas = [[ordered[r] for r in range(n) if coords[r][0] == i] for i in range(dp)]
                     for m in _micro_batch_counts(pp, batch // dp, pinned_m):
-                        for shares in _shares(cluster, replicas, batch, m):
+                        for shares in _shares(speeds, replicas, batch, m):
                             for sched, v in _schedules(pp, m, n_blocks, schedule):
                                 key = (tuple(ordered), tuple(coords), m, sched, v, tuple(shares))
                                 if key in seen:
@@ -307,9 +326,11 @@ def _schedules(pp: int, m: int, n_blocks: int, pinned: str | None):
             yield sched, v
 
 
-def _gan_candidates(cluster: Cluster, blocks: list[str], batch: int, strategy: str) -> list[Candidate]:
+def _gan_candidates(
+    cluster: Cluster, speeds: dict[int, float], blocks: list[str], batch: int, strategy: str
+) -> list[Candidate]:
     out = []
-    devices = sorted((d.id for d in cluster.devices), key=lambda i: (-_speed(cluster, i), i))
+    devices = sorted((d.id for d in cluster.devices), key=lambda i: (-speeds[i], i))
     if strategy in ("auto", "dp"):
         for n in sorted({1, len(devices)}):
             if batch >= n:

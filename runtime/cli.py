@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch-sizes", default="1,2,4,8", help="samples per micro-batch to time")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (the median is kept)")
     p.add_argument("-o", "--output", type=Path, default=Path("profile.json"))
+    _runs_dir_option(p)  # a copy is kept there, for comparing runs with calibrated predictions
     p = commands.add_parser("supervise", help=argparse.SUPPRESS)  # what --detach starts
     p.add_argument("run_id")
     p.add_argument("--threads", type=int, default=1)
@@ -112,6 +113,7 @@ def print_commands(args: argparse.Namespace) -> None:
 def write_profile(args: argparse.Namespace) -> int:
     from planner.cluster import resolve_cluster
     from planner.overrides import parse_overrides
+    from runtime.compare import save_profile
     from runtime.profile import make_profile
 
     sizes = [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]
@@ -124,6 +126,7 @@ def write_profile(args: argparse.Namespace) -> int:
     args.output.write_text(profile.model_dump_json(indent=2) + "\n")
     print(f"wrote {args.output}: {len(profile.blocks)} block timings, {len(profile.links)} links, "
           f"sha256 {profile.digest()}")  # fmt: skip
+    print(f"kept a copy in {save_profile(profile, args.runs_dir)}: runs of this model are compared with it")
     return 0
 
 

@@ -7,6 +7,9 @@ Per rank and step (names as stored):
 - ``optimizer_s``: the optimizer step;
 - ``comm_wait_s``: step - compute - optimizer: sends, receives, all-reduces, and waiting;
 - ``peak_memory_bytes``: process peak RSS on CPU, the allocator's peak on CUDA;
+- ``dynamic_memory_bytes``: that peak minus the same figure taken after the process group
+  was up and before the model was built: the memory the plan moves (parameters, gradients,
+  optimizer state, activations), without the interpreter, torch and gloo;
 - ``cpu_percent``: process CPU time / wall time over the step (all its threads, gloo's
   too), its own column: a busy CPU is not the same thing as a compute share.
 
@@ -43,6 +46,7 @@ FIELDS = (
     "compute_s",
     "optimizer_s",
     "peak_memory_bytes",
+    "base_memory_bytes",
     "cpu_percent",
     "time",
 )
@@ -67,6 +71,7 @@ class MetricsRecorder:
         write: Callable[[list[Metric]], None] | None,
         group=None,
         flush_period_s: float = 1.0,
+        base_memory_bytes: float = 0.0,
     ) -> None:
         self.plan = plan
         self.tokens_per_sample = tokens_per_sample
@@ -75,6 +80,7 @@ class MetricsRecorder:
         self.write = write  # rank 0 only
         self.group = group
         self.flush_period_s = flush_period_s
+        self.base_memory_bytes = base_memory_bytes
         self.world_size = dist.get_world_size()
         shares = {r.dp_index: r.batch_share for r in plan.replicas}
         weights = [shares[r.dp_index] / plan.training.global_batch for r in plan.ranks]
@@ -100,6 +106,7 @@ class MetricsRecorder:
         row[COL["compute_s"]] = result.compute_s
         row[COL["optimizer_s"]] = result.optimizer_s
         row[COL["peak_memory_bytes"]] = peak_memory_bytes(self.device)
+        row[COL["base_memory_bytes"]] = self.base_memory_bytes
         row[COL["cpu_percent"]] = 100.0 * cpu_s / step_time_s if step_time_s > 0 else 0.0
         row[COL["time"]] = time.time()
         self.pending.append((step, row))
@@ -144,6 +151,7 @@ class MetricsRecorder:
                     "optimizer_s": opt,
                     "comm_wait_s": max(step_time - compute - opt, 0.0),
                     "peak_memory_bytes": float(r[COL["peak_memory_bytes"]]),
+                    "dynamic_memory_bytes": float(r[COL["peak_memory_bytes"]] - r[COL["base_memory_bytes"]]),
                     "cpu_percent": float(r[COL["cpu_percent"]]),
                 }
                 if r[COL["has_loss"]]:

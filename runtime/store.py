@@ -61,7 +61,18 @@ CREATE TABLE IF NOT EXISTS metrics (
     time    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, step);
+CREATE TABLE IF NOT EXISTS comparisons (
+    run_id     TEXT NOT NULL,
+    rank       INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    datasheet  REAL,
+    calibrated REAL,
+    measured   REAL,
+    profile_sha256 TEXT,
+    PRIMARY KEY (run_id, rank, name)
+);
 """
+TABLES = {"runs", "workers", "metrics", "comparisons"}
 
 
 def new_run_id() -> str:
@@ -84,7 +95,7 @@ def connect(runs_dir: str | Path) -> sqlite3.Connection:
     # The schema write takes the database's write lock: only when a table is missing, not
     # on every connect of a page that polls every 2 s.
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {"runs", "workers", "metrics"} <= tables:
+    if not tables >= TABLES:
         with write(conn):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -257,6 +268,27 @@ def record_workers(conn: sqlite3.Connection, run_id: str, workers: Iterable[tupl
             "INSERT OR REPLACE INTO workers (run_id, rank, pid, host) VALUES (?, ?, ?, ?)",
             [(run_id, rank, pid, host) for rank, pid, host in workers],
         )
+
+
+def record_comparisons(conn: sqlite3.Connection, run_id: str, profile_sha256: str | None, rows) -> None:
+    """A run's predicted-vs-measured figures (runtime.compare), replacing earlier ones."""
+    with write(conn):
+        conn.execute("DELETE FROM comparisons WHERE run_id = ?", (run_id,))
+        conn.executemany(
+            "INSERT INTO comparisons (run_id, rank, name, datasheet, calibrated, measured, profile_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, c.rank, c.name, c.datasheet, c.calibrated, c.measured, profile_sha256) for c in rows],
+        )
+
+
+def comparisons(conn: sqlite3.Connection, run_id: str) -> tuple[list[tuple], str | None]:
+    """Stored rows ``(rank, name, datasheet, calibrated, measured)`` and the profile's sha256."""
+    rows = conn.execute(
+        "SELECT rank, name, datasheet, calibrated, measured, profile_sha256 FROM comparisons"
+        " WHERE run_id = ? ORDER BY rowid",
+        (run_id,),
+    ).fetchall()
+    return [r[:5] for r in rows], (rows[0][5] if rows else None)
 
 
 def run_row(conn: sqlite3.Connection, run_id: str) -> dict | None:

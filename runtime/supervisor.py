@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from planner.plan import Plan, plan_from_json
-from runtime import store
+from runtime import compare, store
 from runtime.control import STORE_ENV, SUPERVISOR_ENV, die_with_parent, pid_alive
 from runtime.progress import ProgressLine, render
 
@@ -203,22 +203,21 @@ def supervise(
     if proc.returncode == 0 and marker.exists():
         step = json.loads(marker.read_text())["step"]
         marker.unlink()
-        store.finish_once(conn, run_id, "stopped", f"stopped after step {step}, checkpoint saved")
-        print(f"run {run_id}: stopped after step {step}", file=out)
-        return EXIT_STOPPED
-    if ending == "killed to stop":
-        store.finish_once(conn, run_id, "stopped", "stop requested; killed after the grace period")
-        print(f"run {run_id}: stopped (killed)", file=out)
-        return EXIT_STOPPED
-    if proc.returncode == 0:
-        store.finish_once(conn, run_id, "finished")
-        print(f"run {run_id}: finished", file=out)
-        return EXIT_FINISHED
-    # Torn down by us after a rank died: the rank's failure is the reason, not our SIGKILL.
-    reason = failure_reason(run_dir, 1 if ending == "torn down" else proc.returncode)
-    store.finish_once(conn, run_id, "failed", reason)
-    print(f"run {run_id}: failed: {reason}", file=out)
-    return EXIT_FAILED
+        code, state, reason = EXIT_STOPPED, "stopped", f"stopped after step {step}, checkpoint saved"
+        said = f"stopped after step {step}"
+    elif ending == "killed to stop":
+        code, state, reason = EXIT_STOPPED, "stopped", "stop requested; killed after the grace period"
+        said = "stopped (killed)"
+    elif proc.returncode == 0:
+        code, state, reason, said = EXIT_FINISHED, "finished", "", "finished"
+    else:
+        # Torn down by us after a rank died: the rank's failure is the reason, not our SIGKILL.
+        reason = failure_reason(run_dir, 1 if ending == "torn down" else proc.returncode)
+        code, state, said = EXIT_FAILED, "failed", f"failed: {reason}"
+    store.finish_once(conn, run_id, state, reason)
+    print(f"run {run_id}: {said}", file=out)
+    compare.record_after_run(conn, run_id, runs_dir, out)
+    return code
 
 
 def _follow(conn, run: dict, plan: Plan, proc, stop_now: dict, bar: ProgressLine) -> str:

@@ -29,10 +29,10 @@ import torch.distributed as dist
 
 from planner.errors import PlanError
 from planner.plan import Plan, load_plan
-from runtime import checkpoint, store
+from runtime import checkpoint, compare, store
 from runtime.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.mesh import Placement, build_mesh
-from runtime.metrics import MetricsRecorder
+from runtime.metrics import MetricsRecorder, peak_memory_bytes
 from runtime.model import build_full_model
 from runtime.parallelize import parallelize
 from runtime.task import plan_task
@@ -136,10 +136,16 @@ def train(
         workers = _gather_workers(rank, world_size, cpu_group)
         if conn is not None:
             store.record_workers(conn, run_id, workers)
+        # What the process holds before the plan adds anything: the baseline of the
+        # dynamic memory the plan's prediction is compared with.
+        base_memory = peak_memory_bytes(device)
         where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
         full = build_full_model(plan, device)
         task = plan_task(plan, full.config)
         engine = parallelize(plan, full, task, where)
+        # The engine keeps what this rank trains; the rest of the full model goes now, or
+        # every pipeline rank would hold every stage's parameters for the whole run.
+        del full
         done = 0  # optimizer steps already taken
         if resume_from is not None:
             latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)
@@ -155,6 +161,7 @@ def train(
             last_step=steps,
             write=write,
             group=cpu_group,
+            base_memory_bytes=base_memory,
         )
         every = plan.training.checkpoint_every
         saved = last = done
@@ -246,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             stop=stop,
         )
         if rank == 0 and not os.environ.get(SUPERVISOR_ENV):
-            store.finish_once(store.connect(args.runs_dir), args.run_id, outcome)  # nobody else will
+            conn = store.connect(args.runs_dir)
+            store.finish_once(conn, args.run_id, outcome)  # nobody else will
+            compare.record_after_run(conn, args.run_id, args.runs_dir, sys.stderr)
     except BaseException as exc:
         message = f"rank {rank}: {type(exc).__name__}: {exc}"
         run_dir.mkdir(parents=True, exist_ok=True)
