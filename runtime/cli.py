@@ -126,7 +126,8 @@ def write_profile(args: argparse.Namespace) -> int:
     args.output.write_text(profile.model_dump_json(indent=2) + "\n")
     print(f"wrote {args.output}: {len(profile.blocks)} block timings, {len(profile.links)} links, "
           f"sha256 {profile.digest()}")  # fmt: skip
-    print(f"kept a copy in {save_profile(profile, args.runs_dir)}: runs of this model are compared with it")
+    kept = save_profile(profile, args.runs_dir or store.default_runs_dir())
+    print(f"kept a copy in {kept}: runs of this model are compared with it")
     return 0
 
 

@@ -20,9 +20,12 @@ pytestmark = pytest.mark.slow
 def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     out = tmp_path / "profile.json"
     done = runtime_cli("profile", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2",
-                       "--micro-batch-sizes", "1,2", "--repeats", "2", "-o", out)  # fmt: skip
+                       "--micro-batch-sizes", "1,2", "--repeats", "2", "-o", out,
+                       "--runs-dir", tmp_path / "runs")  # fmt: skip
     assert done.returncode == 0, done.stderr
     profile = load_profile(out)
+    # A copy where runs look for it, under its own digest (runtime.compare.find_profile).
+    assert load_profile(tmp_path / "runs" / "profiles" / f"{profile.digest()}.json") == profile
     graph = coarsen(trace("gpt", {"size": "toy"}))
     assert profile.graph_digest == graph_digest(graph)
     blocks = [n for n in graph if graph.nodes[n].get("kind") != "input"]

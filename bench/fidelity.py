@@ -1,0 +1,313 @@
+"""How good are the predictions? Profile, plan, train for real, compare.
+
+    python bench/fidelity.py [--rounds 2] [--steps 12] [--split-steps 8] [--only fidelity|split]
+
+1. Fidelity. Each model is profiled first (`runtime.profile`: its blocks at the micro-batch
+   sizes the plans use, the optimizer, this machine's links), and nothing else feeds the
+   predictions: no step time of the runs below is used to fit anything. Then the planner
+   makes each plan with that profile (`search(..., profile=...)`, the family pinned), the
+   runtime trains it (`python -m runtime run`, 1 thread per rank, gloo) and the measured
+   figures (`runtime.compare`: medians over the steps after the warm-up, pooled over the
+   rounds, which run the plans in turn so that a slow spell of the machine spreads over
+   all of them) are printed next to the predictions. Plans on 2 ranks are timed; plans on
+   4 ranks (more than this machine's 2 cores, the sharing modelled by the planner) are in
+   a table of their own.
+2. Split comparison: a GPT with vocab 16384, d_model 256, 8 blocks, untied embedding and
+   head, batch 16 x 128 tokens, as a 2-stage pipeline on cpu:2 with 8 micro-batches, GPipe
+   and 1F1B, trained with the planner's split, Megatron's even split of the blocks,
+   DeepSpeed's parameter-balanced split and every other split point. Measured samples/s
+   relative to the best split, next to the predicted ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planner.build import make_plan, model_blocks
+from planner.cluster import resolve_cluster
+from planner.coarsen import coarsen
+from planner.cost import Pricer
+from planner.partition import min_bottleneck_cuts
+from planner.plan import Plan, save_plan
+from planner.search import search
+from planner.trace import trace
+from runtime import compare, store
+from runtime.profile import make_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "mlp": ({"hidden": [1024, 1024, 1024, 1024]}, 256),
+    "cnn": ({"channels": [32, 64, 64]}, 128),
+    "gpt": ({"size": "1m"}, 16),
+    "gan": ({"hidden": 1024}, 256),
+}
+SPLIT_GPT = {"vocab_size": 16384, "d_model": 256, "n_layer": 8, "n_head": 4, "seq_len": 128}
+SPLIT_BATCH, SPLIT_M = 16, 8
+TRAINING = {"optimizer": {"name": "adamw", "lr": 1e-3}}
+
+
+@dataclass
+class Case:
+    name: str
+    model: str
+    cluster: str
+    dp: int
+    pp: int
+    choices: dict = field(default_factory=dict)  # strategy, schedule, micro_batches
+
+
+CASES = [
+    Case("MLP DP x2", "mlp", "cpu:2", 2, 1, dict(strategy="dp")),
+    Case("MLP PP2 GPipe m4", "mlp", "cpu:2", 1, 2, dict(strategy="pp", schedule="gpipe", micro_batches=4)),
+    Case("CNN DP x2", "cnn", "cpu:2", 2, 1, dict(strategy="dp")),
+    Case("CNN PP2 1F1B m4", "cnn", "cpu:2", 1, 2, dict(strategy="pp", schedule="1f1b", micro_batches=4)),
+    Case("GPT DP x2", "gpt", "cpu:2", 2, 1, dict(strategy="dp")),
+    Case("GPT PP2 GPipe m4", "gpt", "cpu:2", 1, 2, dict(strategy="pp", schedule="gpipe", micro_batches=4)),
+    Case("GPT PP2 1F1B m4", "gpt", "cpu:2", 1, 2, dict(strategy="pp", schedule="1f1b", micro_batches=4)),
+    Case("GPT PP2 1F1B m8", "gpt", "cpu:2", 1, 2, dict(strategy="pp", schedule="1f1b", micro_batches=8)),
+    Case("GPT PP2 interleaved v2 m4", "gpt", "cpu:2", 1, 2,
+         dict(strategy="pp", schedule="interleaved_1f1b", micro_batches=4)),
+    Case("GAN G|D", "gan", "cpu:2", 1, 2, dict(strategy="mp")),
+    Case("GAN DP x2", "gan", "cpu:2", 2, 1, dict(strategy="dp")),
+    Case("GPT DP2 x PP2 1F1B m4", "gpt", "cpu:4", 2, 2,
+         dict(strategy="hybrid", schedule="1f1b", micro_batches=4)),
+    Case("MLP DP x4", "mlp", "cpu:4", 4, 1, dict(strategy="dp")),
+    Case("GPT PP4 GPipe m8", "gpt", "cpu:4", 1, 4, dict(strategy="pp", schedule="gpipe", micro_batches=8)),
+]  # fmt: skip
+
+
+def graph_of(source: str, overrides: dict):
+    return coarsen(trace(source, overrides))
+
+
+def micro_batch_sizes(model: str) -> list[int]:
+    batch = MODELS[model][1]
+    sizes = set()
+    for c in CASES:
+        if c.model == model:
+            m = c.choices.get("micro_batches", 1)
+            sizes.add(batch // c.dp // m if c.choices["strategy"] != "mp" else batch)
+    return sorted(sizes)
+
+
+def plan_for(case: Case, graph, profile) -> Plan:
+    """The planner's best plan of the case's family, made with the measured profile."""
+    cluster = resolve_cluster(case.cluster)
+    batch = MODELS[case.model][1]
+    if case.choices["strategy"] == "dp":  # nothing to split; search would also offer 1 rank
+        plan = make_plan(
+            graph, cluster, strategy="dp", dp_degree=case.dp, global_batch=batch, training=TRAINING
+        )
+        return plan.model_copy(update={"predicted": Pricer(graph, cluster, profile)(plan).to_predicted()})
+    result = search(graph, cluster, global_batch=batch, training=TRAINING, profile=profile, **case.choices)
+    for c in result.candidates:
+        if c.feasible and c.plan.dp_degree == case.dp and c.plan.pp_degree == case.pp:
+            return c.plan
+    raise SystemExit(f"{case.name}: the planner priced no feasible dp{case.dp} x pp{case.pp} plan")
+
+
+def train(plan: Plan, steps: int, runs_dir: Path, work: Path) -> str:
+    """Train for real with the runtime; return the run id."""
+    path = work / f"plan-{time.monotonic_ns()}.json"
+    save_plan(plan, path)
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "run", str(path), "--steps", str(steps),
+         "--runs-dir", str(runs_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    match = re.search(r"run (\S+): finished", done.stderr)
+    if done.returncode != 0 or match is None:
+        raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return match.group(1)
+
+
+def pooled(runs_dir: Path, run_ids: list[str]) -> dict:
+    """Measured figures over all rounds: medians of every post-warm-up step of every run."""
+    conn = store.connect(runs_dir)
+    metrics = []
+    for run_id in run_ids:
+        rows, _ = store.read_metrics(conn, run_id)
+        metrics += compare_rows(rows)
+    return compare.measured_figures(metrics, warmup=0)
+
+
+def compare_rows(rows: list[store.Metric]) -> list[store.Metric]:
+    """One run's rows after its warm-up (dropped per run, before pooling)."""
+    steps = sorted({m.step for m in rows if m.rank == store.STEP_RANK and m.name == "step_time_s"})
+    first = steps[compare.WARMUP] if len(steps) > compare.WARMUP else float("inf")
+    return [m for m in rows if m.step >= first or m.name == "dynamic_memory_bytes"]
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:8.1f}"
+
+
+def fidelity(args, runs_dir: Path, work: Path) -> None:
+    profiles, graphs = {}, {}
+    print("profiles (made before any run; nothing is fitted to the runs below):")
+    for model, (overrides, _) in MODELS.items():
+        graphs[model] = graph_of(model, overrides)
+        t = time.perf_counter()
+        profile = make_profile(model, overrides, resolve_cluster("cpu:2"), micro_batch_sizes(model))
+        compare.save_profile(profile, runs_dir)
+        profiles[model] = profile
+        print(f"  {model:4s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)  # fmt: skip
+    plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model]) for c in CASES}
+    runs: dict[str, list[str]] = {c.name: [] for c in CASES}
+    for r in range(args.rounds):
+        for c in CASES:
+            runs[c.name].append(train(plans[c.name], args.steps, runs_dir, work))
+            print(f"  round {r + 1}/{args.rounds}: {c.name} done", file=sys.stderr, flush=True)
+    results = {}
+    for c in CASES:
+        datasheet, calibrated = compare.predictions(plans[c.name], graphs[c.model], profiles[c.model])
+        measured = pooled(runs_dir, runs[c.name])
+        results[c.name] = compare.combine(plans[c.name], datasheet, calibrated, measured)
+    for title, cores in (
+        ("2 ranks x 1 thread (timed)", "cpu:2"),
+        ("4 ranks on 2 cores (shared, modelled)", "cpu:4"),
+    ):
+        table(title, [c for c in CASES if c.cluster == cores], results)
+    ranking([c for c in CASES if c.cluster == "cpu:2"], results)
+
+
+def table(title: str, cases: list[Case], results: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'plan':28s} {'step ms: datasheet':>18s} {'calibrated':>10s} {'measured':>9s} "
+          f"{'error':>7s}   {'bubble: pred':>12s} {'meas':>6s}   {'memory MiB: pred':>16s} "
+          f"{'meas':>6s} {'error':>7s}")  # fmt: skip
+    step_err, bubble_err, mem_err = [], [], []
+    for c in cases:
+        by = {(x.rank, x.name): x for x in results[c.name]}
+        step, bubble = by[(-1, "step_time_s")], by[(-1, "bubble_fraction")]
+        memory = [x for x in results[c.name] if x.name == "dynamic_memory_bytes"]
+        worst = max(memory, key=lambda x: abs(x.error or 0))  # the rank the model gets most wrong
+        step_err.append(abs(step.error))
+        bubble_err.append(abs(bubble.error))
+        mem_err += [abs(x.error) for x in memory]
+        print(f"{c.name:28s} {ms(step.datasheet):>18s} {ms(step.calibrated):>10s} "
+              f"{ms(step.measured):>9s} {pct(step.error):>7s}   {bubble.predicted:12.1%} "
+              f"{bubble.measured:6.1%}   {worst.predicted / 2**20:16.1f} {worst.measured / 2**20:6.1f} "
+              f"{pct(worst.error):>7s}")  # fmt: skip
+    p90 = float(np.percentile(step_err, 90))
+    print(f"step time |error|: median {statistics.median(step_err):.1%}, p90 {p90:.1%}"
+          f" (targets 10% / 20%); bubble |error|: median {statistics.median(bubble_err) * 100:.1f} points;"
+          f" dynamic memory |error| per rank: median {statistics.median(mem_err):.1%},"
+          f" max {max(mem_err):.1%} (target 15%)")  # fmt: skip
+
+
+def ranking(cases: list[Case], results: dict) -> None:
+    print("\nIs the plan ranked first by prediction the fastest measured (or within 5%)?")
+    for model in MODELS:
+        group = [c for c in cases if c.model == model]
+        if len(group) < 2:
+            continue
+        step = {c.name: {(x.rank, x.name): x for x in results[c.name]}[(-1, "step_time_s")] for c in group}
+        first = min(group, key=lambda c: step[c.name].predicted).name
+        fastest = min(group, key=lambda c: step[c.name].measured).name
+        gap = step[first].measured / step[fastest].measured - 1
+        verdict = "yes" if first == fastest else ("within 5%" if gap <= 0.05 else "NO")
+        print(f"  {model}: predicted first {first!r}, measured fastest {fastest!r} ({gap:+.1%}): {verdict}")
+
+
+def split_plans(graph, profile, schedule: str) -> list[tuple[str, Plan]]:
+    """(label, plan) for every split point of the 2-stage pipeline, the named ones first."""
+    cluster = resolve_cluster("cpu:2")
+    blocks = model_blocks(graph)
+    common = dict(strategy="pp", pp_degree=2, schedule=schedule, micro_batches=SPLIT_M,
+                  global_batch=SPLIT_BATCH, training=TRAINING)  # fmt: skip
+    planner = search(graph, cluster, global_batch=SPLIT_BATCH, strategy="pp", schedule=schedule,
+                     micro_batches=SPLIT_M, training=TRAINING, profile=profile).best.plan  # fmt: skip
+    planner_cut = blocks.index(planner.stages[1].first)
+    # Megatron: the transformer layers evenly, embedding on the first stage, head on the last.
+    layers = [i for i, b in enumerate(blocks) if b.startswith("blocks.")]
+    megatron_cut = layers[len(layers) // 2]
+    # DeepSpeed partition_method="parameters": balance parameter counts.
+    params = [graph.nodes[b]["param_bytes"] for b in blocks]
+    deepspeed_cut = min_bottleneck_cuts([params, params])[0]
+    named: dict[int, list[str]] = {}
+    for cut, name in ((planner_cut, "(a) planner"), (megatron_cut, "(b) Megatron even"),
+                      (deepspeed_cut, "(c) DeepSpeed params")):  # fmt: skip
+        named.setdefault(cut, []).append(name)
+    out = []
+    for cut in range(1, len(blocks)):
+        label = " = ".join(named.get(cut, ["(d)"]))
+        plan = make_plan(graph, cluster, cuts=[cut], **common)
+        out.append((f"{label}: {cut} blocks | {len(blocks) - cut}", plan))
+    return out
+
+
+def splits(args, runs_dir: Path, work: Path) -> None:
+    graph = graph_of("gpt", SPLIT_GPT)
+    profile = make_profile("gpt", SPLIT_GPT, resolve_cluster("cpu:2"), [SPLIT_BATCH // SPLIT_M])
+    compare.save_profile(profile, runs_dir)
+    print(f"\nSplit comparison: GPT vocab 16384, d_model 256, 8 blocks, untied; batch 16 x 128 tokens; "
+          f"2 stages on cpu:2, m = 8. Profile sha256 {profile.digest()}")  # fmt: skip
+    pricer = Pricer(graph, resolve_cluster("cpu:2"), profile)
+    for schedule in ("gpipe", "1f1b"):
+        cases = split_plans(graph, profile, schedule)
+        runs: dict[str, list[str]] = {label: [] for label, _ in cases}
+        for r in range(args.rounds):
+            for label, plan in cases:
+                runs[label].append(train(plan, args.split_steps, runs_dir, work))
+            print(f"  {schedule} round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        predicted = {label: pricer(plan).samples_per_s for label, plan in cases}
+        measured = {
+            label: SPLIT_BATCH / pooled(runs_dir, runs[label])[(-1, "step_time_s")] for label, _ in cases
+        }
+        best_p, best_m = max(predicted.values()), max(measured.values())
+        print(f"\n{schedule}: samples/s relative to the best split (1.00 = best)")
+        print(f"{'split':44s} {'predicted':>9s} {'measured':>9s} {'samples/s':>10s}")
+        for label, _ in cases:
+            ratios = f"{predicted[label] / best_p:9.2f} {measured[label] / best_m:9.2f}"
+            print(f"{label:44s} {ratios} {measured[label]:10.2f}")
+        planner = next(label for label, _ in cases if "(a)" in label)
+        worst = min(measured.values())
+        print(f"planner's split: {best_m / measured[planner]:.3f}x the best measured time "
+              f"(target within 1.05x); worst split {best_m / worst:.2f}x")  # fmt: skip
+        for name in ("(b)", "(c)"):
+            label = next(label for label, _ in cases if name in label)
+            print(f"{label.split(':')[0]}: {best_m / measured[label]:.2f}x slower than the best")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="times every plan is run, in turn")
+    parser.add_argument("--steps", type=int, default=12, help="steps per fidelity run")
+    parser.add_argument("--split-steps", type=int, default=8, help="steps per split-comparison run")
+    parser.add_argument("--only", choices=("fidelity", "split"))
+    args = parser.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores; warm-up {compare.WARMUP} steps per run; "
+          f"{args.rounds} rounds")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        runs_dir = work / "runs"
+        if args.only in (None, "fidelity"):
+            fidelity(args, runs_dir, work)
+        if args.only in (None, "split"):
+            splits(args, runs_dir, work)
+
+
+if __name__ == "__main__":
+    main()
