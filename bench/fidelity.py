@@ -164,21 +164,26 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
     profiles, graphs = {}, {}
     print("profiles (made before any run; nothing is fitted to the runs below):")
     for model, (overrides, _) in MODELS.items():
+        if not any(c.model == model for c in CASES if args.cases in c.name):
+            continue
         graphs[model] = graph_of(model, overrides)
         t = time.perf_counter()
-        profile = make_profile(model, overrides, resolve_cluster("cpu:2"), micro_batch_sizes(model))
+        profile = make_profile(
+            model, overrides, resolve_cluster("cpu:2"), micro_batch_sizes(model), repeats=15
+        )
         compare.save_profile(profile, runs_dir)
         profiles[model] = profile
         print(f"  {model:4s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
               f"({time.perf_counter() - t:.0f} s)", flush=True)  # fmt: skip
-    plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model]) for c in CASES}
-    runs: dict[str, list[str]] = {c.name: [] for c in CASES}
+    cases = [c for c in CASES if args.cases in c.name]
+    plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model]) for c in cases}
+    runs: dict[str, list[str]] = {c.name: [] for c in cases}
     for r in range(args.rounds):
-        for c in CASES:
+        for c in cases:
             runs[c.name].append(train(plans[c.name], args.steps, runs_dir, work))
             print(f"  round {r + 1}/{args.rounds}: {c.name} done", file=sys.stderr, flush=True)
     results = {}
-    for c in CASES:
+    for c in cases:
         datasheet, calibrated = compare.predictions(plans[c.name], graphs[c.model], profiles[c.model])
         measured = pooled(runs_dir, runs[c.name])
         results[c.name] = compare.combine(plans[c.name], datasheet, calibrated, measured)
@@ -186,8 +191,9 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
         ("2 ranks x 1 thread (timed)", "cpu:2"),
         ("4 ranks on 2 cores (shared, modelled)", "cpu:4"),
     ):
-        table(title, [c for c in CASES if c.cluster == cores], results)
-    ranking([c for c in CASES if c.cluster == "cpu:2"], results)
+        if any(c.cluster == cores for c in cases):
+            table(title, [c for c in cases if c.cluster == cores], results)
+    ranking([c for c in cases if c.cluster == "cpu:2"], results)
 
 
 def table(title: str, cases: list[Case], results: dict) -> None:
@@ -258,7 +264,7 @@ def split_plans(graph, profile, schedule: str) -> list[tuple[str, Plan]]:
 
 def splits(args, runs_dir: Path, work: Path) -> None:
     graph = graph_of("gpt", SPLIT_GPT)
-    profile = make_profile("gpt", SPLIT_GPT, resolve_cluster("cpu:2"), [SPLIT_BATCH // SPLIT_M])
+    profile = make_profile("gpt", SPLIT_GPT, resolve_cluster("cpu:2"), [SPLIT_BATCH // SPLIT_M], repeats=15)
     compare.save_profile(profile, runs_dir)
     print(f"\nSplit comparison: GPT vocab 16384, d_model 256, 8 blocks, untied; batch 16 x 128 tokens; "
           f"2 stages on cpu:2, m = 8. Profile sha256 {profile.digest()}")  # fmt: skip
@@ -295,6 +301,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="steps per fidelity run")
     parser.add_argument("--split-steps", type=int, default=8, help="steps per split-comparison run")
     parser.add_argument("--only", choices=("fidelity", "split"))
+    parser.add_argument("--cases", default="", help="fidelity: only plans whose name contains this")
     args = parser.parse_args()
     import torch
 

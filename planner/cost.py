@@ -142,7 +142,7 @@ class Pricer:
         gan = plan.strategy == "mp" and {s.name for s in plan.stages} == {"generator", "discriminator"}
         tasks, programs, actions = ctx.gan_tasks() if gan else ctx.pipeline_tasks()
         node_of = {r.rank: r.node for r in plan.ranks}
-        times, step = simulate(tasks, programs, node_of, ctx.cores())
+        times, step = simulate(tasks, programs, node_of, ctx.cores(), ctx.contention())
         # Busy compute time of every rank: the simulated ones count for their mirrors too.
         copies = plan.dp_degree / len(ctx.simulated)
         busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
@@ -238,6 +238,8 @@ class _Context:
         stage_blocks = plan.stage_blocks()
         self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
         self.stages = [self._stage_cost(blocks) for blocks in stage_blocks]
+        # The GAN runs its own step (runtime.gan), never torch's pipeline schedule.
+        self.gan = {"generator", "discriminator"} <= set(self.stage_of)
         self.fwd_cross, self.bwd_cross = self._boundary_bytes()
         self.simulated = self._replicas_to_simulate()
 
@@ -307,19 +309,42 @@ class _Context:
             cores[d.node] = math.inf if d.kind != "cpu" else cores[d.node] + d.compute_share
         return dict(cores)
 
+    def contention(self) -> dict[int, float]:
+        """Measured slowdown of CPU ranks sharing a node while all compute (0 unmeasured)."""
+        profile = self.pricer.profile
+        if profile is None:
+            return {}
+        return {
+            d.node: profile.contention[d.kind]
+            for d in self.cluster.devices
+            if d.kind == "cpu" and d.kind in profile.contention
+        }
+
     def stage_time(self, rank: int, stage: int) -> tuple[float, float]:
         key = (rank, stage)
         if key not in self.stage_time_table:
             r = self.plan.ranks[rank]
             kind = self.cluster.device(r.device).kind
             samples = self.share[r.dp_index] / self.m
-            fwd = bwd = 0.0
-            for block in self.stages[stage].blocks:
-                f, b, src = self.pricer.block_times(
-                    block, kind, self.dtype, samples, self.scale, self.trace_batch
-                )
-                fwd, bwd = fwd + f, bwd + b
-                self.used_sources["compute"].add(src)
+            profile = self.pricer.profile
+            blocks = self.stages[stage].blocks
+            # A replica of the whole model runs it uncut and eagerly; a pipeline stage runs
+            # the pieces pipeline() cuts, which the block timings measured.
+            whole = profile.whole_time(kind, samples) if profile and len(self.stages) == 1 else None
+            if whole is not None and not self.gan:
+                fwd, bwd = whole
+                self.used_sources["compute"].add("profile")
+            else:
+                fwd = bwd = 0.0
+                for block in blocks:
+                    f, b, src = self.pricer.block_times(
+                        block, kind, self.dtype, samples, self.scale, self.trace_batch
+                    )
+                    fwd, bwd = fwd + f, bwd + b
+                    self.used_sources["compute"].add(src)
+            action = profile.pipeline_action_s.get(kind, 0.0) if profile and len(self.stages) > 1 else 0.0
+            if action and not self.gan:  # torch's schedule, per action
+                fwd, bwd = fwd + action, bwd + action
             self.stage_time_table[key] = (fwd, bwd)
         return self.stage_time_table[key]
 

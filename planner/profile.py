@@ -6,6 +6,11 @@ block timings of another model would silently misprice this one.
 
 Link timings are fitted as ``time = latency + bytes / bandwidth`` (the alpha-beta model of
 Hockney, 1994), separately for point-to-point and all-reduce.
+
+Block timings are of one rank computing alone. CPU ranks on one machine share its memory
+bandwidth and caches (and on many machines a core's hyper-threads), so they compute slower
+while the others compute too; ``contention`` is that slowdown, measured with every core
+busy, and the simulation applies it to the compute tasks that overlap in time.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ class BlockTiming(StrictModel):
     saved_bytes: int | None = Field(default=None, ge=0, description="Bytes kept for backward.")
 
 
+class ModelTiming(StrictModel):
+    device_kind: str
+    micro_batch_size: int = Field(ge=1)
+    forward_s: float = Field(ge=0, description="Median forward of the whole, uncut model.")
+    backward_s: float = Field(ge=0, description="Median backward of the whole, uncut model.")
+
+
 class LinkTiming(StrictModel):
     link_kind: str = Field(description="Link kind id (see planner.devices).")
     op: Literal["p2p", "all_reduce"]
@@ -58,6 +70,22 @@ class Profile(StrictModel):
     overhead_bytes: dict[str, int] = Field(
         default_factory=dict, description="Per device kind: memory a rank's process holds before the model."
     )
+    whole: list[ModelTiming] = Field(
+        default_factory=list,
+        description="The uncut model run eagerly, as a data-parallel replica runs it (blocks are "
+        "timed as the pieces a pipeline cut makes, which run at another speed).",
+    )
+    pipeline_action_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per device kind: what one forward or backward action of a pipeline schedule "
+        "costs beyond its compute (torch's schedule bookkeeping, posting and waiting for its "
+        "sends and receives), from a 2-stage pipeline of a model too small to compute.",
+    )
+    contention: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per device kind that shares a node's cores (CPU ranks): how much slower a rank "
+        "computes when every core of its node computes at once, minus 1 (0.3: 30% slower).",
+    )
 
     def digest(self) -> str:
         """sha256 of the canonical JSON: what a plan cites as its figures' source."""
@@ -70,19 +98,20 @@ class Profile(StrictModel):
         Between measured sizes the time is interpolated linearly; outside them it is scaled
         in proportion to the nearest measured size.
         """
-        points = sorted(
-            (b.micro_batch_size, b.forward_s, b.backward_s)
-            for b in self.blocks
-            if b.block == block and b.device_kind == device_kind
-        )
-        if not points:
-            return None
-        for (x0, f0, b0), (x1, f1, b1) in itertools.pairwise(points):
-            if x0 <= micro_batch_size <= x1:
-                w = (micro_batch_size - x0) / (x1 - x0)
-                return f0 + w * (f1 - f0), b0 + w * (b1 - b0)
-        x, f, b = points[0] if micro_batch_size < points[0][0] else points[-1]
-        return f * micro_batch_size / x, b * micro_batch_size / x
+        return _interpolate(
+            [(b.micro_batch_size, b.forward_s, b.backward_s) for b in self.blocks
+             if b.block == block and b.device_kind == device_kind],
+            micro_batch_size,
+        )  # fmt: skip
+
+    def whole_time(self, device_kind: str, micro_batch_size: float) -> tuple[float, float] | None:
+        """(forward, backward) of the uncut model, as `block_time`; None if not measured."""
+        points = [
+            (w.micro_batch_size, w.forward_s, w.backward_s)
+            for w in self.whole
+            if w.device_kind == device_kind
+        ]
+        return _interpolate(points, micro_batch_size)
 
     def link(self, link_kind: str, op: str) -> tuple[float, float] | None:
         """(latency, bandwidth) for a link kind and op, or None if not measured."""
@@ -104,6 +133,19 @@ class Profile(StrictModel):
             if t.device_kind == device_kind and t.optimizer == optimizer:
                 return t.seconds_per_param
         return None
+
+
+def _interpolate(points: list[tuple[int, float, float]], x: float) -> tuple[float, float] | None:
+    """Linear between measured sizes; in proportion to the nearest one outside them."""
+    points = sorted(points)
+    if not points:
+        return None
+    for (x0, f0, b0), (x1, f1, b1) in itertools.pairwise(points):
+        if x0 <= x <= x1:
+            w = (x - x0) / (x1 - x0)
+            return f0 + w * (f1 - f0), b0 + w * (b1 - b0)
+    size, f, b = points[0] if x < points[0][0] else points[-1]
+    return f * x / size, b * x / size
 
 
 def profile_from_json(text: str, origin: str = "profile") -> Profile:

@@ -49,12 +49,15 @@ def simulate(
     programs: dict[int, list[int]],
     node_of: dict[int, int],
     cores: dict[int, float],
+    contention: dict[int, float] | None = None,
 ) -> tuple[dict[int, tuple[float, float]], float]:
     """Run the tasks; return ``{task id: (start, end)}`` and the step's end time.
 
     ``tasks[i].id`` must be ``i``. ``programs[rank]`` lists the rank's compute task ids in
     order; ``cores[node]`` is how many compute tasks the node runs at full speed at once
-    (``math.inf`` for GPUs).
+    (``math.inf`` for GPUs). ``contention[node]`` (measured, `planner.profile`) slows
+    every compute task on a shared node by ``1 + c`` while all its cores are busy, and in
+    proportion while some are.
     """
     n = len(tasks)
     if any(t.id != i for i, t in enumerate(tasks)):
@@ -83,10 +86,16 @@ def simulate(
     now = 0.0
     done = 0
 
+    contention = contention or {}
+
     def reshare(node: int) -> None:
-        """Processor sharing: the node's running tasks split its cores evenly from now on."""
+        """Processor sharing: the node's running tasks split its cores evenly from now on,
+        each slower by the node's contention for every other busy core."""
         running = shared[node]
         rate = min(1.0, cores[node] / len(running)) if running else 1.0
+        busy = min(len(running), cores[node])
+        if busy > 1 and contention.get(node):
+            rate /= 1 + contention[node] * (busy - 1) / max(cores[node] - 1, 1)
         for tid, state in running.items():
             state[0] -= state[1] * (now - state[2])
             state[1], state[2] = rate, now

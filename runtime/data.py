@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sysconfig
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class ByteCorpus:
         return window[:, :-1], window[:, 1:]  # tokens, next tokens: (B, T) each
 
 
+@functools.lru_cache(maxsize=1)
 def load_digits() -> ArrayDataset:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -94,6 +96,15 @@ def load_byte_corpus(
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     source = Path(root) if root is not None else Path(sysconfig.get_paths()["stdlib"])
+    data = _corpus_bytes(source, max_bytes)
+    if data.numel() <= seq_len:
+        raise ValueError(f"corpus {str(source)!r} has {data.numel()} bytes, fewer than seq_len + 1")
+    return ByteCorpus(data, seq_len, f"bytes:{root}" if root is not None else "bytes:stdlib")
+
+
+@functools.lru_cache(maxsize=2)
+def _corpus_bytes(source: Path, max_bytes: int) -> torch.Tensor:
+    """The first ``max_bytes`` of the text files under ``source``, read once per process."""
     chunks: list[bytes] = []
     size = 0
     for path in text_files(source):
@@ -102,10 +113,13 @@ def load_byte_corpus(
         size += len(chunks[-1])
         if size >= max_bytes:
             break
-    data = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
-    if data.numel() <= seq_len:
-        raise ValueError(f"corpus {str(source)!r} has {data.numel()} bytes, fewer than seq_len + 1")
-    return ByteCorpus(data, seq_len, f"bytes:{root}" if root is not None else "bytes:stdlib")
+    return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+
+
+def preload(dataset_id: str) -> None:
+    """Read a data set (and import what reads it) now: a rank's memory before the model is
+    built then holds it, and the memory measured after that is the plan's alone."""
+    load_dataset(dataset_id, seq_len=1)
 
 
 def load_dataset(dataset_id: str, *, seq_len: int | None = None) -> ArrayDataset | ByteCorpus:

@@ -30,7 +30,10 @@ class DataParallel:
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
         device_ids = [where.device.index] if where.device.type == "cuda" else None
-        self.model = DistributedDataParallel(self.module, device_ids=device_ids, process_group=where.dp_group)
+        # Gradients live in DDP's buckets: without this, DDP keeps a second copy of them.
+        self.model = DistributedDataParallel(
+            self.module, device_ids=device_ids, process_group=where.dp_group, gradient_as_bucket_view=True
+        )
         self.optimizer = make_optimizer(plan, list(self.module.parameters()))
         for p in self.module.parameters():
             p.register_post_accumulate_grad_hook(self.clock.grad_ready)

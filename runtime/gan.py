@@ -98,8 +98,10 @@ class DataParallelGAN:
                 p.register_post_accumulate_grad_hook(self.clock.grad_ready)
         ids = [where.device.index] if where.device.type == "cuda" else None
         group = where.dp_group
-        self.G = DistributedDataParallel(gan.generator, device_ids=ids, process_group=group)
-        self.D = DistributedDataParallel(gan.discriminator, device_ids=ids, process_group=group)
+        # Gradients live in DDP's buckets: without this, DDP keeps a second copy of them.
+        ddp = dict(device_ids=ids, process_group=group, gradient_as_bucket_view=True)
+        self.G = DistributedDataParallel(gan.generator, **ddp)
+        self.D = DistributedDataParallel(gan.discriminator, **ddp)
         self.opt_g = _TimedOptimizer(make_optimizer(plan, list(gan.generator.parameters())))
         self.opt_d = _TimedOptimizer(make_optimizer(plan, list(gan.discriminator.parameters())))
 

@@ -4,7 +4,13 @@ Block timings: the model is cut at every block with `pipeline()` (the same cut t
 makes at stage boundaries), and each block runs alone on one thread, as one CPU rank does:
 forward, then backward from a gradient of its output's shape, each the median of
 ``repeats`` runs after a warm-up, per micro-batch size. Bytes kept for backward are
-counted with `saved_tensors_hooks`. The optimizer step is timed on the whole model.
+counted with `saved_tensors_hooks`. The uncut model is timed too, eagerly, as a data-parallel
+replica runs it, and the optimizer step on its gradients.
+
+Contention: CPU ranks on one machine share its memory bandwidth and caches, so a block
+runs slower while the other ranks compute too. One training step of the whole model is
+timed in one process alone, then in as many processes at once as the cluster has ranks here
+(up to the core count); the ratio, minus 1, is the profile's ``contention``.
 
 Links: two gloo processes on this machine send and all-reduce messages from 1 KiB to
 16 MiB; ``time = latency + bytes / bandwidth`` is fitted by least squares (Hockney).
@@ -24,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from planner.errors import PlanError
-from planner.profile import BlockTiming, LinkTiming, OptimizerTiming, Profile
+from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
 
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
 
@@ -40,8 +46,8 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *, repeats: int = 5,
-                  dtype: str = "float32") -> tuple[str, list[BlockTiming], float, int]:  # fmt: skip
-    """Per block and micro-batch size: (graph digest, timings, optimizer s/param, parameters)."""
+                  dtype: str = "float32") -> tuple[str, list[BlockTiming]]:  # fmt: skip
+    """Per block and micro-batch size: (graph digest, timings)."""
     from torch.distributed.pipelining import SplitPoint, pipeline
 
     from planner.build import model_blocks
@@ -96,12 +102,7 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
             )  # fmt: skip
             timings.append(timing)
             inputs = tuple(o.detach() for o in outs)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
-    n = sum(p.numel() for p in params)
-    return graph_digest(graph), timings, _median_time(optimizer.step, repeats) / max(n, 1), n
+    return graph_digest(graph), timings
 
 
 def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -161,6 +162,150 @@ def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], in
     return links, int(measured["overhead"])
 
 
+def _training_step(source: str, overrides: dict, size: int, dtype: str = "float32"):
+    """(forward, forward and backward) of the whole, uncut model on ``size`` samples."""
+    from planner.source import build_model, parse_source
+
+    built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
+    model = built.module.train()
+    if source.startswith("hf:"):
+        from runtime.model import return_logits
+
+        model = return_logits(model)
+    example = tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+
+    def forward():
+        return model(*example)
+
+    def step() -> None:
+        out = forward()
+        outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return model, forward, step
+
+
+def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats: int = 5) -> float:
+    """AdamW's step time per parameter (foreach=False, as the runtime makes it).
+
+    On gradients of a batch-mean objective, the size a loss gives: the step's speed depends
+    on the values (on zero gradients, or on unit-scale random ones, it ran 3 to 4 times
+    slower here than on gradients a thousandth of that size).
+    """
+    model, forward, _ = _training_step(source, overrides, size)
+    out = forward()
+    sum(o.float().mean() for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad).backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    return _median_time(optimizer.step, repeats) / max(sum(p.numel() for p in params), 1)
+
+
+def whole_timings(
+    source: str, overrides: dict, micro_batch_sizes: list[int], repeats: int = 5
+) -> list[ModelTiming]:
+    """The uncut model's forward and backward per size, run eagerly as a DDP replica runs it."""
+    out = []
+    for size in micro_batch_sizes:
+        _, forward, step = _training_step(source, overrides, size)
+        f, both = _median_time(forward, repeats), _median_time(step, repeats)
+        out.append(
+            ModelTiming(device_kind="cpu", micro_batch_size=size, forward_s=f, backward_s=max(both - f, 0.0))
+        )
+    return out
+
+
+ACTION_M = 8  # micro-batches of the pipeline that measures a schedule action's own cost
+
+
+def _pipeline_worker(rank: int, init: str, out: str, repeats: int) -> None:
+    import json
+
+    from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
+    stage = pipe.build_stage(rank, torch.device("cpu"))
+    schedule = ScheduleGPipe(
+        stage, n_microbatches=ACTION_M, loss_fn=lambda y, target: (y - target).pow(2).sum()
+    )
+    x, target = torch.randn(ACTION_M, 8), torch.randn(ACTION_M, 8)
+
+    def step() -> None:
+        if rank == 0:
+            schedule.step(x)
+        else:
+            schedule.step(target=target, losses=[])
+
+    mine = torch.tensor([_median_time(step, repeats)], dtype=torch.float64)
+    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"step_s": float(mine)}))
+    dist.destroy_process_group()
+
+
+def pipeline_action_time(repeats: int = 5) -> float:
+    """What one forward or backward action of torch's pipeline schedule costs beyond its
+    compute, on gloo between two processes here: a GPipe step of a model too small to
+    compute, over the 2(m + p - 1) actions on its critical path."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "pipeline.json")
+        mp.start_processes(
+            _pipeline_worker,
+            args=(f"file://{tmp}/rdv", out, max(repeats, 10)),
+            nprocs=2,
+            start_method="spawn",
+        )
+        step = json.loads(Path(out).read_text())["step_s"]
+    return step / (2 * (ACTION_M + 2 - 1))
+
+
+def _contention_worker(rank: int, world: int, init: str, out: str, source: str, overrides: dict, size: int,
+                       repeats: int) -> None:  # fmt: skip
+    import json
+
+    torch.set_num_threads(1)
+    timeout = timedelta(seconds=300)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timeout)
+    _, _, step = _training_step(source, overrides, size)
+    alone = _median_time(step, repeats) if rank == 0 else 0.0  # the others wait, blocked
+    dist.barrier()
+    together = _median_time(step, repeats)  # every core busy with the same work
+    mine = torch.tensor([together], dtype=torch.float64)
+    gathered = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"alone": alone, "together": [float(t) for t in gathered]}))
+    dist.destroy_process_group()
+
+
+def contention(source: str, overrides: dict, size: int, processes: int, repeats: int = 5) -> float:
+    """How much slower a rank computes while ``processes`` ranks compute at once, minus 1.
+
+    One forward and backward of the whole model on ``size`` samples, timed in one process
+    while the others wait, then in all of them at once (each on one thread).
+    """
+    import json
+
+    import torch.multiprocessing as mp
+
+    if processes < 2:
+        return 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "contention.json")
+        mp.start_processes(
+            _contention_worker, args=(processes, f"file://{tmp}/rdv", out, source, overrides, size, repeats),
+            nprocs=processes, start_method="spawn",
+        )  # fmt: skip
+        measured = json.loads(Path(out).read_text())
+    return max(statistics.median(measured["together"]) / measured["alone"] - 1.0, 0.0)
+
+
 def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[int], *, repeats: int = 5,
                  optimizer: str = "adamw") -> Profile:  # fmt: skip
     torch.set_num_threads(1)  # one CPU rank's view of the machine
@@ -169,15 +314,24 @@ def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[
         raise PlanError(
             f"cluster: profiling measures this machine's CPU ranks; the cluster has {sorted(kinds)}"
         )
-    digest, blocks, per_param, _ = block_timings(source, overrides, micro_batch_sizes, repeats=repeats)
+    digest, blocks = block_timings(source, overrides, micro_batch_sizes, repeats=repeats)
+    per_param = optimizer_seconds_per_param(source, overrides, min(micro_batch_sizes), repeats)
     profile = Profile(
         graph_digest=digest, host=socket.gethostname(), torch_version=torch.__version__, blocks=blocks,
         optimizers=[OptimizerTiming(device_kind="cpu", optimizer=optimizer, seconds_per_param=per_param)],
     )  # fmt: skip
+    # Ranks that compute at once on this machine: the cluster's, up to the cores there are.
+    busy = min(len(cluster.devices), os.cpu_count() or 1)
+    sizes = sorted(micro_batch_sizes)
+    slowdown = contention(source, overrides, sizes[len(sizes) // 2], busy, repeats)
+    whole = whole_timings(source, overrides, sizes, repeats)
+    profile = profile.model_copy(update={"contention": {"cpu": slowdown}, "whole": whole})
     if len(cluster.devices) >= 2:
         a, b = cluster.devices[0].id, cluster.devices[1].id
         kind = next((link.kind for link in cluster.links if {link.a, link.b} == {a, b}), None)
         if kind is not None:
             links, overhead = link_timings(kind, repeats)
-            profile = profile.model_copy(update={"links": links, "overhead_bytes": {"cpu": overhead}})
+            action = {"cpu": pipeline_action_time(repeats)}
+            update = {"links": links, "overhead_bytes": {"cpu": overhead}, "pipeline_action_s": action}
+            profile = profile.model_copy(update=update)
     return profile

@@ -31,6 +31,7 @@ from planner.errors import PlanError
 from planner.plan import Plan, load_plan
 from runtime import checkpoint, compare, store
 from runtime.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
+from runtime.data import preload
 from runtime.mesh import Placement, build_mesh
 from runtime.metrics import MetricsRecorder, peak_memory_bytes
 from runtime.model import build_full_model
@@ -136,8 +137,9 @@ def train(
         workers = _gather_workers(rank, world_size, cpu_group)
         if conn is not None:
             store.record_workers(conn, run_id, workers)
-        # What the process holds before the plan adds anything: the baseline of the
-        # dynamic memory the plan's prediction is compared with.
+        # What the process holds before the plan adds anything (the interpreter, torch,
+        # gloo, the data set): the baseline of the memory compared with the prediction.
+        preload(plan.training.dataset)
         base_memory = peak_memory_bytes(device)
         where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
         full = build_full_model(plan, device)

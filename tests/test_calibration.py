@@ -65,6 +65,20 @@ def test_a_device_measured_twice_as_slow_gets_about_half_the_work():
     assert stage_blocks(datasheet, blocks)[slow] > stage_blocks(datasheet, blocks)[fast]
 
 
+def test_measured_contention_makes_ranks_that_compute_together_slower():
+    graph = graph_of("gpt")
+    plan = zoo_plan("gpt", ranks=2, strategy="dp", dp_degree=2, global_batch=8)
+    quiet = measured_profile(graph, {"cpu": 1.0})
+    busy = quiet.model_copy(update={"contention": {"cpu": 0.5}})
+    alone, shared = price(graph, plan.cluster, plan, quiet), price(graph, plan.cluster, plan, busy)
+    compute = [
+        sum(i.end - i.start for i in p.timeline if i.rank == 0 and i.kind in ("forward", "backward"))
+        for p in (alone, shared)
+    ]
+    assert compute[1] == pytest.approx(1.5 * compute[0])  # both replicas compute at once throughout
+    assert busy.digest() != quiet.digest()  # the plan cites which measurement it used
+
+
 def test_measured_figures_are_medians_after_the_warm_up_and_memory_is_the_last_peak():
     rows = []
     for step, t in enumerate([9.0, 8.0, 1.0, 3.0, 2.0], start=1):

@@ -269,3 +269,21 @@ def test_identical_replicas_are_simulated_once_with_the_same_result():
     assert fast.link_bytes == slow.link_bytes
     key = lambda p: sorted((i.rank, round(i.start, 12), round(i.end, 12), i.kind) for i in p.timeline)
     assert key(fast) == key(slow)
+
+
+def test_measured_contention_slows_only_the_compute_that_overlaps():
+    from planner.simulate import Task, simulate
+
+    # Two ranks on one 2-core node: rank 0 runs 1 s then 1 s; rank 1 runs 1 s once.
+    tasks = [Task(0, "forward", 1.0, 0), Task(1, "backward", 1.0, 0, deps=[0]), Task(2, "forward", 1.0, 1)]
+    programs, node_of = {0: [0, 1], 1: [2]}, {0: 0, 1: 0}
+    times, step = simulate(tasks, programs, node_of, {0: 2.0})
+    assert step == pytest.approx(2.0)  # two cores: no sharing
+    times, step = simulate(tasks, programs, node_of, {0: 2.0}, {0: 0.5})
+    # Both compute at once at 1 / 1.5 speed; rank 0's second task then runs alone at full speed.
+    assert times[0] == pytest.approx((0.0, 1.5)) and times[2] == pytest.approx((0.0, 1.5))
+    assert times[1] == pytest.approx((1.5, 2.5)) and step == pytest.approx(2.5)
+    # Four ranks on two cores: half a core each, and the contention on top.
+    four = [Task(i, "forward", 1.0, i) for i in range(4)]
+    _, step = simulate(four, {i: [i] for i in range(4)}, dict.fromkeys(range(4), 0), {0: 2.0}, {0: 0.5})
+    assert step == pytest.approx(2.0 * 1.5)
