@@ -71,8 +71,9 @@ def collected(run_id: str) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def priced(plan_json: str, runs_dir: str) -> tuple[dict, dict, str | None]:
-    """(datasheet, calibrated, profile sha256) figures of a run's plan, priced once."""
+def priced(plan_json: str, runs_dir: str, profiles: tuple[str, ...]) -> tuple[dict, dict, str | None]:
+    """(datasheet, calibrated, profile sha256) figures of a run's plan, priced once per set
+    of profiles (a profile made while the page is open is used at once)."""
     plan = plan_from_json(plan_json)
     graph = from_json(plan_graph_json(plan.model.model_dump_json(), plan.training.dtype))
     profile = compare.find_profile(plan, Path(runs_dir))
@@ -82,7 +83,8 @@ def priced(plan_json: str, runs_dir: str) -> tuple[dict, dict, str | None]:
 
 def live_comparison(plan, series: dict) -> tuple[list[compare.Comparison], str | None]:
     """Predicted vs the last RECENT steps after the warm-up (memory: the latest peak)."""
-    datasheet, calibrated, sha = priced(plan.to_json(), str(runs_dir))
+    profiles = tuple(sorted(p.name for p in (runs_dir / compare.PROFILES).glob("*.json")))
+    datasheet, calibrated, sha = priced(plan.to_json(), str(runs_dir), profiles)
     steps = sorted(series.get((store.STEP_RANK, "step_time_s"), {}))
     window = {s for s in steps if s > compare.WARMUP}
     window = set(sorted(window)[-RECENT:])

@@ -625,6 +625,8 @@ class _Context:
             overhead = self.cluster.overhead_bytes.get(device.kind, 0)
             if self.profile is not None and device.kind in self.profile.overhead_bytes:
                 overhead = self.profile.overhead_bytes[device.kind]
+            measured = self.profile.runtime_bytes.get(device.kind, {}) if self.profile is not None else {}
+            runtime = measured.get("pp" if self.p > 1 and not gan else "dp", 0)
             out.append(
                 rank_memory(
                     rank=r.rank,
@@ -641,6 +643,7 @@ class _Context:
                     else 0.0,
                     loss_in_flight=flight.get(last, 0),
                     overhead=overhead,
+                    runtime=runtime,
                 )
             )
         return out

@@ -3,6 +3,7 @@
     total = parameters + gradients + optimizer state
           + saved activations x micro-batch size x micro-batches in flight
           + the last stage's outputs kept for the loss (and the loss's log-probabilities)
+          + what the runtime itself adds to train a model of no size (measured, per strategy)
           + a fixed per-process overhead
 
 Micro-batches in flight are read off the schedule's real order (`planner.schedules.in_flight`):
@@ -47,6 +48,9 @@ class MemoryBreakdown:
     """Stage -> micro-batches whose activations are held at once."""
     saved_per_sample: dict[int, float] = field(default_factory=dict)
     """Stage -> bytes kept for backward per sample."""
+    runtime: int = 0
+    """What training itself adds beyond the model's tensors (the pipeline tracer's and the
+    autograd engine's state, communication buffers); measured by the profile, else 0."""
 
     @property
     def total(self) -> int:
@@ -56,6 +60,7 @@ class MemoryBreakdown:
             + self.optimizer
             + self.activations
             + self.loss_outputs
+            + self.runtime
             + self.overhead
         )
 
@@ -74,6 +79,7 @@ class MemoryBreakdown:
             "optimizer": self.optimizer,
             "activations": self.activations,
             "loss_outputs": self.loss_outputs,
+            "runtime": self.runtime,
             "overhead": self.overhead,
         }
 
@@ -92,6 +98,7 @@ def rank_memory(
     loss_output_per_sample: float,
     loss_in_flight: int,
     overhead: int,
+    runtime: int = 0,
 ) -> MemoryBreakdown:
     """Combine one rank's terms. Gradients are the size of the parameters they belong to."""
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
@@ -109,4 +116,5 @@ def rank_memory(
         micro_batch_size=micro_batch_size,
         in_flight=dict(in_flight),
         saved_per_sample=dict(saved_per_sample),
+        runtime=runtime,
     )

@@ -81,6 +81,11 @@ class Profile(StrictModel):
         "costs beyond its compute (torch's schedule bookkeeping, posting and waiting for its "
         "sends and receives), from a 2-stage pipeline of a model too small to compute.",
     )
+    runtime_bytes: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per device kind, then 'pp' (torch's pipeline schedule) or 'dp' (DDP): how much "
+        "a rank's peak memory grows to train a model too small to count, over two ranks.",
+    )
     contention: dict[str, float] = Field(
         default_factory=dict,
         description="Per device kind that shares a node's cores (CPU ranks): how much slower a rank "

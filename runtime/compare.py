@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.errors import PlannerError
 from planner.plan import Plan
 from planner.profile import Profile, load_profile
 from runtime import store
@@ -106,15 +107,20 @@ def measured_figures(metrics: list[store.Metric], warmup: int = WARMUP) -> dict[
 
 
 def find_profile(plan: Plan, runs_dir: Path) -> Profile | None:
-    """The profile the plan cites (``profile:<sha256>``), else the newest one of its graph."""
+    """The profile the plan cites (``profile:<sha256>``), else the newest one of its graph.
+    A file in the profiles folder that does not load as a profile is passed over."""
     folder = Path(runs_dir) / PROFILES
-    cited = {s.split(":", 1)[1] for s in (plan.predicted.sources.values() if plan.predicted else ())
-             if s.startswith("profile:")}  # fmt: skip
-    for sha in cited:
-        if (folder / f"{sha}.json").exists():
-            return load_profile(folder / f"{sha}.json")
-    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        profile = load_profile(path)
+    sources = plan.predicted.sources.values() if plan.predicted else ()
+    cited = [
+        part.removeprefix("profile:") for s in sources for part in s.split("+") if part.startswith("profile:")
+    ]
+    candidates = [folder / f"{sha}.json" for sha in dict.fromkeys(cited)]
+    candidates += sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            profile = load_profile(path)
+        except PlannerError:
+            continue
         if profile.graph_digest == plan.model.graph_digest:
             return profile
     return None

@@ -214,55 +214,81 @@ def whole_timings(
     return out
 
 
-ACTION_M = 8  # micro-batches of the pipeline that measures a schedule action's own cost
+ACTION_M = 8  # micro-batches of the tiny pipeline that measures what the runtime itself costs
 
 
-def _pipeline_worker(rank: int, init: str, out: str, repeats: int) -> None:
+def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) -> None:
+    """Train a model too small to compute or to hold, as the runtime trains: ``pp`` with
+    torch's GPipe schedule over two stages, ``dp`` with DDP. Records the step time and how
+    much the peak memory grew from the moment the process group was up."""
     import json
+    import resource
 
     from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+    from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
-    pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
-    stage = pipe.build_stage(rank, torch.device("cpu"))
-    schedule = ScheduleGPipe(
-        stage, n_microbatches=ACTION_M, loss_fn=lambda y, target: (y - target).pow(2).sum()
-    )
     x, target = torch.randn(ACTION_M, 8), torch.randn(ACTION_M, 8)
 
-    def step() -> None:
-        if rank == 0:
-            schedule.step(x)
-        else:
-            schedule.step(target=target, losses=[])
+    def loss_fn(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (y - target).pow(2).sum()
 
-    mine = torch.tensor([_median_time(step, repeats)], dtype=torch.float64)
+    if mode == "pp":
+        pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
+        stage = pipe.build_stage(rank, torch.device("cpu"))
+        schedule = ScheduleGPipe(stage, n_microbatches=ACTION_M, loss_fn=loss_fn)
+        optimizer = torch.optim.AdamW(stage.submod.parameters(), foreach=False)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            if rank == 0:
+                schedule.step(x)
+            else:
+                schedule.step(target=target, losses=[])
+            optimizer.step()
+    else:
+        ddp = DistributedDataParallel(model, gradient_as_bucket_view=True)
+        optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(ddp(x), target).backward()
+            optimizer.step()
+
+    step_s = _median_time(step, repeats)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    mine = torch.tensor([step_s, grown], dtype=torch.float64)
     dist.all_reduce(mine, op=dist.ReduceOp.MAX)
     if rank == 0:
-        Path(out).write_text(json.dumps({"step_s": float(mine)}))
+        Path(out).write_text(json.dumps({"step_s": float(mine[0]), "grown_bytes": int(mine[1])}))
     dist.destroy_process_group()
 
 
-def pipeline_action_time(repeats: int = 5) -> float:
-    """What one forward or backward action of torch's pipeline schedule costs beyond its
-    compute, on gloo between two processes here: a GPipe step of a model too small to
-    compute, over the 2(m + p - 1) actions on its critical path."""
+def runtime_costs(repeats: int = 5) -> tuple[float, dict[str, int]]:
+    """What the runtime itself costs on gloo between two processes here, from a model too
+    small to count: (seconds one forward or backward action of torch's pipeline schedule
+    takes beyond its compute, i.e. a GPipe step over the 2(m + p - 1) actions on its critical
+    path; and how much a rank's peak memory grows to train, per ``pp`` and ``dp``)."""
     import json
 
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "pipeline.json")
-        mp.start_processes(
-            _pipeline_worker,
-            args=(f"file://{tmp}/rdv", out, max(repeats, 10)),
-            nprocs=2,
-            start_method="spawn",
-        )
-        step = json.loads(Path(out).read_text())["step_s"]
-    return step / (2 * (ACTION_M + 2 - 1))
+    measured = {}
+    for mode in ("pp", "dp"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "tiny.json")
+            mp.start_processes(
+                _tiny_run_worker,
+                args=(f"file://{tmp}/rdv", out, max(repeats, 10), mode),
+                nprocs=2,
+                start_method="spawn",
+            )
+            measured[mode] = json.loads(Path(out).read_text())
+    action = measured["pp"]["step_s"] / (2 * (ACTION_M + 2 - 1))
+    return action, {mode: m["grown_bytes"] for mode, m in measured.items()}
 
 
 def _contention_worker(rank: int, world: int, init: str, out: str, source: str, overrides: dict, size: int,
@@ -331,7 +357,12 @@ def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[
         kind = next((link.kind for link in cluster.links if {link.a, link.b} == {a, b}), None)
         if kind is not None:
             links, overhead = link_timings(kind, repeats)
-            action = {"cpu": pipeline_action_time(repeats)}
-            update = {"links": links, "overhead_bytes": {"cpu": overhead}, "pipeline_action_s": action}
+            action, grown = runtime_costs(repeats)
+            update = {
+                "links": links,
+                "overhead_bytes": {"cpu": overhead},
+                "pipeline_action_s": {"cpu": action},
+                "runtime_bytes": {"cpu": grown},
+            }
             profile = profile.model_copy(update=update)
     return profile

@@ -79,6 +79,27 @@ def test_measured_contention_makes_ranks_that_compute_together_slower():
     assert busy.digest() != quiet.digest()  # the plan cites which measurement it used
 
 
+def test_a_run_finds_the_profile_its_plan_cites_else_the_newest_of_its_graph(tmp_path):
+    import os
+
+    graph = graph_of("gpt")
+    plan = zoo_plan("gpt", ranks=2, strategy="dp", dp_degree=2, global_batch=8)
+    ours, newer = measured_profile(graph, {"cpu": 1.0}), measured_profile(graph, {"cpu": 2.0})
+    for age, profile in ((200, ours), (100, newer)):
+        path = compare.save_profile(profile, tmp_path)
+        os.utime(path, (path.stat().st_mtime - age,) * 2)
+    (tmp_path / "profiles" / "broken.json").write_text("{")  # the newest file: passed over
+    cited = plan.model_copy(update={"predicted": price(graph, plan.cluster, plan, ours).to_predicted()})
+    # Measured blocks, datasheet links (the profile has none): the citation joins the two.
+    assert cited.predicted.sources["step_time_s"] == f"profile:{ours.digest()}+datasheet"
+    assert compare.find_profile(cited, tmp_path) == ours
+    assert compare.find_profile(plan, tmp_path) == newer
+    assert (
+        compare.find_profile(zoo_plan("mlp", ranks=2, strategy="dp", dp_degree=2, global_batch=8), tmp_path)
+        is None
+    )
+
+
 def test_measured_figures_are_medians_after_the_warm_up_and_memory_is_the_last_peak():
     rows = []
     for step, t in enumerate([9.0, 8.0, 1.0, 3.0, 2.0], start=1):

@@ -87,3 +87,25 @@ def test_monitor_page_draws_a_finished_run_and_reads_only_new_rows(tmp_path, mon
     assert cursor == store.read_metrics(store.connect(runs), run_id)[1]  # everything read once
     at.run()
     assert at.session_state[f"monitor_data_{run_id}"]["cursor"] == cursor  # nothing new, nothing re-read
+
+    # The comparison stored at the end of the run, next to its predictions.
+    from runtime import compare
+
+    def step_row(at):
+        table = next(d.value for d in at.dataframe if "figure" in d.value.columns)
+        return table[table["figure"] == "step_time_s"].iloc[0]
+
+    stored = {c.name: c for c in compare.stored(store.connect(runs), run_id)[0] if c.rank == -1}
+    assert step_row(at)["measured"] == f"{stored['step_time_s'].measured * 1e3:,.2f} ms"
+    assert step_row(at)["datasheet"] == f"{stored['step_time_s'].datasheet * 1e3:,.2f} ms"
+    assert any("stored at the end of the run" in c.value for c in at.caption)
+    # Without it (a run still going), the page compares the recent steps itself: the same
+    # steps after the warm-up here, so the same figures.
+    with store.write(store.connect(runs)) as conn:
+        conn.execute("DELETE FROM comparisons")
+    live = AppTest.from_file(APP, default_timeout=300)
+    live.switch_page("pages/monitor.py")
+    live.run()
+    assert not live.exception
+    assert any("live: the last" in c.value for c in live.caption)
+    assert step_row(live)["measured"] == step_row(at)["measured"]

@@ -37,6 +37,9 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     assert set(profile.contention) == {"cpu"} and profile.contention["cpu"] >= 0  # 2 ranks, 2 cores
     assert {(w.micro_batch_size, w.forward_s > 0) for w in profile.whole} == {(1, True), (2, True)}
     assert 0 < profile.pipeline_action_s["cpu"] < 0.1
+    assert (
+        set(profile.runtime_bytes["cpu"]) == {"pp", "dp"} and min(profile.runtime_bytes["cpu"].values()) >= 0
+    )
     assert profile_from_json(profile.model_dump_json()) == profile
     assert profile.digest() in done.stdout
 
