@@ -25,10 +25,12 @@ the metrics of a step a checkpoint covers (they are flushed before it is saved).
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -55,9 +57,33 @@ MAX_INTERVAL = 1000
 
 
 def peak_memory_bytes(device: torch.device) -> float:
+    """The allocator's peak on CUDA; on CPU the process's peak RSS (VmHWM, which
+    `reset_peak_memory` can lower to the current RSS; getrusage's maxrss never goes down)."""
     if device.type == "cuda":
         return float(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(int(line.split()[1]) * 1024)  # kB
+    except OSError:
+        pass
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Measure the peak from now on, and return where it starts (the baseline).
+
+    Importing libraries passes through peaks higher than what the process keeps; without
+    the reset, memory the plan adds would hide under them. On Linux, writing 5 to
+    /proc/self/clear_refs sets the peak RSS to the current RSS; where that is refused, the
+    baseline is the peak so far (and the dynamic memory an under-estimate).
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return float(torch.cuda.memory_allocated(device))
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return peak_memory_bytes(device)
 
 
 class MetricsRecorder:

@@ -222,14 +222,15 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
     torch's GPipe schedule over two stages, ``dp`` with DDP. Records the step time and how
     much the peak memory grew from the moment the process group was up."""
     import json
-    import resource
 
     from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
     from torch.nn.parallel import DistributedDataParallel
 
+    from runtime.metrics import peak_memory_bytes, reset_peak_memory
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = reset_peak_memory(torch.device("cpu"))  # as the runtime's worker measures it
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
     x, target = torch.randn(ACTION_M, 8), torch.randn(ACTION_M, 8)
 
@@ -259,7 +260,7 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
             optimizer.step()
 
     step_s = _median_time(step, repeats)
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    grown = peak_memory_bytes(torch.device("cpu")) - base
     mine = torch.tensor([step_s, grown], dtype=torch.float64)
     dist.all_reduce(mine, op=dist.ReduceOp.MAX)
     if rank == 0:

@@ -33,7 +33,7 @@ from runtime import checkpoint, compare, store
 from runtime.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.data import preload
 from runtime.mesh import Placement, build_mesh
-from runtime.metrics import MetricsRecorder, peak_memory_bytes
+from runtime.metrics import MetricsRecorder, reset_peak_memory
 from runtime.model import build_full_model
 from runtime.parallelize import parallelize
 from runtime.task import plan_task
@@ -140,7 +140,7 @@ def train(
         # What the process holds before the plan adds anything (the interpreter, torch,
         # gloo, the data set): the baseline of the memory compared with the prediction.
         preload(plan.training.dataset)
-        base_memory = peak_memory_bytes(device)
+        base_memory = reset_peak_memory(device)
         where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
         full = build_full_model(plan, device)
         task = plan_task(plan, full.config)
