@@ -85,14 +85,13 @@ def live_comparison(plan, series: dict) -> tuple[list[compare.Comparison], str |
     """Predicted vs the last RECENT steps after the warm-up (memory: the latest peak)."""
     profiles = tuple(sorted(p.name for p in (runs_dir / compare.PROFILES).glob("*.json")))
     datasheet, calibrated, sha = priced(plan.to_json(), str(runs_dir), profiles)
-    steps = sorted(series.get((store.STEP_RANK, "step_time_s"), {}))
-    window = {s for s in steps if s > compare.WARMUP}
-    window = set(sorted(window)[-RECENT:])
-    metrics = [
-        store.Metric(step, rank, name, value, t)
+    steps = series.get((store.STEP_RANK, "step_time_s"), {})
+    window = sorted(s for s in steps if s > compare.WARMUP)[-RECENT:]
+    metrics = [  # only the window's rows: this runs every refresh, however long the run
+        store.Metric(step, rank, name, *by_step[step])
         for (rank, name), by_step in series.items()
-        for step, (value, t) in by_step.items()
-        if step in window
+        for step in window
+        if step in by_step
     ]
     return compare.combine(plan, datasheet, calibrated, compare.measured_figures(metrics, warmup=0)), sha
 

@@ -10,8 +10,9 @@ Figures, with the measured definitions of `runtime.metrics` (rank -1 is the whol
   is taken the way the runtime measures it: 1 - forward and backward time / (ranks x step);
 - per rank ``compute_s`` (forward, loss, backward), ``optimizer_s``, ``wait_s`` (the rest of
   the step: communication that compute did not hide, and idle time; on gloo a rank cannot
-  tell the two apart) and ``dynamic_memory_bytes`` (peak minus the footprint before the
-  model was built; the prediction leaves out the fixed overhead).
+  tell the two apart) and ``dynamic_memory_bytes`` (the peak since the process group was up
+  and the data set loaded, minus the footprint then; the prediction leaves out the fixed
+  per-process overhead).
 
 Stored after every run in the ``comparisons`` table (runtime.store), so a finished run keeps
 the prediction it was judged against even if the cost model changes later.

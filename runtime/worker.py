@@ -145,8 +145,8 @@ def train(
         full = build_full_model(plan, device)
         task = plan_task(plan, full.config)
         engine = parallelize(plan, full, task, where)
-        # The engine keeps what this rank trains; the rest of the full model goes now, or
-        # every pipeline rank would hold every stage's parameters for the whole run.
+        # Only the engine keeps the model from here on: a pipeline rank needs its stages,
+        # not a reference to the whole model for the length of the run.
         del full
         done = 0  # optimizer steps already taken
         if resume_from is not None:
