@@ -35,6 +35,19 @@ from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTimin
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
 
 
+def _model_and_batch(source: str, overrides: dict, size: int, dtype: str = "float32"):
+    """A fresh model in train mode (a language model returning its logits, as the runtime
+    runs it) and an example batch of ``size`` samples."""
+    from planner.source import build_model, parse_source
+    from runtime.model import return_logits
+
+    built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
+    model = built.module.train()
+    if source.startswith("hf:"):
+        model = return_logits(model)
+    return model, tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+
+
 def _median_time(fn, repeats: int) -> float:
     fn()  # warm-up: first calls allocate and pick kernels
     times = []
@@ -53,7 +66,6 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
     from planner.build import model_blocks
     from planner.coarsen import coarsen
     from planner.graph import graph_digest
-    from planner.source import build_model, parse_source
     from planner.trace import trace
 
     graph = coarsen(trace(source, overrides, dtype=dtype))
@@ -62,13 +74,7 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
     for size in micro_batch_sizes:
         # A fresh model per size: pipeline() patches the modules' forward, and a second cut
         # of the same instance would nest those patches.
-        built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
-        model = built.module.train()
-        if source.startswith("hf:"):
-            from runtime.model import return_logits
-
-            model = return_logits(model)
-        example = tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+        model, example = _model_and_batch(source, overrides, size, dtype)
         try:
             pipe = pipeline(model, mb_args=example, split_spec={b: SplitPoint.BEGINNING for b in blocks[1:]})
         except Exception as exc:
@@ -151,18 +157,24 @@ def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
     _leave()
 
 
-def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], int]:
-    """p2p and 2-rank all-reduce between two processes here, fitted; and a rank's base RSS."""
+def _spawned(worker, nprocs: int, *args) -> dict:
+    """Run ``worker(rank, init, out, *args)`` in ``nprocs`` fresh processes that meet over
+    a file rendezvous; return the JSON that rank 0 wrote to ``out``."""
     import json
 
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "links.json")
+        out = os.path.join(tmp, "measured.json")
         mp.start_processes(
-            _link_worker, args=(f"file://{tmp}/rdv", out, repeats), nprocs=2, start_method="spawn"
+            worker, args=(f"file://{tmp}/rdv", out, *args), nprocs=nprocs, start_method="spawn"
         )
-        measured = json.loads(Path(out).read_text())
+        return json.loads(Path(out).read_text())
+
+
+def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], int]:
+    """p2p and 2-rank all-reduce between two processes here, fitted; and a rank's base RSS."""
+    measured = _spawned(_link_worker, 2, repeats)
     links = []
     for op in ("p2p", "all_reduce"):
         latency, bandwidth = _fit(measured[op])
@@ -172,15 +184,7 @@ def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], in
 
 def _training_step(source: str, overrides: dict, size: int, dtype: str = "float32"):
     """(forward, forward and backward) of the whole, uncut model on ``size`` samples."""
-    from planner.source import build_model, parse_source
-
-    built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
-    model = built.module.train()
-    if source.startswith("hf:"):
-        from runtime.model import return_logits
-
-        model = return_logits(model)
-    example = tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+    model, example = _model_and_batch(source, overrides, size, dtype)
 
     def forward():
         return model(*example)
@@ -281,26 +285,12 @@ def runtime_costs(repeats: int = 5) -> tuple[float, dict[str, int]]:
     small to count: (seconds one forward or backward action of torch's pipeline schedule
     takes beyond its compute, i.e. a GPipe step over the 2(m + p - 1) actions on its critical
     path; and how much a rank's peak memory grows to train, per ``pp`` and ``dp``)."""
-    import json
-
-    import torch.multiprocessing as mp
-
-    measured = {}
-    for mode in ("pp", "dp"):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "tiny.json")
-            mp.start_processes(
-                _tiny_run_worker,
-                args=(f"file://{tmp}/rdv", out, max(repeats, 10), mode),
-                nprocs=2,
-                start_method="spawn",
-            )
-            measured[mode] = json.loads(Path(out).read_text())
+    measured = {mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode) for mode in ("pp", "dp")}
     action = measured["pp"]["step_s"] / (2 * (ACTION_M + 2 - 1))
     return action, {mode: m["grown_bytes"] for mode, m in measured.items()}
 
 
-def _contention_worker(rank: int, world: int, init: str, out: str, source: str, overrides: dict, size: int,
+def _contention_worker(rank: int, init: str, out: str, world: int, source: str, overrides: dict, size: int,
                        repeats: int) -> None:  # fmt: skip
     import json
 
@@ -325,19 +315,9 @@ def contention(source: str, overrides: dict, size: int, processes: int, repeats:
     One forward and backward of the whole model on ``size`` samples, timed in one process
     while the others wait, then in all of them at once (each on one thread).
     """
-    import json
-
-    import torch.multiprocessing as mp
-
     if processes < 2:
         return 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "contention.json")
-        mp.start_processes(
-            _contention_worker, args=(processes, f"file://{tmp}/rdv", out, source, overrides, size, repeats),
-            nprocs=processes, start_method="spawn",
-        )  # fmt: skip
-        measured = json.loads(Path(out).read_text())
+    measured = _spawned(_contention_worker, processes, processes, source, overrides, size, repeats)
     return max(statistics.median(measured["together"]) / measured["alone"] - 1.0, 0.0)
 
 
