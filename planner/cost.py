@@ -25,7 +25,7 @@ from planner.cluster import Cluster
 from planner.devices import device_kind
 from planner.errors import PlanError
 from planner.graph import graph_digest
-from planner.memory import MemoryBreakdown, optimizer_state_bytes, rank_memory
+from planner.memory import MemoryBreakdown, optimizer_state_bytes, optimizer_temporaries, rank_memory
 from planner.plan import Plan, Predicted
 from planner.profile import Profile
 from planner.schedules import Action, in_flight, rank_actions
@@ -90,6 +90,7 @@ class _StageCost:
     param_count: int
     saved_per_sample: float  # own saved bytes + tensors also kept by earlier stages
     out_per_sample: float  # the last block's output (what the loss keeps on the last stage)
+    largest_param_bytes: int = 0  # the largest single parameter (the size of its temporaries)
 
 
 def price(
@@ -252,6 +253,8 @@ class _Context:
         }
         sizes = g.graph.get("param_bytes", {})
         param_bytes = sum(g.nodes[b]["param_bytes"] for b in blocks) + sum(sizes.get(p, 0) for p in copies)
+        held = [p for b in blocks for p in g.nodes[b].get("params", [])] + list(copies)
+        largest = max((sizes.get(p, 0) for p in held), default=0)
         saved = sum(g.nodes[b]["saved_bytes"] for b in blocks)
         saved += sum(
             n for b in blocks for src, n in g.nodes[b].get("resaved_from", {}).items() if src not in members
@@ -262,6 +265,7 @@ class _Context:
             param_count=round(param_bytes / self.elsize),
             saved_per_sample=saved / self.trace_batch * self.scale,
             out_per_sample=g.nodes[blocks[-1]]["output_bytes"] / self.trace_batch * self.scale,
+            largest_param_bytes=round(largest * self.scale),
         )
 
     def _boundary_bytes(self) -> tuple[list[float], list[float]]:
@@ -615,12 +619,17 @@ class _Context:
     def memory(self, actions: dict[int, Sequence[Action]], gan: bool) -> list[MemoryBreakdown]:
         plan, opt = self.plan, self.plan.training.optimizer
         per_param = optimizer_state_bytes(opt.name, opt.momentum, self.dtype)
+        temporaries = optimizer_temporaries(opt.name, opt.weight_decay)
+        model_bytes = round(sum(self.graph.graph.get("param_bytes", {}).values()) * self.scale)
         last = len(self.stages) - 1
         out = []
         for r in plan.ranks:
             device = self.cluster.device(r.device)
             mine = [s for s in range(len(self.stages)) if s % self.p == r.pp_index]
             flight = in_flight(actions.get(r.rank, []))
+            if gan:  # D's loss holds the real and the fake half of its batch at once
+                doubled = {s for s in flight if plan.stages[s].name == "discriminator"}
+                flight = {s: 2 * n if s in doubled else n for s, n in flight.items()}
             samples = plan.training.global_batch if gan else self.share[r.dp_index] / self.m
             overhead = self.cluster.overhead_bytes.get(device.kind, 0)
             if self.profile is not None and device.kind in self.profile.overhead_bytes:
@@ -643,10 +652,23 @@ class _Context:
                     else 0.0,
                     loss_in_flight=flight.get(last, 0),
                     overhead=overhead,
+                    buffers=0.0 if gan else self._receive_buffers(mine, samples),
+                    largest_param_bytes=max(self.stages[s].largest_param_bytes for s in mine),
+                    optimizer_temporaries=temporaries,
+                    model_param_bytes=model_bytes,
                     runtime=runtime,
                 )
             )
         return out
+
+    def _receive_buffers(self, stages: list[int], samples: float) -> float:
+        """Bytes of the receive buffers of ``stages``: m per input activation (not on the
+        first stage) and m per output gradient (not on the last)."""
+        last = len(self.stages) - 1
+        activations = sum(self.fwd_cross[s - 1] for s in stages if s > 0)
+        gradients = sum(self.bwd_cross[s] for s in stages if s < last)
+        per_sample = activations + gradients
+        return self.m * samples * per_sample
 
     def sources(self) -> dict[str, str]:
         digest = self.pricer.profile_digest

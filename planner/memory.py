@@ -3,6 +3,12 @@
     total = parameters + gradients + optimizer state
           + saved activations x micro-batch size x micro-batches in flight
           + the last stage's outputs kept for the loss (and the loss's log-probabilities)
+          + the pipeline schedule's receive buffers
+          + temporaries: at the start of backward, one parameter-sized gradient before it is
+            added to .grad; in the optimizer step (activations freed), its parameter-sized
+            temporaries; whichever rises higher
+          + build: how far the whole model, which every rank builds before it keeps its
+            stages, rises above all of the above (0 unless the rank's share is small)
           + what the runtime itself adds to train a model of no size (measured, per strategy)
           + a fixed per-process overhead
 
@@ -13,6 +19,19 @@ m for GPipe, min(m, p - s) for 1F1B's stage s, torch's warm-up count for interle
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+def optimizer_temporaries(optimizer: str, weight_decay: float) -> int:
+    """Parameter-sized tensors the optimizer step allocates for a moment, for its largest
+    parameter (torch's per-tensor loop, ``foreach=False``): Adam's denominator is
+    ``exp_avg_sq.sqrt() / bias_correction``, two at once; Adam (not AdamW) and SGD add the
+    weight decay to a copy of the gradient. Seen in torch's memory profile of the runs.
+
+    >>> optimizer_temporaries("adamw", 0.01), optimizer_temporaries("sgd", 0.0)
+    (2, 0)
+    """
+    decay = 1 if weight_decay and optimizer in ("adam", "sgd") else 0
+    return (2 if optimizer in ("adam", "adamw") else 0) + decay
 
 
 def optimizer_state_bytes(optimizer: str, momentum: float, dtype: str) -> int:
@@ -48,6 +67,13 @@ class MemoryBreakdown:
     """Stage -> micro-batches whose activations are held at once."""
     saved_per_sample: dict[int, float] = field(default_factory=dict)
     """Stage -> bytes kept for backward per sample."""
+    temporaries: int = 0
+    """Parameter-sized tensors that exist for a moment (see the module docstring)."""
+    build: int = 0
+    """How far building the whole model rises above the training peak (see the module docstring)."""
+    buffers: int = 0
+    """The pipeline schedule's receive buffers: torch's stages allocate, once, one buffer per
+    micro-batch for each activation a stage receives and each gradient it receives back."""
     runtime: int = 0
     """What training itself adds beyond the model's tensors (the pipeline tracer's and the
     autograd engine's state, communication buffers); measured by the profile, else 0."""
@@ -60,6 +86,9 @@ class MemoryBreakdown:
             + self.optimizer
             + self.activations
             + self.loss_outputs
+            + self.buffers
+            + self.temporaries
+            + self.build
             + self.runtime
             + self.overhead
         )
@@ -79,6 +108,9 @@ class MemoryBreakdown:
             "optimizer": self.optimizer,
             "activations": self.activations,
             "loss_outputs": self.loss_outputs,
+            "buffers": self.buffers,
+            "temporaries": self.temporaries,
+            "build": self.build,
             "runtime": self.runtime,
             "overhead": self.overhead,
         }
@@ -98,10 +130,21 @@ def rank_memory(
     loss_output_per_sample: float,
     loss_in_flight: int,
     overhead: int,
+    buffers: float = 0.0,
+    largest_param_bytes: int = 0,
+    optimizer_temporaries: int = 0,
+    model_param_bytes: int = 0,
     runtime: int = 0,
 ) -> MemoryBreakdown:
-    """Combine one rank's terms. Gradients are the size of the parameters they belong to."""
+    """Combine one rank's terms. Gradients are the size of the parameters they belong to.
+
+    ``largest_param_bytes`` is the rank's largest parameter, ``model_param_bytes`` the whole
+    model's parameters (what the rank holds while it builds the model)."""
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
+    loss_outputs = round(loss_output_per_sample * micro_batch_size * loss_in_flight)
+    held = round(activations) + loss_outputs
+    temporaries = max(largest_param_bytes, optimizer_temporaries * largest_param_bytes - held)
+    training = 2 * param_bytes + param_count * optimizer_bytes_per_param + held + round(buffers) + temporaries
     return MemoryBreakdown(
         rank=rank,
         device=device,
@@ -110,11 +153,14 @@ def rank_memory(
         gradients=param_bytes,
         optimizer=param_count * optimizer_bytes_per_param,
         activations=round(activations),
-        loss_outputs=round(loss_output_per_sample * micro_batch_size * loss_in_flight),
+        loss_outputs=loss_outputs,
         overhead=overhead,
         param_count=param_count,
         micro_batch_size=micro_batch_size,
         in_flight=dict(in_flight),
         saved_per_sample=dict(saved_per_sample),
+        buffers=round(buffers),
+        temporaries=temporaries,
+        build=max(0, model_param_bytes - training),
         runtime=runtime,
     )

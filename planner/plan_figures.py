@@ -13,7 +13,18 @@ from planner.figures import WEBGL_FROM, chain_layout
 from planner.plan import Plan
 
 MiB = 2**20
-MEMORY_TERMS = ("parameters", "gradients", "optimizer", "activations", "loss_outputs", "runtime", "overhead")
+MEMORY_TERMS = (
+    "parameters",
+    "gradients",
+    "optimizer",
+    "activations",
+    "loss_outputs",
+    "buffers",
+    "temporaries",
+    "build",
+    "runtime",
+    "overhead",
+)
 KIND_COLOURS = {
     "forward": "#4C78A8",
     "backward": "#F58518",

@@ -104,6 +104,29 @@ def test_1f1b_keeps_fewer_micro_batches_in_flight_on_stage_0():
     assert [m.in_flight for m in one_f.memory] == [{0: 4}, {1: 3}, {2: 2}, {3: 1}]
 
 
+def test_pipeline_stages_hold_a_receive_buffer_per_micro_batch():
+    # torch's stages allocate, once, a buffer for every micro-batch's activation coming in
+    # and every gradient coming back; the first stage receives no activation, the last no
+    # gradient.
+    graph = chain([1, 1, 1], edge_bytes=100, grad_bytes=30)
+    pred = _pp(graph, gpus(3), "1f1b", 4, batch=8)  # micro-batches of 2
+    assert [m.buffers for m in pred.memory] == [4 * 2 * 30, 4 * 2 * (100 + 30), 4 * 2 * 100]
+    dp = price(graph, gpus(2), make_plan(graph, gpus(2), strategy="dp", dp_degree=2, global_batch=8))
+    assert [m.buffers for m in dp.memory] == [0, 0]
+
+
+def test_a_rank_with_a_small_share_is_held_up_by_building_the_whole_model():
+    # Every rank builds the whole model before it keeps its stages: a last stage far
+    # smaller than the first peaks while it builds.
+    graph = chain([1, 1], params=[10**6, 10], saved=[0, 0])
+    pred = _pp(graph, gpus(2), "gpipe", 2, batch=8)
+    first, last = pred.memory
+    assert first.build == 0
+    trained = last.total - last.build - last.overhead - last.runtime
+    assert last.build == 4 * (10**6 + 10) - trained > 0
+    assert last.total - last.overhead - last.runtime == 4 * (10**6 + 10)
+
+
 def test_memory_terms_follow_the_formula():
     graph = chain([1, 1], params=[1000, 3000], saved=[40, 80], out_bytes=[0, 12])
     cluster = gpus(2)
@@ -117,6 +140,11 @@ def test_memory_terms_follow_the_formula():
         "optimizer": 8 * 3000,  # AdamW: two fp32 moments
         "activations": 80 * 4 * 2,  # saved per sample x micro-batch of 4 x 2 in flight (GPipe)
         "loss_outputs": 2 * 12 * 4 * 2,  # the output and cross-entropy's log-probabilities
+        "buffers": 0,  # the chain's edges carry no bytes
+        # AdamW's step holds two temporaries of the largest parameter; the activations are
+        # freed by then, so this is how far the step rises above them.
+        "temporaries": 2 * 4 * 3000 - (80 * 4 * 2 + 2 * 12 * 4 * 2),
+        "build": 0,  # the whole model (16 KB) is less than this rank's training peak
         "runtime": 0,  # measured by a profile only
         "overhead": 0,
     }
