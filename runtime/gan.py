@@ -27,7 +27,7 @@ from planner.errors import PlanError
 from planner.plan import Plan
 from runtime.clock import ComputeClock
 from runtime.mesh import Placement
-from runtime.model import FullModel, make_optimizer
+from runtime.model import FullModel, keep_gradients, make_optimizer
 from runtime.step import StepResult
 from runtime.task import Task
 
@@ -146,12 +146,13 @@ class ModelParallelGAN:
         self.dtype = next(self.module.parameters()).dtype
 
     def train_step(self, z: torch.Tensor, real: torch.Tensor) -> StepResult:
+        keep_gradients(list(self.module.parameters()))  # at the step: see PipelineParallel
         if self.role == "generator":
             return self._generator_step(z)
         return self._discriminator_step(real)
 
     def _generator_step(self, z: torch.Tensor) -> StepResult:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=False)
         fake = self.module(z)
         dist.send(fake.detach().contiguous(), self.peer)
         grad = torch.empty_like(fake)
@@ -167,7 +168,7 @@ class ModelParallelGAN:
         fake = torch.empty(self.sample_shape, dtype=self.dtype, device=self.device)
         dist.recv(fake, self.peer)
         optimizer_s = 0.0
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=False)
         loss_d = discriminator_loss(self.module, real, fake)
         with self.clock.span():
             loss_d.backward()

@@ -27,11 +27,20 @@ from planner.plan import Plan
 from runtime.clock import ComputeClock
 from runtime.grad_sync import average_replicas, sum_tied
 from runtime.mesh import Placement
-from runtime.model import FullModel, make_optimizer, shared_parameter_groups
+from runtime.model import FullModel, keep_gradients, make_optimizer, shared_parameter_groups
 from runtime.step import StepResult
 from runtime.task import Task
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+def load_tracer() -> None:
+    """Trace a two-layer model once: imports what `pipeline()` needs (torch.export, dynamo,
+    sympy, networkx: 70-90 MB of a process here) and fills its caches. A rank does this
+    before its memory baseline, so the tracer counts as the process's footprint, like torch
+    itself, and the memory measured after it is what the plan's model adds."""
+    tiny = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    pipeline(tiny, mb_args=(torch.zeros(1, 2),), split_spec={"1": SplitPoint.BEGINNING})
 
 
 def split_model(plan: Plan, full: FullModel, micro_batch: int):
@@ -82,11 +91,15 @@ class PipelineParallel:
             params = [p for p in stage.submod.parameters() if id(p) not in owned]
             owned.update(id(p) for p in params)
             self.optimizers.append(make_optimizer(plan, params))
+        _release_other_stages(pipe, mine)
         del pipe
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        # Here, not at construction: loading a checkpoint initialises the optimizer state only
+        # while no parameter has a gradient (torch.distributed.checkpoint), and frees them.
+        keep_gradients(self.params)
         for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)
         losses: list[torch.Tensor] = []
         args = (inputs,) if self.holds_first else ()
         kwargs = {"target": targets, "losses": losses} if self.holds_last else {}
@@ -111,6 +124,16 @@ class PipelineParallel:
 
     def state_parts(self):
         return [(stage.submod, [opt]) for stage, opt in zip(self.stages, self.optimizers, strict=True)]
+
+
+def _release_other_stages(pipe, mine: list[int]) -> None:
+    """Drop the modules of the stages other ranks run. torch's stages keep the split graph
+    (``stage.pipe_info.graph``), whose owning module holds every stage's module: without
+    this, each pipeline rank kept the whole model's parameters for the length of the run."""
+    others = {id(pipe.get_stage_module(i)) for i in range(pipe.num_stages) if i not in mine}
+    for name, module in list(pipe.split_gm.named_children()):
+        if id(module) in others:
+            setattr(pipe.split_gm, name, torch.nn.Module())
 
 
 def _distinct(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
