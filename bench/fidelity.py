@@ -149,7 +149,7 @@ def compare_rows(rows: list[store.Metric]) -> list[store.Metric]:
     """One run's rows after its warm-up (dropped per run, before pooling)."""
     steps = sorted({m.step for m in rows if m.rank == store.STEP_RANK and m.name == "step_time_s"})
     first = steps[compare.WARMUP] if len(steps) > compare.WARMUP else float("inf")
-    return [m for m in rows if m.step >= first or m.name == "dynamic_memory_bytes"]
+    return [m for m in rows if m.step >= first or m.name in compare.MEMORY_FIGURES]
 
 
 def pct(x: float | None) -> str:
@@ -197,16 +197,17 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
 
 
 def table(title: str, cases: list[Case], results: dict) -> None:
+    """Per plan: step time, bubble, and the tensor memory of the rank the model gets most wrong."""
     print(f"\n{title}")
     print(f"{'plan':28s} {'step ms: datasheet':>18s} {'calibrated':>10s} {'measured':>9s} "
-          f"{'error':>7s}   {'bubble: pred':>12s} {'meas':>6s}   {'memory MiB: pred':>16s} "
+          f"{'error':>7s}   {'bubble: pred':>12s} {'meas':>6s}   {'tensor MiB: pred':>16s} "
           f"{'meas':>6s} {'error':>7s}")  # fmt: skip
     step_err, bubble_err, mem_err = [], [], []
     for c in cases:
         by = {(x.rank, x.name): x for x in results[c.name]}
         step, bubble = by[(-1, "step_time_s")], by[(-1, "bubble_fraction")]
-        memory = [x for x in results[c.name] if x.name == "dynamic_memory_bytes"]
-        worst = max(memory, key=lambda x: abs(x.error or 0))  # the rank the model gets most wrong
+        memory = [x for x in results[c.name] if x.name == "tensor_memory_bytes" and x.error is not None]
+        worst = max(memory, key=lambda x: abs(x.error))  # the rank the model gets most wrong
         step_err.append(abs(step.error))
         bubble_err.append(abs(bubble.error))
         mem_err += [abs(x.error) for x in memory]
@@ -217,7 +218,7 @@ def table(title: str, cases: list[Case], results: dict) -> None:
     p90 = float(np.percentile(step_err, 90))
     print(f"step time |error|: median {statistics.median(step_err):.1%}, p90 {p90:.1%}"
           f" (targets 10% / 20%); bubble |error|: median {statistics.median(bubble_err) * 100:.1f} points;"
-          f" dynamic memory |error| per rank: median {statistics.median(mem_err):.1%},"
+          f" tensor memory |error| per rank: median {statistics.median(mem_err):.1%},"
           f" max {max(mem_err):.1%} (target 15%)")  # fmt: skip
 
 

@@ -100,7 +100,7 @@ def comparison_table(rows: list[compare.Comparison], sha: str | None, final: boo
     def show(name: str, value: float | None) -> str:
         if value is None:
             return "-"
-        if name == "dynamic_memory_bytes":
+        if name in compare.MEMORY_FIGURES:
             return f"{value / MiB:,.1f} MiB"
         if name in compare.FRACTIONS:
             return f"{value:.1%}"
@@ -215,19 +215,19 @@ def live(run_id: str) -> None:
         height=320,
         margin=dict(l=10, r=10, t=40, b=10),
     )
-    dynamic = {c.rank: c for c in rows if c.name == "dynamic_memory_bytes"}
+    tensors = {c.rank: c for c in rows if c.name == "tensor_memory_bytes"}
     memory = go.Figure()
     for label, pick in (("measured", lambda c: c.measured), ("predicted", lambda c: c.predicted)):
         memory.add_trace(
             go.Bar(
                 name=label,
                 x=[f"rank {r}" for r in ranks],
-                y=[(pick(dynamic[r]) or 0.0) / MiB if r in dynamic else 0.0 for r in ranks],
+                y=[(pick(tensors[r]) or 0.0) / MiB if r in tensors else 0.0 for r in ranks],
             )
         )
     memory.update_layout(
         barmode="group",
-        title="Memory per rank: what the plan moves (peak minus the footprint before the model)",
+        title="Tensor memory per rank: what the plan moves (peak since before the model was built)",
         yaxis_title="MiB",
         height=320,
         margin=dict(l=10, r=10, t=40, b=10),

@@ -10,9 +10,12 @@ Figures, with the measured definitions of `runtime.metrics` (rank -1 is the whol
   is taken the way the runtime measures it: 1 - forward and backward time / (ranks x step);
 - per rank ``compute_s`` (forward, loss, backward), ``optimizer_s``, ``wait_s`` (the rest of
   the step: communication that compute did not hide, and idle time; on gloo a rank cannot
-  tell the two apart) and ``dynamic_memory_bytes`` (the peak since the process group was up
-  and the data set loaded, minus the footprint then; the prediction leaves out the fixed
-  per-process overhead).
+  tell the two apart) and ``tensor_memory_bytes`` (the tensor allocator's peak since the
+  process group was up and the data set loaded: what the plan moves, and what the
+  prediction counts, less the fixed per-process overhead and the runtime's own measured
+  bytes). The process's private pages (``dynamic_memory_bytes``) are stored with the
+  metrics but not compared: on CPU they also hold what glibc keeps of freed blocks and the
+  records of the profiler that counts the tensors, neither of which is the plan's.
 
 Stored after every run in the ``comparisons`` table (runtime.store), so a finished run keeps
 the prediction it was judged against even if the cost model changes later.
@@ -33,7 +36,8 @@ from runtime import store
 WARMUP = 2
 PROFILES = "profiles"
 STEP_FIGURES = ("step_time_s", "samples_per_s", "bubble_fraction")
-RANK_FIGURES = ("compute_s", "optimizer_s", "wait_s", "dynamic_memory_bytes")
+MEMORY_FIGURES = ("tensor_memory_bytes",)
+RANK_FIGURES = ("compute_s", "optimizer_s", "wait_s", *MEMORY_FIGURES)
 FRACTIONS = ("bubble_fraction",)  # compared by difference: a relative error of a small bubble says little
 
 
@@ -84,7 +88,7 @@ def predicted_figures(plan: Plan, prediction) -> dict[tuple[int, str], float]:
         out[(r.rank, "wait_s")] = max(step - compute - optimizer, 0.0)
     out[(store.STEP_RANK, "bubble_fraction")] = 1 - compute_all / (len(plan.ranks) * step) if step else 0.0
     for m in prediction.memory:
-        out[(m.rank, "dynamic_memory_bytes")] = float(m.total - m.overhead)
+        out[(m.rank, "tensor_memory_bytes")] = float(m.total - m.overhead - m.runtime)
     return out
 
 
@@ -95,15 +99,16 @@ def measured_figures(metrics: list[store.Metric], warmup: int = WARMUP) -> dict[
         return {}
     first = steps[warmup]
     series: dict[tuple[int, str], list[float]] = defaultdict(list)
-    memory: dict[int, tuple[int, float]] = {}
+    memory: dict[tuple[int, str], tuple[int, float]] = {}
     for m in metrics:
-        if m.name == "dynamic_memory_bytes":
-            if m.rank not in memory or m.step >= memory[m.rank][0]:
-                memory[m.rank] = (m.step, m.value)
+        if m.name in MEMORY_FIGURES:
+            key = (m.rank, m.name)
+            if key not in memory or m.step >= memory[key][0]:
+                memory[key] = (m.step, m.value)
         elif m.step >= first:
             series[(m.rank, "wait_s" if m.name == "comm_wait_s" else m.name)].append(m.value)
     out = {key: statistics.median(values) for key, values in series.items()}
-    out |= {(rank, "dynamic_memory_bytes"): value for rank, (_, value) in memory.items()}
+    out |= {key: value for key, (_, value) in memory.items()}
     return out
 
 

@@ -7,9 +7,17 @@ Per rank and step (names as stored):
 - ``optimizer_s``: the optimizer step;
 - ``comm_wait_s``: step - compute - optimizer: sends, receives, all-reduces, and waiting;
 - ``peak_memory_bytes``: process peak RSS on CPU, the allocator's peak on CUDA;
-- ``dynamic_memory_bytes``: that peak minus the same figure taken after the process group
-  was up and before the model was built: the memory the plan moves (parameters, gradients,
-  optimizer state, activations), without the interpreter, torch and gloo;
+- ``dynamic_memory_bytes``: the peak of the process's private memory minus the same figure
+  taken after the process group was up and before the model was built: the memory the
+  plan moves (parameters, gradients, optimizer state, activations), without the
+  interpreter, torch and gloo, but with what the allocator keeps. Private leaves out
+  file-backed pages: the code of torch's libraries, paged in as kernels first run (15-20 MB
+  in the first step here), shared by every rank and reclaimable, and the same whatever the
+  plan. On CPU the peak restarts when the tensor count's window ends (its profiler's pages
+  are returned first), so from then on it is the peak of the steps after the window;
+- ``tensor_memory_bytes``: the peak of tensor memory since that same point, as the tensor
+  allocator counts it (runtime.tensor_memory): what the plan's prediction counts. On CPU it
+  is measured over the first steps and stored from the step it is known;
 - ``cpu_percent``: process CPU time / wall time over the step (all its threads, gloo's
   too), its own column: a busy CPU is not the same thing as a compute share.
 
@@ -26,6 +34,8 @@ the metrics of a step a checkpoint covers (they are flushed before it is saved).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import math
 import resource
 import statistics
 import time
@@ -38,6 +48,7 @@ import torch.distributed as dist
 from planner.plan import Plan
 from runtime.step import StepResult
 from runtime.store import STEP_RANK, Metric
+from runtime.tensor_memory import PROBE_STEPS, TensorPeak
 
 FIELDS = (
     "has_loss",
@@ -48,7 +59,9 @@ FIELDS = (
     "compute_s",
     "optimizer_s",
     "peak_memory_bytes",
+    "peak_private_bytes",
     "base_memory_bytes",
+    "tensor_memory_bytes",
     "cpu_percent",
     "time",
 )
@@ -56,22 +69,43 @@ COL = {name: i for i, name in enumerate(FIELDS)}
 MAX_INTERVAL = 1000
 
 
-def peak_memory_bytes(device: torch.device) -> float:
-    """The allocator's peak on CUDA; on CPU the process's peak RSS (VmHWM, which
-    `reset_peak_memory` can lower to the current RSS; getrusage's maxrss never goes down)."""
-    if device.type == "cuda":
-        return float(torch.cuda.max_memory_allocated(device))
+def _proc_status() -> dict[str, int]:
+    """Bytes of /proc/self/status's memory lines (kB there); empty where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(int(line.split()[1]) * 1024)  # kB
+        lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
-        pass
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+        return {}
+    fields = (line.split(":", 1) for line in lines if line.startswith(("Vm", "Rss")))
+    return {name: int(value.split()[0]) * 1024 for name, value in fields}
+
+
+def memory_peaks(device: torch.device) -> tuple[float, float]:
+    """(peak, private peak) bytes. On CUDA both are the allocator's peak. On CPU the peak is
+    the process's peak RSS (VmHWM, which `reset_peak_memory` can lower to the current RSS;
+    getrusage's maxrss never goes down), and the private peak is that peak less the pages
+    backed by files and shared memory now. Those only grow while new code runs (the first
+    steps), so after them this is the peak of the private pages; before, an under-estimate.
+    """
+    if device.type == "cuda":
+        peak = float(torch.cuda.max_memory_allocated(device))
+        return peak, peak
+    status = _proc_status()
+    if "VmHWM" not in status:
+        peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+        return peak, peak
+    shared = status.get("RssFile", 0) + status.get("RssShmem", 0)
+    return float(status["VmHWM"]), float(status["VmHWM"] - shared)
+
+
+def return_freed_pages() -> None:
+    """Give the pages of freed heap blocks back to the system (glibc's ``malloc_trim``;
+    nothing where there is no glibc)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def reset_peak_memory(device: torch.device) -> float:
-    """Measure the peak from now on, and return where it starts (the baseline).
+    """Measure the peaks from now on, and return where the private one starts (the baseline).
 
     Importing libraries passes through peaks higher than what the process keeps; without
     the reset, memory the plan adds would hide under them. On Linux, writing 5 to
@@ -83,7 +117,7 @@ def reset_peak_memory(device: torch.device) -> float:
         return float(torch.cuda.memory_allocated(device))
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    return peak_memory_bytes(device)
+    return memory_peaks(device)[1]
 
 
 class MetricsRecorder:
@@ -98,6 +132,7 @@ class MetricsRecorder:
         group=None,
         flush_period_s: float = 1.0,
         base_memory_bytes: float = 0.0,
+        tensor_peak: TensorPeak | None = None,
     ) -> None:
         self.plan = plan
         self.tokens_per_sample = tokens_per_sample
@@ -107,6 +142,7 @@ class MetricsRecorder:
         self.group = group
         self.flush_period_s = flush_period_s
         self.base_memory_bytes = base_memory_bytes
+        self.tensor_peak = tensor_peak
         self.world_size = dist.get_world_size()
         shares = {r.dp_index: r.batch_share for r in plan.replicas}
         weights = [shares[r.dp_index] / plan.training.global_batch for r in plan.ranks]
@@ -131,8 +167,9 @@ class MetricsRecorder:
         row[COL["step_time_s"]] = step_time_s
         row[COL["compute_s"]] = result.compute_s
         row[COL["optimizer_s"]] = result.optimizer_s
-        row[COL["peak_memory_bytes"]] = peak_memory_bytes(self.device)
+        row[COL["peak_memory_bytes"]], row[COL["peak_private_bytes"]] = memory_peaks(self.device)
         row[COL["base_memory_bytes"]] = self.base_memory_bytes
+        row[COL["tensor_memory_bytes"]] = self._tensor_memory(step)
         row[COL["cpu_percent"]] = 100.0 * cpu_s / step_time_s if step_time_s > 0 else 0.0
         row[COL["time"]] = time.time()
         self.pending.append((step, row))
@@ -140,6 +177,18 @@ class MetricsRecorder:
             self.flush()
             return True
         return False
+
+    def _tensor_memory(self, step: int) -> float:
+        if self.tensor_peak is None:
+            return math.nan
+        if self.tensor_peak.counting and (step >= PROBE_STEPS or step == self.last_step):
+            self.tensor_peak.stop()
+            # The profiler's records were freed, but glibc keeps their pages: return them and
+            # measure the process's peak afresh, from the same baseline, over the steps after.
+            return_freed_pages()
+            reset_peak_memory(self.device)
+        peak = self.tensor_peak.peak()
+        return math.nan if peak is None else float(peak)
 
     def flush(self) -> None:
         if not self.pending:
@@ -177,9 +226,11 @@ class MetricsRecorder:
                     "optimizer_s": opt,
                     "comm_wait_s": max(step_time - compute - opt, 0.0),
                     "peak_memory_bytes": float(r[COL["peak_memory_bytes"]]),
-                    "dynamic_memory_bytes": float(r[COL["peak_memory_bytes"]] - r[COL["base_memory_bytes"]]),
+                    "dynamic_memory_bytes": float(r[COL["peak_private_bytes"]] - r[COL["base_memory_bytes"]]),
                     "cpu_percent": float(r[COL["cpu_percent"]]),
                 }
+                if not math.isnan(r[COL["tensor_memory_bytes"]]):
+                    figures["tensor_memory_bytes"] = float(r[COL["tensor_memory_bytes"]])
                 if r[COL["has_loss"]]:
                     figures["loss"] = float(r[COL["loss"]])
                 rows += [

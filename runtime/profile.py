@@ -238,10 +238,13 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
     from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
     from torch.nn.parallel import DistributedDataParallel
 
-    from runtime.metrics import peak_memory_bytes, reset_peak_memory
+    from runtime.metrics import memory_peaks, reset_peak_memory
+    from runtime.pipeline_parallel import load_tracer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    if mode == "pp":
+        load_tracer()
     base = reset_peak_memory(torch.device("cpu"))  # as the runtime's worker measures it
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
     x, target = torch.randn(ACTION_M, 8), torch.randn(ACTION_M, 8)
@@ -272,7 +275,7 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
             optimizer.step()
 
     step_s = _median_time(step, repeats)
-    grown = peak_memory_bytes(torch.device("cpu")) - base
+    grown = memory_peaks(torch.device("cpu"))[1] - base
     mine = torch.tensor([step_s, grown], dtype=torch.float64)
     dist.all_reduce(mine, op=dist.ReduceOp.MAX)
     if rank == 0:

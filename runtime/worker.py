@@ -36,7 +36,9 @@ from runtime.mesh import Placement, build_mesh
 from runtime.metrics import MetricsRecorder, reset_peak_memory
 from runtime.model import build_full_model
 from runtime.parallelize import parallelize
+from runtime.pipeline_parallel import load_tracer
 from runtime.task import plan_task
+from runtime.tensor_memory import TensorPeak
 
 HOST_BYTES = 64
 
@@ -138,9 +140,14 @@ def train(
         if conn is not None:
             store.record_workers(conn, run_id, workers)
         # What the process holds before the plan adds anything (the interpreter, torch,
-        # gloo, the data set): the baseline of the memory compared with the prediction.
+        # gloo, the data set, the pipeline tracer): the baseline of the memory compared
+        # with the prediction.
         preload(plan.training.dataset)
+        if plan.strategy in ("pp", "hybrid") and plan.model.source != "gan":
+            load_tracer()
         base_memory = reset_peak_memory(device)
+        tensor_peak = TensorPeak(device)
+        tensor_peak.start()
         where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
         full = build_full_model(plan, device)
         task = plan_task(plan, full.config)
@@ -164,6 +171,7 @@ def train(
             write=write,
             group=cpu_group,
             base_memory_bytes=base_memory,
+            tensor_peak=tensor_peak,
         )
         every = plan.training.checkpoint_every
         saved = last = done
