@@ -1,6 +1,6 @@
 """How good are the predictions? Profile, plan, train for real, compare.
 
-    python bench/fidelity.py [--rounds 2] [--steps 12] [--split-steps 8] [--only fidelity|split]
+    python bench/fidelity.py [--rounds 3] [--steps 12] [--split-steps 8] [--only fidelity|split]
 
 1. Fidelity. Each model is profiled first (`runtime.profile`: its blocks at the micro-batch
    sizes the plans use, the optimizer, this machine's links), and nothing else feeds the
@@ -299,7 +299,7 @@ def splits(args, runs_dir: Path, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="times every plan is run, in turn")
+    parser.add_argument("--rounds", type=int, default=3, help="times every plan is run, in turn")
     parser.add_argument("--steps", type=int, default=12, help="steps per fidelity run")
     parser.add_argument("--split-steps", type=int, default=8, help="steps per split-comparison run")
     parser.add_argument("--only", choices=("fidelity", "split"))

@@ -8,13 +8,13 @@ Per rank and step (names as stored):
 - ``comm_wait_s``: step - compute - optimizer: sends, receives, all-reduces, and waiting;
 - ``peak_memory_bytes``: process peak RSS on CPU, the allocator's peak on CUDA;
 - ``dynamic_memory_bytes``: the peak of the process's private memory minus the same figure
-  taken after the process group was up and before the model was built: the memory the
-  plan moves (parameters, gradients, optimizer state, activations), without the
-  interpreter, torch and gloo, but with what the allocator keeps. Private leaves out
-  file-backed pages: the code of torch's libraries, paged in as kernels first run (15-20 MB
-  in the first step here), shared by every rank and reclaimable, and the same whatever the
-  plan. On CPU the peak restarts when the tensor count's window ends (its profiler's pages
-  are returned first), so from then on it is the peak of the steps after the window;
+  taken after the process group was up and before the model was built: the plan's tensors
+  and everything else the process added since (what glibc keeps of freed blocks, Python
+  objects), without the interpreter, torch and gloo. Private leaves out file-backed pages:
+  the code of torch's libraries, paged in as kernels first run (15-20 MB in the first step
+  here), shared by every rank, reclaimable, and the same whatever the plan. On CPU the peak
+  restarts when the tensor count's window ends (the pages of its profiler's records
+  returned first), and the records still leave some behind: not compared with the plan;
 - ``tensor_memory_bytes``: the peak of tensor memory since that same point, as the tensor
   allocator counts it (runtime.tensor_memory): what the plan's prediction counts. On CPU it
   is measured over the first steps and stored from the step it is known;
