@@ -129,6 +129,13 @@ class Pricer:
                 f"profile.graph_digest: measured for graph {profile.graph_digest[:12]}, not this one"
             )
         self.owners = {p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])}
+        sizes = graph.graph.get("param_bytes", {})
+        # The largest parameter of each block, and of the whole model (priced once, not per plan).
+        self.largest_param = {
+            b: max((sizes.get(p, 0) for p in data.get("params", [])), default=0)
+            for b, data in graph.nodes(data=True)
+        }
+        self.model_param_bytes = sum(sizes.values())
         self.profile_digest = profile.digest() if profile is not None else ""
         self._links: dict[tuple[int, int, str], tuple[float, float, str]] = {}
         self._blocks: dict[tuple[str, str, str, float], tuple[float, float, str]] = {}
@@ -253,8 +260,7 @@ class _Context:
         }
         sizes = g.graph.get("param_bytes", {})
         param_bytes = sum(g.nodes[b]["param_bytes"] for b in blocks) + sum(sizes.get(p, 0) for p in copies)
-        held = [p for b in blocks for p in g.nodes[b].get("params", [])] + list(copies)
-        largest = max((sizes.get(p, 0) for p in held), default=0)
+        largest = max([self.pricer.largest_param[b] for b in blocks] + [sizes.get(p, 0) for p in copies])
         saved = sum(g.nodes[b]["saved_bytes"] for b in blocks)
         saved += sum(
             n for b in blocks for src, n in g.nodes[b].get("resaved_from", {}).items() if src not in members
@@ -620,7 +626,7 @@ class _Context:
         plan, opt = self.plan, self.plan.training.optimizer
         per_param = optimizer_state_bytes(opt.name, opt.momentum, self.dtype)
         temporaries = optimizer_temporaries(opt.name, opt.weight_decay)
-        model_bytes = round(sum(self.graph.graph.get("param_bytes", {}).values()) * self.scale)
+        model_bytes = round(self.pricer.model_param_bytes * self.scale)
         last = len(self.stages) - 1
         out = []
         for r in plan.ranks:
