@@ -18,7 +18,7 @@ m for GPipe, min(m, p - s) for 1F1B's stage s, torch's warm-up count for interle
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 def optimizer_temporaries(optimizer: str, weight_decay: float) -> int:
@@ -75,8 +75,8 @@ class MemoryBreakdown:
     """The pipeline schedule's receive buffers: torch's stages allocate, once, one buffer per
     micro-batch for each activation a stage receives and each gradient it receives back."""
     runtime: int = 0
-    """What training itself adds beyond the model's tensors (the pipeline tracer's and the
-    autograd engine's state, communication buffers); measured by the profile, else 0."""
+    """What training itself adds to a process's private pages beyond the model's tensors
+    (autograd's and gloo's state), from the profile's run of a model of no size, else 0."""
 
     @property
     def total(self) -> int:
@@ -143,9 +143,7 @@ def rank_memory(
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
     loss_outputs = round(loss_output_per_sample * micro_batch_size * loss_in_flight)
     held = round(activations) + loss_outputs
-    temporaries = max(largest_param_bytes, optimizer_temporaries * largest_param_bytes - held)
-    training = 2 * param_bytes + param_count * optimizer_bytes_per_param + held + round(buffers) + temporaries
-    return MemoryBreakdown(
+    trained = MemoryBreakdown(
         rank=rank,
         device=device,
         capacity=capacity,
@@ -160,7 +158,8 @@ def rank_memory(
         in_flight=dict(in_flight),
         saved_per_sample=dict(saved_per_sample),
         buffers=round(buffers),
-        temporaries=temporaries,
-        build=max(0, model_param_bytes - training),
+        temporaries=max(largest_param_bytes, optimizer_temporaries * largest_param_bytes - held),
         runtime=runtime,
     )
+    training_peak = trained.total - trained.overhead - trained.runtime
+    return replace(trained, build=max(0, model_param_bytes - training_peak))

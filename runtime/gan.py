@@ -139,14 +139,15 @@ class ModelParallelGAN:
         # FQNs ("generator.net.0.weight") for checkpoints.
         setattr(self.gan, other, nn.Module())
         self.module = getattr(self.gan, self.role).to(where.device)
+        self.params = list(self.module.parameters())
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
-        self.optimizer = make_optimizer(plan, list(self.module.parameters()))
+        self.optimizer = make_optimizer(plan, self.params)
         self.sample_shape = (plan.training.global_batch, int(full.config["image_features"]))
         self.dtype = next(self.module.parameters()).dtype
 
     def train_step(self, z: torch.Tensor, real: torch.Tensor) -> StepResult:
-        keep_gradients(list(self.module.parameters()))  # at the step: see PipelineParallel
+        keep_gradients(self.params)  # at the step, not here: see PipelineParallel
         if self.role == "generator":
             return self._generator_step(z)
         return self._discriminator_step(real)

@@ -6,7 +6,8 @@ Per rank and step (names as stored):
 - ``compute_s``: wall time inside the stage's forward, loss and backward (runtime.clock);
 - ``optimizer_s``: the optimizer step;
 - ``comm_wait_s``: step - compute - optimizer: sends, receives, all-reduces, and waiting;
-- ``peak_memory_bytes``: process peak RSS on CPU, the allocator's peak on CUDA;
+- ``peak_memory_bytes``: process peak RSS on CPU (since the baseline, and on CPU again
+  since the end of the tensor count's window, see below), the allocator's peak on CUDA;
 - ``dynamic_memory_bytes``: the peak of the process's private memory minus the same figure
   taken after the process group was up and before the model was built: the plan's tensors
   and everything else the process added since (what glibc keeps of freed blocks, Python
