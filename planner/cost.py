@@ -91,6 +91,7 @@ class _StageCost:
     saved_per_sample: float  # own saved bytes + tensors also kept by earlier stages
     out_per_sample: float  # the last block's output (what the loss keeps on the last stage)
     largest_param_bytes: int = 0  # the largest single parameter (the size of its temporaries)
+    largest_op_per_sample: float = 0.0  # the most activation bytes one op reads and writes
 
 
 def price(
@@ -130,10 +131,14 @@ class Pricer:
             )
         self.owners = {p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])}
         sizes = graph.graph.get("param_bytes", {})
-        # The largest parameter of each block, and of the whole model (priced once, not per plan).
+        # Per block, priced once and not per plan: its largest parameter, and the model's.
         self.largest_param = {
             b: max((sizes.get(p, 0) for p in data.get("params", [])), default=0)
             for b, data in graph.nodes(data=True)
+        }
+        # The most activation bytes one op of each block reads and writes (see planner.memory).
+        self.largest_op = {
+            b: max((op[1] for op in data.get("ops", [])), default=0) for b, data in graph.nodes(data=True)
         }
         self.model_param_bytes = sum(sizes.values())
         self.profile_digest = profile.digest() if profile is not None else ""
@@ -272,6 +277,9 @@ class _Context:
             saved_per_sample=saved / self.trace_batch * self.scale,
             out_per_sample=g.nodes[blocks[-1]]["output_bytes"] / self.trace_batch * self.scale,
             largest_param_bytes=round(largest * self.scale),
+            largest_op_per_sample=max(self.pricer.largest_op[b] for b in blocks)
+            / self.trace_batch
+            * self.scale,
         )
 
     def _boundary_bytes(self) -> tuple[list[float], list[float]]:
@@ -660,6 +668,7 @@ class _Context:
                     overhead=overhead,
                     buffers=0.0 if gan else self._receive_buffers(mine, samples),
                     largest_param_bytes=max(self.stages[s].largest_param_bytes for s in mine),
+                    largest_op_bytes=max(self.stages[s].largest_op_per_sample * samples for s in mine),
                     optimizer_temporaries=temporaries,
                     model_param_bytes=model_bytes,
                     runtime=runtime,

@@ -4,9 +4,10 @@
           + saved activations x micro-batch size x micro-batches in flight
           + the last stage's outputs kept for the loss (and the loss's log-probabilities)
           + the pipeline schedule's receive buffers
-          + temporaries: at the start of backward, one parameter-sized gradient before it is
-            added to .grad; in the optimizer step (activations freed), its parameter-sized
-            temporaries; whichever rises higher
+          + temporaries: in backward, the gradients of an op's output and of its input, and
+            of its weight (parameter-sized, before it is added to .grad), held at once: at
+            most the largest op's activations plus the largest parameter; in the optimizer
+            step (activations freed), its parameter-sized temporaries; whichever is higher
           + build: how far the whole model, which every rank builds before it keeps its
             stages, rises above all of the above (0 unless the rank's share is small)
           + what the runtime itself adds to train a model of no size (measured, per strategy)
@@ -132,14 +133,17 @@ def rank_memory(
     overhead: int,
     buffers: float = 0.0,
     largest_param_bytes: int = 0,
+    largest_op_bytes: float = 0.0,
     optimizer_temporaries: int = 0,
     model_param_bytes: int = 0,
     runtime: int = 0,
 ) -> MemoryBreakdown:
     """Combine one rank's terms. Gradients are the size of the parameters they belong to.
 
-    ``largest_param_bytes`` is the rank's largest parameter, ``model_param_bytes`` the whole
-    model's parameters (what the rank holds while it builds the model)."""
+    ``largest_param_bytes`` is the rank's largest parameter, ``largest_op_bytes`` the most
+    activation bytes one of its ops reads and writes at its micro-batch size,
+    ``model_param_bytes`` the whole model's parameters (what the rank holds while it builds
+    the model)."""
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
     loss_outputs = round(loss_output_per_sample * micro_batch_size * loss_in_flight)
     held = round(activations) + loss_outputs
@@ -158,7 +162,10 @@ def rank_memory(
         in_flight=dict(in_flight),
         saved_per_sample=dict(saved_per_sample),
         buffers=round(buffers),
-        temporaries=max(largest_param_bytes, optimizer_temporaries * largest_param_bytes - held),
+        temporaries=max(
+            largest_param_bytes + round(largest_op_bytes),
+            optimizer_temporaries * largest_param_bytes - held,
+        ),
         runtime=runtime,
     )
     training_peak = trained.total - trained.overhead - trained.runtime

@@ -13,13 +13,26 @@ from the baseline to the end of step 2, GPT 1F1B on 2 ranks).
 Both count tensors, not the process: on CPU the private memory of the process
 (`runtime.metrics.memory_peaks`) is higher by glibc's freed-but-kept heap pages and the
 Python objects of the runtime (15-40 MB per rank here).
+
+Why is a rank's peak what it is? With ``explain`` set to a file (the worker sets it from
+``STAGECRAFT_EXPLAIN_MEMORY``, a folder), a CPU rank also records shapes and stacks, and
+writes there, as JSON, what its tensors held at the peak by torch's category (parameter,
+gradient, optimizer state, activation, autograd detail, temporary...) and the operators
+running then. It slows the first steps; it is for diagnosis. torch's categories cover
+tensors only: scratch memory an operator allocates for itself (a convolution's backward
+here) is in the peak but not in the explanation.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 PROBE_STEPS = 2
+EXPLAIN_ENV = "STAGECRAFT_EXPLAIN_MEMORY"
+"""A folder: each CPU rank writes ``rank<N>.json`` there, what its tensors held at the peak."""
 
 
 def replay_peak(deltas) -> int:
@@ -38,8 +51,9 @@ def replay_peak(deltas) -> int:
 class TensorPeak:
     """Counts tensor memory from `start()`; `peak()` is None until the count is known."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, explain: Path | None = None) -> None:
         self.device = device
+        self.explain = explain
         self._base = 0
         self._profiler = None
         self._peak: int | None = None
@@ -51,7 +65,10 @@ class TensorPeak:
             return
         from torch.profiler import ProfilerActivity, profile
 
-        self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        detail = self.explain is not None
+        self._profiler = profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=detail, with_stack=detail
+        )
         self._profiler.__enter__()
 
     def stop(self) -> None:
@@ -61,7 +78,7 @@ class TensorPeak:
         profiler, self._profiler = self._profiler, None
         profiler.__exit__(None, None, None)
         events = sorted(
-            (e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
+            (e for e in profiler.profiler.kineto_results.events() if _name(e) == "[memory]"),
             key=lambda e: e.start_ns(),
         )
         # A free of a tensor allocated before the window is not reported (its size is not
@@ -69,6 +86,8 @@ class TensorPeak:
         from torch._C._autograd import DeviceType
 
         self._peak = replay_peak(e.nbytes() for e in events if e.device_type() == DeviceType.CPU)
+        if self.explain is not None:
+            self.explain.write_text(json.dumps(explain_peak(profiler), indent=1))
 
     @property
     def counting(self) -> bool:
@@ -78,3 +97,49 @@ class TensorPeak:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) - self._base
         return self._peak
+
+
+def _name(event) -> str:
+    # With stacks recorded, some Python-function events carry names that are not UTF-8.
+    try:
+        return event.name()
+    except UnicodeDecodeError:
+        return "?"
+
+
+def explain_peak(profiler) -> dict:
+    """What the rank's tensors held at their peak, by torch's category (the largest tensors
+    of each, in bytes), and the operators whose span holds that moment, outermost first.
+    Tensors that existed before the window (the data set) are left out, as the peak leaves
+    them out."""
+    from torch.profiler._memory_profiler import Action, MemoryProfileTimeline
+
+    profile = profiler._memory_profile()
+    times, sizes = MemoryProfileTimeline(profile)._coalesce_timeline("cpu")
+    at = max(range(len(times)), key=lambda i: sum(sizes[i]))
+    moment_ns = times[at] * 1000 + 999  # the timeline is in microseconds
+    live: dict = {}
+    for t, action, (key, version), nbytes in profile.timeline:
+        if key.device.type != "cpu" or action == Action.PREEXISTING or t > moment_ns:
+            continue
+        if action == Action.CREATE:
+            live[(key, version)] = nbytes
+        elif action == Action.INCREMENT_VERSION:
+            live[(key, version + 1)] = live.pop((key, version), nbytes)
+        else:
+            live.pop((key, version), None)
+    by_category: dict[str, list[int]] = {}
+    for (key, version), nbytes in live.items():
+        category = getattr(profile._categories.get(key, version), "name", "UNKNOWN")
+        by_category.setdefault(category, []).append(nbytes)
+    running = [
+        (e.start_ns(), _name(e))
+        for e in profiler.profiler.kineto_results.events()
+        if _name(e) != "[memory]" and e.start_ns() <= moment_ns and e.end_ns() >= times[at] * 1000
+    ]
+    return {
+        "peak_bytes": sum(sum(v) for v in by_category.values()),
+        "by_category": {name: sum(v) for name, v in by_category.items()},
+        "largest": {name: sorted(v, reverse=True)[:8] for name, v in by_category.items()},
+        "running": [name for _, name in sorted(running)],
+    }

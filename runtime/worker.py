@@ -14,6 +14,7 @@ exits non-zero, so the launcher can say which rank failed and why.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ from runtime.model import build_full_model
 from runtime.parallelize import parallelize
 from runtime.pipeline_parallel import load_tracer
 from runtime.task import plan_task
-from runtime.tensor_memory import TensorPeak
+from runtime.tensor_memory import EXPLAIN_ENV, TensorPeak
 
 HOST_BYTES = 64
 
@@ -146,15 +147,19 @@ def train(
         if plan.strategy in ("pp", "hybrid") and plan.model.source != "gan":
             load_tracer()
         base_memory = reset_peak_memory(device)
-        tensor_peak = TensorPeak(device)
+        explain = os.environ.get(EXPLAIN_ENV)
+        tensor_peak = TensorPeak(device, Path(explain) / f"rank{rank}.json" if explain else None)
         tensor_peak.start()
         where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
         full = build_full_model(plan, device)
         task = plan_task(plan, full.config)
         engine = parallelize(plan, full, task, where)
         # Only the engine keeps the model from here on: a pipeline rank needs its stages,
-        # not a reference to the whole model for the length of the run.
+        # not the whole model for the length of the run. torch's split graph is full of
+        # reference cycles, so the other stages are freed by the cycle collector, which
+        # otherwise may not run for the whole run (every rank held every stage's weights).
         del full
+        gc.collect()
         done = 0  # optimizer steps already taken
         if resume_from is not None:
             latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)

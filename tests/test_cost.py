@@ -11,7 +11,7 @@ from planner.graph import graph_digest
 from planner.profile import Profile
 from planner.schedules import closed_form_step
 from planner.timing import CostOptions, ring_all_reduce_time
-from tests.handmade import UNIT, chain, gpus
+from tests.handmade import PEAK, UNIT, chain, gpus
 
 EXACT = CostOptions(compute_efficiency=1.0, memory_efficiency=1.0, backward_factor=2.0)
 
@@ -162,6 +162,21 @@ def test_memory_terms_follow_the_formula():
     # 16 B/param in all: bf16 parameter and gradient, fp32 master weights and two moments.
     assert (m.parameters + m.gradients + m.optimizer) / 3000 == 16
     assert m.activations == 80 * 4 * 2 // 2
+
+
+def test_backward_holds_an_ops_gradients_and_a_weights_gradient_at_once():
+    graph = chain([1, 1], params=[1000, 3000], saved=[40, 80])
+    # One op of b1 reads and writes 5000 B of activations per sample: in backward, the
+    # gradients of its output and of its input exist together, with its weight's gradient.
+    graph.nodes["b1"]["ops"] = [[UNIT * PEAK, 5000, 0]]
+    cluster = gpus(2)
+    plan = make_plan(
+        graph, cluster, strategy="pp", pp_degree=2, schedule="gpipe", micro_batches=2, global_batch=8
+    )
+    first, last = price(graph, cluster, plan, options=EXACT).memory
+    assert last.temporaries == 4 * 3000 + 5000 * 4  # micro-batches of 4 samples
+    # b0's ops move nothing: AdamW's step, above the activations, is the higher.
+    assert first.temporaries == 2 * 4 * 1000 - 40 * 4 * 2
 
 
 def test_data_parallel_all_reduce_is_a_ring_after_the_last_backward():
