@@ -28,7 +28,7 @@ from planner.graph import graph_digest
 from planner.memory import MemoryBreakdown, optimizer_state_bytes, optimizer_temporaries, rank_memory
 from planner.plan import Plan, Predicted
 from planner.profile import Profile
-from planner.schedules import Action, in_flight, rank_actions
+from planner.schedules import Action, held_peak, in_flight, rank_actions
 from planner.simulate import COMPUTE_KINDS, Interval, Task, simulate, timeline
 from planner.timing import (
     DTYPE_BYTES,
@@ -672,6 +672,11 @@ class _Context:
                     optimizer_temporaries=temporaries,
                     model_param_bytes=model_bytes,
                     runtime=runtime,
+                    activations_held=None
+                    if gan
+                    else held_peak(
+                        actions.get(r.rank, []), {s: self.stages[s].saved_per_sample * samples for s in mine}
+                    ),
                 )
             )
         return out

@@ -14,7 +14,9 @@
           + a fixed per-process overhead
 
 Micro-batches in flight are read off the schedule's real order (`planner.schedules.in_flight`):
-m for GPipe, min(m, p - s) for 1F1B's stage s, torch's warm-up count for interleaved.
+m for GPipe, min(m, p - s) for 1F1B's stage s, torch's warm-up count for interleaved. A rank
+with several stages holds the most activations at the moment of that order when their sum
+is highest (`planner.schedules.held_peak`), not the sum of each stage's most.
 """
 
 from __future__ import annotations
@@ -137,14 +139,18 @@ def rank_memory(
     optimizer_temporaries: int = 0,
     model_param_bytes: int = 0,
     runtime: int = 0,
+    activations_held: float | None = None,
 ) -> MemoryBreakdown:
     """Combine one rank's terms. Gradients are the size of the parameters they belong to.
 
     ``largest_param_bytes`` is the rank's largest parameter, ``largest_op_bytes`` the most
     activation bytes one of its ops reads and writes at its micro-batch size,
     ``model_param_bytes`` the whole model's parameters (what the rank holds while it builds
-    the model)."""
+    the model). ``activations_held`` is the activations' peak over the schedule's order, when
+    known; else every stage is taken at its most micro-batches in flight at once."""
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
+    if activations_held is not None:
+        activations = activations_held
     loss_outputs = round(loss_output_per_sample * micro_batch_size * loss_in_flight)
     held = round(activations) + loss_outputs
     trained = MemoryBreakdown(

@@ -155,6 +155,22 @@ def _in_flight_of(actions: tuple[Action, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(peak.items())
 
 
+def held_peak(actions: tuple[Action, ...] | list[Action], held: dict[int, float]) -> float:
+    """The most a rank holds at once when each micro-batch of stage s holds ``held[s]`` from
+    its forward to its backward. A rank running several stages (interleaved) does not reach
+    each stage's most at the same moment, so this is below the sum of their peaks.
+
+    >>> order = rank_actions("interleaved_1f1b", 2, 4, 2)[1]  # stages 1 and 3
+    >>> in_flight(order), held_peak(order, {1: 1.0, 3: 1.0})
+    ({1: 3, 3: 1}, 3.0)
+    """
+    total = peak = 0.0
+    for a in actions:
+        total += held.get(a.stage, 0.0) * (1 if a.kind == "F" else -1)
+        peak = max(peak, total)
+    return peak
+
+
 def closed_form_step(stage_times: list[float], micro_batches: int) -> float:
     """The textbook pipeline step: sum of stage times + (m - 1) x the slowest stage.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import Plan
@@ -21,6 +22,32 @@ from runtime.step import StepResult
 from runtime.task import Task
 
 
+def replicate_first(module: torch.nn.Module, group) -> None:
+    """Every replica starts from the weights of the group's first rank, as DDP's initial
+    sync makes them, but broadcast tensor by tensor and in place. DDP's own sync flattens
+    the whole model into one buffer, and on a random fifth of the ranks here that buffer
+    stayed alive for the whole run: a second copy of the parameters at every peak."""
+    source = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor, src=source, group=group)
+
+
+def wrap_ddp(module: torch.nn.Module, where: Placement) -> DistributedDataParallel:
+    """DDP over the mesh's dp group, its replicas made equal by `replicate_first`."""
+    replicate_first(module, where.dp_group)
+    device_ids = [where.device.index] if where.device.type == "cuda" else None
+    # Gradients live in DDP's buckets: without gradient_as_bucket_view, DDP keeps a second
+    # copy of them.
+    return DistributedDataParallel(
+        module,
+        device_ids=device_ids,
+        process_group=where.dp_group,
+        gradient_as_bucket_view=True,
+        init_sync=False,
+    )
+
+
 class DataParallel:
     def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
         share = plan.replicas[where.rank.dp_index].batch_share
@@ -29,11 +56,7 @@ class DataParallel:
         self.module = full.module.to(where.device)
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
-        device_ids = [where.device.index] if where.device.type == "cuda" else None
-        # Gradients live in DDP's buckets: without this, DDP keeps a second copy of them.
-        self.model = DistributedDataParallel(
-            self.module, device_ids=device_ids, process_group=where.dp_group, gradient_as_bucket_view=True
-        )
+        self.model = wrap_ddp(self.module, where)
         self.optimizer = make_optimizer(plan, list(self.module.parameters()))
         for p in self.module.parameters():
             p.register_post_accumulate_grad_hook(self.clock.grad_ready)

@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from planner.errors import PlanError
 from planner.plan import Plan
 from runtime.clock import ComputeClock
+from runtime.data_parallel import wrap_ddp
 from runtime.mesh import Placement
 from runtime.model import FullModel, keep_gradients, make_optimizer
 from runtime.step import StepResult
@@ -96,12 +96,8 @@ class DataParallelGAN:
             self.clock.attach_forward(net)
             for p in net.parameters():
                 p.register_post_accumulate_grad_hook(self.clock.grad_ready)
-        ids = [where.device.index] if where.device.type == "cuda" else None
-        group = where.dp_group
-        # Gradients live in DDP's buckets: without this, DDP keeps a second copy of them.
-        ddp = dict(device_ids=ids, process_group=group, gradient_as_bucket_view=True)
-        self.G = DistributedDataParallel(gan.generator, **ddp)
-        self.D = DistributedDataParallel(gan.discriminator, **ddp)
+        self.G = wrap_ddp(gan.generator, where)
+        self.D = wrap_ddp(gan.discriminator, where)
         self.opt_g = _TimedOptimizer(make_optimizer(plan, list(gan.generator.parameters())))
         self.opt_d = _TimedOptimizer(make_optimizer(plan, list(gan.discriminator.parameters())))
 

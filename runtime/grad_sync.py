@@ -24,12 +24,11 @@ def _all_reduce_sum(grads: list[torch.Tensor], group) -> None:
         grad.copy_(reduced)
 
 
-def average_replicas(params: list[torch.Tensor], weight: float, group) -> None:
-    """Replace every gradient by the batch-weighted sum over the dp group."""
-    grads = [p.grad for p in params if p.grad is not None]
-    for g in grads:
-        g.mul_(weight)
-    _all_reduce_sum(grads, group)
+def average_replicas(flat: torch.Tensor, weight: float, group) -> None:
+    """Replace every gradient by the batch-weighted sum over the dp group, in place:
+    ``flat`` is the buffer the gradients are views of (`runtime.model.flat_gradients`)."""
+    flat.mul_(weight)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
 
 
 def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
@@ -47,4 +46,7 @@ def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
         _all_reduce_sum(sums, group)
     for tensors, total in zip(copies, sums, strict=True):
         for t in tensors:
-            t.grad = total.clone()
+            if t.grad is None:
+                t.grad = total.clone()
+            else:  # in place: the gradient may be a view of the replicas' flat buffer
+                t.grad.copy_(total)

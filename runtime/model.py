@@ -101,6 +101,32 @@ def keep_gradients(params: list[nn.Parameter]) -> None:
             param.grad = torch.zeros_like(param)
 
 
+def flat_gradients(params: list[nn.Parameter], flat: torch.Tensor | None) -> torch.Tensor:
+    """`keep_gradients`, with every gradient a view of one flat buffer (returned).
+
+    The replicas' all-reduce then runs on the buffer in place: flattening the gradients
+    into a fresh tensor held a second copy of them at the peak (every hybrid rank measured
+    that much above its prediction). ``flat`` is the buffer of the previous step, kept while
+    every gradient is still a view of it; a checkpoint's load frees the gradients, and a new
+    buffer is made. The parameters share one dtype (the plan's).
+    """
+    trained = [p for p in params if p.requires_grad]
+    storage = flat.untyped_storage().data_ptr() if flat is not None else None
+    if storage is not None and all(
+        p.grad is not None and p.grad.untyped_storage().data_ptr() == storage for p in trained
+    ):
+        return flat
+    flat = torch.zeros(sum(p.numel() for p in trained), dtype=trained[0].dtype, device=trained[0].device)
+    offset = 0
+    for param in trained:
+        view = flat[offset : offset + param.numel()].view_as(param)
+        if param.grad is not None:
+            view.copy_(param.grad)
+        param.grad = view
+        offset += param.numel()
+    return flat
+
+
 def make_optimizer(plan: Plan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     o = plan.training.optimizer
     if o.name == "sgd":

@@ -27,7 +27,7 @@ from planner.plan import Plan
 from runtime.clock import ComputeClock
 from runtime.grad_sync import average_replicas, sum_tied
 from runtime.mesh import Placement
-from runtime.model import FullModel, keep_gradients, make_optimizer, shared_parameter_groups
+from runtime.model import FullModel, flat_gradients, keep_gradients, make_optimizer, shared_parameter_groups
 from runtime.step import StepResult
 from runtime.task import Task
 
@@ -84,6 +84,7 @@ class PipelineParallel:
             self.schedule = SCHEDULES[plan.schedule](self.stages[0], n_microbatches=m, loss_fn=loss_fn)
         self.tied = _tied_copies(plan, pipe, full, self.stages, where)
         self.params = _distinct([param for stage in self.stages for param in stage.submod.parameters()])
+        self.flat_grads: torch.Tensor | None = None  # the replicas' gradients, one buffer
         # One optimizer per stage, so that a checkpoint pairs each stage module with its
         # own state; a tensor two local stages share is stepped by the first one only.
         self.optimizers, owned = [], set()
@@ -97,7 +98,10 @@ class PipelineParallel:
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         # Here, not at construction: loading a checkpoint initialises the optimizer state only
         # while no parameter has a gradient (torch.distributed.checkpoint), and frees them.
-        keep_gradients(self.params)
+        if self.dp_group is not None:
+            self.flat_grads = flat_gradients(self.params, self.flat_grads)
+        else:
+            keep_gradients(self.params)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=False)
         losses: list[torch.Tensor] = []
@@ -107,7 +111,7 @@ class PipelineParallel:
         for copies, group in self.tied:
             sum_tied(copies, group)
         if self.dp_group is not None:
-            average_replicas(self.params, self.weight, self.dp_group)
+            average_replicas(self.flat_grads, self.weight, self.dp_group)
         t = time.perf_counter()
         for optimizer in self.optimizers:
             optimizer.step()

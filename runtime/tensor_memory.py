@@ -87,7 +87,11 @@ class TensorPeak:
 
         self._peak = replay_peak(e.nbytes() for e in events if e.device_type() == DeviceType.CPU)
         if self.explain is not None:
-            self.explain.write_text(json.dumps(explain_peak(profiler), indent=1))
+            try:
+                found = explain_peak(profiler)
+            except Exception as exc:  # torch's memory profile fails on some graphs; the run goes on
+                found = {"error": f"torch's memory profile failed: {type(exc).__name__}: {exc}"}
+            self.explain.write_text(json.dumps(found, indent=1))
 
     @property
     def counting(self) -> bool:

@@ -104,6 +104,15 @@ def test_1f1b_keeps_fewer_micro_batches_in_flight_on_stage_0():
     assert [m.in_flight for m in one_f.memory] == [{0: 4}, {1: 3}, {2: 2}, {3: 1}]
 
 
+def test_a_rank_with_two_stages_holds_the_highest_sum_over_the_order_not_the_sum_of_peaks():
+    graph = chain([1, 1, 1, 1], saved=[1000] * 4)
+    pred = _pp(graph, gpus(2), "interleaved_1f1b", 4, pp=2, virtual_stages=2)
+    second = pred.memory[1]  # stages 1 and 3: at most 3 and 1 micro-batches in flight
+    assert second.in_flight == {1: 3, 3: 1}
+    # ...but never 4 at once: stage 3's first backward comes before stage 1's third forward.
+    assert second.activations == 3 * 1000
+
+
 def test_pipeline_stages_hold_a_receive_buffer_per_micro_batch():
     # torch's stages allocate, once, a buffer for every micro-batch's activation coming in
     # and every gradient coming back; the first stage receives no activation, the last no
