@@ -111,6 +111,8 @@ def flat_gradients(params: list[nn.Parameter], flat: torch.Tensor | None) -> tor
     buffer is made. The parameters share one dtype (the plan's).
     """
     trained = [p for p in params if p.requires_grad]
+    if not trained:  # a stage of parameter-free blocks: nothing to reduce
+        return torch.zeros(0)
     storage = flat.untyped_storage().data_ptr() if flat is not None else None
     if storage is not None and all(
         p.grad is not None and p.grad.untyped_storage().data_ptr() == storage for p in trained

@@ -91,6 +91,7 @@ class TensorPeak:
                 found = explain_peak(profiler)
             except Exception as exc:  # torch's memory profile fails on some graphs; the run goes on
                 found = {"error": f"torch's memory profile failed: {type(exc).__name__}: {exc}"}
+            self.explain.parent.mkdir(parents=True, exist_ok=True)
             self.explain.write_text(json.dumps(found, indent=1))
 
     @property
@@ -142,7 +143,7 @@ def explain_peak(profiler) -> dict:
         if _name(e) != "[memory]" and e.start_ns() <= moment_ns and e.end_ns() >= times[at] * 1000
     ]
     return {
-        "peak_bytes": sum(sum(v) for v in by_category.values()),
+        "categorized_bytes": sum(sum(v) for v in by_category.values()),
         "by_category": {name: sum(v) for name, v in by_category.items()},
         "largest": {name: sorted(v, reverse=True)[:8] for name, v in by_category.items()},
         "running": [name for _, name in sorted(running)],

@@ -95,7 +95,7 @@ def test_a_pipeline_ranks_measured_tensor_memory_is_its_stages_and_not_the_whole
 
 
 def test_an_explained_peak_says_what_the_tensors_held_and_what_ran(tmp_path):
-    path = tmp_path / "rank0.json"
+    path = tmp_path / "explained" / "rank0.json"
     probe = TensorPeak(CPU, explain=path)
     probe.start()
     layer = torch.nn.Linear(512, 512)
@@ -106,5 +106,5 @@ def test_an_explained_peak_says_what_the_tensors_held_and_what_ran(tmp_path):
     doc = json.loads(path.read_text())
     weight = 512 * 512 * 4
     assert doc["largest"]["PARAMETER"][0] == weight and doc["largest"]["GRADIENT"][0] == weight
-    assert doc["peak_bytes"] == sum(doc["by_category"].values()) <= probe.peak()
+    assert doc["categorized_bytes"] == sum(doc["by_category"].values()) <= probe.peak()
     assert any("backward" in name.lower() or "step" in name.lower() for name in doc["running"])
