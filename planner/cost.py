@@ -637,6 +637,7 @@ class _Context:
         model_bytes = round(self.pricer.model_param_bytes * self.scale)
         last = len(self.stages) - 1
         out = []
+        held: dict[tuple[int, float], float] = {}  # replicas of a pipeline rank hold the same
         for r in plan.ranks:
             device = self.cluster.device(r.device)
             mine = [s for s in range(len(self.stages)) if s % self.p == r.pp_index]
@@ -645,6 +646,10 @@ class _Context:
                 doubled = {s for s in flight if plan.stages[s].name == "discriminator"}
                 flight = {s: 2 * n if s in doubled else n for s, n in flight.items()}
             samples = plan.training.global_batch if gan else self.share[r.dp_index] / self.m
+            key = (r.pp_index, samples)
+            if not gan and key not in held:
+                saved = {s: self.stages[s].saved_per_sample * samples for s in mine}
+                held[key] = held_peak(actions.get(r.rank, []), saved)
             overhead = self.cluster.overhead_bytes.get(device.kind, 0)
             if self.profile is not None and device.kind in self.profile.overhead_bytes:
                 overhead = self.profile.overhead_bytes[device.kind]
@@ -672,11 +677,7 @@ class _Context:
                     optimizer_temporaries=temporaries,
                     model_param_bytes=model_bytes,
                     runtime=runtime,
-                    activations_held=None
-                    if gan
-                    else held_peak(
-                        actions.get(r.rank, []), {s: self.stages[s].saved_per_sample * samples for s in mine}
-                    ),
+                    activations_held=None if gan else held[key],
                 )
             )
         return out

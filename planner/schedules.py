@@ -164,11 +164,27 @@ def held_peak(actions: tuple[Action, ...] | list[Action], held: dict[int, float]
     >>> in_flight(order), held_peak(order, {1: 1.0, 3: 1.0})
     ({1: 3, 3: 1}, 3.0)
     """
-    total = peak = 0.0
+    return max(
+        (sum(held.get(stage, 0.0) * n for stage, n in counts) for counts in _held_counts(tuple(actions))),
+        default=0.0,
+    )
+
+
+@lru_cache(maxsize=1024)
+def _held_counts(actions: tuple[Action, ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Micro-batches in flight per stage at each moment one could peak (after a forward),
+    without the moments another one dominates: the search prices many plans of one order."""
+    live: dict[int, int] = defaultdict(int)
+    moments: set[tuple[tuple[int, int], ...]] = set()
     for a in actions:
-        total += held.get(a.stage, 0.0) * (1 if a.kind == "F" else -1)
-        peak = max(peak, total)
-    return peak
+        live[a.stage] += 1 if a.kind == "F" else -1
+        if a.kind == "F":
+            moments.add(tuple(sorted(live.items())))
+
+    def dominated(x, y) -> bool:  # every stage of x holds no more than in y, and x != y
+        return x != y and all(n <= dict(y).get(stage, 0) for stage, n in x)
+
+    return tuple(m for m in moments if not any(dominated(m, other) for other in moments))
 
 
 def closed_form_step(stage_times: list[float], micro_batches: int) -> float:
