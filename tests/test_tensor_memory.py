@@ -71,7 +71,7 @@ def test_a_pipeline_rank_keeps_no_parameters_of_the_stages_it_does_not_run():
 def test_a_pipeline_ranks_measured_tensor_memory_is_its_stages_and_not_the_whole_model(tmp_path):
     # Four 1024x1024 layers, two per rank: had the other stage's weights stayed alive
     # (torch's split graph is freed only by the cycle collector), each rank would measure
-    # 8 MB more than its prediction (about 30%).
+    # 8 MB more than its prediction (about 25%).
     plan = zoo_plan(
         "mlp",
         {"hidden": [1024] * 4},
