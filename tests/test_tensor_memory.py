@@ -20,6 +20,7 @@ from tests.runs import graph_of, run_ranks, zoo_plan
 
 CPU = torch.device("cpu")
 MB = 10**6
+WIDE_MLP = {"hidden": [1024] * 4}
 
 
 def test_the_tensor_peak_is_the_highest_total_allocated_since_the_start():
@@ -74,7 +75,7 @@ def test_a_pipeline_ranks_measured_tensor_memory_is_its_stages_and_not_the_whole
     # 8 MB more than its prediction (about 25%).
     plan = zoo_plan(
         "mlp",
-        {"hidden": [1024] * 4},
+        WIDE_MLP,
         ranks=2,
         strategy="pp",
         global_batch=256,
@@ -83,7 +84,7 @@ def test_a_pipeline_ranks_measured_tensor_memory_is_its_stages_and_not_the_whole
         micro_batches=4,
         cuts=[2],
     )
-    graph = graph_of("mlp", json.dumps({"hidden": [1024] * 4}, sort_keys=True))
+    graph = graph_of("mlp", json.dumps(WIDE_MLP, sort_keys=True))
     prices = price(graph, parse_short_form("cpu:2"), plan).memory
     predicted = {m.rank: m.total - m.overhead - m.runtime for m in prices}
     runs = run_ranks(plan, tmp_path, steps=3)
