@@ -26,6 +26,7 @@ from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, SplitPoint
 from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import load_plan
+from runtime.host_allocator import fix_malloc_thresholds
 from runtime.model import build_full_model, make_optimizer
 from runtime.task import plan_task
 
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
+    fix_malloc_thresholds()  # as the runtime's worker does, for a fair ratio
     plan = load_plan(args.plan)
     dist.init_process_group("gloo", init_method=args.init_method, rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))  # fmt: skip

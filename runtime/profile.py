@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from planner.errors import PlanError
 from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
+from runtime.host_allocator import fix_malloc_thresholds
 
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
 
@@ -46,6 +47,13 @@ def _model_and_batch(source: str, overrides: dict, size: int, dtype: str = "floa
     if source.startswith("hf:"):
         model = return_logits(model)
     return model, tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+
+
+def _as_one_cpu_rank() -> None:
+    """Measure as a CPU rank of the runtime computes: one thread, and glibc's allocator
+    set as its worker sets it (runtime.host_allocator)."""
+    torch.set_num_threads(1)
+    fix_malloc_thresholds()
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -134,7 +142,7 @@ def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
     import json
     import resource
 
-    torch.set_num_threads(1)
+    _as_one_cpu_rank()
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     overhead = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"p2p": [], "all_reduce": [], "overhead": overhead}
@@ -241,7 +249,7 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
     from runtime.metrics import memory_peaks, reset_peak_memory
     from runtime.pipeline_parallel import load_tracer
 
-    torch.set_num_threads(1)
+    _as_one_cpu_rank()
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     if mode == "pp":
         load_tracer()
@@ -297,7 +305,7 @@ def _contention_worker(rank: int, init: str, out: str, world: int, source: str, 
                        repeats: int) -> None:  # fmt: skip
     import json
 
-    torch.set_num_threads(1)
+    _as_one_cpu_rank()
     timeout = timedelta(seconds=300)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timeout)
     _, _, step = _training_step(source, overrides, size)
@@ -326,7 +334,7 @@ def contention(source: str, overrides: dict, size: int, processes: int, repeats:
 
 def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[int], *, repeats: int = 5,
                  optimizer: str = "adamw") -> Profile:  # fmt: skip
-    torch.set_num_threads(1)  # one CPU rank's view of the machine
+    _as_one_cpu_rank()
     kinds = {d.kind for d in cluster.devices}
     if kinds != {"cpu"}:
         raise PlanError(

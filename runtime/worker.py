@@ -33,6 +33,7 @@ from planner.plan import Plan, load_plan
 from runtime import checkpoint, compare, store
 from runtime.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.data import preload
+from runtime.host_allocator import fix_malloc_thresholds
 from runtime.mesh import Placement, build_mesh
 from runtime.metrics import MetricsRecorder, reset_peak_memory
 from runtime.model import build_full_model
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     stop = StopFlag()  # first: a stop request during start-up must not kill the rank
     torch.set_num_threads(args.threads)
+    fix_malloc_thresholds()  # before the model: steady step times (runtime.host_allocator)
     die_with_parent()
     watch_supervisor()
     run_dir = args.runs_dir / args.run_id
