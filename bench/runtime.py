@@ -7,7 +7,9 @@ For each configuration (2 ranks x 1 thread, gloo), the same plan is trained by
 pipelining used directly), launched alternately, ``--repeats`` times each. Throughput is
 taken from the wall clock at the end of each step on every rank, over the steps after
 the first quarter (warm-up), so it includes everything the runtime adds: compute hooks,
-data slicing, the metrics all-gather and the database writes. Prints the median samples/s
+data slicing, the metrics all-gather and the database writes. Both fix glibc's malloc
+thresholds as the runtime's ranks do (`runtime.host_allocator`), so the ratio compares the
+runtimes, not two allocator states. Prints the median samples/s
 of each, their ratio (target >= 0.97), and the runtime's own measure of metrics logging
 as a share of step time (target < 1%).
 """

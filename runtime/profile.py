@@ -14,6 +14,10 @@ timed in one process alone, then in as many processes at once as the cluster has
 
 Links: two gloo processes on this machine send and all-reduce messages from 1 KiB to
 16 MiB; ``time = latency + bytes / bandwidth`` is fitted by least squares (Hockney).
+
+Every measuring process fixes glibc's malloc thresholds first, as the runtime's ranks do
+(`runtime.host_allocator`): with glibc's dynamic ones, the same model timed up to 1.5x
+slower in one fresh process than in the next.
 """
 
 from __future__ import annotations
