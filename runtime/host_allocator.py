@@ -4,16 +4,16 @@ torch's CPU tensors come from malloc. glibc serves a block above its mmap thresh
 (128 KiB at first) with fresh pages, and each time such a block is freed it raises the
 threshold to that block's size (the "dynamic" threshold, up to 32 MiB here) and the trim
 threshold to twice that. So whether a step's activations land in reused heap pages or in
-freshly mapped, zeroed ones depends on what the process freed before, and the same small
-model's forward takes up to twice as long in one fresh process as in the next (`python
-bench/allocator.py` prints the spread with and without the fix). The profile and the runs
-it predicts would each land somewhere in that range.
+freshly mapped, zeroed ones depends on what the process freed before. The same small
+model's forward and backward varied by up to 1.5x between fresh processes, and its forward
+ran about twice as fast with the thresholds fixed (`python bench/allocator.py` prints both).
+The profile and the runs it predicts would each land somewhere in that range.
 
 Fixing both thresholds, as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would,
 turns the dynamic adjustment off: blocks up to 64 MiB come from the heap and are reused,
 and up to 256 MiB of free heap top stays mapped. The cost is resident memory that glibc
 keeps after a peak instead of returning it; tensor memory (what the plan predicts) is not
-affected. A user's own ``MALLOC_*`` settings are left as they are.
+affected. A user's own thresholds (``MALLOC_*`` or ``GLIBC_TUNABLES``) are left as they are.
 """
 
 from __future__ import annotations
