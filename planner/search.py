@@ -29,6 +29,7 @@ from planner.cluster import Cluster
 from planner.cost import Prediction, Pricer
 from planner.devices import device_kind
 from planner.errors import PlannerError
+from planner.gc_threshold import fewer_collections
 from planner.partition import min_bottleneck_cuts
 from planner.plan import Plan
 from planner.profile import Profile
@@ -110,6 +111,7 @@ class SearchResult:
         return next((c for c in self.candidates if c.feasible), None)
 
 
+@fewer_collections
 def search(
     graph: nx.DiGraph,
     cluster: Cluster,
