@@ -355,16 +355,37 @@ class _Context:
             else:
                 fwd = bwd = 0.0
                 for block in blocks:
-                    f, b, src = self.pricer.block_times(
-                        block, kind, self.dtype, samples, self.scale, self.trace_batch
-                    )
-                    fwd, bwd = fwd + f, bwd + b
-                    self.used_sources["compute"].add(src)
+                    for times in self._passes(block, blocks):
+                        f, b, src = self.pricer.block_times(
+                            block, kind, self.dtype, samples * times, self.scale, self.trace_batch
+                        )
+                        fwd, bwd = fwd + f, bwd + b
+                        self.used_sources["compute"].add(src)
             action = profile.pipeline_action_s.get(kind, 0.0) if profile and len(self.stages) > 1 else 0.0
             if action and not self.gan:  # torch's schedule, per action
                 fwd, bwd = fwd + action, bwd + action
             self.stage_time_table[key] = (fwd, bwd)
         return self.stage_time_table[key]
+
+    def _passes(self, block: str, stage_blocks: list[str]) -> tuple[int, ...]:
+        """Each run of ``block`` in one step, as a multiple of the micro-batch's samples.
+
+        A GAN replica that holds both networks (data parallel) runs D twice per step
+        (runtime.gan.gan_step): on the real and the generated samples at once for D's loss,
+        then on the generated ones again for G's. Everything else runs once.
+        """
+        if self.gan and block == "discriminator" and "generator" in stage_blocks:
+            return (2, 1)
+        return (1,)
+
+    def _reduced_bytes(self, cost: _StageCost) -> list[float]:
+        """The all-reduces a replica's stage makes per step, in bytes. A GAN replica
+        all-reduces D's gradients after D's loss, then G's and D's again after G's loss
+        (DDP reduces every backward; D's second gradients are cleared unused)."""
+        if self.gan and {"generator", "discriminator"} <= set(cost.blocks):
+            d_bytes = self.graph.nodes["discriminator"]["param_bytes"] * self.scale
+            return [d_bytes, cost.param_bytes]
+        return [cost.param_bytes]
 
     def link(self, a: int, b: int, op: str = "p2p") -> tuple[float, float]:
         latency, bandwidth, source = self.pricer.link(a, b, op)
@@ -527,15 +548,16 @@ class _Context:
             ]
             if plan.dp_degree > 1:
                 devices = [plan.ranks[r].device for r in group]
+                reduced = self._reduced_bytes(cost)
                 t = add(
                     kind="all-reduce",
-                    work=self.ring_time(devices, cost.param_bytes),
+                    work=sum(self.ring_time(devices, nbytes) for nbytes in reduced),
                     rank=group[0],
                     deps=done,
                     channel=f"dp:{s % self.p}",
                     lanes=tuple(simulated),
                     stage=s,
-                    nbytes=cost.param_bytes,
+                    nbytes=round(sum(reduced)),
                 )
                 done = [t.id]
             for r in simulated:

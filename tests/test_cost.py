@@ -250,6 +250,25 @@ def test_gan_is_priced_as_its_phases():
     assert pred.link_bytes == {(0, 1): 500, (1, 0): 500}
 
 
+def test_a_gan_replica_runs_d_three_times_and_reduces_its_gradients_twice():
+    # G: 1 ms forward per sample; D: 2 ms; 100 and 10 parameters.
+    graph = nx.relabel_nodes(chain([1, 2], params=[100, 10]), {"b0": "generator", "b1": "discriminator"})
+    graph.graph["order"] = ["input:x", "generator", "discriminator"]
+    for name in ("generator", "discriminator"):
+        graph.nodes[name]["fqn"] = name
+    cluster = gpus(2)
+    plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2)  # one sample each
+    pred = price(graph, cluster, plan, options=EXACT)
+    # runtime.gan.gan_step: G(z); D on real and generated (2 samples); D again on generated
+    # (1) for G's loss, backward through D and G.
+    forward, backward = pred.stage_times[(0, 0)]
+    assert forward == pytest.approx((1 + 2 * 2 + 2) * UNIT)
+    assert backward == pytest.approx((2 + 2 * 4 + 4) * UNIT)
+    # D's gradients after D's loss, then G's and D's after G's loss: each hop of a
+    # 2-rank ring carries the whole buffer.
+    assert pred.link_bytes[(0, 1)] == 4 * (10 + 110)
+
+
 def test_a_profile_replaces_datasheet_times_and_is_cited():
     graph = chain([1, 1])
     cluster = gpus(2)
