@@ -1,8 +1,9 @@
 """What keeps a rank in line with its run: a graceful stop, and death with its supervisor.
 
 Stop: ``runtime stop`` sends SIGUSR1 to every worker. The signal only sets a flag; at each
-metrics flush (about once a second) the ranks all-reduce their flags (MAX), so all of them
-stop after the same step, save a checkpoint and exit 0. SIGTERM and SIGKILL keep their default meaning.
+metrics flush (about once a second) and each checkpoint the ranks all-reduce their flags
+(MAX), so all of them stop after the same step, save a checkpoint and exit 0. SIGTERM and
+SIGKILL keep their default meaning.
 
 Death: a worker must not outlive its run. `PR_SET_PDEATHSIG` has the kernel kill it when
 torchrun dies, and a watchdog thread exits the process when the supervisor's PID is gone

@@ -33,7 +33,7 @@ from runtime.progress import ProgressLine, render
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
 POLL_S = 0.5
-STOP_GRACE_S = 5.0  # after a stop request (plus two steps): the ranks agree at their next flush, ~1 s
+STOP_GRACE_S = 5.0  # after a stop request (plus two steps): ranks agree at a flush (~1 s) or checkpoint
 SHUTDOWN_TIMEOUT_S = 3  # torchrun's wait between SIGTERM and SIGKILL (its default: 30 s)
 
 

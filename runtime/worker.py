@@ -188,9 +188,12 @@ def train(
             result = engine.train_step(inputs.to(device), targets.to(device))
             flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
             last = step
-            # Checked where the ranks meet anyway (about once a second), not every step.
-            stopping = flushed and step < steps and stop.agreed()
-            if (every and step % every == 0) or (stopping and saved < step):
+            # Checked where the ranks meet anyway, not every step: a metrics flush (about
+            # once a second) or a checkpoint. A checkpoint flushes the metrics too, so with
+            # checkpoints more often than flushes the flush point alone never came.
+            at_checkpoint = bool(every) and step % every == 0
+            stopping = (flushed or at_checkpoint) and step < steps and stop.agreed()
+            if at_checkpoint or (stopping and saved < step):
                 recorder.flush()  # the metrics of every step a checkpoint covers are stored
                 checkpoint.save(run_dir, step, engine.state_parts(), rank=rank, group=cpu_group)
                 saved = step

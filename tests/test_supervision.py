@@ -108,6 +108,18 @@ def test_stop_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     assert losses(runs, row["run_id"]) == straight  # exactly
 
 
+def test_a_stop_is_honoured_when_checkpoints_come_more_often_than_metrics_flushes(tmp_path):
+    # A step of this MLP takes milliseconds: metrics flush every few hundred steps, and a
+    # checkpoint (which flushes them too) comes every step.
+    launcher, _ = started(tmp_path, endless_mlp(checkpoint_every=1))
+    runs = tmp_path / "runs"
+    stopped = runtime_cli("stop", the_run(runs)["run_id"], "--runs-dir", runs)
+    assert stopped.returncode == 0, stopped.stderr
+    assert launcher.wait(timeout=60) == 3
+    row = the_run(runs)
+    assert row["state"] == "stopped" and "after step" in row["reason"], row["reason"]
+
+
 def test_pipeline_resume_after_kill_9_matches_the_uninterrupted_run(tmp_path):
     plan = zoo_plan("gpt", GPT_1M, ranks=2, strategy="pp", global_batch=16, pp_degree=2, schedule="gpipe",
                     micro_batches=4, training={"steps": 12, "checkpoint_every": 4})  # fmt: skip
