@@ -21,7 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # before bench/, whose runtime.py would shadow the package
-SOURCE, OVERRIDES, SIZES = "cnn", {"channels": [32, 64, 64]}, [32, 64]  # as bench/fidelity.py
+
+from fidelity import MODELS, micro_batch_sizes  # noqa: E402  (bench/fidelity.py, beside this file)
+
+SOURCE = "cnn"
+OVERRIDES, SIZES = MODELS[SOURCE][0], micro_batch_sizes(SOURCE)  # the sizes its profile times
 SETTINGS = ("glibc default", "fixed")
 
 

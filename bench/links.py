@@ -21,13 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before bench/: r
 
 import torch
 import torch.distributed as dist
+from fidelity import MODELS  # bench/fidelity.py, beside this file
 
-from runtime.profile import _leave, _median_time, _spawned, link_timings
-
-GRADIENTS = {"cnn": 97_034 * 4, "gpt": 1_072_896 * 4}  # bytes: parameter counts of bench/fidelity.py's models
+from runtime.profile import _leave, _median_time, _model_and_batch, _spawned, link_timings
 
 
-def _direct_worker(rank: int, init: str, out: str, repeats: int) -> None:
+def gradient_bytes(model: str) -> int:
+    """Bytes of one fidelity model's float32 gradients: what its data-parallel ranks reduce."""
+    module, _ = _model_and_batch(model, MODELS[model][0], 1)
+    return 4 * sum(p.numel() for p in module.parameters())
+
+
+def _direct_worker(rank: int, init: str, out: str, repeats: int, gradients: dict[str, int]) -> None:
     """All-reduce each model's gradient bytes between two gloo processes: median seconds."""
     import json
     from datetime import timedelta
@@ -35,7 +40,7 @@ def _direct_worker(rank: int, init: str, out: str, repeats: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     timed = {}
-    for model, nbytes in GRADIENTS.items():
+    for model, nbytes in gradients.items():
         t = torch.zeros(nbytes // 4)
         timed[model] = _median_time(lambda t=t: dist.all_reduce(t), repeats)
     if rank == 0:
@@ -48,21 +53,22 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    head = "".join(f"  {m} all-reduce ms: fit  timed" for m in GRADIENTS)
+    gradients = {m: gradient_bytes(m) for m in ("cnn", "gpt")}
+    head = "".join(f"  {m} all-reduce ms: fit  timed" for m in gradients)
     print(f"try  all-reduce fit: latency ms  bandwidth GB/s{head}")
-    fitted: dict[str, list[float]] = {m: [] for m in GRADIENTS}
-    timed: dict[str, list[float]] = {m: [] for m in GRADIENTS}
+    fitted: dict[str, list[float]] = {m: [] for m in gradients}
+    timed: dict[str, list[float]] = {m: [] for m in gradients}
     for i in range(args.tries):
         links, _ = link_timings("loopback", args.repeats)
         fit = next(link for link in links if link.op == "all_reduce")
-        direct = _spawned(_direct_worker, 2, args.repeats)
+        direct = _spawned(_direct_worker, 2, args.repeats, gradients)
         cells = ""
-        for model, nbytes in GRADIENTS.items():
+        for model, nbytes in gradients.items():
             fitted[model].append(fit.latency_s + nbytes / fit.bandwidth)
             timed[model].append(direct[model])
             cells += f"  {fitted[model][-1] * 1e3:>{len(model) + 18}.2f} {timed[model][-1] * 1e3:>6.2f}"
         print(f"{i + 1:>3}  {fit.latency_s * 1e3:>26.3f} {fit.bandwidth / 1e9:>15.2f}{cells}")
-    for model in GRADIENTS:
+    for model in gradients:
         for what, times in (("fit", fitted[model]), ("timed", timed[model])):
             print(f"{model} gradients' all-reduce, {what}: {min(times) * 1e3:.2f}-{max(times) * 1e3:.2f} ms "
                   f"over {args.tries} tries ({max(times) / min(times):.1f}x)")  # fmt: skip
