@@ -374,15 +374,17 @@ class _Context:
         (runtime.gan.gan_step): on the real and the generated samples at once for D's loss,
         then on the generated ones again for G's. Everything else runs once.
         """
-        if self.gan and block == "discriminator" and "generator" in stage_blocks:
-            return (2, 1)
-        return (1,)
+        return (2, 1) if block == "discriminator" and self._gan_replica(stage_blocks) else (1,)
+
+    def _gan_replica(self, stage_blocks: list[str]) -> bool:
+        """A stage holding both of the GAN's networks: a data-parallel replica's."""
+        return self.gan and {"generator", "discriminator"} <= set(stage_blocks)
 
     def _reduced_bytes(self, cost: _StageCost) -> list[float]:
         """The all-reduces a replica's stage makes per step, in bytes. A GAN replica
         all-reduces D's gradients after D's loss, then G's and D's again after G's loss
         (DDP reduces every backward; D's second gradients are cleared unused)."""
-        if self.gan and {"generator", "discriminator"} <= set(cost.blocks):
+        if self._gan_replica(cost.blocks):
             d_bytes = self.graph.nodes["discriminator"]["param_bytes"] * self.scale
             return [d_bytes, cost.param_bytes]
         return [cost.param_bytes]
