@@ -5,7 +5,7 @@ makes at stage boundaries), and each block runs alone on one thread, as one CPU 
 forward, then backward from a gradient of its output's shape, each the median of
 ``repeats`` runs after a warm-up, per micro-batch size. Bytes kept for backward are
 counted with `saved_tensors_hooks`. The uncut model is timed too, eagerly, as a data-parallel
-replica runs it, and the optimizer step on its gradients.
+replica runs it, and the optimizer step inside a training loop of it.
 
 Contention: CPU ranks on one machine share its memory bandwidth and caches, so a block
 runs slower while the other ranks compute too. One training step of the whole model is
@@ -13,7 +13,12 @@ timed in one process alone, then in as many processes at once as the cluster has
 (up to the core count); the ratio, minus 1, is the profile's ``contention``.
 
 Links: two gloo processes on this machine send and all-reduce messages from 1 KiB to
-16 MiB; ``time = latency + bytes / bandwidth`` is fitted by least squares (Hockney).
+16 MiB; ``time = latency + bytes / bandwidth`` is fitted by least squares (Hockney). Sends
+are timed back to back. Each all-reduce is timed after ``COMPUTE_BEFORE_ALL_REDUCE_S`` of
+compute on both ranks, as a step's gradient all-reduce follows its backward. Here a try
+after compute is either as fast as back to back or a few milliseconds slower, more often
+than back to back (`bench/links.py` prints both ways for the fidelity bench's gradients);
+the figure is the mean of the tries, what a step pays on average.
 
 Every measuring process fixes glibc's malloc thresholds first, as the runtime's ranks do
 (`runtime.host_allocator`): with glibc's dynamic ones, the same model timed up to 1.5x
@@ -38,6 +43,7 @@ from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTimin
 from runtime.host_allocator import fix_malloc_thresholds
 
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
+COMPUTE_BEFORE_ALL_REDUCE_S = 0.01  # a backward's worth: the fidelity bench's steps take 10-150 ms
 
 
 def _model_and_batch(source: str, overrides: dict, size: int, dtype: str = "float32"):
@@ -123,6 +129,38 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
     return graph_digest(graph), timings
 
 
+def compute_for(seconds: float):
+    """A function that keeps this thread computing (small matrix products) for about
+    ``seconds``, calibrated here and now."""
+    w = torch.randn(64, 64) / 8.0
+    h0 = torch.randn(8, 64)
+
+    def products(n: int) -> None:
+        h = h0
+        for _ in range(n):
+            h = torch.tanh(h @ w)
+
+    products(50)  # warm-up
+    t = time.perf_counter()
+    products(500)
+    n = max(1, round(seconds / ((time.perf_counter() - t) / 500)))
+    return lambda: products(n)
+
+
+def mean_after_compute(fn, compute, repeats: int) -> float:
+    """Mean seconds of ``fn``, a collective, each try started on every rank after
+    ``compute``: the ranks leave a barrier together, compute, then call it."""
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        compute()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.fmean(times)
+
+
 def _leave() -> None:
     """End a measuring process without tearing its process group down: gloo's destructor
     joins a worker thread that can be waiting for the GIL the destructor holds (one profile
@@ -150,6 +188,7 @@ def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
     overhead = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"p2p": [], "all_reduce": [], "overhead": overhead}
+    backward = compute_for(COMPUTE_BEFORE_ALL_REDUCE_S)
     for size in SIZES_BYTES:
         t = torch.zeros(size // 4)
 
@@ -163,7 +202,9 @@ def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
 
         result["p2p"].append((size, _median_time(p2p, repeats) / 2))  # one way
         dist.barrier()
-        result["all_reduce"].append((size, _median_time(lambda t=t: dist.all_reduce(t), repeats)))
+        # The mean of more tries: after compute, a try is either fast or several ms slower.
+        mean = mean_after_compute(lambda t=t: dist.all_reduce(t), backward, max(4 * repeats, 20))
+        result["all_reduce"].append((size, mean))
     if rank == 0:
         Path(out).write_text(json.dumps(result))
     _leave()
@@ -185,7 +226,8 @@ def _spawned(worker, nprocs: int, *args) -> dict:
 
 
 def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], int]:
-    """p2p and 2-rank all-reduce between two processes here, fitted; and a rank's base RSS."""
+    """p2p and 2-rank all-reduce (after compute) between two processes here, fitted; and a
+    rank's base RSS."""
     measured = _spawned(_link_worker, 2, repeats)
     links = []
     for op in ("p2p", "all_reduce"):
@@ -210,18 +252,30 @@ def _training_step(source: str, overrides: dict, size: int, dtype: str = "float3
 
 
 def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats: int = 5) -> float:
-    """AdamW's step time per parameter (foreach=False, as the runtime makes it).
+    """AdamW's step time per parameter (foreach=False, as the runtime makes it): the median
+    of ``repeats`` steps, each timed inside a training loop, after a forward and backward of
+    a batch-mean objective, as the runtime steps it.
 
-    On gradients of a batch-mean objective, the size a loss gives: the step's speed depends
-    on the values (on zero gradients, or on unit-scale random ones, it ran 3 to 4 times
-    slower here than on gradients a thousandth of that size).
+    Inside the loop, the step finds its state evicted from the caches by the forward and
+    backward, and fresh gradients the size a loss gives (on zero or unit-scale gradients it
+    ran 3 to 4 times slower here). Timed back to back on one set of gradients instead, the
+    MLP's step took nearly twice as long as in the loop and the CNN's half as long (measured
+    by hand, once, while choosing this).
     """
     model, forward, _ = _training_step(source, overrides, size)
-    out = forward()
-    sum(o.float().mean() for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad).backward()
-    params = [p for p in model.parameters() if p.grad is not None]
+    params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
-    return _median_time(optimizer.step, repeats) / max(sum(p.numel() for p in params), 1)
+    times = []
+    for _ in range(repeats + 1):  # the first step allocates the optimizer's state
+        optimizer.zero_grad(set_to_none=True)
+        out = forward()
+        outs = out if isinstance(out, tuple) else (out,)
+        sum(o.float().mean() for o in outs if o.requires_grad).backward()
+        t = time.perf_counter()
+        optimizer.step()
+        times.append(time.perf_counter() - t)
+    trained = sum(p.numel() for p in params if p.grad is not None)
+    return statistics.median(times[1:]) / max(trained, 1)
 
 
 def whole_timings(
