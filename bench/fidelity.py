@@ -193,6 +193,7 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
     ):
         if any(c.cluster == cores for c in cases):
             table(title, [c for c in cases if c.cluster == cores], results)
+    per_rank([c for c in cases if c.cluster == "cpu:2"], results)
     ranking([c for c in cases if c.cluster == "cpu:2"], results)
 
 
@@ -220,6 +221,18 @@ def table(title: str, cases: list[Case], results: dict) -> None:
           f" (targets 10% / 20%); bubble |error|: median {statistics.median(bubble_err) * 100:.1f} points;"
           f" tensor memory |error| per rank: median {statistics.median(mem_err):.1%},"
           f" max {max(mem_err):.1%} (target 15%)")  # fmt: skip
+
+
+def per_rank(cases: list[Case], results: dict) -> None:
+    """Where each plan's step goes, rank by rank: predicted (calibrated) and measured."""
+    print("\nPer rank, ms a step, predicted / measured: compute (forward, loss, backward), optimizer, "
+          "wait (communication not hidden, and idle)")  # fmt: skip
+    for c in cases:
+        by = {(x.rank, x.name): x for x in results[c.name]}
+        for rank in sorted({r for r, _ in by if r >= 0}):
+            figures = [by[(rank, name)] for name in ("compute_s", "optimizer_s", "wait_s")]
+            cells = "".join(f"  {x.name[:-2]} {ms(x.predicted):>8s} / {ms(x.measured):>8s}" for x in figures)
+            print(f"  {c.name:28s} rank {rank}{cells}")
 
 
 def ranking(cases: list[Case], results: dict) -> None:

@@ -61,3 +61,17 @@ def test_profile_refuses_a_cluster_it_cannot_measure(tmp_path):
 def runtime_cli_planner(*args):
     return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True,
                           env=ENV, cwd=ROOT, timeout=300)  # fmt: skip
+
+
+def test_an_all_reduce_is_timed_after_compute_and_averaged(monkeypatch):
+    """Each try follows a barrier and the compute, and the figure is the mean of the tries:
+    after compute, a try is either fast or slow, and a step pays the mean."""
+    from runtime import profile
+
+    calls, clock = [], iter([0.0, 1.0, 10.0, 12.0, 20.0, 29.0])  # tries of 1, 2 and 9 s
+    monkeypatch.setattr(profile.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: next(clock))
+    all_reduce, compute = lambda: calls.append("all-reduce"), lambda: calls.append("compute")
+    seconds = profile.mean_after_compute(all_reduce, compute, 3)
+    assert seconds == pytest.approx(4.0)  # the median would be 2
+    assert calls == ["all-reduce"] + ["barrier", "compute", "all-reduce"] * 3  # a warm-up first
