@@ -5,7 +5,9 @@ it and never imports the runtime. A profile belongs to one coarsened graph (its 
 block timings of another model would silently misprice this one.
 
 Link timings are fitted as ``time = latency + bytes / bandwidth`` (the alpha-beta model of
-Hockney, 1994), separately for point-to-point and all-reduce.
+Hockney, 1994), separately for point-to-point and all-reduce. The all-reduce is the one a
+step makes after its backward: the runtime's profile times it after compute on every rank,
+where it was slower than back to back.
 
 Block timings are of one rank computing alone. CPU ranks on one machine share its memory
 bandwidth and caches (and on many machines a core's hyper-threads), so they compute slower
