@@ -298,7 +298,7 @@ def detect_local() -> Cluster:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         cluster = parse_short_form(f"cpu:{cores or 1}")
         return cluster.model_copy(update={"name": "local"})
-    kinds = [_kind_of_gpu(p.name, p.total_memory) for p in gpus]
+    kinds = [kind_of_gpu(p.name, p.total_memory) for p in gpus]
     spec = "+".join(f"{k}:{kinds.count(k)}" for k in dict.fromkeys(kinds))
     cluster = parse_short_form(spec)
     devices = [
@@ -308,7 +308,8 @@ def detect_local() -> Cluster:
     return cluster.model_copy(update={"name": "local", "devices": devices})
 
 
-def _kind_of_gpu(name: str, memory: int) -> str:
+def kind_of_gpu(name: str, memory: int) -> str:
+    """The catalog kind of a GPU torch reports (its name and bytes of memory)."""
     n = name.upper()
     gib = memory / 2**30
     if "H100" in n or "H200" in n:

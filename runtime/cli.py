@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("profile", help="measure a model's blocks and this machine's links")
     p.add_argument("--model", required=True, help="zoo name or hf:<model_type>")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="size overrides")
-    p.add_argument("--cluster", default="local", help="the CPU cluster it is for (default: local)")
+    p.add_argument("--cluster", default="local", help="its devices, all of one kind here (default: local)")
     p.add_argument("--micro-batch-sizes", default="1,2,4,8", help="samples per micro-batch to time")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (the median is kept)")
     p.add_argument("-o", "--output", type=Path, default=Path("profile.json"))

@@ -20,6 +20,13 @@ after compute is either as fast as back to back or a few milliseconds slower, mo
 than back to back (`bench/links.py` prints both ways for the fidelity bench's gradients);
 the figure is the mean of the tries, what a step pays on average.
 
+GPUs: when the cluster's devices are GPUs, the same measurements run on this machine's
+first GPU (the blocks, the whole model, the optimizer) and first two (the links and the
+runtime's own costs, over nccl), each timing between two `torch.cuda.synchronize` calls;
+there is no contention figure, since GPUs do not share their cores. The timings are filed
+under the cluster's device kind; a GPU here of another model is warned about. This path has
+not been run on a GPU yet: the machines this project is built on have none.
+
 Every measuring process fixes glibc's malloc thresholds first, as the runtime's ranks do
 (`runtime.host_allocator`): with glibc's dynamic ones, the same model timed up to 1.5x
 slower in one fresh process than in the next.
@@ -32,31 +39,35 @@ import socket
 import statistics
 import tempfile
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from planner.errors import PlanError
+from planner.cluster import kind_of_gpu
+from planner.devices import device_kind
+from planner.errors import ClusterError, PlanError
 from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
 from runtime.host_allocator import fix_malloc_thresholds
 
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
+CPU = torch.device("cpu")
 COMPUTE_BEFORE_ALL_REDUCE_S = 0.01  # a backward's worth: the fidelity bench's steps take 10-150 ms
 
 
-def _model_and_batch(source: str, overrides: dict, size: int, dtype: str = "float32"):
+def _model_and_batch(source: str, overrides: dict, size: int, dtype: str = "float32", device=CPU):
     """A fresh model in train mode (a language model returning its logits, as the runtime
-    runs it) and an example batch of ``size`` samples."""
+    runs it) and an example batch of ``size`` samples, on ``device``."""
     from planner.source import build_model, parse_source
     from runtime.model import return_logits
 
     built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
-    model = built.module.train()
+    model = built.module.train().to(device)
     if source.startswith("hf:"):
         model = return_logits(model)
-    return model, tuple(a.expand(size, *a.shape[1:]).contiguous() for a in built.args)
+    return model, tuple(a.expand(size, *a.shape[1:]).contiguous().to(device) for a in built.args)
 
 
 def _as_one_cpu_rank() -> None:
@@ -66,19 +77,29 @@ def _as_one_cpu_rank() -> None:
     fix_malloc_thresholds()
 
 
-def _median_time(fn, repeats: int) -> float:
+def _sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device``: a GPU runs it after the call that queued it
+    has returned."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, repeats: int, device: torch.device = CPU) -> float:
     fn()  # warm-up: first calls allocate and pick kernels
+    _sync(device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
 def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *, repeats: int = 5,
-                  dtype: str = "float32") -> tuple[str, list[BlockTiming]]:  # fmt: skip
-    """Per block and micro-batch size: (graph digest, timings)."""
+                  dtype: str = "float32", device: torch.device = CPU,
+                  kind: str = "cpu") -> tuple[str, list[BlockTiming]]:  # fmt: skip
+    """Per block and micro-batch size: (graph digest, timings on ``device``, filed as ``kind``)."""
     from torch.distributed.pipelining import SplitPoint, pipeline
 
     from planner.build import model_blocks
@@ -92,7 +113,7 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
     for size in micro_batch_sizes:
         # A fresh model per size: pipeline() patches the modules' forward, and a second cut
         # of the same instance would nest those patches.
-        model, example = _model_and_batch(source, overrides, size, dtype)
+        model, example = _model_and_batch(source, overrides, size, dtype, device)
         try:
             pipe = pipeline(model, mb_args=example, split_spec={b: SplitPoint.BEGINNING for b in blocks[1:]})
         except Exception as exc:
@@ -113,15 +134,15 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
                 out = module(*args)
             outs = out if isinstance(out, tuple) else (out,)
             grads = tuple(torch.ones_like(o) for o in outs)
-            forward_s = _median_time(lambda module=module, args=args: module(*args), repeats)
+            forward_s = _median_time(lambda module=module, args=args: module(*args), repeats, device)
 
             def backward(module=module, args=args, grads=grads):
                 out = module(*args)
                 torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
 
-            both = _median_time(backward, repeats)  # forward + backward: backward needs a fresh graph
+            both = _median_time(backward, repeats, device)  # forward + backward: backward needs a fresh graph
             timing = BlockTiming(
-                block=block, device_kind="cpu", micro_batch_size=size, forward_s=forward_s,
+                block=block, device_kind=kind, micro_batch_size=size, forward_s=forward_s,
                 backward_s=max(both - forward_s, 0.0), saved_bytes=saved[0],
             )  # fmt: skip
             timings.append(timing)
@@ -129,11 +150,11 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
     return graph_digest(graph), timings
 
 
-def compute_for(seconds: float):
-    """A function that keeps this thread computing (small matrix products) for about
+def compute_for(seconds: float, device: torch.device = CPU):
+    """A function that keeps ``device`` computing (small matrix products) for about
     ``seconds``, calibrated here and now."""
-    w = torch.randn(64, 64) / 8.0
-    h0 = torch.randn(8, 64)
+    w = torch.randn(64, 64, device=device) / 8.0
+    h0 = torch.randn(8, 64, device=device)
 
     def products(n: int) -> None:
         h = h0
@@ -141,22 +162,27 @@ def compute_for(seconds: float):
             h = torch.tanh(h @ w)
 
     products(50)  # warm-up
+    _sync(device)
     t = time.perf_counter()
     products(500)
+    _sync(device)
     n = max(1, round(seconds / ((time.perf_counter() - t) / 500)))
     return lambda: products(n)
 
 
-def mean_after_compute(fn, compute, repeats: int) -> float:
+def mean_after_compute(fn, compute, repeats: int, device: torch.device = CPU) -> float:
     """Mean seconds of ``fn``, a collective, each try started on every rank after
     ``compute``: the ranks leave a barrier together, compute, then call it."""
     fn()  # warm-up
+    _sync(device)
     times = []
     for _ in range(repeats):
         dist.barrier()
         compute()
+        _sync(device)
         t = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.fmean(times)
 
@@ -180,17 +206,29 @@ def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     return max(float(intercept), 0.0), 1.0 / max(float(slope), 1e-15)
 
 
-def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
+def _join(rank: int, init: str, world: int, device_type: str, timeout_s: float = 60) -> torch.device:
+    """Start a measuring rank as the runtime starts its ranks: gloo between CPU ranks,
+    nccl between GPUs, one GPU per rank (``cuda:rank``, all on this machine)."""
+    _as_one_cpu_rank()
+    device = torch.device("cuda", rank) if device_type == "cuda" else CPU
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
+    return device
+
+
+def _link_worker(rank: int, init: str, out: str, repeats: int, device_type: str = "cpu") -> None:
     import json
     import resource
 
-    _as_one_cpu_rank()
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    device = _join(rank, init, 2, device_type)
     overhead = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"p2p": [], "all_reduce": [], "overhead": overhead}
-    backward = compute_for(COMPUTE_BEFORE_ALL_REDUCE_S)
+    backward = compute_for(COMPUTE_BEFORE_ALL_REDUCE_S, device)
     for size in SIZES_BYTES:
-        t = torch.zeros(size // 4)
+        t = torch.zeros(size // 4, device=device)
 
         def p2p(t=t):
             if rank == 0:
@@ -200,10 +238,10 @@ def _link_worker(rank: int, init: str, out: str, repeats: int) -> None:
                 dist.recv(t, 0)
                 dist.send(t, 0)
 
-        result["p2p"].append((size, _median_time(p2p, repeats) / 2))  # one way
+        result["p2p"].append((size, _median_time(p2p, repeats, device) / 2))  # one way
         dist.barrier()
         # The mean of more tries: after compute, a try is either fast or several ms slower.
-        mean = mean_after_compute(lambda t=t: dist.all_reduce(t), backward, max(4 * repeats, 20))
+        mean = mean_after_compute(lambda t=t: dist.all_reduce(t), backward, max(4 * repeats, 20), device)
         result["all_reduce"].append((size, mean))
     if rank == 0:
         Path(out).write_text(json.dumps(result))
@@ -225,10 +263,10 @@ def _spawned(worker, nprocs: int, *args) -> dict:
         return json.loads(Path(out).read_text())
 
 
-def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], int]:
-    """p2p and 2-rank all-reduce (after compute) between two processes here, fitted; and a
-    rank's base RSS."""
-    measured = _spawned(_link_worker, 2, repeats)
+def link_timings(link_kind: str, repeats: int = 5, device_type: str = "cpu") -> tuple[list[LinkTiming], int]:
+    """p2p and 2-rank all-reduce (after compute) between two processes here (two CPU ranks,
+    or the first two GPUs), fitted; and a rank's base RSS."""
+    measured = _spawned(_link_worker, 2, repeats, device_type)
     links = []
     for op in ("p2p", "all_reduce"):
         latency, bandwidth = _fit(measured[op])
@@ -236,9 +274,9 @@ def link_timings(link_kind: str, repeats: int = 5) -> tuple[list[LinkTiming], in
     return links, int(measured["overhead"])
 
 
-def _training_step(source: str, overrides: dict, size: int, dtype: str = "float32"):
-    """(forward, forward and backward) of the whole, uncut model on ``size`` samples."""
-    model, example = _model_and_batch(source, overrides, size, dtype)
+def _training_step(source: str, overrides: dict, size: int, dtype: str = "float32", device=CPU):
+    """(model, forward, forward and backward) of the whole, uncut model on ``size`` samples."""
+    model, example = _model_and_batch(source, overrides, size, dtype, device)
 
     def forward():
         return model(*example)
@@ -251,7 +289,8 @@ def _training_step(source: str, overrides: dict, size: int, dtype: str = "float3
     return model, forward, step
 
 
-def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats: int = 5) -> float:
+def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats: int = 5,
+                                device: torch.device = CPU) -> float:  # fmt: skip
     """AdamW's step time per parameter (foreach=False, as the runtime makes it): the median
     of ``repeats`` steps, each timed inside a training loop, after a forward and backward of
     a batch-mean objective, as the runtime steps it.
@@ -262,7 +301,7 @@ def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats
     MLP's step took nearly twice as long as in the loop and the CNN's half as long (measured
     by hand, once, while choosing this).
     """
-    model, forward, _ = _training_step(source, overrides, size)
+    model, forward, _ = _training_step(source, overrides, size, device=device)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
     times = []
@@ -271,23 +310,24 @@ def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats
         out = forward()
         outs = out if isinstance(out, tuple) else (out,)
         sum(o.float().mean() for o in outs if o.requires_grad).backward()
+        _sync(device)
         t = time.perf_counter()
         optimizer.step()
+        _sync(device)
         times.append(time.perf_counter() - t)
     trained = sum(p.numel() for p in params if p.grad is not None)
     return statistics.median(times[1:]) / max(trained, 1)
 
 
-def whole_timings(
-    source: str, overrides: dict, micro_batch_sizes: list[int], repeats: int = 5
-) -> list[ModelTiming]:
+def whole_timings(source: str, overrides: dict, micro_batch_sizes: list[int], repeats: int = 5,
+                  device: torch.device = CPU, kind: str = "cpu") -> list[ModelTiming]:  # fmt: skip
     """The uncut model's forward and backward per size, run eagerly as a DDP replica runs it."""
     out = []
     for size in micro_batch_sizes:
-        _, forward, step = _training_step(source, overrides, size)
-        f, both = _median_time(forward, repeats), _median_time(step, repeats)
+        _, forward, step = _training_step(source, overrides, size, device=device)
+        f, both = _median_time(forward, repeats, device), _median_time(step, repeats, device)
         out.append(
-            ModelTiming(device_kind="cpu", micro_batch_size=size, forward_s=f, backward_s=max(both - f, 0.0))
+            ModelTiming(device_kind=kind, micro_batch_size=size, forward_s=f, backward_s=max(both - f, 0.0))
         )
     return out
 
@@ -295,7 +335,9 @@ def whole_timings(
 ACTION_M = 8  # micro-batches of the tiny pipeline that measures what the runtime itself costs
 
 
-def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) -> None:
+def _tiny_run_worker(
+    rank: int, init: str, out: str, repeats: int, mode: str, device_type: str = "cpu"
+) -> None:
     """Train a model too small to compute or to hold, as the runtime trains: ``pp`` with
     torch's GPipe schedule over two stages, ``dp`` with DDP. Records the step time and how
     much the peak memory grew from the moment the process group was up."""
@@ -307,20 +349,19 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
     from runtime.metrics import memory_peaks, reset_peak_memory
     from runtime.pipeline_parallel import load_tracer
 
-    _as_one_cpu_rank()
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    device = _join(rank, init, 2, device_type)
     if mode == "pp":
         load_tracer()
-    base = reset_peak_memory(torch.device("cpu"))  # as the runtime's worker measures it
+    base = reset_peak_memory(device)  # as the runtime's worker measures it
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
-    x, target = torch.randn(ACTION_M, 8), torch.randn(ACTION_M, 8)
+    x, target = torch.randn(ACTION_M, 8, device=device), torch.randn(ACTION_M, 8, device=device)
 
     def loss_fn(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (y - target).pow(2).sum()
 
     if mode == "pp":
         pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
-        stage = pipe.build_stage(rank, torch.device("cpu"))
+        stage = pipe.build_stage(rank, device)
         schedule = ScheduleGPipe(stage, n_microbatches=ACTION_M, loss_fn=loss_fn)
         optimizer = torch.optim.AdamW(stage.submod.parameters(), foreach=False)
 
@@ -332,7 +373,9 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
                 schedule.step(target=target, losses=[])
             optimizer.step()
     else:
-        ddp = DistributedDataParallel(model, gradient_as_bucket_view=True)
+        model = model.to(device)
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
         optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
 
         def step() -> None:
@@ -340,21 +383,24 @@ def _tiny_run_worker(rank: int, init: str, out: str, repeats: int, mode: str) ->
             loss_fn(ddp(x), target).backward()
             optimizer.step()
 
-    step_s = _median_time(step, repeats)
-    grown = memory_peaks(torch.device("cpu"))[1] - base
-    mine = torch.tensor([step_s, grown], dtype=torch.float64)
+    step_s = _median_time(step, repeats, device)
+    grown = memory_peaks(device)[1] - base
+    mine = torch.tensor([step_s, grown], dtype=torch.float64, device=device)
     dist.all_reduce(mine, op=dist.ReduceOp.MAX)
     if rank == 0:
         Path(out).write_text(json.dumps({"step_s": float(mine[0]), "grown_bytes": int(mine[1])}))
     _leave()
 
 
-def runtime_costs(repeats: int = 5) -> tuple[float, dict[str, int]]:
-    """What the runtime itself costs on gloo between two processes here, from a model too
-    small to count: (seconds one forward or backward action of torch's pipeline schedule
-    takes beyond its compute, i.e. a GPipe step over the 2(m + p - 1) actions on its critical
-    path; and how much a rank's peak memory grows to train, per ``pp`` and ``dp``)."""
-    measured = {mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode) for mode in ("pp", "dp")}
+def runtime_costs(repeats: int = 5, device_type: str = "cpu") -> tuple[float, dict[str, int]]:
+    """What the runtime itself costs between two ranks here (gloo between CPU ranks, nccl
+    between GPUs), from a model too small to count: (seconds one forward or backward action
+    of torch's pipeline schedule takes beyond its compute, i.e. a GPipe step over the
+    2(m + p - 1) actions on its critical path; and how much a rank's peak memory grows to
+    train, per ``pp`` and ``dp``)."""
+    measured = {
+        mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode, device_type) for mode in ("pp", "dp")
+    }
     action = measured["pp"]["step_s"] / (2 * (ACTION_M + 2 - 1))
     return action, {mode: m["grown_bytes"] for mode, m in measured.items()}
 
@@ -390,37 +436,64 @@ def contention(source: str, overrides: dict, size: int, processes: int, repeats:
     return max(statistics.median(measured["together"]) / measured["alone"] - 1.0, 0.0)
 
 
+def measured_device(cluster) -> tuple[str, torch.device]:
+    """(device kind, the device here that measures it). A profile measures the cluster's one
+    kind of device on this machine: its CPU ranks, or its GPUs (the first one or two)."""
+    kinds = sorted({d.kind for d in cluster.devices})
+    if len(kinds) != 1:
+        raise PlanError(
+            f"cluster: a profile measures one kind of device, on a machine that has it; this cluster "
+            f"has {kinds}: profile each kind where it is, or plan with datasheet figures"
+        )
+    kind = kinds[0]
+    if kind == "cpu":
+        return kind, CPU
+    if not torch.cuda.is_available():
+        raise PlanError(f"cluster: its devices are {kind} GPUs, and this machine has no CUDA to measure them")
+    needed, here = min(len(cluster.devices), 2), torch.cuda.device_count()  # two for the links
+    if here < needed:
+        raise PlanError(f"cluster: measuring its links needs {needed} GPUs here; this machine has {here}")
+    gpu = torch.cuda.get_device_properties(0)
+    try:
+        found = kind_of_gpu(gpu.name, gpu.total_memory)
+    except ClusterError:  # not in the catalog
+        found = None
+    if found != device_kind(kind).id:
+        warnings.warn(f"profiling the cluster's {kind} on this machine's {gpu.name}: its timings will be "
+                      f"filed under {kind}", stacklevel=2)  # fmt: skip
+    return kind, torch.device("cuda", 0)
+
+
 def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[int], *, repeats: int = 5,
                  optimizer: str = "adamw") -> Profile:  # fmt: skip
+    """Measure ``source`` on this machine's devices of the cluster's kind (see the module's
+    docstring); the timings are filed under the cluster's device and link kinds."""
     _as_one_cpu_rank()
-    kinds = {d.kind for d in cluster.devices}
-    if kinds != {"cpu"}:
-        raise PlanError(
-            f"cluster: profiling measures this machine's CPU ranks; the cluster has {sorted(kinds)}"
-        )
-    digest, blocks = block_timings(source, overrides, micro_batch_sizes, repeats=repeats)
-    per_param = optimizer_seconds_per_param(source, overrides, min(micro_batch_sizes), repeats)
+    kind, device = measured_device(cluster)
+    digest, blocks = block_timings(
+        source, overrides, micro_batch_sizes, repeats=repeats, device=device, kind=kind
+    )
+    per_param = optimizer_seconds_per_param(source, overrides, min(micro_batch_sizes), repeats, device)
     profile = Profile(
         graph_digest=digest, host=socket.gethostname(), torch_version=torch.__version__, blocks=blocks,
-        optimizers=[OptimizerTiming(device_kind="cpu", optimizer=optimizer, seconds_per_param=per_param)],
+        optimizers=[OptimizerTiming(device_kind=kind, optimizer=optimizer, seconds_per_param=per_param)],
     )  # fmt: skip
-    # Ranks that compute at once on this machine: the cluster's, up to the cores there are.
-    busy = min(len(cluster.devices), os.cpu_count() or 1)
     sizes = sorted(micro_batch_sizes)
-    slowdown = contention(source, overrides, sizes[len(sizes) // 2], busy, repeats)
-    whole = whole_timings(source, overrides, sizes, repeats)
-    profile = profile.model_copy(update={"contention": {"cpu": slowdown}, "whole": whole})
+    update = {}
+    if device.type == "cpu":  # GPUs do not share their cores
+        # Ranks that compute at once on this machine: the cluster's, up to the cores there are.
+        busy = min(len(cluster.devices), os.cpu_count() or 1)
+        update["contention"] = {"cpu": contention(source, overrides, sizes[len(sizes) // 2], busy, repeats)}
+    update["whole"] = whole_timings(source, overrides, sizes, repeats, device, kind)
+    profile = profile.model_copy(update=update)
     if len(cluster.devices) >= 2:
         a, b = cluster.devices[0].id, cluster.devices[1].id
-        kind = next((link.kind for link in cluster.links if {link.a, link.b} == {a, b}), None)
-        if kind is not None:
-            links, overhead = link_timings(kind, repeats)
-            action, grown = runtime_costs(repeats)
-            update = {
-                "links": links,
-                "overhead_bytes": {"cpu": overhead},
-                "pipeline_action_s": {"cpu": action},
-                "runtime_bytes": {"cpu": grown},
-            }
+        link_kind = next((link.kind for link in cluster.links if {link.a, link.b} == {a, b}), None)
+        if link_kind is not None:
+            links, overhead = link_timings(link_kind, repeats, device.type)
+            action, grown = runtime_costs(repeats, device.type)
+            update = {"links": links, "pipeline_action_s": {kind: action}, "runtime_bytes": {kind: grown}}
+            if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages
+                update["overhead_bytes"] = {"cpu": overhead}
             profile = profile.model_copy(update=update)
     return profile

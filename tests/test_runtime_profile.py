@@ -54,7 +54,7 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
 def test_profile_refuses_a_cluster_it_cannot_measure(tmp_path):
     done = runtime_cli("profile", "--model", "gpt", "--set", "size=toy", "--cluster", "h100:2", "-o",
                        tmp_path / "p.json")  # fmt: skip
-    assert done.returncode == 2 and "CPU ranks" in done.stderr
+    assert done.returncode == 2 and "h100-80gb GPUs, and this machine has no CUDA" in done.stderr
     assert not (tmp_path / "p.json").exists()
 
 
@@ -75,3 +75,41 @@ def test_an_all_reduce_is_timed_after_compute_and_averaged(monkeypatch):
     seconds = profile.mean_after_compute(all_reduce, compute, 3)
     assert seconds == pytest.approx(4.0)  # the median would be 2
     assert calls == ["all-reduce"] + ["barrier", "compute", "all-reduce"] * 3  # a warm-up first
+
+
+def _gpus_here(monkeypatch, names: list[str]) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(names))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(names))
+    gpus = [SimpleNamespace(name=n, total_memory=80 * 2**30) for n in names]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: gpus[i])
+
+
+def test_a_profile_measures_the_clusters_one_kind_of_device_on_this_machine(monkeypatch):
+    import warnings
+
+    import torch
+
+    from planner.cluster import resolve_cluster
+    from planner.errors import PlanError
+    from runtime.profile import measured_device
+
+    assert measured_device(resolve_cluster("cpu:2")) == ("cpu", torch.device("cpu"))
+    with pytest.raises(PlanError, match=r"one kind of device.*\['a100-80gb', 'h100-80gb'\]"):
+        measured_device(resolve_cluster("h100:1+a100-80gb:1"))
+    _gpus_here(monkeypatch, [])
+    with pytest.raises(PlanError, match="h100-80gb GPUs, and this machine has no CUDA"):
+        measured_device(resolve_cluster("h100:2"))
+    _gpus_here(monkeypatch, ["NVIDIA H100 80GB HBM3"])
+    with pytest.raises(PlanError, match="links needs 2 GPUs here; this machine has 1"):
+        measured_device(resolve_cluster("h100:2"))
+    _gpus_here(monkeypatch, ["NVIDIA H100 80GB HBM3"] * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same model: nothing to warn about
+        assert measured_device(resolve_cluster("h100:2")) == ("h100-80gb", torch.device("cuda", 0))
+    _gpus_here(monkeypatch, ["NVIDIA A100-SXM4-80GB"] * 2)
+    with pytest.warns(UserWarning, match="cluster's h100-80gb on this machine's NVIDIA A100-SXM4-80GB"):
+        assert measured_device(resolve_cluster("h100:2"))[0] == "h100-80gb"
