@@ -84,16 +84,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn, repeats: int, device: torch.device = CPU) -> float:
+def _timed_tries(fn, repeats: int, device: torch.device = CPU, before=None) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after a warm-up, each after ``before`` (untimed)."""
     fn()  # warm-up: first calls allocate and pick kernels
     _sync(device)
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
+            _sync(device)
         t = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def _median_time(fn, repeats: int, device: torch.device = CPU) -> float:
+    return statistics.median(_timed_tries(fn, repeats, device))
 
 
 def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *, repeats: int = 5,
@@ -173,18 +181,12 @@ def compute_for(seconds: float, device: torch.device = CPU):
 def mean_after_compute(fn, compute, repeats: int, device: torch.device = CPU) -> float:
     """Mean seconds of ``fn``, a collective, each try started on every rank after
     ``compute``: the ranks leave a barrier together, compute, then call it."""
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
+
+    def before() -> None:
         dist.barrier()
         compute()
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.fmean(times)
+
+    return statistics.fmean(_timed_tries(fn, repeats, device, before))
 
 
 def _leave() -> None:
