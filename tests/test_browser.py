@@ -7,86 +7,15 @@ Screenshots of every page go to ``test-artifacts/screenshots/``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from planner.plan import load_plan
 from runtime import store
+from tests.browser import SHOTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-def ensure_chromium() -> str:
-    """Debian's Chromium, installed with apt when missing (never Playwright's own download)."""
-    if not Path(CHROMIUM).exists() and shutil.which("apt-get"):
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            subprocess.run(cmd, check=False, capture_output=True, timeout=900,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing and `apt-get install -y chromium` did not provide it")
-    return CHROMIUM
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def dashboard(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true"]  # fmt: skip
-    env = {**os.environ, store.RUNS_DIR_ENV: str(runs), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not answer on /_stcore/health within 60 s")
-    yield url, runs
-    proc.terminate()
-    proc.wait(timeout=20)
-    for run in store.runs(store.connect(runs)):  # runs outlive the dashboard by design: end them
-        if run["state"] in store.ACTIVE:
-            subprocess.run([sys.executable, "-m", "runtime", "stop", run["run_id"], "--runs-dir", str(runs)],
-                           cwd=ROOT, env=env, capture_output=True, timeout=120)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def page(dashboard):
-    from playwright.sync_api import sync_playwright
-
-    executable = ensure_chromium()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
-        yield context.new_page()
-        browser.close()
 
 
 def loss_points(page) -> int:
@@ -99,7 +28,7 @@ def loss_points(page) -> int:
 
 
 def test_plan_download_launch_watch_stop_and_find_again(dashboard, page, tmp_path):
-    url, runs = dashboard
+    url, runs, _ = dashboard
     elsewhere: list[str] = []  # fully offline: every request goes to the dashboard itself
     page.on(
         "request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else elsewhere.append(r.url)
