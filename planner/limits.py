@@ -21,7 +21,7 @@ KiB, MiB = 2**10, 2**20
 # keep the largest real cluster's document under 2 MiB. 32 MiB leaves room for a profile of
 # a 1,000-block model at many micro-batch sizes (~1 MiB) and hand-written links.
 MAX_DOCUMENT_BYTES = 32 * MiB
-# The deepest real document (a plan: plan > cluster > links > link > field) is 6 levels;
+# The deepest real document (a plan: plan > cluster > links > link) nests 5 brackets deep;
 # user overrides may nest a little (lists of lists). Python's JSON parser recurses per level.
 MAX_JSON_DEPTH = 32
 # A model source, a cluster short form, an override: one line a person types.
@@ -41,6 +41,7 @@ MAX_STEPS = 10**9
 # first step of a huge model); 10^-9 fails every collective, 10^20 waits for ever.
 MIN_PG_TIMEOUT_S, MAX_PG_TIMEOUT_S = 1.0, 86_400.0
 
+_DEEPEST = "a real plan nests at most 5"
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
@@ -89,12 +90,12 @@ def load_json(data: bytes | str, origin: str, error: type[PlannerError] = InputL
     >>> load_json("[" * 50 + "]" * 50, "plan.json")
     Traceback (most recent call last):
     ...
-    planner.limits.InputLimitError: plan.json: JSON nested 50 deep, over the limit of 32 (a plan nests 6)
+    planner.limits.InputLimitError: plan.json: JSON nested 50 deep, over the limit of 32 (a real plan nests at most 5)
     """
     text = decode_text(data, origin, error)
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
-        raise error(f"{origin}: JSON nested {depth} deep, over the limit of {MAX_JSON_DEPTH} (a plan nests 6)")
+        raise error(f"{origin}: JSON nested {depth} deep, over the limit of {MAX_JSON_DEPTH} ({_DEEPEST})")
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:

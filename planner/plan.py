@@ -44,7 +44,8 @@ class Optimizer(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    # Lax: a JSON array is a tuple only outside strict mode (documents are read strictly).
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), strict=False)
     eps: float = Field(default=1e-8, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1, description="SGD only.")
 

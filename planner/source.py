@@ -8,22 +8,70 @@ A source is one of
   with the overrides as keyword arguments. The module must define
   ``example_inputs(batch_size) -> tuple[Tensor, ...]`` (created on the default device).
 
+Importing a module runs its code, so a ``py:`` source is code, and it runs only with
+consent: `build_model` imports ``package.module`` only if it is on the allow-list, the
+comma-separated ``$STAGECRAFT_ALLOWED_PY`` (``package.module`` or ``py:package.module:factory``
+entries). A module named on the command line (``--model py:...`` or ``--allow-py``) is added
+to it with `allow_py`; so is every worker's, through the environment it inherits. A plan or
+cluster from a file never adds to it.
+
 torch and transformers are imported inside the functions that build models.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from planner.errors import SourceError
+from planner.limits import MAX_MODULES, MAX_TEXT_CHARS
+from planner.overrides import check_overrides
 
 ZOO_NAMES = ("mlp", "cnn", "gan", "gpt")
 _HF_TYPE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _PY_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 DTYPES = ("float32", "bfloat16", "float16")
+PY_ALLOW_ENV = "STAGECRAFT_ALLOWED_PY"
+
+
+def allowed_py_modules() -> frozenset[str]:
+    """Modules a ``py:`` source may import: ``$STAGECRAFT_ALLOWED_PY``, empty unless set.
+
+    >>> os.environ[PY_ALLOW_ENV] = "pkg.models, py:other.mod:make"
+    >>> sorted(allowed_py_modules())
+    ['other.mod', 'pkg.models']
+    >>> del os.environ[PY_ALLOW_ENV]
+    """
+    entries = (e.strip() for e in os.environ.get(PY_ALLOW_ENV, "").split(","))
+    return frozenset(e.removeprefix("py:").partition(":")[0] for e in entries if e)
+
+
+def allow_py(module: str) -> None:
+    """Consent to importing ``module`` (the user named it): in this process and its children."""
+    module = module.strip().removeprefix("py:").partition(":")[0]
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+        raise SourceError(f"--allow-py {module!r}: expected a module path such as pkg.models")
+    os.environ[PY_ALLOW_ENV] = ",".join(sorted(allowed_py_modules() | {module}))
+
+
+def py_module(source: ModelSource) -> str | None:
+    """The module a source would import, or None for zoo and Hugging Face sources."""
+    return source.name.split(":")[0] if source.kind == "py" else None
+
+
+def check_consent(source: ModelSource) -> None:
+    """Refuse a ``py:`` source whose module nobody allowed, before anything is imported."""
+    module = py_module(source)
+    if module is not None and module not in allowed_py_modules():
+        raise SourceError(
+            f"{source} would import {module!r}, which runs its code, and nobody allowed it: "
+            f"pass --allow-py {module} (or set {PY_ALLOW_ENV}={module}) if you trust it"
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +107,9 @@ def parse_source(text: str, overrides: dict[str, Any] | None = None) -> ModelSou
     'hf:gpt2'
     """
     text = (text or "").strip()
-    overrides = dict(overrides or {})
+    if len(text) > MAX_TEXT_CHARS:
+        raise SourceError(f"a model source of {len(text):,} characters; at most {MAX_TEXT_CHARS:,}")
+    overrides = check_overrides(dict(overrides or {}))
     if text.startswith("hf:"):
         name = text[3:]
         if not _HF_TYPE.match(name):
@@ -98,9 +148,10 @@ def build_model(
         raise SourceError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if batch_size < 1:
         raise SourceError(f"batch_size must be >= 1, got {batch_size}")
+    check_consent(source)
     torch.manual_seed(seed)
     builder = {"zoo": _build_zoo, "hf": _build_hf, "py": _build_py}[source.kind]
-    with torch.device(device):
+    with torch.device(device), _module_budget(source):
         built = builder(source, batch_size, torch.device(device))
     if device != "meta" and source.kind == "zoo":
         from planner.zoo.init import init_weights
@@ -111,6 +162,36 @@ def build_model(
         built.module.to(torch_dtype)
         built.args = tuple(a.to(torch_dtype) if a.is_floating_point() else a for a in built.args)
     return built
+
+
+_building = threading.local()  # per thread: the dashboard builds in several at once
+
+
+def _count_module(module: Any, name: str, submodule: Any) -> None:
+    budget = getattr(_building, "budget", None)
+    if budget is None:
+        return None
+    budget[0] += 1
+    if budget[0] > MAX_MODULES:
+        raise SourceError(
+            f"{budget[1]}: the model registers more than {MAX_MODULES:,} modules while it is built "
+            "(Llama-3 405B has about 2,400); check the layer count in its overrides"
+        )
+    return None
+
+
+@contextmanager
+def _module_budget(source: ModelSource):
+    """Stop a build that registers more than MAX_MODULES modules, before it runs for hours."""
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    _building.budget = [0, str(source)]
+    handle = register_module_module_registration_hook(_count_module)
+    try:
+        yield
+    finally:
+        handle.remove()
+        _building.budget = None
 
 
 def _build_zoo(source: ModelSource, batch_size: int, device: Any) -> BuiltModel:
@@ -182,6 +263,7 @@ def _build_py(source: ModelSource, batch_size: int, device: Any) -> BuiltModel:
     from torch import nn
 
     module_path, factory_name = source.name.split(":")
+    check_consent(source)  # again, right before the import: nothing reaches it without consent
     try:
         module = importlib.import_module(module_path)
     except ImportError as exc:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from planner.errors import PlannerError
+from planner.limits import MAX_DOCUMENT_BYTES, load_json
 
 Doc = TypeVar("Doc", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Frozen; unknown keys, NaN and infinities are errors."""
+    """Frozen and strict: unknown keys, NaN, infinities, ``true`` for a number and ``"4"`` for a
+    count are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 def explain(exc: ValidationError) -> str:
@@ -32,33 +33,29 @@ def explain(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def loads_strict(text: str) -> Any:
-    """``json.loads`` that refuses NaN and Infinity (Python's json accepts them by default)."""
-    return json.loads(text, parse_constant=_reject_constant)
+def parse_document(
+    cls: type[Doc], data: str | bytes, origin: str, error: type[PlannerError], what: str
+) -> Doc:
+    """Parse a JSON document into ``cls``; any problem raises ``error`` naming ``origin`` and the field.
 
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def parse_document(cls: type[Doc], text: str, origin: str, error: type[PlannerError], what: str) -> Doc:
-    """Parse JSON ``text`` into ``cls``; any problem raises ``error`` naming ``origin`` and the field."""
+    The text is checked against `planner.limits` first (size, UTF-8, nesting depth, NaN), then
+    validated (strictly, as every `StrictModel`).
+    """
+    load_json(data, origin, error)
     try:
-        data = loads_strict(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"{origin}: not valid JSON ({exc})") from None
-    except ValueError as exc:
-        raise error(f"{origin}: {exc} in a {what}") from None
-    try:
-        return cls.model_validate(data)
+        return cls.model_validate_json(data)
     except ValidationError as exc:
         raise error(f"{origin}: {explain(exc)}") from None
+    except (ValueError, RecursionError) as exc:  # raised by a validator outside pydantic's own types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"{origin}: not a valid {what}: {first}") from None
 
 
 def read_document(cls: type[Doc], path: str | Path, error: type[PlannerError], what: str) -> Doc:
-    """`parse_document` of a file; an unreadable file is an ``error`` too, not a traceback."""
+    """`parse_document` of a file; an unreadable or oversized file is an ``error`` too, not a traceback."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # one byte more tells an oversized file
     except OSError as exc:
         raise error(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
-    return parse_document(cls, text, str(path), error, what)
+    return parse_document(cls, data, str(path), error, what)

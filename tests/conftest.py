@@ -57,3 +57,11 @@ def page(dashboard):
         context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
         yield context.new_page()
         browser.close()
+
+
+@pytest.fixture
+def allow_fixture_models(monkeypatch):
+    """Consent to importing the test fixtures' `py:` models (nothing else), as --allow-py gives."""
+    from planner.source import PY_ALLOW_ENV
+
+    monkeypatch.setenv(PY_ALLOW_ENV, "tests.fixtures.models")

@@ -4,7 +4,7 @@ import pytest
 
 from planner.errors import SourceError
 from planner.overrides import parse_overrides, parse_value
-from planner.source import build_model, parse_source
+from planner.source import allow_py, build_model, parse_source
 
 
 def test_override_values_are_json_literals_or_strings():
@@ -59,6 +59,7 @@ def test_bad_source_strings(text, message):
         parse_source(text)
 
 
+@pytest.mark.usefixtures("allow_fixture_models")
 @pytest.mark.parametrize(
     ("source", "overrides", "message"),
     [
@@ -70,7 +71,7 @@ def test_bad_source_strings(text, message):
         ("mlp", {"size": "7b"}, "mlp has no size '7b'"),
         ("hf:nosuchmodel", {}, "has no model_type 'nosuchmodel'"),
         ("hf:gpt2", {"n_layers": 2}, "GPT2Config has no parameter 'n_layers'"),
-        ("py:no_such_package.mod:f", {}, "cannot import 'no_such_package.mod'"),
+        ("py:no_such_package.mod:f", {}, "would import 'no_such_package.mod'.*--allow-py no_such_package.mod"),
         ("py:tests.fixtures.models:missing", {}, "has no callable 'missing'"),
         ("py:tests.fixtures.models:not_a_module", {}, "returned int, not nn.Module"),
         ("py:tests.fixtures.models:no_inputs", {}, "needs a method example_inputs"),
@@ -89,3 +90,30 @@ def test_hf_model_is_built_without_download_and_without_cache(monkeypatch):
     assert built.args[0].shape == (1, 16)
     assert built.args[0].device.type == "meta"
     assert built.kwargs == {"use_cache": False}
+
+
+def test_a_py_source_imports_nothing_without_consent(tmp_path, monkeypatch):
+    """The module's code would run at import: without consent it is never imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "payload_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef f(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "")
+    for source in ("py:payload_mod:f", "py:os:system", "py:subprocess:run"):
+        with pytest.raises(SourceError, match="nobody allowed it"):
+            build_model(parse_source(source, {"command": f"touch {marker}"}))
+    assert not marker.exists()
+    allow_py("payload_mod")  # what --allow-py payload_mod does
+    with pytest.raises(SourceError, match="returned NoneType, not nn.Module"):
+        build_model(parse_source("py:payload_mod:f"))
+    assert marker.exists()
+
+
+def test_an_allowed_module_that_does_not_exist_is_named(monkeypatch):
+    monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "no_such_package.mod")
+    with pytest.raises(SourceError, match="cannot import 'no_such_package.mod'"):
+        build_model(parse_source("py:no_such_package.mod:f"))
+
+
+def test_a_build_that_registers_too_many_modules_is_stopped():
+    with pytest.raises(SourceError, match="more than 50,000 modules"):
+        build_model(parse_source("gpt", {"n_layer": 1_000_000}))

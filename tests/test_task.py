@@ -52,6 +52,7 @@ def test_every_zoo_model_takes_its_batches(source):
     assert out.shape[0] == 4
 
 
+@pytest.mark.usefixtures("allow_fixture_models")
 def test_a_py_factory_cannot_be_trained():
     with pytest.raises(PlanError, match="no objective"):
         task_for("py:tests.fixtures.models:two_linear", {}, "none", 4, 0)

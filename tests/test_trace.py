@@ -56,6 +56,7 @@ def test_per_node_flops_add_up_to_the_whole_model(source, overrides):
     assert totals(graph)["fwd_flops"] == counter.get_total_flops()
 
 
+@pytest.mark.usefixtures("allow_fixture_models")
 def test_linear_flops_are_two_in_out_per_sample():
     graph = trace("py:tests.fixtures.models:two_linear", {"d_in": 16, "d_out": 4}, batch_size=3)
     linears = [d for _, d in graph.nodes(data=True) if d["op"] in ("linear", "addmm")]
@@ -146,6 +147,7 @@ def test_graph_json_round_trips():
     assert again.graph == graph.graph
 
 
+@pytest.mark.usefixtures("allow_fixture_models")
 def test_data_dependent_model_falls_back_to_module_hooks_and_names_the_module():
     graph = trace("py:tests.fixtures.models:branchy")
     assert graph.graph["capture"].startswith("module-hooks")
@@ -156,6 +158,7 @@ def test_data_dependent_model_falls_back_to_module_hooks_and_names_the_module():
     assert [n for n in coarsen(graph).nodes] == ["input:input_0", "inp", "gate", "out"]
 
 
+@pytest.mark.usefixtures("allow_fixture_models")
 def test_untraceable_model_raises_one_clear_error():
     with pytest.raises(TraceError, match=r"module 'inner'.*not implemented for positive inputs"):
         trace("py:tests.fixtures.models:broken")
