@@ -87,10 +87,11 @@ def load_json(data: bytes | str, origin: str, error: type[PlannerError] = InputL
 
     >>> load_json('{"a": [1, 2]}', "x")
     {'a': [1, 2]}
-    >>> load_json("[" * 50 + "]" * 50, "plan.json")
-    Traceback (most recent call last):
-    ...
-    planner.limits.InputLimitError: plan.json: JSON nested 50 deep, over the limit of 32 (a real plan nests at most 5)
+    >>> try:
+    ...     load_json("[" * 50 + "]" * 50, "plan.json")
+    ... except InputLimitError as exc:
+    ...     print(exc)
+    plan.json: JSON nested 50 deep, over the limit of 32 (a real plan nests at most 5)
     """
     text = decode_text(data, origin, error)
     depth = json_depth(text)
