@@ -40,6 +40,19 @@ MAX_STEPS = 10**9
 # A process-group timeout from 1 s (a hung peer is noticed at once) to one day (a very slow
 # first step of a huge model); 10^-9 fails every collective, 10^20 waits for ever.
 MIN_PG_TIMEOUT_S, MAX_PG_TIMEOUT_S = 1.0, 86_400.0
+# Clusters, checked before a device is built. A node is one host: the largest are an NVL72
+# rack's 72 GPUs on one NVLink domain and a 2 x 192-core CPU host (768 ranks with SMT).
+MAX_DEVICES_PER_NODE = 1_024
+# Llama 3 405B trained on 16,384 H100s (2,048 nodes of 8); the largest clusters reported
+# hold ~100k GPUs (12,500 nodes of 8). The planner searches 16,384 GPUs in ~TODO s.
+MAX_NODES = 16_384
+MAX_DEVICES = 131_072
+# Explicit per-pair links in a cluster document: every pair of 724 devices, so a plan
+# written pair by pair for 8 x 90 GPUs still loads (link groups describe larger clusters in
+# a few lines). Link groups: two scopes per pair of device kinds, for far more kinds than
+# any catalog holds.
+MAX_LINKS = 2**18
+MAX_LINK_GROUPS = 1_024
 
 _DEEPEST = "a real plan nests at most 5"
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
@@ -64,14 +77,18 @@ def json_depth(text: str) -> int:
     return max(accumulate(1 if c in "[{" else -1 for c in brackets))
 
 
-def decode_text(data: bytes | str, origin: str, error: type[PlannerError] = InputLimitError) -> str:
-    """``data`` as text: at most MAX_DOCUMENT_BYTES, and valid UTF-8 (one line otherwise)."""
-    size = len(data)
+def check_size(size: int, origin: str, error: type[PlannerError] = InputLimitError) -> None:
+    """A document of ``size`` bytes is at most MAX_DOCUMENT_BYTES."""
     if size > MAX_DOCUMENT_BYTES:
         raise error(
             f"{origin}: {size / MiB:,.1f} MiB is over the {MAX_DOCUMENT_BYTES // MiB} MiB limit for a "
             "document (the largest real plan or cluster is under 2 MiB)"
         )
+
+
+def decode_text(data: bytes | str, origin: str, error: type[PlannerError] = InputLimitError) -> str:
+    """``data`` as text: at most MAX_DOCUMENT_BYTES, and valid UTF-8 (one line otherwise)."""
+    check_size(len(data), origin, error)
     if isinstance(data, str):
         return data
     try:

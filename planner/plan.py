@@ -18,10 +18,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from planner.cluster import Cluster
-from planner.errors import PlanError
+from planner.errors import PlanError, SourceError
+from planner.limits import (
+    MAX_OVERRIDE_INT,
+    MAX_PG_TIMEOUT_S,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+    MIN_PG_TIMEOUT_S,
+)
+from planner.overrides import check_overrides
 from planner.schedules import schedule_error
 from planner.strict import StrictModel, parse_document, read_document
 
@@ -32,12 +41,26 @@ Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
 
 
 class ModelRef(StrictModel):
-    source: str = Field(min_length=1, description="Model source: zoo name, hf:<type> or py:pkg.mod:fn.")
+    source: str = Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="Model source: zoo name, hf:<type> or py:pkg.mod:fn.",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="Size overrides it was built with.")
     graph_digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the coarsened graph.")
     blocks: list[str] = Field(min_length=1, description="Coarsened blocks (module FQNs) in execution order.")
     input_shapes: list[list[int]] = Field(description="Shapes of the example inputs used for tracing.")
-    trace_batch_size: int = Field(default=1, ge=1, description="Samples in the traced input.")
+    trace_batch_size: int = Field(
+        default=1, ge=1, le=MAX_OVERRIDE_INT, description="Samples in the traced input."
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _sizes_within_limits(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return check_overrides(overrides)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class Optimizer(StrictModel):
@@ -51,15 +74,22 @@ class Optimizer(StrictModel):
 
 
 class Training(StrictModel):
-    seed: int = Field(default=0, ge=0)
-    global_batch: int = Field(ge=1, description="Samples per optimizer step, all replicas together.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="torch.manual_seed takes 64 bits.")
+    global_batch: int = Field(
+        ge=1, le=MAX_OVERRIDE_INT, description="Samples per optimizer step, all replicas together."
+    )
     micro_batches: int = Field(default=1, ge=1, description="Micro-batches per step in each replica.")
     optimizer: Optimizer = Field(default_factory=Optimizer)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     dataset: str = Field(min_length=1, description="Data set id, e.g. digits or bytes:stdlib.")
-    steps: int = Field(default=100, ge=1)
-    checkpoint_every: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only on stop.")
-    pg_timeout_s: float = Field(default=60.0, gt=0, description="Process-group timeout: a hung peer fails.")
+    steps: int = Field(default=100, ge=1, le=MAX_STEPS)
+    checkpoint_every: int = Field(
+        default=0, ge=0, le=MAX_STEPS, description="Steps between checkpoints; 0: only on stop."
+    )
+    pg_timeout_s: float = Field(
+        default=60.0, ge=MIN_PG_TIMEOUT_S, le=MAX_PG_TIMEOUT_S,
+        description="Process-group timeout: a hung peer fails after it.",
+    )  # fmt: skip
 
 
 class UnusedDevice(StrictModel):

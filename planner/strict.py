@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from planner.errors import PlannerError
-from planner.limits import MAX_DOCUMENT_BYTES, load_json
+from planner.limits import MAX_DOCUMENT_BYTES, check_size, load_json
 
 Doc = TypeVar("Doc", bound=BaseModel)
 
@@ -55,7 +56,8 @@ def read_document(cls: type[Doc], path: str | Path, error: type[PlannerError], w
     """`parse_document` of a file; an unreadable or oversized file is an ``error`` too, not a traceback."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_DOCUMENT_BYTES + 1)  # one byte more tells an oversized file
+            check_size(os.fstat(f.fileno()).st_size, str(path), error)
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # a pipe has no size: one byte more tells
     except OSError as exc:
-        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
     return parse_document(cls, data, str(path), error, what)

@@ -195,3 +195,46 @@ def test_validate_command(hybrid, tmp_path):
     assert no.returncode == 2
     assert "replicas[0].batch_share: 8 does not split evenly into 3 micro-batches" in no.stderr
     assert "Traceback" not in no.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["ranks"][3].update(device=True), r"ranks.3.device: Input should be a valid integer"),
+        (
+            lambda d: d["training"].update(global_batch="16"),
+            r"training.global_batch: Input should be",
+        ),
+        (lambda d: d["training"].update(seed=2**70), r"training.seed: Input should be less than or equal to"),
+        (lambda d: d["training"].update(steps=10**20), r"training.steps: Input should be less than or equal"),
+        (lambda d: d["training"].update(pg_timeout_s=1e20), r"training.pg_timeout_s: Input should be less"),
+        (
+            lambda d: d["training"].update(pg_timeout_s=1e-9),
+            r"training.pg_timeout_s: .* greater",
+        ),
+        (lambda d: d["model"].update(overrides={"n_layer": 10**9}), r"model.overrides: .*'n_layer' is 1,000"),
+        (lambda d: d["model"].update(overrides={"d_model": 1e12}), r"model.overrides: .*sizes are at most"),
+        (lambda d: d["model"].update(source="gpt" * 1000), r"model.source: String should have at most"),
+    ],
+)
+def test_values_past_the_limits_are_refused_naming_the_field(hybrid, change, message):
+    _refused(_mutated(hybrid, change), message)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("[" * 5_000 + "]" * 5_000, "JSON nested 5000 deep, over the limit of 32"),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested 100000 deep"),
+        (b'{"schema_version": 1, "name": "\xff\xfe"}', r"not UTF-8 text \(byte 31 is 0xff\)"),
+        (b" " * (33 * 2**20), "33.0 MiB is over the 32 MiB limit"),
+        ('{"a": ' + "1" * 5_000 + "}", "Exceeds the limit"),
+    ],
+    ids=["nested-5000", "nested-100000", "not-utf8", "33MiB", "5000-digit-int"],
+)
+def test_hostile_documents_get_one_line(tmp_path, data, message):
+    path = tmp_path / "plan.json"
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    with pytest.raises(PlanError, match=message) as caught:
+        load_plan(path)
+    assert "\n" not in str(caught.value)
