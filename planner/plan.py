@@ -328,8 +328,22 @@ def load_plan(path: str | Path) -> Plan:
     return read_document(Plan, path, PlanError, "plan")
 
 
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, an output path whose folder is missing or not writable."""
+    import os
+
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise PlanError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
+    if Path(path).is_dir() or not os.access(folder, os.W_OK):
+        raise PlanError(f"cannot write {str(path)!r}: it is a folder, or its folder is not writable")
+
+
 def save_plan(plan: Plan, path: str | Path) -> None:
-    Path(path).write_text(plan.to_json() + "\n")
+    try:
+        Path(path).write_text(plan.to_json() + "\n")
+    except OSError as exc:
+        raise PlanError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def json_schema() -> dict[str, Any]:
