@@ -8,7 +8,9 @@
     python -m planner validate plan.json
     python -m planner schema
 
-Bad input exits with status 2 and one line on stderr that names the problem.
+Bad input exits with status 2 and one line on stderr that names the problem; nothing
+prints a traceback. A `py:` model named with --model is imported because the user named
+it; one named by a plan file only with --allow-py MODULE (or $STAGECRAFT_ALLOWED_PY).
 """
 
 from __future__ import annotations
@@ -18,24 +20,61 @@ import json
 import sys
 from typing import Any
 
+from planner.cli_args import OneLineParser, positive
 from planner.errors import PlannerError
+from planner.limits import MAX_OVERRIDE_INT, MAX_STEPS
+from planner.model_check import SKIPPED
+from planner.plan import check_writable
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        _consent(args)
         return args.func(args)
     except PlannerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`: not an error of ours
         sys.stderr.close()
         return 0
+    except (MemoryError, RecursionError) as exc:
+        print(f"error: {type(exc).__name__} ({_one_line(exc)}): the input is too large", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: still one line, never a traceback with server paths
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _consent(args: argparse.Namespace) -> None:
+    """A module the user named on this command line may be imported (`planner.source`)."""
+    from planner.source import allow_py
+
+    for module in getattr(args, "allow_py", None) or []:
+        allow_py(module)
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and model.strip().startswith("py:"):
+        allow_py(model.strip())
+
+
+def _allow_py_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-py", action="append", default=[], metavar="MODULE",
+        help="allow importing this module for a py: source named by a file (importing runs its code)",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m planner", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m planner", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("graph", help="trace a model into a layer graph and summarise it")
@@ -50,28 +89,39 @@ def _parser() -> argparse.ArgumentParser:
         help="size overrides; values are JSON literals or strings",
     )
     g.add_argument("--coarsen", action="store_true", help="one node per block (module boundaries)")
-    g.add_argument("--batch-size", type=int, default=1, help="samples in the traced input")
+    g.add_argument(
+        "--batch-size", type=positive(MAX_OVERRIDE_INT), default=1, help="samples in the traced input"
+    )
     g.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     g.add_argument("--json", action="store_true", help="print summary and node-link graph as JSON")
+    _allow_py_option(g)
     g.set_defaults(func=_cmd_graph)
 
     p = sub.add_parser("plan", help="search the plans for a model on a cluster and write the best")
     p.add_argument("--model", required=True, help="zoo name, hf:<model_type> or py:pkg.mod:factory")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--cluster", required=True, help="preset, cluster .json or short form (h100:8, cpu:2)")
-    p.add_argument("--global-batch", type=int, required=True, help="samples per optimizer step")
+    p.add_argument(
+        "--global-batch", type=positive(MAX_OVERRIDE_INT), required=True, help="samples per optimizer step"
+    )
     p.add_argument("--strategy", default="auto", choices=["auto", "dp", "pp", "hybrid", "mp"])
     p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved_1f1b"], help="pin the schedule")
-    p.add_argument("--micro-batches", type=int, help="pin the micro-batch count")
+    p.add_argument("--micro-batches", type=positive(MAX_OVERRIDE_INT), help="pin the micro-batch count")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--steps", type=int, default=100, help="training steps the plan runs")
+    p.add_argument("--steps", type=positive(MAX_STEPS), default=100, help="training steps the plan runs")
     p.add_argument("--profile", help="a measured profile.json to use instead of datasheet figures")
-    p.add_argument("--top", type=int, default=10, help="rows of the candidates table")
+    p.add_argument("--top", type=positive(10_000), default=10, help="rows of the candidates table")
     p.add_argument("-o", "--output", help="write the best plan here")
+    _allow_py_option(p)
     p.set_defaults(func=_cmd_plan)
 
     v = sub.add_parser("validate", help="check a plan JSON file; exit 2 naming the field that is wrong")
     v.add_argument("plan", help="plan.json")
+    v.add_argument(
+        "--skip-model-check", action="store_true",
+        help="do not trace the plan's model (for a model too large to trace here): " + SKIPPED,
+    )  # fmt: skip
+    _allow_py_option(v)
     v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("schema", help="print the plan's JSON Schema")
@@ -138,6 +188,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from planner.search import search
     from planner.trace import trace
 
+    if args.output:
+        check_writable(args.output)  # before the search, not after it
     cluster = resolve_cluster(args.cluster)
     graph = coarsen(trace(args.model, parse_overrides(args.overrides)))
     profile = load_profile(args.profile) if args.profile else None
@@ -200,9 +252,14 @@ def _seconds(s: float) -> str:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from planner.model_check import check_against_model
     from planner.plan import load_plan
 
     plan = load_plan(args.plan)
+    if args.skip_model_check:
+        print(f"warning: {SKIPPED}", file=sys.stderr)
+    else:
+        check_against_model(plan)
     print(
         f"valid: {plan.strategy} dp={plan.dp_degree} pp={plan.pp_degree} "
         f"{plan.schedule or 'no schedule'}, {len(plan.stages)} stages on {len(plan.ranks)} ranks, "
@@ -239,11 +296,14 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     for d in cluster.devices:
         share = f"  compute share {d.compute_share:.2f}" if d.compute_share < 1 else ""
         print(f"  device {d.id:>3}  node {d.node:>2}  {d.kind:<10} {_bytes(d.memory_bytes):>10}{share}")
-    kinds: dict[str, int] = {}
-    for link in cluster.links:
-        kinds[link.kind] = kinds.get(link.kind, 0) + 1
-    for kind, count in kinds.items():
-        print(f"  {count} link(s) {kind}")
+    for row in cluster.link_table(per_node_pair=False):  # grouped: never one line per pair
+        where = "in a node" if row.scope == "same_node" else "between nodes"
+        print(
+            f"  {row.pairs:,} link(s) {row.kind} {where}, {' - '.join(row.device_kinds)}: "
+            f"{row.bandwidth / 1e9:g} GB/s, {row.latency * 1e6:g} us ({row.source})"
+        )
+    if cluster.pairs_without_direct_link():
+        print(f"  {cluster.pairs_without_direct_link():,} pair(s) over the widest path through other devices")
     for note in cluster.notes:
         print(f"  note: {note}")
     return 0

@@ -1,4 +1,4 @@
-"""Clusters: devices (kind, node) and the links between them, as a graph.
+"""Clusters: devices (kind, node) and the links between them.
 
 A cluster can be named three ways wherever one is asked for (`resolve_cluster`):
 - a preset name (`PRESETS`, including ``local``: this machine, detected);
@@ -6,21 +6,25 @@ A cluster can be named three ways wherever one is asked for (`resolve_cluster`):
   missing device are errors naming the field);
 - the short form ``KIND:PER_NODE[xNODES]``, with ``+`` joining groups inside one node:
   ``h100:8``, ``a100-80gb:8x4``, ``a100-80gb:4+v100-32gb:4``, ``cpu:4``.
+
+Links are stated as link groups (one link kind for every pair of two device kinds, inside
+one node or between nodes) and, where a pair differs, explicit per-pair links, which win.
+A cluster costs what its description costs: 512 GPUs are 512 devices and two groups, not
+130,816 pairs (`planner.topology` resolves a pair without listing them). Device and node
+counts are checked against `planner.limits` before anything is built.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import networkx as nx
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from planner.devices import (
     DEVICE_KINDS,
@@ -31,7 +35,19 @@ from planner.devices import (
     slower_link,
 )
 from planner.errors import ClusterError
+from planner.limits import (
+    MAX_DEVICES,
+    MAX_DEVICES_PER_NODE,
+    MAX_LINK_GROUPS,
+    MAX_LINKS,
+    MAX_NODES,
+    WHY_CLUSTER_SIZE,
+    WHY_DEVICES_PER_NODE,
+    check_range,
+    check_text,
+)
 from planner.strict import StrictModel, explain, parse_document, read_document
+from planner.topology import BETWEEN_NODES, SAME_NODE, DirectLink, LinkRow, Topology
 
 SCHEMA_VERSION = 1
 
@@ -69,13 +85,45 @@ class Link(StrictModel):
         return self
 
 
+class LinkGroup(StrictModel):
+    """One link kind for every pair of devices of two kinds, on one node or between nodes."""
+
+    scope: Literal["same_node", "between_nodes"] = Field(
+        description="'same_node': pairs on one node; 'between_nodes': pairs on different nodes."
+    )
+    device_kinds: tuple[str, str] = Field(
+        strict=False,
+        description="The two device kinds the pairs join (equal for pairs of one kind), in any order.",
+    )
+    kind: str = Field(description="Link kind id from the catalog, e.g. 'nvlink4'.")
+    bandwidth: float | None = Field(default=None, gt=0, description="Bytes/s; overrides the kind.")
+    latency: float | None = Field(default=None, ge=0, description="Seconds; overrides the kind.")
+
+    @field_validator("device_kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: tuple[str, str]) -> tuple[str, str]:
+        a, b = sorted(device_kind(k).id for k in kinds)  # raises ClusterError naming the choices
+        return a, b
+
+    @model_validator(mode="after")
+    def _check(self) -> LinkGroup:
+        link_kind(self.kind)
+        return self
+
+
 class Cluster(StrictModel):
     """Devices and links. Validated on construction; JSON round-trips exactly."""
 
     schema_version: int = SCHEMA_VERSION
     name: str = ""
     devices: list[Device] = Field(min_length=1)
-    links: list[Link] = Field(default_factory=list)
+    links: list[Link] = Field(
+        default_factory=list, description="Explicit per-pair links; a pair's link wins over its group's."
+    )
+    link_groups: list[LinkGroup] = Field(
+        default_factory=list,
+        description="One link kind per scope (same node, between nodes) and pair of device kinds.",
+    )
     notes: list[str] = Field(default_factory=list)
     overhead_bytes: dict[str, int] = Field(
         default_factory=dict,
@@ -83,10 +131,25 @@ class Cluster(StrictModel):
         "collective buffers). A measured profile's figure replaces it.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _within_limits(cls, data: Any) -> Any:
+        # Counted before one device or link is validated: 10^6 devices are refused at once.
+        if isinstance(data, dict):
+            for field, limit, why in (
+                ("devices", MAX_DEVICES, "devices in a cluster"),
+                ("links", MAX_LINKS, "explicit links (describe larger clusters with link_groups)"),
+                ("link_groups", MAX_LINK_GROUPS, "link groups"),
+            ):
+                items = data.get(field)
+                if isinstance(items, list | tuple) and len(items) > limit:
+                    raise ValueError(f"{field}: {len(items):,} entries, over the limit of {limit:,} {why}")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Cluster:
         # pydantic re-runs this for a cluster inside every plan built from it; the checks
-        # (quadratic in devices for all-pairs links) run once per instance.
+        # run once per instance.
         _ = self.consistency_checked  # raises ValueError naming the problem
         return self
 
@@ -99,7 +162,15 @@ class Cluster(StrictModel):
         ids = [d.id for d in self.devices]
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dupes:
-            raise ValueError(f"device ids {dupes} appear more than once")
+            raise ValueError(f"device ids {dupes[:10]} appear more than once")
+        per_node = Counter(d.node for d in self.devices)
+        if len(per_node) > MAX_NODES:
+            raise ValueError(f"{len(per_node):,} nodes, over the limit of {MAX_NODES:,} nodes in a cluster")
+        node, most = per_node.most_common(1)[0]
+        if most > MAX_DEVICES_PER_NODE:
+            raise ValueError(
+                f"node {node} holds {most:,} devices, over the limit of {MAX_DEVICES_PER_NODE:,} per node"
+            )
         known = set(ids)
         pairs: set[frozenset[int]] = set()
         for i, link in enumerate(self.links):
@@ -110,27 +181,32 @@ class Cluster(StrictModel):
             if pair in pairs:
                 raise ValueError(f"links[{i}] repeats the link between {link.a} and {link.b}")
             pairs.add(pair)
-        if len(ids) > 1 and not nx.is_connected(self.link_graphs[0]):
-            parts = [sorted(c) for c in nx.connected_components(self.link_graphs[0])]
-            raise ValueError(f"devices are not all linked: separate groups {parts}")
+        groups: set[tuple[str, tuple[str, str]]] = set()
+        for i, group in enumerate(self.link_groups):
+            key = (group.scope, group.device_kinds)
+            if key in groups:
+                raise ValueError(
+                    f"link_groups[{i}] repeats the {group.scope} group of {' and '.join(key[1])}"
+                )
+            groups.add(key)
+        parts = self.topology.parts()
+        if len(parts) > 1:
+            shown = "; ".join(_id_ranges(p) for p in parts[:6]) + ("; ..." if len(parts) > 6 else "")
+            raise ValueError(f"devices are not all linked: {len(parts)} separate groups ({shown})")
         return True
 
     # -- views -------------------------------------------------------------------------
-    def graph(self) -> nx.Graph:
-        """Devices as nodes (kind, node, memory) and links as edges (bandwidth, latency)."""
-        g = nx.Graph(name=self.name)
-        for d in self.devices:
-            g.add_node(d.id, kind=d.kind, node=d.node, memory_bytes=d.memory_bytes)
-        for link in self.links:
-            spec = link_kind(link.kind)
-            g.add_edge(
-                link.a,
-                link.b,
-                kind=link.kind,
-                bandwidth=link.bandwidth or spec.bandwidth,
-                latency=spec.latency if link.latency is None else link.latency,
-            )
-        return g
+    @cached_property
+    def topology(self) -> Topology:
+        """Direct links and widest paths, built once per (immutable) cluster."""
+        return Topology(
+            ((d.id, device_kind(d.kind).id, d.node) for d in self.devices),
+            ((lk.a, lk.b, _figures(lk.kind, lk.bandwidth, lk.latency, "link")) for lk in self.links),
+            (
+                (g.scope, *g.device_kinds, _figures(g.kind, g.bandwidth, g.latency, "group"))
+                for g in self.link_groups
+            ),
+        )
 
     @cached_property
     def by_id(self) -> dict[int, Device]:
@@ -153,28 +229,37 @@ class Cluster(StrictModel):
             raise ClusterError(f"{d.kind} has no {dtype} peak (it supports {', '.join(peaks)})")
         return peaks[dtype] * d.compute_share
 
-    @cached_property
-    def link_graphs(self) -> tuple[nx.Graph, nx.Graph]:
-        """The link graph and its maximum spanning tree, built once per (immutable) cluster."""
-        g = self.graph()
-        return g, nx.maximum_spanning_tree(g, weight="bandwidth")
+    def direct_link(self, a: int, b: int) -> DirectLink | None:
+        """The link joining ``a`` and ``b`` directly (explicit, else its group's), or None."""
+        self.device(a), self.device(b)  # a ClusterError for a device not in the cluster
+        return self.topology.direct(a, b)
 
     def path(self, a: int, b: int) -> tuple[float, float]:
         """(bandwidth, latency) from device ``a`` to ``b``.
 
-        A direct link if there is one; else the widest path (the most bandwidth at its
-        narrowest hop), with the latencies of its hops added.
+        The pair's explicit link if there is one, else its link group's; else the widest
+        path (the most bandwidth at its narrowest hop, then the least latency among those),
+        with the latencies of its hops added.
         """
         if a == b:
             return math.inf, 0.0  # nothing crosses a link
-        g, tree = self.link_graphs
-        if g.has_edge(a, b):
-            e = g.edges[a, b]
-            return e["bandwidth"], e["latency"]
-        # Widest path: a maximum spanning tree holds one for every pair.
-        hops = nx.shortest_path(tree, a, b)
-        edges = [g.edges[u, v] for u, v in itertools.pairwise(hops)]
-        return min(e["bandwidth"] for e in edges), sum(e["latency"] for e in edges)
+        self.device(a), self.device(b)
+        return self.topology.path(a, b)
+
+    def link_kinds(self) -> set[str]:
+        """Link kinds that join at least one pair of devices."""
+        return self.topology.kinds_used()
+
+    def link_table(self, per_node_pair: bool | None = None) -> list[LinkRow]:
+        """Device pairs counted per link, scope, device kinds and node pair (summed over
+        nodes when there are more than 16: 120 node pairs make a table still read)."""
+        if per_node_pair is None:
+            per_node_pair = len(self.nodes()) <= 16
+        return self.topology.rows(per_node_pair)
+
+    def pairs_without_direct_link(self) -> int:
+        """Device pairs that talk over the widest path through other devices."""
+        return self.topology.pairs() - sum(r.pairs for r in self.link_table(per_node_pair=False))
 
     def nodes(self) -> list[int]:
         return sorted({d.node for d in self.devices})
@@ -183,9 +268,27 @@ class Cluster(StrictModel):
         return self.model_dump_json(indent=2)
 
 
-def cluster_from_json(text: str, origin: str = "cluster JSON") -> Cluster:
-    """Parse and validate a cluster document; errors name the field and the problem."""
-    return parse_document(Cluster, text, origin, ClusterError, "cluster")
+def _figures(kind: str, bandwidth: float | None, latency: float | None, source: str) -> DirectLink:
+    spec = link_kind(kind)
+    return DirectLink(kind, bandwidth or spec.bandwidth, spec.latency if latency is None else latency, source)
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """``0-7, 9`` for a sorted id list: a part of 10,000 devices in a few characters."""
+    spans: list[list[int]] = []
+    for i in ids:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:4])
+    return "devices " + text + (", ..." if len(spans) > 4 else "")
+
+
+def cluster_from_json(data: str | bytes, origin: str = "cluster JSON") -> Cluster:
+    """Parse and validate a cluster document (text, or bytes as uploaded); errors name the
+    field and the problem, or the limit it is over."""
+    return parse_document(Cluster, data, origin, ClusterError, "cluster")
 
 
 def load_cluster(path: str | Path) -> Cluster:
@@ -205,14 +308,20 @@ def parse_short_form(spec: str) -> Cluster:
 
     Devices of one kind in one node use the kind's own link (NVLink, PCIe, loopback);
     different kinds in one node meet over the slower host bus; nodes are joined by the
-    slower of the kinds' inter-node fabrics.
+    slower of the kinds' inter-node fabrics. Each of these is one link group. The counts
+    are checked against the limits before any device is built.
 
-    >>> c = parse_short_form("h100:8")
-    >>> len(c.devices), len(c.links), c.links[0].kind
-    (8, 28, 'nvlink4')
+    >>> c = parse_short_form("h100:8x2")
+    >>> len(c.devices), len(c.links), [(g.scope, g.kind) for g in c.link_groups]
+    (16, 0, [('same_node', 'nvlink4'), ('between_nodes', 'infiniband-ndr')])
     >>> [d.node for d in parse_short_form("a100-80gb:2x2").devices]
     [0, 0, 1, 1]
+    >>> parse_short_form("h100:999999")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    planner.errors.ClusterError: cluster 'h100:999999': device count per node is 999,999; ...
     """
+    check_text(spec, "cluster", ClusterError)
     groups = []
     for part in spec.split("+"):
         m = _GROUP.match(part.strip())
@@ -229,6 +338,7 @@ def parse_short_form(spec: str) -> Cluster:
     if len(node_counts) > 1:
         raise ClusterError(f"cluster {spec!r}: groups joined by '+' share nodes, so need one node count")
     nodes = node_counts.pop()
+    check_size(spec, sum(per for _, per, _ in groups), nodes)
     devices: list[dict[str, Any]] = []
     notes: list[str] = []
     cpu_per_node = sum(per for kind, per, _ in groups if kind.id == "cpu")
@@ -246,24 +356,40 @@ def parse_short_form(spec: str) -> Cluster:
                         "compute_share": cpu_share if is_cpu else 1.0,
                     }
                 )
-    links = [
-        {"a": a["id"], "b": b["id"], "kind": _link_between(a, b)}
-        for i, a in enumerate(devices)
-        for b in devices[i + 1 :]
-    ]
     try:
-        return Cluster(name=spec, devices=devices, links=links, notes=notes)
+        return Cluster(name=spec, devices=devices, link_groups=_groups_for(groups, nodes), notes=notes)
     except ValidationError as exc:
         raise ClusterError(f"cluster {spec!r}: {explain(exc)}") from None
 
 
-def _link_between(a: dict[str, Any], b: dict[str, Any]) -> str:
-    ka, kb = DEVICE_KINDS[a["kind"]], DEVICE_KINDS[b["kind"]]
-    if a["node"] != b["node"]:
-        return slower_link(ka.inter_node_link, kb.inter_node_link)
-    if ka.id == kb.id:
-        return ka.intra_node_link
-    return slower_link(ka.host_link, kb.host_link)
+def check_size(spec: str, per_node: int, nodes: int) -> None:
+    """Refuse a cluster over the device and node limits before anything is built."""
+    where = f"cluster {spec!r}"
+    for value, what, high, why in (
+        (per_node, "device count per node", MAX_DEVICES_PER_NODE, WHY_DEVICES_PER_NODE),
+        (nodes, "node count", MAX_NODES, WHY_CLUSTER_SIZE),
+        (per_node * nodes, "device count in all", MAX_DEVICES, WHY_CLUSTER_SIZE),
+    ):
+        check_range(value, f"{where}: {what}", 1, high, why, ClusterError)
+
+
+def _groups_for(groups: list[tuple[DeviceKind, int, int]], nodes: int) -> list[LinkGroup]:
+    """The link groups of a short form: only those that join at least one pair."""
+    out: dict[tuple[str, str, str], str] = {}
+    per = Counter()
+    for kind, n, _ in groups:
+        per[kind.id] += n
+    kinds = sorted(per)
+    for i, a in enumerate(kinds):
+        for b in kinds[i:]:
+            ka, kb = DEVICE_KINDS[a], DEVICE_KINDS[b]
+            if a != b:
+                out[SAME_NODE, a, b] = slower_link(ka.host_link, kb.host_link)
+            elif per[a] > 1:
+                out[SAME_NODE, a, b] = ka.intra_node_link
+            if nodes > 1:
+                out[BETWEEN_NODES, a, b] = slower_link(ka.inter_node_link, kb.inter_node_link)
+    return [LinkGroup(scope=s, device_kinds=(a, b), kind=k) for (s, a, b), k in out.items()]
 
 
 def _cpu_rank_budget(ranks: int, notes: list[str]) -> tuple[int, float]:
@@ -329,7 +455,7 @@ def kind_of_gpu(name: str, memory: int) -> str:
 
 def resolve_cluster(spec: str) -> Cluster:
     """A preset name, a cluster JSON file, or the short form."""
-    spec = (spec or "").strip()
+    spec = check_text((spec or "").strip(), "cluster", ClusterError)
     if spec == "local":
         return detect_local()
     if spec in PRESETS:

@@ -212,9 +212,9 @@ class Pricer:
         return self._links[key]
 
     def _link_kind(self, a: int, b: int) -> str | None:
-        """Kind of the direct link between a and b, if there is one."""
-        g = self.cluster.link_graphs[0]
-        return g.edges[a, b]["kind"] if g.has_edge(a, b) else None
+        """Kind of the direct link between a and b (explicit or its group's), if there is one."""
+        direct = self.cluster.direct_link(a, b)
+        return direct.kind if direct is not None else None
 
     def measured_all_reduce(self, hops: list[tuple[int, int]], ranks: int) -> tuple[float, float] | None:
         """A profile's (latency, bandwidth) fit for an all-reduce of ``ranks`` over one link kind."""

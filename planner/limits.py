@@ -37,16 +37,22 @@ MAX_MODULES = 50_000
 MAX_SEED = 2**63 - 1
 # 10^9 optimizer steps is ~30 years at one step a second.
 MAX_STEPS = 10**9
+# Intra-op threads per rank: the largest CPU hosts have 2 x 192 cores, 768 hardware threads.
+MAX_THREADS = 1_024
 # A process-group timeout from 1 s (a hung peer is noticed at once) to one day (a very slow
 # first step of a huge model); 10^-9 fails every collective, 10^20 waits for ever.
 MIN_PG_TIMEOUT_S, MAX_PG_TIMEOUT_S = 1.0, 86_400.0
 # Clusters, checked before a device is built. A node is one host: the largest are an NVL72
 # rack's 72 GPUs on one NVLink domain and a 2 x 192-core CPU host (768 ranks with SMT).
 MAX_DEVICES_PER_NODE = 1_024
-# Llama 3 405B trained on 16,384 H100s (2,048 nodes of 8); the largest clusters reported
-# hold ~100k GPUs (12,500 nodes of 8). The planner searches 16,384 GPUs in ~TODO s.
-MAX_NODES = 16_384
-MAX_DEVICES = 131_072
+WHY_DEVICES_PER_NODE = "no real node holds more: an NVL72 rack has 72 GPUs, the largest CPU hosts 768 threads"
+# The largest published training jobs: Llama 3 405B on 16,384 H100s (2,048 nodes of 8),
+# Meta's 24,576-GPU clusters. The planner searches a 7B GPT on 16,384 H100s in ~27 s and on
+# 32,768 in ~42 s with 1.2 GB (2 cores; `python -m planner plan --model gpt --set size=7b
+# --cluster h100:8x4096 --global-batch 8192 --dtype bfloat16`); it grows with the devices.
+MAX_DEVICES = 32_768
+MAX_NODES = 4_096
+WHY_CLUSTER_SIZE = "the largest published training jobs ran on 16,384-24,576 GPUs, in 2,048-3,072 nodes"
 # Explicit per-pair links in a cluster document: every pair of 724 devices, so a plan
 # written pair by pair for 8 x 90 GPUs still loads (link groups describe larger clusters in
 # a few lines). Link groups: two scopes per pair of device kinds, for far more kinds than

@@ -276,7 +276,7 @@ def _shares(speeds: dict[int, float], replicas: list[list[int]], batch: int, m: 
 def _layouts(cluster, speeds, n_blocks, batch, strategy, schedule, pinned_m):
     seen = set()
     # On one node with one kind of link every mesh order is the same plan.
-    uniform = len(cluster.nodes()) == 1 and len({lk.kind for lk in cluster.links}) <= 1
+    uniform = len(cluster.nodes()) == 1 and len(cluster.link_kinds()) <= 1
     for device_set in _device_sets(cluster, speeds):
         total = len(device_set)
         shapes = [(total // pp, pp) for pp in range(1, min(total, n_blocks, MAX_PP) + 1) if total % pp == 0]
@@ -299,7 +299,9 @@ def _layouts(cluster, speeds, n_blocks, batch, strategy, schedule, pinned_m):
                         (r // pp, r % pp) if mesh != "replicas in nodes" else (r % dp, r // dp)
                         for r in range(n)
                     ]
-                    replicas = [[ordered[r] for r in range(n) if coords[r][0] == i] for i in range(dp)]
+                    replicas: list[list[int]] = [[] for _ in range(dp)]  # one pass: n is up to 10^5
+                    for r in range(n):
+                        replicas[coords[r][0]].append(ordered[r])
                     for m in _micro_batch_counts(pp, batch // dp, pinned_m):
                         for shares in _shares(speeds, replicas, batch, m):
                             for sched, v in _schedules(pp, m, n_blocks, schedule):
@@ -425,10 +427,12 @@ class _Screen:
         if c.strategy == "mp":
             return 0.0  # few enough to price them all
         worst = 0.0
+        kinds_of: list[list[str]] = [[] for _ in range(c.dp_degree)]  # one pass, not one per replica
+        for r, device in enumerate(c.devices):
+            kinds_of[c.coords[r][0]].append(cluster.device(device).kind)
         for dp in range(c.dp_degree):
             mb = c.shares[dp] / c.micro_batches
-            kinds = [cluster.device(c.devices[r]).kind for r in range(len(c.devices)) if c.coords[r][0] == dp]
-            totals = [self.totals(k, mb) for k in kinds]
+            totals = [self.totals(k, mb) for k in kinds_of[dp]]
             balanced = 1 / sum(1 / t for t, _ in totals)  # work split in proportion to speed
             stage = max(balanced, max(b for _, b in totals))  # a block is never split
             fill = (c.pp_degree - 1) / c.virtual_stages

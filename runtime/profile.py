@@ -490,7 +490,8 @@ def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[
     profile = profile.model_copy(update=update)
     if len(cluster.devices) >= 2:
         a, b = cluster.devices[0].id, cluster.devices[1].id
-        link_kind = next((link.kind for link in cluster.links if {link.a, link.b} == {a, b}), None)
+        direct = cluster.direct_link(a, b)  # explicit, else its link group's
+        link_kind = direct.kind if direct is not None else None
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
             action, grown = runtime_costs(repeats, device.type)

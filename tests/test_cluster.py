@@ -1,5 +1,6 @@
 """Clusters: the catalog, short forms, presets, detection, strict JSON."""
 
+import itertools
 import json
 import os
 
@@ -57,14 +58,18 @@ def test_one_node_of_eight_h100_on_nvlink():
     c = resolve_cluster("h100:8")
     assert [d.kind for d in c.devices] == ["h100-80gb"] * 8
     assert {d.node for d in c.devices} == {0}
-    assert len(c.links) == 28 and {link.kind for link in c.links} == {"nvlink4"}
+    assert c.links == [] and [(g.scope, g.kind) for g in c.link_groups] == [("same_node", "nvlink4")]
+    assert [(r.kind, r.pairs) for r in c.link_table()] == [("nvlink4", 28)]
     assert c.path(0, 7) == (450e9, 3e-6)
 
 
 def test_four_nodes_over_infiniband():
     c = resolve_cluster("a100-80gb:8x4")
     assert len(c.devices) == 32 and c.nodes() == [0, 1, 2, 3]
-    kinds = {(c.device(link.a).node == c.device(link.b).node, link.kind) for link in c.links}
+    kinds = {
+        (c.device(a).node == c.device(b).node, c.direct_link(a, b).kind)
+        for a, b in itertools.combinations(range(32), 2)
+    }
     assert kinds == {(True, "nvlink3"), (False, "infiniband-hdr")}
 
 
@@ -72,8 +77,7 @@ def test_mixed_node_meets_over_the_slower_host_bus():
     c = resolve_cluster("a100-80gb:4+v100-32gb:4")
     assert [d.kind for d in c.devices] == ["a100-80gb"] * 4 + ["v100-32gb"] * 4
     assert [d.memory_bytes for d in c.devices] == [80 * 2**30] * 4 + [32 * 2**30] * 4
-    link = next(lk for lk in c.links if {lk.a, lk.b} == {0, 4})
-    assert link.kind == "pcie3"
+    assert c.direct_link(0, 4).kind == c.direct_link(4, 0).kind == "pcie3"
     assert c.peak_flops(0, "bfloat16") == 312e12
     with pytest.raises(ClusterError, match="v100-32gb has no bfloat16 peak"):
         c.peak_flops(4, "bfloat16")
@@ -83,7 +87,7 @@ def test_cpu_ranks_beyond_the_cores_record_that_they_share_them():
     c = resolve_cluster(f"cpu:{2 * CORES}")
     assert all(d.compute_share == pytest.approx(0.5) for d in c.devices)
     assert any("share" in note for note in c.notes)
-    assert {link.kind for link in c.links} == {"loopback"}
+    assert c.link_kinds() == {"loopback"}
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert sum(d.memory_bytes for d in c.devices) <= total
     assert resolve_cluster(f"cpu:{CORES}").notes == []
@@ -91,7 +95,7 @@ def test_cpu_ranks_beyond_the_cores_record_that_they_share_them():
 
 def test_cpu_nodes_talk_over_ethernet():
     c = resolve_cluster("cpu:1x2")
-    assert c.links[0].kind == "ethernet-10g"
+    assert c.direct_link(0, 1).kind == "ethernet-10g" and c.link_kinds() == {"ethernet-10g"}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -180,6 +184,10 @@ def test_bad_cluster_specs(spec, message):
         resolve_cluster(spec)
 
 
-def test_short_form_builds_all_pairs():
+def test_short_form_states_groups_not_pairs():
     c = parse_short_form("l4:3x2")
-    assert len(c.links) == 15
+    assert c.links == [] and len(c.link_groups) == 2
+    assert sum(r.pairs for r in c.link_table()) == 15 and c.pairs_without_direct_link() == 0
+    big = parse_short_form("h100:8x64")
+    assert len(big.link_groups) == 2 and len(big.to_json()) < 100_000  # 130,816 pairs, not listed
+    assert [(r.kind, r.pairs) for r in big.link_table()] == [("nvlink4", 1_792), ("infiniband-ndr", 129_024)]
