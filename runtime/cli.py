@@ -8,7 +8,9 @@
     python -m runtime profile --model SOURCE [--set k=v ...] [--cluster C] [-o profile.json]
 
 Exit codes of run and resume: 0 finished, 1 failed, 2 bad input (nothing was started),
-3 stopped; with --detach, 0 once the run is started (its id is printed).
+3 stopped; with --detach, 0 once the run is started (its id is printed). Every error is
+one line; nothing prints a traceback. A plan naming a `py:` model runs only with
+--allow-py MODULE (or $STAGECRAFT_ALLOWED_PY): importing it runs its code.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from planner.errors import PlanError
+from planner.cli_args import OneLineParser
+from planner.errors import PlanError, PlannerError
 from planner.plan import load_plan
 from runtime import launch, multinode, store
 from runtime.supervisor import EXIT_BAD_INPUT, supervise
@@ -34,7 +37,19 @@ def _runs_dir_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _allow_py_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-py", action="append", default=[], metavar="MODULE",
+        help="allow importing this module for the plan's py: source (importing runs its code)",
+    )  # fmt: skip
+
+
 def _start_options(p: argparse.ArgumentParser) -> None:
+    _allow_py_option(p)
+    p.add_argument(
+        "--skip-model-check", action="store_true",
+        help="do not trace the plan's model first (for a model too large to trace here)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, help="optimizer steps in all; default: the plan's training.steps")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (default 1)")
     p.add_argument("--detach", action="store_true", help="start the run, print its id and return")
@@ -42,7 +57,7 @@ def _start_options(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m runtime", description="Run plans with torch.distributed.")
+    top = OneLineParser(prog="python -m runtime", description="Run plans with torch.distributed.")
     commands = top.add_subparsers(dest="command", required=True)
     p = commands.add_parser("run", help="train a plan on this machine's ranks (torchrun --standalone)")
     p.add_argument("plan", type=Path, help="a plan JSON file (python -m planner plan -o plan.json)")
@@ -74,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume-from", type=Path)
+    p.add_argument("--owner-fd", type=int, help=argparse.SUPPRESS)  # the run's lock, from the launcher
     _runs_dir_option(p)
     return top
 
@@ -116,14 +132,25 @@ def write_profile(args: argparse.Namespace) -> int:
     from runtime.compare import save_profile
     from runtime.profile import make_profile
 
-    sizes = [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
     if not sizes or min(sizes) < 1 or args.repeats < 1:
         print("error: --micro-batch-sizes needs positive integers and --repeats >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # Checked before minutes of measuring, not after.
+    if not args.output.parent.is_dir():
+        print(f"error: -o {args.output}: the folder {args.output.parent} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
     profile = make_profile(
         args.model, parse_overrides(args.set), resolve_cluster(args.cluster), sizes, repeats=args.repeats
     )
-    args.output.write_text(profile.model_dump_json(indent=2) + "\n")
+    try:
+        args.output.write_text(profile.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        print(f"error: -o {args.output}: cannot write it ({exc.strerror})", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"wrote {args.output}: {len(profile.blocks)} block timings, {len(profile.links)} links, "
           f"sha256 {profile.digest()}")  # fmt: skip
     kept = save_profile(profile, args.runs_dir or store.default_runs_dir())
@@ -131,15 +158,43 @@ def write_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consent(args: argparse.Namespace) -> None:
+    """Modules the user allowed, and a `py:` model typed with --model, may be imported; the
+    environment carries the consent to the supervisor and the workers."""
+    from planner.source import allow_py
+
+    for module in getattr(args, "allow_py", None) or []:
+        allow_py(module)
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and model.strip().startswith("py:"):
+        allow_py(model.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "steps", None) is not None and args.steps < 1:
-        print("error: --steps must be >= 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if getattr(args, "threads", 1) < 1:
-        print("error: --threads must be >= 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
+        return _main(args)
+    except PlannerError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (MemoryError, RecursionError) as exc:
+        print(f"error: {type(exc).__name__} ({_one_line(exc)}): the input is too large", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug of ours: still one line, never a traceback
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _main(args: argparse.Namespace) -> int:
+    _consent(args)
+    try:
+        if args.command in ("run", "resume", "supervise"):
+            launch.check_start_options(getattr(args, "steps", None), args.threads)
         if args.command == "command":
             print_commands(args)
             return 0
@@ -148,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = args.runs_dir or store.default_runs_dir()
         if args.command == "run":
             return launch.run(
-                args.plan, runs_dir=runs_dir, steps=args.steps, threads=args.threads, detach=args.detach
-            )
+                args.plan, runs_dir=runs_dir, steps=args.steps, threads=args.threads, detach=args.detach,
+                check_model=not args.skip_model_check,
+            )  # fmt: skip
         if args.command == "resume":
             return launch.resume(
                 runs_dir,
@@ -158,13 +214,16 @@ def main(argv: list[str] | None = None) -> int:
                 steps=args.steps,
                 threads=args.threads,
                 detach=args.detach,
+                check_model=not args.skip_model_check,
             )
         if args.command == "stop":
             return 0 if launch.stop(runs_dir, args.run_id) in store.TERMINAL else 1
         if args.command == "list":
             print_runs(launch.list_runs(runs_dir))
             return 0
-        return supervise(runs_dir, args.run_id, threads=args.threads, resume_from=args.resume_from)
+        return supervise(
+            runs_dir, args.run_id, threads=args.threads, resume_from=args.resume_from, owner_fd=args.owner_fd
+        )
     except (launch.RunError, PlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -3,7 +3,8 @@
 Stop: ``runtime stop`` sends SIGUSR1 to every worker. The signal only sets a flag; at each
 metrics flush (about once a second) and each checkpoint the ranks all-reduce their flags
 (MAX), so all of them stop after the same step, save a checkpoint and exit 0. SIGTERM and
-SIGKILL keep their default meaning.
+SIGKILL keep their default meaning; under a supervisor SIGINT is ignored (runtime.worker):
+Ctrl-C is the supervisor's to turn into this stop.
 
 Death: a worker must not outlive its run. `PR_SET_PDEATHSIG` has the kernel kill it when
 torchrun dies, and a watchdog thread exits the process when the supervisor's PID is gone

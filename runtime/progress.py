@@ -1,7 +1,9 @@
 """A one-line progress bar for a run: step, loss, throughput, ETA.
 
 On a terminal the line is redrawn in place; in a log (not a TTY) a line is printed at
-most every ``log_every_s`` seconds and at the end, so CI logs stay short.
+most every ``log_every_s`` seconds and at the end, so CI logs stay short. A stream that
+can no longer be written (its terminal closed, its disk full) is given up on, silently:
+the run goes on without its bar.
 """
 
 from __future__ import annotations
@@ -58,15 +60,19 @@ class ProgressLine:
         self._last_print = 0.0
         self._last_line = ""
         self._last_printed = ""
+        self.lost = False
 
     def update(self, line: str, *, final: bool = False) -> None:
-        if line == self._last_line and not final:
+        if self.lost or (line == self._last_line and not final):
             return
         self._last_line = line
         now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-        elif (final and line != self._last_printed) or now - self._last_print >= self.log_every_s:
-            self.stream.write(line + "\n")
-            self._last_print, self._last_printed = now, line
-        self.stream.flush()
+        try:
+            if self.tty:
+                self.stream.write("\r\033[K" + line + ("\n" if final else ""))
+            elif (final and line != self._last_printed) or now - self._last_print >= self.log_every_s:
+                self.stream.write(line + "\n")
+                self._last_print, self._last_printed = now, line
+            self.stream.flush()
+        except OSError:
+            self.lost = True

@@ -7,13 +7,16 @@ plans use gloo and one process per "device"; GPU plans use nccl and `cuda:LOCAL_
 Every rank reports its PID, then trains; rank 0 writes the gathered metrics to the runs
 database. Checkpoints every ``training.checkpoint_every`` steps and when stopped (SIGUSR1,
 runtime.control); ``--resume-from`` continues from a checkpoint, under any plan of the
-same model. An exception is written to ``<run-dir>/error-rank<r>.txt`` before the rank
-exits non-zero, so the launcher can say which rank failed and why.
+same model. An exception is written to ``<run-dir>/error-rank<r>.txt`` the moment it is
+caught, before the process group is torn down (a peer that loses this rank fails after it,
+and the file's time says so), so the supervisor can say which rank failed first and why.
+Under a supervisor a rank ignores SIGINT: stopping is the supervisor's to decide.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -213,8 +216,33 @@ def train(
             store.insert_metrics(conn, run_id, [metric])
         dist.barrier(group=cpu_group)
         return outcome
+    except BaseException as exc:
+        write_error(run_dir, rank, exc)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """``<run-dir>/error-rank<r>.txt``: the exception's line, then its traceback; the file's
+    time is when it was caught, to the nanosecond (the supervisor orders the ranks by it).
+
+    A full disk may keep the file short or empty; the line still goes to stderr.
+    """
+    caught_ns = time.time_ns()
+    message = f"rank {rank}: {type(exc).__name__}: {exc}"
+    path = run_dir / f"error-rank{rank}.txt"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(message + "\n\n")
+            f.flush()  # the message first: its first line is what the supervisor reads
+            f.write(traceback.format_exc())
+    except OSError as write_failed:
+        with contextlib.suppress(OSError):  # stderr is a log file on the same disk
+            print(f"rank {rank}: could not write {path}: {write_failed}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(caught_ns, caught_ns))
 
 
 def plan_rank(plan: Plan, node: int, local_rank: int) -> int:
@@ -247,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     stop = StopFlag()  # first: a stop request during start-up must not kill the rank
+    if os.environ.get(SUPERVISOR_ENV):
+        # The supervisor turns Ctrl-C into a stop (SIGUSR1); a SIGINT that reaches a rank
+        # anyway (torchrun passes its own on) must not end it in the middle of a step.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started_ns = time.time_ns()
     torch.set_num_threads(args.threads)
     fix_malloc_thresholds()  # before the model: steady step times (runtime.host_allocator)
     die_with_parent()
@@ -277,10 +310,14 @@ def main(argv: list[str] | None = None) -> int:
             store.finish_once(conn, args.run_id, outcome)  # nobody else will
             compare.record_after_run(conn, args.run_id, args.runs_dir, sys.stderr)
     except BaseException as exc:
-        message = f"rank {rank}: {type(exc).__name__}: {exc}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f"error-rank{rank}.txt").write_text(message + "\n\n" + traceback.format_exc())
-        print(message, file=sys.stderr, flush=True)
+        written = run_dir / f"error-rank{rank}.txt"
+        with contextlib.suppress(OSError):
+            if written.stat().st_mtime_ns >= started_ns:  # `train` wrote it when it was raised
+                written = None
+        if written is not None:
+            write_error(run_dir, rank, exc)
+        with contextlib.suppress(OSError):
+            print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         # A stop request that comes late must not kill the exiting process: Python puts

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import subprocess
 
 import pytest
 
 from planner.plan import save_plan
 from runtime import store
 from tests.runs import run_ranks, step_losses, zoo_plan
-from tests.supervision import runtime_cli
+from tests.supervision import ENV, runtime_cli, small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +84,153 @@ def test_diverged_loss_is_stored_as_nan_not_as_a_gap(tmp_path):
     losses = step_losses(run_ranks(plan, tmp_path, steps=8))
     assert len(losses) == 8
     assert any(math.isnan(x) or math.isinf(x) for x in losses), losses
+
+
+def mlp_plan_file(tmp_path):
+    save_plan(zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2), tmp_path / "plan.json")
+    return tmp_path / "plan.json"
+
+
+def one_error_line(done) -> str:
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    "option, value, said",
+    [
+        ("--steps", 10**20, "--steps is 100,000,000,000,000,000,000; it must be from 1 to 1,000,000,000"),
+        ("--steps", 0, "--steps is 0; it must be from 1 to 1,000,000,000"),
+        ("--threads", 0, "--threads is 0; it must be from 1 to 1,024"),
+        ("--threads", 10**6, "--threads is 1,000,000; it must be from 1 to 1,024"),
+    ],
+)
+def test_out_of_range_start_options_are_refused_before_anything_is_made(tmp_path, option, value, said):
+    runs = tmp_path / "runs"
+    done = runtime_cli("run", mlp_plan_file(tmp_path), option, value, "--runs-dir", runs)
+    assert said in one_error_line(done)
+    assert not runs.exists()  # no runs dir, no run folder, no row
+
+
+def test_resume_with_steps_out_of_range_is_refused(tmp_path):
+    done = runtime_cli("resume", "20260101-000000-abcd", "--steps", 10**20, "--runs-dir", tmp_path / "runs")
+    assert "--steps is 100,000,000,000,000,000,000" in one_error_line(done)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_profile_into_a_missing_folder_is_refused_before_measuring(tmp_path):
+    out, runs = tmp_path / "missing" / "profile.json", tmp_path / "runs"
+    done = runtime_cli("profile", "--model", "mlp", "--cluster", "cpu:1", "-o", out, "--runs-dir", runs)
+    assert one_error_line(done) == f"error: -o {out}: the folder {out.parent} does not exist\n"
+    assert not out.parent.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "list", "stop", "resume"])
+def test_a_runs_dir_that_is_a_file_is_refused(tmp_path, command):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder\n")
+    args = {"list": [], "stop": ["r1"], "resume": ["r1"]}.get(command)
+    args = [mlp_plan_file(tmp_path)] if args is None else args
+    done = runtime_cli(command, *args, "--runs-dir", runs)
+    assert one_error_line(done) == f"error: runs dir {runs} is not a directory\n"
+    assert runs.read_text() == "not a folder\n"
+    made = ["plan.json", "runs"] if command == "run" else ["runs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == made
+
+
+@contextlib.contextmanager
+def read_only(path, fill=lambda path: None):
+    """``path``, filled by ``fill``, then read-only for the block, as a folder is to a user
+    who does not own it. Root ignores file modes: for root it is a file system remounted
+    read-only."""
+    if os.geteuid() != 0:
+        path.mkdir()
+        fill(path)
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    with small_disk(path, "4m"):
+        fill(path)
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        yield path
+
+
+def test_a_read_only_runs_dir_is_refused_and_left_as_it_was(tmp_path):
+    with read_only(tmp_path / "runs") as runs:
+        done = runtime_cli("run", mlp_plan_file(tmp_path), "--runs-dir", runs)
+        assert one_error_line(done).startswith(f"error: runs dir {runs}: cannot open its database (")
+        assert list(runs.iterdir()) == []
+        listed = runtime_cli("list", "--runs-dir", runs)  # no runs in it: an empty list, nothing made
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1:] == [], listed.stderr
+        assert list(runs.iterdir()) == []
+
+
+def test_a_runs_database_that_cannot_be_opened_is_one_line(tmp_path):
+    with read_only(tmp_path / "runs", fill=lambda path: store.connect(path).close()) as runs:
+        before = sorted(p.name for p in runs.iterdir())
+        for command in (["list"], ["stop", "r1"], ["resume", "r1"]):
+            said = one_error_line(runtime_cli(*command, "--runs-dir", runs))
+            assert said.startswith(f"error: runs dir {runs}: cannot open its database ("), command
+        assert sorted(p.name for p in runs.iterdir()) == before
+
+
+@pytest.mark.parametrize("source", ["py:os:system", "py:subprocess:run"])
+def test_a_plan_with_a_py_payload_runs_nothing(tmp_path, source):
+    marker = tmp_path / "payload-ran"
+    doc = json.loads(mlp_plan_file(tmp_path).read_text())
+    doc["model"].update(
+        source=source, overrides={"command": f"touch {marker}", "args": ["touch", str(marker)]}
+    )
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    env = {k: v for k, v in ENV.items() if k != "STAGECRAFT_ALLOWED_PY"}
+    done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs", env=env)
+    module = source.split(":")[1]
+    assert f"would import {module!r}" in one_error_line(done) and f"--allow-py {module}" in done.stderr
+    assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_allowed_py_model_is_imported_and_refused_for_having_no_objective(tmp_path, monkeypatch):
+    from planner.build import make_plan
+    from planner.cluster import parse_short_form
+    from tests.runs import graph_of
+
+    monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "tests.fixtures.models")  # to plan it here
+    graph = graph_of("py:tests.fixtures.models:two_linear")
+    plan = make_plan(graph, parse_short_form("cpu:2"), strategy="dp", global_batch=8, dp_degree=2)
+    save_plan(plan, tmp_path / "plan.json")
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in ENV.items() if k != "STAGECRAFT_ALLOWED_PY"}
+    refused = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", runs, env=env)
+    assert "nobody allowed it" in one_error_line(refused)
+    allowed = ("--allow-py", "tests.fixtures.models")
+    done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", runs, *allowed, env=env)
+    assert "a py: factory has no objective" in one_error_line(done)  # imported with consent, then refused
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested 100000 deep"),
+        (b'{"schema_version": "\xff"}', "not UTF-8 text"),
+    ],
+    ids=["deep", "not-utf8"],
+)
+def test_hostile_plan_files_are_one_line_and_start_nothing(tmp_path, data, said):
+    (tmp_path / "plan.json").write_bytes(data)
+    done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
+    assert said in one_error_line(done)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_plan_for_another_model_is_refused_before_anything_starts(tmp_path):
+    doc = json.loads(mlp_plan_file(tmp_path).read_text())
+    doc["model"]["overrides"] = {"hidden": [8]}  # another MLP than the one it was planned for
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
+    assert "model." in one_error_line(done)
+    assert not (tmp_path / "runs").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,19 @@ from planner.plan import save_plan
 from runtime import checkpoint, store
 from runtime.control import pid_alive
 from tests.runs import run_ranks, step_losses, zoo_plan
-from tests.supervision import all_gone, losses, run_pids, runtime_cli, start_run, the_run, wait_for
+from tests.supervision import (
+    ENV,
+    ROOT,
+    all_gone,
+    losses,
+    run_command,
+    run_pids,
+    runtime_cli,
+    small_disk,
+    start_run,
+    the_run,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 LONG = {"steps": 100_000}
@@ -83,7 +97,8 @@ def test_a_hung_rank_fails_the_run_within_the_timeout(tmp_path):
     finally:
         if pid_alive(pids[2]):
             os.kill(pids[2], signal.SIGKILL)
-    assert_failed_and_clean(tmp_path, pids, launcher, reason="rank")
+    # Blamed on the rank that stopped answering, not on rank 0, which waited for it.
+    assert_failed_and_clean(tmp_path, pids, launcher, reason="rank 1 stopped answering: rank 0: ")
 
 
 def test_stop_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
@@ -286,3 +301,74 @@ def test_hybrid_resume_matches_the_uninterrupted_run(tmp_path):
     assert saved is not None and saved.step == 4
     resumed = run_ranks(plan, tmp_path / "resumed", steps=8, resume_from=saved.path)
     assert step_losses(resumed) == straight[4:]  # exactly
+
+
+def test_two_resumes_of_one_run_at_once_train_it_once(tmp_path):
+    plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2,
+                    training={"steps": 20, "checkpoint_every": 10})  # fmt: skip
+    save_plan(plan, tmp_path / "plan.json")
+    runs = tmp_path / "runs"
+    assert runtime_cli("run", tmp_path / "plan.json", "--runs-dir", runs).returncode == 0
+    run_id = the_run(runs)["run_id"]
+    resume = [sys.executable, "-m", "runtime", "resume", run_id, "--steps", "300", "--runs-dir", str(runs)]
+    both = [subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                             cwd=ROOT) for _ in range(2)]  # fmt: skip
+    ends = [(p.pid, p.returncode, err) for p in both for _, err in [p.communicate(timeout=180)]]
+    (winner,) = [e for e in ends if e[1] == 0]
+    (refused,) = [e for e in ends if e[1] != 0]
+    assert refused[1] == 2
+    assert refused[2] == f"error: run {run_id} is already supervised by pid {winner[0]}; wait for it or " \
+        "`runtime stop` it\n"  # fmt: skip
+    assert the_run(runs)["state"] == "finished"
+    rows, _ = store.read_metrics(store.connect(runs), run_id, names=["loss"])
+    assert sorted(m.step for m in rows if m.rank == store.STEP_RANK) == list(range(1, 301))  # each once
+
+
+def test_a_second_launcher_of_a_detached_run_is_refused_with_the_owners_pid(tmp_path):
+    save_plan(endless_mlp(), tmp_path / "plan.json")
+    runs = tmp_path / "runs"
+    started = runtime_cli("run", tmp_path / "plan.json", "--detach", "--runs-dir", runs, timeout=60)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    conn = store.connect(runs)
+    wait_for(lambda: store.run_row(conn, run_id)["state"] == "running", 60, "the run to start")
+    owner = store.run_row(conn, run_id)["supervisor_pid"]
+    assert pid_alive(owner)
+    for second in (("supervise", run_id), ("resume", run_id)):
+        refused = runtime_cli(*second, "--runs-dir", runs)
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            f"error: run {run_id} is already supervised by pid {owner}; wait for it or `runtime stop` it\n"
+        )
+    row = store.run_row(conn, run_id)
+    assert row["state"] == "running" and row["supervisor_pid"] == owner
+    assert runtime_cli("stop", run_id, "--runs-dir", runs).returncode == 0
+    assert store.run_row(conn, run_id)["state"] == "stopped"
+    wait_for(lambda: not pid_alive(owner), 10, "the supervisor to exit")
+
+
+def test_a_full_disk_fails_the_run_with_that_reason_and_leaves_nothing_running(tmp_path):
+    # A checkpoint of this MLP (parameters and Adam's two moments) is ~13 MB: the second
+    # one does not fit on a 16 MB disk.
+    plan = zoo_plan("mlp", {"hidden": [1024] * 2}, ranks=2, strategy="dp", global_batch=32, dp_degree=2,
+                    training={"steps": 100_000, "checkpoint_every": 10})  # fmt: skip
+    with small_disk(tmp_path / "disk", "16m") as disk:
+        launcher = subprocess.Popen(
+            run_command(plan, tmp_path, runs=disk / "runs"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+        )  # fmt: skip
+        runs = disk / "runs"
+        pids = wait_for(lambda: (runs / store.DB_NAME).exists() and run_pids(runs), 90, "the workers")
+        _, err = launcher.communicate(timeout=180)
+        assert launcher.returncode == 1, err
+        wait_for(lambda: all_gone(pids), 10, "every process of the run to exit")
+        assert "Traceback" not in err
+        failed = [line for line in err.splitlines() if ": failed: " in line]
+        assert len(failed) == 1 and "No space left on device" in failed[0], err
+        conn = store.connect(runs)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        row = the_run(runs)
+        assert row["state"] == "failed" and f"out of disk space in {runs}" in row["reason"], row["reason"]
+        assert failed[0] == f"run {row['run_id']}: failed: {row['reason']}"
+        assert store.last_step(conn, row["run_id"]) >= 10  # the metrics written before are kept
+        assert not (runs / row["run_id"] / "disk-reserve").exists()
