@@ -1,25 +1,23 @@
 """Stagecraft's dashboard: `streamlit run app.py` (bound to 127.0.0.1 by .streamlit/config.toml)."""
 
-import json
-
 import streamlit as st
 
-from dashboard.shared import current_cluster_json, current_model
+from dashboard import messages, sidebar, state
 
 st.set_page_config(page_title="Stagecraft", layout="wide")
 page = st.navigation(
     [
-        st.Page("pages/model.py", title="Model", default=True),
-        st.Page("pages/devices.py", title="Devices"),
-        st.Page("pages/plan.py", title="Plan"),
-        st.Page("pages/export.py", title="Export / import"),
-        st.Page("pages/runs.py", title="Runs"),
-        st.Page("pages/monitor.py", title="Monitor"),
+        st.Page("views/model.py", title="Model", default=True),
+        st.Page("views/devices.py", title="Devices"),
+        st.Page("views/plan.py", title="Plan"),
+        st.Page("views/export.py", title="Export / import"),
+        st.Page("views/runs.py", title="Runs"),
+        st.Page("views/monitor.py", title="Monitor"),
     ]
 )
-source, overrides = current_model()
-cluster = json.loads(current_cluster_json())
-st.sidebar.caption("Stagecraft: plan and run parallel training")
-st.sidebar.markdown(f"**Model** {source} {overrides}".strip())
-st.sidebar.markdown(f"**Devices** {cluster.get('name') or 'custom'}: {len(cluster['devices'])}")
-page.run()
+state.start()  # this browser session's id (in the URL) and, on its first run, its saved choices
+sidebar.draw()  # a placeholder the pages redraw whenever they change the model, devices or plan
+try:
+    page.run()
+except Exception as exc:  # each page says what went wrong in one line; this catches what they miss
+    messages.unexpected(exc, f"The {page.title} page")

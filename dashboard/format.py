@@ -12,6 +12,10 @@ no figure is ever a raw float.
 ('2,418 samples/s', '23.7%', '163.0 M', '512')
 >>> bandwidth(450e9), bandwidth(None)
 ('450 GB/s', 'from its kind')
+>>> number(2.302585), number(1234.5678), number(float("nan")), change(0.108), points(-0.036)
+('2.303', '1,235', 'NaN', '+10.8%', '-3.6 pt')
+>>> elapsed(42.4), elapsed(185), elapsed(3725), elapsed(None)
+('42 s', '3 min 05 s', '1 h 02 min', '-')
 """
 
 from __future__ import annotations
@@ -75,3 +79,36 @@ def bandwidth(bytes_per_s: float | None) -> str:
         if bytes_per_s >= scale:
             return f"{bytes_per_s / scale:,.3g} {unit}"
     return f"{bytes_per_s:.0f} B/s"
+
+
+def number(value: float | None) -> str:
+    """A plain figure without a unit (a loss): four significant figures; NaN and inf kept."""
+    if value is None:
+        return "-"
+    if value != value:
+        return "NaN"
+    if abs(value) == float("inf"):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def change(fraction: float | None) -> str:
+    """A relative difference, signed: +10.8% (a prediction against its measurement)."""
+    return "-" if fraction is None else f"{fraction:+.1%}"
+
+
+def points(difference: float | None) -> str:
+    """A difference of two fractions in percentage points: -3.6 pt (a bubble's error)."""
+    return "-" if difference is None else f"{difference * 100:+.1f} pt"
+
+
+def elapsed(seconds: float | None) -> str:
+    """Wall-clock time of a run or an ETA, in the two largest units: 3 min 05 s, 1 h 02 min."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "-"
+    s = round(max(seconds, 0.0))
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours:,} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

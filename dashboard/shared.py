@@ -1,43 +1,49 @@
-"""State the pages share, with a worked example as the default for every page.
+"""What the pages share: the current model, devices and plan, one source of truth for each.
 
-Widget values are copied into plain session keys (``model``, ``cluster_json``): Streamlit
-drops a widget's key when the page that draws it is not shown, and every page must still
-find the current model and devices (or the default: the zoo GPT on this machine).
+- The model (source and overrides) is set on the Model page, the devices (a cluster JSON) on
+  the Devices page, and both by importing a plan.
+- The plan's inputs (global batch, strategy, the chosen candidate) and its hand edits are
+  set on the Plan page. The current plan is the chosen candidate with those edits; it is
+  recorded with the model and devices it was made for, so a change of either makes the
+  record stale, and the current plan is then the chosen (or fastest) candidate of the new
+  search. Export downloads it and Runs launches it: `current_plan_json`,
+  `current_plan_summary`.
+
+Values live in plain session keys, not in widget keys: Streamlit drops a widget's key when
+the page that draws it is not shown. Every setter saves the session (`dashboard.state`), so
+a reload returns to it, and redraws the sidebar, so it never shows the previous choice.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+from dataclasses import dataclass, field
 
 import streamlit as st
 
+from dashboard import format as fmt
+from dashboard import sidebar, state
+from dashboard.naming import layout_name
+
 DEFAULT_MODEL = ("gpt", "")
-PY_ALLOW_ENV = "STAGECRAFT_ALLOWED_PY"
-
-
-def allowed_py_sources() -> set[str]:
-    """`py:` sources the browser may load: the server's allow-list, empty unless set.
-
-    Importing a module runs its code, so a browser user must not name any module they like.
-    """
-    return {s.strip() for s in os.environ.get(PY_ALLOW_ENV, "").split(",") if s.strip()}
-
-
 DEFAULT_BATCH = 8
+DEFAULT_STRATEGY = "auto"
+IMPORTED = "imported plan"
 
 
-def step_time_text(seconds: float) -> str:
-    """How the Plan page shows a step time (tests compare against `price()` through it)."""
-    return f"{seconds * 1e3:.4f} ms"
-
-
+# -- model and devices -----------------------------------------------------------------------
 def current_model() -> tuple[str, str]:
     """(source, overrides text) chosen on the Model page, or the default."""
-    return st.session_state.get("model", DEFAULT_MODEL)
+    source, overrides = st.session_state.get("model", DEFAULT_MODEL)
+    return source, overrides
 
 
 def set_model(source: str, overrides: str) -> None:
-    st.session_state["model"] = (source, overrides)
+    if st.session_state.get("model") != (source, overrides):
+        st.session_state["model"] = (source, overrides)
+        state.save()
+    sidebar.refresh()
 
 
 def current_cluster_json() -> str:
@@ -45,8 +51,18 @@ def current_cluster_json() -> str:
     return st.session_state.get("cluster_json") or local_cluster_json()
 
 
-def set_cluster_json(text: str) -> None:
-    st.session_state["cluster_json"] = text
+def current_devices_spec() -> str | None:
+    """What was typed on the Devices page for the current cluster (None: this machine or a file)."""
+    return st.session_state.get("devices_spec_text")
+
+
+def set_cluster_json(text: str, spec: str | None = None) -> None:
+    """Make ``text`` the current cluster; ``spec`` is the short form it came from, if any."""
+    if st.session_state.get("cluster_json") != text or current_devices_spec() != spec:
+        st.session_state["cluster_json"] = text
+        st.session_state["devices_spec_text"] = spec
+        state.save()
+    sidebar.refresh()
 
 
 @st.cache_data(show_spinner=False)
@@ -56,15 +72,54 @@ def local_cluster_json() -> str:
     return detect_local().to_json()
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def cluster_brief(cluster_json: str) -> str:
+    """'h100:8x8, 64 devices on 8 nodes' for the sidebar and captions."""
+    doc = json.loads(cluster_json)
+    devices = doc.get("devices", [])
+    nodes = len({d.get("node", 0) for d in devices})
+    where = f" on {fmt.count(nodes)} nodes" if nodes > 1 else ""
+    return f"{doc.get('name') or 'custom cluster'}, {fmt.count(len(devices))} devices{where}"
+
+
+def context_key() -> str:
+    """The model and devices a plan is made for: a plan recorded under another key is stale."""
+    source, overrides = current_model()
+    cluster = hashlib.sha256(current_cluster_json().encode()).hexdigest()
+    return hashlib.sha256(json.dumps([source, overrides, cluster]).encode()).hexdigest()[:32]
+
+
+# -- traced and searched (pure, cached) ------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=16)
-def coarse_graph_json(source: str, overrides: tuple[str, ...]) -> dict:
-    """The coarsened layer graph as node-link data (pure, serialisable, cached)."""
-    from planner.coarsen import coarsen
-    from planner.graph import to_json
+def model_trace(source: str, overrides: tuple[str, ...]) -> dict:
+    """One trace of a model, for every page: summaries, the coarsened graph, each block's ops.
+
+    Returns ``{"fine": summary, "coarse": summary, "graph": node-link data, "ops": {block:
+    [ATen ops in execution order]}}``: pure and serialisable.
+    """
+    from planner.coarsen import assign_blocks, coarsen
+    from planner.graph import block_order, summary, to_json
     from planner.overrides import parse_overrides
     from planner.trace import trace
 
-    return to_json(coarsen(trace(source, parse_overrides(overrides))))
+    fine = trace(source, parse_overrides(overrides))
+    coarse = coarsen(fine)
+    owner = assign_blocks(fine)
+    ops: dict[str, list[str]] = {}
+    for name in block_order(fine):
+        if fine.nodes[name].get("kind") != "input":
+            ops.setdefault(owner[name], []).append(name)
+    return {"fine": summary(fine), "coarse": summary(coarse), "graph": to_json(coarse), "ops": ops}
+
+
+def coarse_graph_json(source: str, overrides: tuple[str, ...]) -> dict:
+    """The coarsened layer graph as node-link data."""
+    return model_trace(source, overrides)["graph"]
+
+
+def block_ops(source: str, overrides: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every block's ATen ops in execution order, for expanding a block in the placement."""
+    return model_trace(source, overrides)["ops"]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -79,26 +134,9 @@ def plan_graph_json(model_json: str, dtype: str) -> dict:
     return to_json(plan_graph(model, dtype))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def block_ops(source: str, overrides: tuple[str, ...]) -> dict[str, list[str]]:
-    """Every block's ATen ops in execution order, for expanding a block in the placement."""
-    from planner.coarsen import assign_blocks
-    from planner.graph import block_order
-    from planner.overrides import parse_overrides
-    from planner.trace import trace
-
-    fine = trace(source, parse_overrides(overrides))
-    owner = assign_blocks(fine)
-    ops: dict[str, list[str]] = {}
-    for name in block_order(fine):
-        if fine.nodes[name].get("kind") != "input":
-            ops.setdefault(owner[name], []).append(name)
-    return ops
-
-
 @st.cache_data(show_spinner=False, max_entries=16)
 def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: str) -> list[dict]:
-    """Candidates as rows, each with its plan's JSON when it has one (cached)."""
+    """Candidates as rows, each with its label and its plan's JSON when it has one (cached)."""
     from planner.cluster import cluster_from_json
     from planner.graph import from_json
     from planner.search import search
@@ -108,42 +146,210 @@ def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: s
     rows = []
     for c in result.candidates:
         row = c.row()
-        row["label"] = c.label
+        row["label"] = c.label  # the key a choice is kept by (the command line prints it too)
+        row["title"] = layout_name(c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages,
+                                   c.micro_batches, c.mesh)  # fmt: skip
         row["plan_json"] = c.plan.to_json() if c.plan is not None else None
         rows.append(row)
     return rows
 
 
-def current_plan_json() -> str | None:
-    """The plan last shown on the Plan page or imported, else the worked example's best plan."""
-    if st.session_state.get("plan_json"):
-        return st.session_state["plan_json"]
+def current_search() -> list[dict]:
+    """The search for the current model, devices and Plan-page inputs (raises PlannerError)."""
     source, overrides = current_model()
-    rows = searched(
-        coarse_graph_json(source, tuple(overrides.split())), current_cluster_json(), DEFAULT_BATCH, "auto"
-    )
-    return next((r["plan_json"] for r in rows if r["feasible"] and r["plan_json"]), None)
+    inputs = plan_inputs()
+    graph = coarse_graph_json(source, tuple(overrides.split()))
+    return searched(graph, current_cluster_json(), inputs["global_batch"], inputs["strategy"])
 
 
-def set_plan_json(text: str) -> None:
-    st.session_state["plan_json"] = text
+# -- the plan ----------------------------------------------------------------------------------
+def plan_inputs() -> dict:
+    """``{"global_batch", "strategy", "choice"}`` from the Plan page (choice None: the fastest)."""
+    saved = st.session_state.get("plan_inputs") or {}
+    return {
+        "global_batch": saved.get("global_batch", DEFAULT_BATCH),
+        "strategy": saved.get("strategy", DEFAULT_STRATEGY),
+        "choice": saved.get("choice"),
+    }
 
 
-IMPORTED = "imported plan"
+def set_plan_inputs(global_batch: int, strategy: str, choice: str | None) -> None:
+    inputs = {"global_batch": global_batch, "strategy": strategy, "choice": choice}
+    if st.session_state.get("plan_inputs") != inputs:
+        st.session_state["plan_inputs"] = inputs
+        state.save()
 
 
-def import_plan(text: str, plan) -> None:
-    """Make an uploaded plan current: its model and cluster too, and a choice on the Plan page."""
-    import json
+@dataclass(frozen=True)
+class CurrentPlan:
+    """The plan that Export downloads and Runs launches, and where it came from."""
 
-    overrides = " ".join(
-        f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in plan.model.overrides.items()
-    )
-    set_model(plan.model.source, overrides)
-    set_cluster_json(plan.cluster.to_json())
-    set_plan_json(text)
-    st.session_state["imported_plan_json"] = text
+    json: str
+    name: str
+    """The candidate's label (as in the Plan page's table), or 'imported plan (file)'."""
+    edited: bool = False
+    changes: list[str] = field(default_factory=list)
+    """What the hand edits changed against the candidate, in words."""
+    context: str = ""
+
+
+def set_current_plan(plan_json: str, name: str, changes: list[str] | None = None) -> None:
+    """Record the plan the Plan page shows as the current one (for these model and devices)."""
+    record = {
+        "json": plan_json,
+        "name": name,
+        "edited": bool(changes),
+        "changes": list(changes or []),
+        "context": context_key(),
+    }
+    if st.session_state.get("current_plan") != record:
+        st.session_state["current_plan"] = record
+        state.save()
+    sidebar.refresh()
+
+
+def recorded_plan() -> CurrentPlan | None:
+    """The recorded current plan if it was made for the current model and devices (no search)."""
+    record = st.session_state.get("current_plan")
+    if record and record.get("context") == context_key():
+        return CurrentPlan(**record)
+    return None
+
+
+def current_plan() -> CurrentPlan | None:
+    """The current plan: the recorded one, else the chosen (or fastest) candidate of the search.
+
+    None when no candidate fits; raises `planner.errors.PlannerError` when the model or the
+    search fails (the pages show it as one line).
+    """
+    recorded = recorded_plan()
+    if recorded is not None:
+        return recorded
+    choice = plan_inputs()["choice"]
+    imported = imported_plan_json()
+    if imported is not None and choice == IMPORTED:
+        return CurrentPlan(imported, imported_plan_name(), context=context_key())
+    feasible = [r for r in current_search() if r["feasible"] and r["plan_json"]]
+    row = next((r for r in feasible if r["label"] == choice), feasible[0] if feasible else None)
+    return None if row is None else CurrentPlan(row["plan_json"], row["title"], context=context_key())
+
+
+def current_plan_json() -> str | None:
+    """The current plan's JSON (see `current_plan`), or None when no plan fits or the search fails."""
+    from planner.errors import PlannerError
+
+    try:
+        plan = current_plan()
+    except PlannerError:
+        return None
+    return plan.json if plan is not None else None
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """Which plan is current and what it is predicted to do, for Export, Runs and Monitor."""
+
+    name: str
+    edited: bool
+    changes: list[str]
+    model: str
+    layout: str
+    """e.g. 'pp dp1×pp2, 1F1B, 4 micro-batches on 2 devices'."""
+    step_time_s: float | None
+    samples_per_s: float | None
+    bubble_fraction: float | None
+    peak_memory_bytes: int | None
+    bytes_sent_per_step: int | None
+    sources: dict[str, str]
+
+    def line(self) -> str:
+        """One plain-text line: name, layout, predicted step time, throughput, bubble, memory."""
+        edited = f" (edited: {'; '.join(self.changes)})" if self.edited else ""
+        figures = (
+            f"predicted step {fmt.duration(self.step_time_s)}, "
+            f"{fmt.rate(self.samples_per_s, 'samples/s')}, bubble {fmt.percent(self.bubble_fraction)}, "
+            f"peak memory {fmt.size(self.peak_memory_bytes)}"
+            if self.step_time_s is not None
+            else "not priced yet (open the Plan page)"
+        )
+        return f"{self.name}{edited}: {self.model}, {self.layout}; {figures}"
+
+
+def summarise(current: CurrentPlan) -> PlanSummary:
+    from dashboard.naming import model_name, strategy_name
+    from planner.plan import plan_from_json
+
+    plan = plan_from_json(current.json)
+    model = model_name(plan)
+    layout = f"{strategy_name(plan)}, on {fmt.count(len(plan.ranks))} devices"
+    p = plan.predicted
+    return PlanSummary(
+        name=current.name, edited=current.edited, changes=list(current.changes), model=model,
+        layout=layout, step_time_s=p.step_time_s if p else None,
+        samples_per_s=p.samples_per_s if p else None, bubble_fraction=p.bubble_fraction if p else None,
+        peak_memory_bytes=max((m.bytes for m in p.peak_memory), default=0) if p else None,
+        bytes_sent_per_step=p.bytes_sent_per_step if p else None, sources=dict(p.sources) if p else {},
+    )  # fmt: skip
+
+
+def current_plan_summary() -> PlanSummary | None:
+    """The current plan's name and predicted figures (None when no plan fits or the search fails)."""
+    from planner.errors import PlannerError
+
+    try:
+        current = current_plan()
+    except PlannerError:
+        return None
+    return None if current is None else summarise(current)
+
+
+# -- an imported plan -----------------------------------------------------------------------
+def overrides_text(overrides: dict) -> str:
+    """A plan's overrides as typed on the Model page.
+
+    >>> overrides_text({"n_layer": 2, "act": "gelu", "dims": [8, 8]})
+    'n_layer=2 act=gelu dims=[8,8]'
+
+    The field splits at whitespace, so a value holding some cannot be written there and is
+    refused (`SourceError`), rather than read back as other overrides.
+    """
+    from planner.errors import SourceError
+
+    pairs = [
+        f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+        for k, v in overrides.items()
+    ]
+    for pair in pairs:
+        if len(pair.split()) != 1:
+            raise SourceError(
+                f"override {pair.partition('=')[0]!r} holds whitespace; size overrides never do"
+            )
+    return " ".join(pairs)
+
+
+def import_plan(text: str, plan, file_name: str) -> None:
+    """Make an uploaded plan current: its model and devices too, and the choice on the Plan page."""
+    st.session_state["model"] = (plan.model.source, overrides_text(plan.model.overrides))
+    st.session_state["cluster_json"] = plan.cluster.to_json()
+    st.session_state["devices_spec_text"] = None
+    st.session_state["imported_plan"] = {"json": text, "file": file_name, "context": context_key()}
+    inputs = plan_inputs()
+    st.session_state["plan_inputs"] = {
+        **inputs,
+        "global_batch": plan.training.global_batch,
+        "choice": IMPORTED,
+    }
+    set_current_plan(text, imported_plan_name())  # saves the session and redraws the sidebar
 
 
 def imported_plan_json() -> str | None:
-    return st.session_state.get("imported_plan_json")
+    """The imported plan, while the model and devices are still the ones it came with."""
+    imported = st.session_state.get("imported_plan")
+    if imported and imported.get("context") == context_key():
+        return imported["json"]
+    return None
+
+
+def imported_plan_name() -> str:
+    imported = st.session_state.get("imported_plan") or {}
+    return f"{IMPORTED} ({imported.get('file', 'upload')})"

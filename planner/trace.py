@@ -12,12 +12,21 @@ Nothing is allocated for weights, so a 70B-parameter model traces on a laptop.
 If export cannot capture the model (data-dependent control flow), `planner.hook_trace`
 builds a coarser graph from module forward hooks and the graph says why in
 ``graph.graph['warning']``.
+
+One trace runs at a time in a process. `torch.export` keeps the module hierarchy of the
+export under way in a module global and clears it when any export ends, so an export that
+finished in another thread made the first fail ("_EXPORT_MODULE_HIERARCHY must not be
+None") and fall back to module hooks; transformers' lazy imports and pytree registrations
+race the same way. The command line traces in one thread; the dashboard runs each browser
+session's script in a thread of its own, which is where the two differed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,8 +38,19 @@ from planner.graph import attach_params, node_attrs
 from planner.source import ModelSource, build_model, parse_source
 
 Progress = Callable[[int, int], None]
+_TRACING = threading.Lock()
 
 
+def _one_at_a_time(fn: Callable[..., nx.DiGraph]) -> Callable[..., nx.DiGraph]:
+    @functools.wraps(fn)
+    def serialised(*args: Any, **kwargs: Any) -> nx.DiGraph:
+        with _TRACING:
+            return fn(*args, **kwargs)
+
+    return serialised
+
+
+@_one_at_a_time
 def trace(
     source: ModelSource | str,
     overrides: dict[str, Any] | None = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,12 +93,24 @@ def predicted_figures(plan: Plan, prediction) -> dict[tuple[int, str], float]:
     return out
 
 
+def window(steps: Iterable[int], warmup: int = WARMUP, last: int | None = None) -> list[int]:
+    """The steps a comparison measures: those after the first ``warmup`` recorded, and of
+    them the last ``last`` (all when None). The stored comparison and the live one both
+    take their steps here, so a page can say which steps its figures are medians of.
+
+    >>> window([1, 2, 3, 4, 5]), window(range(1, 101), last=20)[0], window([1, 2])
+    ([3, 4, 5], 81, [])
+    """
+    after = sorted(set(steps))[warmup:]
+    return after[-last:] if last else after
+
+
 def measured_figures(metrics: list[store.Metric], warmup: int = WARMUP) -> dict[tuple[int, str], float]:
     """Medians over the steps after the first ``warmup`` of those recorded; the last peak."""
-    steps = sorted({m.step for m in metrics if m.rank == store.STEP_RANK and m.name == "step_time_s"})
-    if len(steps) <= warmup:
+    steps = window((m.step for m in metrics if m.rank == store.STEP_RANK and m.name == "step_time_s"), warmup)
+    if not steps:
         return {}
-    first = steps[warmup]
+    first = steps[0]
     series: dict[tuple[int, str], list[float]] = defaultdict(list)
     memory: dict[tuple[int, str], tuple[int, float]] = {}
     for m in metrics:

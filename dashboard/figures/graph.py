@@ -1,4 +1,7 @@
-"""Plotly figures of the layer graph, for the dashboard's pages (which only place them)."""
+"""Plotly figures of the layer graph, for the dashboard's pages (which only place them).
+
+Figures in hovers are written by `dashboard.format`, as everywhere in the dashboard.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import math
 import networkx as nx
 import plotly.graph_objects as go
 
+from dashboard import format as fmt
 from planner.graph import block_order
 
 WEBGL_FROM = 2000  # points; past this, SVG scatter gets slow in the browser (FACTS.md)
@@ -59,7 +63,7 @@ def block_graph_figure(graph: nx.DiGraph, per_row: int = 8) -> go.Figure:
                 color=colours,
                 colorscale="Viridis",
                 showscale=True,
-                colorbar=dict(title="log10 FLOPs"),
+                colorbar=dict(title="forward FLOPs", tickprefix="10^"),
             ),
             hovertext=hover,
             hoverinfo="text",
@@ -78,8 +82,10 @@ def block_graph_figure(graph: nx.DiGraph, per_row: int = 8) -> go.Figure:
 
 
 def _hover(name: str, d: dict) -> str:
+    shape = "×".join(map(str, d.get("output_shape", []))) or "-"
     return (
-        f"<b>{name}</b> ({d.get('op', '')})<br>params {d.get('param_count', 0):,}"
-        f"<br>forward FLOPs {d.get('fwd_flops', 0):,}<br>saved for backward {d.get('saved_bytes', 0):,} B"
-        f"<br>output {d.get('output_shape', [])} ({d.get('output_bytes', 0):,} B)"
+        f"<b>{name}</b> ({d.get('op', '')})<br>parameters {fmt.count(d.get('param_count', 0))}"
+        f"<br>forward {fmt.count(d.get('fwd_flops', 0))} FLOPs"
+        f"<br>saved for backward {fmt.size(d.get('saved_bytes', 0))}"
+        f"<br>output {shape} ({fmt.size(d.get('output_bytes', 0))})"
     )

@@ -1,4 +1,7 @@
-"""Plotly figures of a priced plan: placement, memory, schedule, and where time goes."""
+"""Plotly figures of a priced plan: placement, memory, schedule, and where time goes.
+
+Every figure on an axis, in a hover or in a legend is written by `dashboard.format`.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +11,27 @@ from collections import defaultdict
 import networkx as nx
 import plotly.graph_objects as go
 
+from dashboard import format as fmt
+from dashboard.figures.graph import WEBGL_FROM, chain_layout
 from planner.cost import Prediction
-from planner.figures import WEBGL_FROM, chain_layout
 from planner.plan import Plan
 
 MiB = 2**20
-MEMORY_TERMS = (
-    "parameters",
-    "gradients",
-    "optimizer",
-    "activations",
-    "loss_outputs",
-    "buffers",
-    "temporaries",
-    "build",
-    "runtime",
-    "overhead",
-)
+MEMORY_TERMS = {  # term -> what the legend calls it, bottom of the bar first
+    "parameters": "parameters",
+    "gradients": "gradients",
+    "optimizer": "optimizer state",
+    "activations": "activations kept for backward",
+    "loss_outputs": "loss outputs",
+    "buffers": "pipeline receive buffers",
+    "temporaries": "temporaries",
+    "build": "model build",
+    "runtime": "runtime",
+    "overhead": "framework overhead",
+}
+NEAR_FULL = 40.0  # percent of a device's memory from which the capacity line is drawn
+TERM_COLOURS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
+                "#BAB0AC", "#EECA3B")  # fmt: skip
 KIND_COLOURS = {
     "forward": "#4C78A8",
     "backward": "#F58518",
@@ -90,7 +97,7 @@ def placement_figure(
     )
     for pp_rank in range(plan.pp_degree):
         mine = [p for p in order if plan.stages[stage[block_of[p]]].pp_rank == pp_rank]
-        devices = [r.device for r in plan.ranks if r.pp_index == pp_rank]
+        devices = device_list([r.device for r in plan.ranks if r.pp_index == pp_rank])
         fig.add_trace(
             scatter(
                 x=[pos[p][0] for p in mine],
@@ -105,11 +112,11 @@ def placement_figure(
                 ),
                 hovertext=[
                     f"{p}<br>block {block_of[p]}, stage {stage[block_of[p]]}, pipeline rank {pp_rank}, "
-                    f"devices {devices}"
+                    f"on {devices}"
                     for p in mine
                 ],
                 hoverinfo="text",
-                name=f"pipeline rank {pp_rank} (devices {devices})",
+                name=f"pipeline rank {pp_rank}: {devices}",
             )
         )
     fig.update_layout(
@@ -117,35 +124,69 @@ def placement_figure(
         margin=dict(l=10, r=10, t=30, b=10),
         xaxis=dict(visible=False),
         yaxis=dict(visible=False),
-        title="Placement: blocks by pipeline rank",
+        title="Where each block runs: blocks coloured by pipeline rank, red edges cross devices",
     )
     return fig
 
 
+def device_list(devices: list[int]) -> str:
+    """Device ids as short runs: 'device 3', 'devices 0-7, 16'.
+
+    >>> device_list([3]), device_list([0, 1, 2, 3, 8, 16, 17])
+    ('device 3', 'devices 0-3, 8, 16-17')
+    """
+    runs: list[list[int]] = []
+    for d in sorted(devices):
+        if runs and d == runs[-1][1] + 1:
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"device {text}" if len(devices) == 1 else f"devices {text}"
+
+
 def memory_figure(prediction: Prediction) -> go.Figure:
-    """Per device, the predicted memory term by term, against the device's capacity."""
-    devices = [f"device {m.device}" for m in prediction.memory]
+    """Per device, the predicted memory term by term, stacked, as a share of the device's capacity.
+
+    Shares rather than bytes, so that a device with 10 GiB of 80 still shows a bar, and a bar
+    over the 100% line does not fit; the hover gives each term's bytes.
+    """
+    memory = prediction.memory
+    devices = [f"device {m.device}" for m in memory]
     fig = go.Figure()
-    for term in MEMORY_TERMS:
+    for (term, name), colour in zip(MEMORY_TERMS.items(), TERM_COLOURS, strict=True):
+        used = [getattr(m, term) for m in memory]
+        if not any(used):
+            continue  # a term no device has (no profile: no runtime term) would only crowd the legend
         fig.add_trace(
             go.Bar(
-                name=term.replace("_", " "), x=devices, y=[getattr(m, term) / MiB for m in prediction.memory]
+                name=name,
+                x=devices,
+                y=[b / m.capacity * 100 if m.capacity else 0.0 for b, m in zip(used, memory, strict=True)],
+                marker_color=colour,
+                customdata=[
+                    [fmt.size(b), fmt.size(m.total), fmt.size(m.capacity)]
+                    for b, m in zip(used, memory, strict=True)
+                ],
+                hovertemplate=f"%{{x}}<br>{name}: %{{customdata[0]}} (%{{y:.1f}}% of capacity)"
+                "<br>total %{customdata[1]} of %{customdata[2]}<extra></extra>",
             )
         )
-    fig.add_trace(
-        go.Scatter(
-            name="capacity",
-            x=devices,
-            y=[m.capacity / MiB for m in prediction.memory],
-            mode="markers",
-            marker=dict(symbol="line-ew-open", size=40, color="black"),
-        )
-    )
+    top = max((m.total / m.capacity * 100 for m in memory if m.capacity), default=100.0)
+    title = "Memory per device, term by term"
+    if top >= NEAR_FULL:  # the capacity line matters: draw it, and the bars against it
+        fig.add_hline(y=100, line=dict(color="black", dash="dash", width=1), annotation_text="capacity",
+                      annotation_position="top left")  # fmt: skip
+        span = max(105.0, top * 1.05)
+    else:  # far below capacity: scale to the bars, so that their terms can be read
+        span = top * 1.15 or 1.0
+        title += f" (at most {fmt.percent(top / 100)} of a device)"
     fig.update_layout(
         barmode="stack",
-        yaxis_title="MiB",
-        title="Memory per device",
-        height=360,
+        yaxis=dict(title="share of the device's memory", ticksuffix="%", range=[0, span]),
+        title=title,
+        height=380,
+        legend=dict(traceorder="reversed"),
         margin=dict(l=10, r=10, t=40, b=10),
     )
     return fig
@@ -153,6 +194,7 @@ def memory_figure(prediction: Prediction) -> go.Figure:
 
 def gantt_figure(prediction: Prediction) -> go.Figure:
     """The simulated step, rank by rank (`price()`'s timeline); idle time is the bubble."""
+    scale, unit = _time_unit(prediction.step_time_s)
     by_kind: dict[str, list] = defaultdict(list)
     for i in prediction.timeline:
         by_kind[i.kind].append(i)
@@ -163,23 +205,45 @@ def gantt_figure(prediction: Prediction) -> go.Figure:
                 name=kind,
                 orientation="h",
                 y=[f"rank {i.rank}" for i in items],
-                base=[i.start * 1e3 for i in items],
-                x=[(i.end - i.start) * 1e3 for i in items],
+                base=[i.start * scale for i in items],
+                x=[(i.end - i.start) * scale for i in items],
                 marker_color=KIND_COLOURS.get(kind, "#888"),
-                hovertext=[f"{kind} stage {i.stage} mb {i.micro_batch}" for i in items],
-                hoverinfo="text+x",
+                customdata=[[_what(i), fmt.duration(i.start), fmt.duration(i.end - i.start)] for i in items],
+                hovertemplate="%{y}: %{customdata[0]}<br>from %{customdata[1]} for %{customdata[2]}"
+                "<extra></extra>",
             )
         )
     ranks = len({i.rank for i in prediction.timeline})
     fig.update_layout(
         barmode="overlay",
-        xaxis_title="ms",
-        height=120 + 40 * ranks,
-        title=f"Schedule (bubble {prediction.bubble_fraction:.1%})",
+        xaxis_title=f"time in the step ({unit})",
+        height=140 + 40 * ranks,
+        title=f"One training step, rank by rank: {fmt.duration(prediction.step_time_s)}, "
+        f"bubble {fmt.percent(prediction.bubble_fraction)}",
         yaxis=dict(autorange="reversed"),
         margin=dict(l=10, r=10, t=40, b=10),
     )
     return fig
+
+
+def _time_unit(step_s: float) -> tuple[float, str]:
+    """The axis unit that keeps a step's length between 1 and 1000: (seconds -> unit factor, unit).
+
+    >>> _time_unit(2.5), _time_unit(0.1379), _time_unit(4e-5)
+    ((1.0, 's'), (1000.0, 'ms'), (1000000.0, 'us'))
+    """
+    if step_s >= 1:
+        return 1.0, "s"
+    return (1e3, "ms") if step_s >= 1e-3 else (1e6, "us")
+
+
+def _what(i) -> str:
+    parts = [i.kind]
+    if i.stage is not None:
+        parts.append(f"stage {i.stage}")
+    if i.micro_batch is not None:
+        parts.append(f"micro-batch {i.micro_batch}")
+    return ", ".join(parts)
 
 
 def time_split(prediction: Prediction) -> dict[int, dict[str, float]]:

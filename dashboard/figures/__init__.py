@@ -1,0 +1,1 @@
+"""Plotly figure builders of the dashboard; pages only place them (the planner draws nothing)."""

@@ -1,0 +1,55 @@
+"""How the dashboard names a plan: the words an engineer tells plans apart by.
+
+One place for every page (Plan, Export, Runs, Monitor, the sidebar), so a plan reads the
+same wherever it is shown: ``gpt: pipeline × 2, 1F1B, 8 micro-batches``.
+"""
+
+from __future__ import annotations
+
+from planner.plan import Plan
+
+SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved_1f1b": "interleaved 1F1B"}
+
+
+def layout_name(
+    strategy: str, dp: int, pp: int, schedule: str | None, virtual_stages: int, micro_batches: int,
+    mesh: str = "",
+) -> str:  # fmt: skip
+    """How a layout splits the model, in a few words.
+
+    >>> layout_name("hybrid", 2, 2, "1f1b", 1, 8)
+    'dp 2 × pp 2, 1F1B, 8 micro-batches'
+    >>> layout_name("pp", 1, 4, "interleaved_1f1b", 2, 16, "pipelines in nodes")
+    'pipeline × 4, interleaved 1F1B (2 stages per rank), 16 micro-batches, pipelines in nodes'
+    >>> layout_name("dp", 2, 1, None, 1, 1), layout_name("dp", 1, 1, None, 1, 1)
+    ('data parallel × 2', 'one device')
+    """
+    if strategy == "dp":
+        text = f"data parallel × {dp}" if dp > 1 else "one device"
+    elif strategy == "mp":
+        text = f"model parallel, {pp} sub-networks on their own ranks"
+    else:
+        name = SCHEDULE_NAMES.get(schedule or "", schedule or "no schedule")
+        if virtual_stages > 1:
+            name += f" ({virtual_stages} stages per rank)"
+        split = f"pipeline × {pp}" if strategy == "pp" else f"dp {dp} × pp {pp}"
+        batches = f"{micro_batches} micro-batch{'es' if micro_batches != 1 else ''}"
+        text = f"{split}, {name}, {batches}"
+    return f"{text}, {mesh}" if mesh else text
+
+
+def strategy_name(plan: Plan) -> str:
+    """The plan's layout in words (`layout_name`)."""
+    return layout_name(plan.strategy, plan.dp_degree, plan.pp_degree, plan.schedule, plan.virtual_stages,
+                       plan.training.micro_batches)  # fmt: skip
+
+
+def model_name(plan: Plan) -> str:
+    """The model source with its overrides: ``gpt (n_layer=4, d_model=128)``."""
+    overrides = ", ".join(f"{k}={v}" for k, v in plan.model.overrides.items())
+    return f"{plan.model.source} ({overrides})" if overrides else plan.model.source
+
+
+def plan_name(plan: Plan) -> str:
+    """A plan as a user tells it from the others: ``gpt: pipeline × 2, 1F1B, 8 micro-batches``."""
+    return f"{model_name(plan)}: {strategy_name(plan)}"
