@@ -70,7 +70,7 @@ def paths(doc, prefix=()):
 
 def mutate(doc: dict, rng: random.Random, marker: str) -> dict:
     doc = copy.deepcopy(doc)
-    if "model" in doc and rng.random() < 0.15:  # an otherwise valid plan with a py: payload: it reaches the model check
+    if "model" in doc and rng.random() < 0.15:  # a valid plan with a py: payload: reaches the model check
         doc["model"]["source"] = rng.choice(["py:os:system", "py:subprocess:run", "py:shutil:rmtree"])
         doc["model"]["overrides"] = {"command": f"touch {marker}"}
         return doc
