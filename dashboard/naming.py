@@ -38,6 +38,13 @@ def layout_name(
     return f"{text}, {mesh}" if mesh else text
 
 
+def candidate_name(candidate) -> str:
+    """A search candidate (`planner.search.Candidate`) in words, as the Plan page lists it."""
+    c = candidate
+    return layout_name(c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages, c.micro_batches,
+                       c.mesh)  # fmt: skip
+
+
 def strategy_name(plan: Plan) -> str:
     """The plan's layout in words (`layout_name`)."""
     return layout_name(plan.strategy, plan.dp_degree, plan.pp_degree, plan.schedule, plan.virtual_stages,

@@ -48,8 +48,12 @@ def launch_plan(plan_json: str, steps: int, runs_dir: Path) -> tuple[str | None,
     except subprocess.TimeoutExpired:
         return None, "the launch did not answer within 120 s"
     if done.returncode != 0:
+        path.unlink(missing_ok=True)  # nothing was started: leave nothing behind
         return None, _failure(done, "launch")
-    return done.stdout.strip().splitlines()[-1], ""
+    printed = done.stdout.split()
+    return (
+        (printed[-1], "") if printed else (None, "the launch printed no run id; see `python -m runtime list`")
+    )
 
 
 def _notify(where: str, kind: str, text: str) -> None:

@@ -24,7 +24,7 @@ import streamlit as st
 
 from dashboard import format as fmt
 from dashboard import sidebar, state
-from dashboard.naming import layout_name
+from dashboard.naming import candidate_name
 
 DEFAULT_MODEL = ("gpt", "")
 DEFAULT_BATCH = 8
@@ -147,8 +147,7 @@ def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: s
     for c in result.candidates:
         row = c.row()
         row["label"] = c.label  # the key a choice is kept by (the command line prints it too)
-        row["title"] = layout_name(c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages,
-                                   c.micro_batches, c.mesh)  # fmt: skip
+        row["title"] = candidate_name(c)
         row["plan_json"] = c.plan.to_json() if c.plan is not None else None
         rows.append(row)
     return rows

@@ -17,6 +17,7 @@ import pytest
 
 from dashboard import format as fmt
 from dashboard import session_store
+from dashboard.naming import candidate_name
 from planner.cluster import cluster_from_json
 from planner.coarsen import coarsen
 from planner.search import search
@@ -109,7 +110,8 @@ def shoot(page, name: str) -> None:
 
 
 def expected_candidates(runs: Path, session: str, batch: int, strategy: str) -> dict[str, str]:
-    """The candidates' plans as the planner makes them for the session's model and devices."""
+    """The candidates' plans by the name the page gives them, as the planner makes them for the
+    session's model and devices."""
     saved = json.loads(session_store.session_path(runs, session).read_text())
     cluster = cluster_from_json(saved["cluster_json"]) if "cluster_json" in saved else None
     if cluster is None:
@@ -117,7 +119,7 @@ def expected_candidates(runs: Path, session: str, batch: int, strategy: str) -> 
 
         cluster = detect_local()
     result = search(coarsen(trace("gpt")), cluster, global_batch=batch, strategy=strategy)
-    return {c.label: c.plan.to_json() for c in result.candidates if c.feasible}
+    return {candidate_name(c): c.plan.to_json() for c in result.candidates if c.feasible}
 
 
 def step_metric(page):
@@ -159,7 +161,7 @@ def test_the_chosen_plan_is_the_one_shown_exported_and_kept(dashboard, page, tmp
         nav(page, "Plan")
 
     # An edit, then a new global batch: the edits start again from the new search's candidate.
-    pipeline = next(label for label in expected if label.startswith("pp") and label.endswith("gpipe"))
+    pipeline = next(label for label in expected if label.startswith("pipeline ×") and "GPipe" in label)
     assert [o.split(" · ")[0] for o in options(page, PLAN)] == list(expected)
     choose(page, PLAN, f"{pipeline} · ")
     choose(page, "Micro-batches per replica", "2")
@@ -171,7 +173,7 @@ def test_the_chosen_plan_is_the_one_shown_exported_and_kept(dashboard, page, tmp
     assert download(page, tmp_path) == expected[now]
 
     # An edit, then another strategy: the same.
-    pipeline = next(label for label in expected if label.startswith("pp") and label.endswith("gpipe"))
+    pipeline = next(label for label in expected if label.startswith("pipeline ×") and "GPipe" in label)
     assert [o.split(" · ")[0] for o in options(page, PLAN)] == list(expected)
     choose(page, PLAN, f"{pipeline} · ")
     choose(page, "Schedule", "1F1B")

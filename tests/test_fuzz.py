@@ -3,8 +3,9 @@
 Each document is a valid one with one to three random mutations (a key removed or added,
 a value replaced by another type, a huge or negative number, a bool, a deep array, a `py:`
 payload, blocks reordered, bytes cut or garbled). `planner validate` (in this process, as
-`main` runs it) must answer 0 or 2 with one line on stderr, never an unexpected error, and
-no payload may leave its marker file.
+`main` runs it) must answer 0 or 2 with one line on stderr, never an unexpected error; the
+dashboard's upload readers (`dashboard.uploads`, what the Export and Devices pages call)
+must accept a document or raise a one-line `PlannerError`; no payload may leave its marker.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from dashboard.uploads import read_cluster_upload, read_plan_upload
 from planner.cli import main
-from planner.cluster import cluster_from_json, resolve_cluster
+from planner.cluster import resolve_cluster
 from planner.errors import PlannerError
 
 SEED = 20261201
@@ -129,18 +131,36 @@ def test_validate_answers_every_hostile_plan_in_one_line(base_plan, tmp_path, ca
     assert codes[2] > CASES // 2, codes  # the mutations do reach the checks
 
 
-def test_every_hostile_cluster_is_one_planner_error(tmp_path):
+def refused_in_one_line(read, data: bytes, case: int) -> bool:
+    """Whether ``read`` refused ``data``; a refusal must be one `PlannerError` line."""
+    with deadline(PER_CASE_S):
+        try:
+            read("upload.json", data)
+        except PlannerError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith("upload.json"), f"case {case}: {exc}"
+            return True
+    return False
+
+
+def test_every_hostile_cluster_upload_is_one_planner_error(tmp_path):
     rng = random.Random(SEED + 1)
     base = json.loads(resolve_cluster("a100-80gb:4+v100-32gb:4").to_json())
     marker = str(tmp_path / "payload-ran")
-    refused = 0
-    for case in range(CASES):
-        data = as_bytes(mutate(base, rng, marker), rng)
-        with deadline(PER_CASE_S):
-            try:
-                cluster_from_json(data, origin="upload.json")
-            except PlannerError as exc:
-                assert "\n" not in str(exc), f"case {case}: {exc}"
-                refused += 1
+    refused = sum(
+        refused_in_one_line(read_cluster_upload, as_bytes(mutate(base, rng, marker), rng), case)
+        for case in range(CASES)
+    )
     assert not (tmp_path / "payload-ran").exists()
     assert refused > CASES // 2, refused  # the mutations do reach the checks
+
+
+def test_every_hostile_plan_upload_is_one_planner_error(base_plan, tmp_path, monkeypatch):
+    monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "")
+    rng = random.Random(SEED + 2)
+    marker = str(tmp_path / "payload-ran")
+    refused = sum(
+        refused_in_one_line(read_plan_upload, as_bytes(mutate(base_plan, rng, marker), rng), case)
+        for case in range(CASES)
+    )
+    assert not (tmp_path / "payload-ran").exists()
+    assert refused > CASES // 2, refused

@@ -27,6 +27,7 @@ from dashboard.cluster_view import (
 )
 from dashboard.messages import error, md
 from dashboard.shared import current_cluster_json, current_devices_spec, set_cluster_json
+from dashboard.uploads import read_cluster_upload
 from planner.cluster import PRESETS, cluster_from_json, resolve_cluster
 from planner.devices import DEVICE_KINDS, LINK_KINDS
 from planner.errors import ClusterError, PlannerError
@@ -59,7 +60,7 @@ uploaded = st.file_uploader(
 )
 try:
     if uploaded is not None:
-        base, base_spec = cluster_from_json(uploaded.getvalue(), origin=uploaded.name), None
+        base, base_spec = read_cluster_upload(uploaded.name, uploaded.getvalue()), None
     elif spec:
         check_text(spec, "cluster", ClusterError)
         if spec.endswith(".json") or "/" in spec:

@@ -8,25 +8,14 @@ import streamlit as st
 
 from dashboard import format as fmt
 from dashboard.messages import error, guarded, md, one_line
-from dashboard.shared import coarse_graph_json, current_plan, import_plan, overrides_text, summarise
-from planner.cost import Pricer
-from planner.errors import PlanError
-from planner.graph import from_json
-from planner.limits import check_text, decode_text
-from planner.plan import Plan, plan_from_json
+from dashboard.shared import current_plan, import_plan, summarise
+from dashboard.uploads import read_plan_upload
+from planner.limits import check_text
+from planner.plan import plan_from_json
 from runtime import multinode
 from runtime.store import new_run_id
 
 ss = st.session_state
-
-
-def read_upload(name: str, data: bytes) -> Plan:
-    """The uploaded plan, validated and priced for its own model (raises with one line)."""
-    plan = plan_from_json(decode_text(data, name, PlanError), origin=name)
-    overrides = tuple(overrides_text(plan.model.overrides).split())
-    graph = from_json(coarse_graph_json(plan.model.source, overrides))
-    prediction = Pricer(graph, plan.cluster)(plan)
-    return plan.model_copy(update={"predicted": prediction.to_predicted()})
 
 
 st.title("Export / import")
@@ -42,9 +31,12 @@ if uploaded is not None and ss.get("import_seen") != uploaded.file_id:
     name = uploaded.name
     try:
         with st.spinner(md(f"Checking {name}...")):
-            plan = read_upload(name, uploaded.getvalue())
+            plan = read_plan_upload(name, uploaded.getvalue())
     except Exception as exc:  # any failure leaves the current plan as it was
-        ss["import_message"] = ("error", f"{name} was not imported: {one_line(exc)}")
+        ss["import_message"] = (
+            "error",
+            f"{name} was not imported: {one_line(exc).removeprefix(name + ': ')}",
+        )
     else:
         import_plan(plan.to_json(), plan, name)
         ss["import_message"] = (
