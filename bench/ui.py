@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from dashboard import format as fmt  # noqa: E402
 from dashboard import session_store  # noqa: E402
-from tests.browser import CHROMIUM_ARGS, ensure_chromium, free_port  # noqa: E402
+from tests.browser import CHROMIUM_ARGS, ensure_chromium, start_dashboard  # noqa: E402
 
 CONFIGS = ("gpt@cpu:2", "gpt:size=7b@h100:8x8")
 LIMIT_MS = 600_000  # the 7B model's first search on 64 devices may take minutes
@@ -51,24 +48,6 @@ def peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def start_server(runs: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true"]  # fmt: skip
-    env = {**os.environ, "STAGECRAFT_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("streamlit did not answer on /_stcore/health within 60 s")
 
 
 def finished(page, marker) -> None:
@@ -115,7 +94,7 @@ def measure(browser, config: str, repeats: int) -> tuple[list[tuple[str, float, 
     """[(what, first time, median of ``repeats`` more)] and the server's peak memory."""
     source, overrides, cluster = parse_config(config)
     with tempfile.TemporaryDirectory() as folder:
-        proc, url = start_server(Path(folder))
+        proc, url = start_dashboard(Path(folder))
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             session = session_store.new_id()

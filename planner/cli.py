@@ -20,57 +20,24 @@ import json
 import sys
 from typing import Any
 
-from planner.cli_args import OneLineParser, positive
-from planner.errors import PlannerError
+from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent, positive
 from planner.limits import MAX_OVERRIDE_INT, MAX_STEPS
 from planner.model_check import SKIPPED
 from planner.plan import check_writable
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        _consent(args)
+    args = _parser().parse_args(argv)
+
+    def command(args: argparse.Namespace) -> int:
+        grant_consent(args)
         return args.func(args)
-    except PlannerError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head`: not an error of ours
-        sys.stderr.close()
-        return 0
-    except (MemoryError, RecursionError) as exc:
-        print(f"error: {type(exc).__name__} ({_one_line(exc)}): the input is too large", file=sys.stderr)
-        return 2
+
+    try:
+        return answer(command, args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug of ours: still one line, never a traceback with server paths
-        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _consent(args: argparse.Namespace) -> None:
-    """A module the user named on this command line may be imported (`planner.source`)."""
-    from planner.source import allow_py
-
-    for module in getattr(args, "allow_py", None) or []:
-        allow_py(module)
-    model = getattr(args, "model", None)
-    if isinstance(model, str) and model.strip().startswith("py:"):
-        allow_py(model.strip())
-
-
-def _allow_py_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--allow-py", action="append", default=[], metavar="MODULE",
-        help="allow importing this module for a py: source named by a file (importing runs its code)",
-    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     g.add_argument("--json", action="store_true", help="print summary and node-link graph as JSON")
-    _allow_py_option(g)
+    allow_py_option(g)
     g.set_defaults(func=_cmd_graph)
 
     p = sub.add_parser("plan", help="search the plans for a model on a cluster and write the best")
@@ -112,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="a measured profile.json to use instead of datasheet figures")
     p.add_argument("--top", type=positive(10_000), default=10, help="rows of the candidates table")
     p.add_argument("-o", "--output", help="write the best plan here")
-    _allow_py_option(p)
+    allow_py_option(p)
     p.set_defaults(func=_cmd_plan)
 
     v = sub.add_parser("validate", help="check a plan JSON file; exit 2 naming the field that is wrong")
@@ -121,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "--skip-model-check", action="store_true",
         help="do not trace the plan's model (for a model too large to trace here): " + SKIPPED,
     )  # fmt: skip
-    _allow_py_option(v)
+    allow_py_option(v)
     v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("schema", help="print the plan's JSON Schema")

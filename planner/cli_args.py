@@ -11,6 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from planner.errors import PlannerError
+
+EXIT_BAD_INPUT = 2
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``error: argument --x: ...``."""
@@ -41,3 +45,50 @@ def positive(limit: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's first line (its type when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def answer(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; whatever it raises becomes one ``error:`` line and an exit code.
+
+    Bad input (a `PlannerError`, or input so large that it exhausts memory or recursion) is
+    exit 2; anything else is a bug of ours, still one line (never a traceback), exit 1.
+    """
+    try:
+        return command(args)
+    except PlannerError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
+    except (MemoryError, RecursionError) as exc:
+        print(f"error: {type(exc).__name__} ({one_line(exc)}): the input is too large", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        print(f"error: unexpected {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def allow_py_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-py", action="append", default=[], metavar="MODULE",
+        help="allow importing this module for a py: source named by a file (importing runs its code)",
+    )  # fmt: skip
+
+
+def grant_consent(args: argparse.Namespace) -> None:
+    """Modules named on this command line may be imported (`planner.source`): those given to
+    --allow-py, and a ``py:`` model typed with --model. Workers inherit it."""
+    from planner.source import allow_py
+
+    for module in getattr(args, "allow_py", None) or []:
+        allow_py(module)
+    model = getattr(args, "model", None)
+    if isinstance(model, str) and model.strip().startswith("py:"):
+        allow_py(model.strip())

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from planner.cli_args import OneLineParser
-from planner.errors import PlanError, PlannerError
+from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent
+from planner.errors import PlanError
 from planner.plan import load_plan
 from runtime import launch, multinode, store
 from runtime.supervisor import EXIT_BAD_INPUT, supervise
@@ -37,15 +37,8 @@ def _runs_dir_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _allow_py_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--allow-py", action="append", default=[], metavar="MODULE",
-        help="allow importing this module for the plan's py: source (importing runs its code)",
-    )  # fmt: skip
-
-
 def _start_options(p: argparse.ArgumentParser) -> None:
-    _allow_py_option(p)
+    allow_py_option(p)
     p.add_argument(
         "--skip-model-check", action="store_true",
         help="do not trace the plan's model first (for a model too large to trace here)",
@@ -158,40 +151,12 @@ def write_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _consent(args: argparse.Namespace) -> None:
-    """Modules the user allowed, and a `py:` model typed with --model, may be imported; the
-    environment carries the consent to the supervisor and the workers."""
-    from planner.source import allow_py
-
-    for module in getattr(args, "allow_py", None) or []:
-        allow_py(module)
-    model = getattr(args, "model", None)
-    if isinstance(model, str) and model.strip().startswith("py:"):
-        allow_py(model.strip())
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return _main(args)
-    except PlannerError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (MemoryError, RecursionError) as exc:
-        print(f"error: {type(exc).__name__} ({_one_line(exc)}): the input is too large", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as exc:  # a bug of ours: still one line, never a traceback
-        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return answer(_main, parser().parse_args(argv))
 
 
 def _main(args: argparse.Namespace) -> int:
-    _consent(args)
+    grant_consent(args)
     try:
         if args.command in ("run", "resume", "supervise"):
             launch.check_start_options(getattr(args, "steps", None), args.threads)

@@ -1,5 +1,6 @@
-"""What the browser tests share: Debian's Chromium (never Playwright's own download), a free
-loopback port, where screenshots go, and the dashboard process's resident memory."""
+"""What the browser tests (and bench/ui.py) share: Debian's Chromium (never Playwright's own
+download), a dashboard server on a free loopback port, where screenshots go, and the
+dashboard process's resident memory."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,3 +47,38 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def start_dashboard(runs: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free loopback port with ``runs`` as its runs dir, once it
+    answers its health check; (the process, its URL). Raises RuntimeError after 60 s."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true"]  # fmt: skip
+    env = {**os.environ, "STAGECRAFT_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("streamlit did not answer on /_stcore/health within 60 s")
+
+
+def shoot(page, name: str) -> None:
+    """A screenshot of the whole page into SHOTS: Streamlit scrolls inside its main section,
+    so the window is made as tall as that section's content for the shot."""
+    height = page.evaluate(
+        "() => { const main = document.querySelector('[data-testid=stMain]');"
+        " return main ? main.scrollHeight : 1000; }"
+    )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 8000)})
+    page.wait_for_timeout(1500)  # charts redraw at the new size
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})

@@ -9,41 +9,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from runtime import store
-from tests.browser import CHROMIUM_ARGS, ROOT, SHOTS, ensure_chromium, free_port
+from tests.browser import CHROMIUM_ARGS, ROOT, SHOTS, ensure_chromium, start_dashboard
 
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true"]  # fmt: skip
-    env = {**os.environ, store.RUNS_DIR_ENV: str(runs), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not answer on /_stcore/health within 60 s")
+    try:
+        proc, url = start_dashboard(runs)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield url, runs, proc
     proc.terminate()
     proc.wait(timeout=20)
     for run in store.runs(store.connect(runs)):  # runs outlive the dashboard by design: end them
         if run["state"] in store.ACTIVE:
             subprocess.run([sys.executable, "-m", "runtime", "stop", run["run_id"], "--runs-dir", str(runs)],
-                           cwd=ROOT, env=env, capture_output=True, timeout=120)  # fmt: skip
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           timeout=120)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from planner.plan import load_plan, plan_from_json
 from runtime import store
-from tests.browser import SHOTS
+from tests.browser import SHOTS, shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,19 +28,6 @@ def loss_points(page) -> int:
                    const loss = plots.find(p => ((p.layout || {}).title || {}).text?.includes('Loss'));
                    return loss && loss.calcdata ? loss.calcdata[0].length : 0; }"""
     )
-
-
-def shoot(page, name: str) -> None:
-    """A screenshot of the whole page: Streamlit scrolls inside its main section, so the
-    window is made as tall as that section's content for the shot."""
-    height = page.evaluate(
-        "() => { const main = document.querySelector('[data-testid=stMain]');"
-        " return main ? main.scrollHeight : 1000; }"
-    )
-    page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 8000)})
-    page.wait_for_timeout(1500)  # charts redraw at the new size
-    page.screenshot(path=str(SHOTS / name), full_page=True)
-    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def wait_text(page, text: str, timeout_ms: int) -> None:

@@ -22,7 +22,7 @@ from planner.cluster import cluster_from_json
 from planner.coarsen import coarsen
 from planner.search import search
 from planner.trace import trace
-from tests.browser import SHOTS
+from tests.browser import shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PLAN = "Plan to inspect and edit"
@@ -94,19 +94,6 @@ def type_number(page, label: str, value: int) -> None:
     field.fill(str(value))
     field.press("Enter")
     settle(page)
-
-
-def shoot(page, name: str) -> None:
-    """The whole page: Streamlit scrolls inside its main section, so the window is made as
-    tall as that section's content for the shot."""
-    height = page.evaluate(
-        "() => { const m = document.querySelector('[data-testid=stMain]');"
-        " return m ? m.scrollHeight : 1000; }"
-    )
-    page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 8000)})
-    page.wait_for_timeout(1500)  # charts redraw at the new size
-    page.screenshot(path=str(SHOTS / name), full_page=True)
-    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def expected_candidates(runs: Path, session: str, batch: int, strategy: str) -> dict[str, str]:
