@@ -18,7 +18,6 @@ resident memory (VmHWM of the Streamlit process, /proc/<pid>/status).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -51,9 +50,9 @@ def peak_rss(pid: int) -> int:
 
 
 def finished(page, marker) -> None:
-    """Wait for ``marker``, then for the script run to end (Streamlit's running indicator gone)."""
+    """Wait for ``marker``, then for the script run to end (the app's root says so)."""
     marker.wait_for(timeout=LIMIT_MS)
-    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=LIMIT_MS)
+    page.wait_for_function(_SETTLED, timeout=LIMIT_MS, polling=20)
 
 
 def timed(action, page, marker) -> float:
@@ -63,16 +62,32 @@ def timed(action, page, marker) -> float:
     return time.perf_counter() - started
 
 
-def timed_rerun(action, page) -> float:
-    """An action on a drawn page: wait for the run it starts to show, then to end."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+_WATCH_RUNS = """() => {
+    const app = document.querySelector('[data-testid=stApp]');
+    window.__stagecraftRan = false;
+    if (window.__stagecraftWatch) window.__stagecraftWatch.disconnect();
+    window.__stagecraftWatch = new MutationObserver(() => {
+        if (app.getAttribute('data-test-script-state') === 'running') window.__stagecraftRan = true;
+    });
+    window.__stagecraftWatch.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+_SETTLED = """() => document.querySelector('[data-testid=stApp]')
+    .getAttribute('data-test-script-state') === 'notRunning'"""
+_RUN_OVER = """() => window.__stagecraftRan && document.querySelector('[data-testid=stApp]')
+    .getAttribute('data-test-script-state') === 'notRunning'"""
 
-    status = page.get_by_test_id("stStatusWidget")
+
+def timed_rerun(action, page) -> float:
+    """An action on a drawn page: the time until the script run it starts has ended.
+
+    The app's root element says whether a script runs (``data-test-script-state``); an
+    observer installed before the action sees it turn to running however short the run
+    (Streamlit's running indicator shows only once a run has lasted a while).
+    """
+    page.evaluate(_WATCH_RUNS)
     started = time.perf_counter()
     action()
-    with contextlib.suppress(PlaywrightTimeout):  # over before the running indicator showed
-        status.wait_for(state="visible", timeout=2000)
-    status.wait_for(state="hidden", timeout=LIMIT_MS)
+    page.wait_for_function(_RUN_OVER, timeout=LIMIT_MS, polling=20)
     return time.perf_counter() - started
 
 
