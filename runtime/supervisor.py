@@ -416,8 +416,8 @@ def _supervise(conn, runs_dir: Path, run: dict, threads: int, resume_from: Path 
     if step is not None:
         # The ranks agreed, saved and flushed: a stop, also when exiting took them past the
         # grace period (a loaded machine) or one crashed on its way out.
-        code, state_, reason = EXIT_STOPPED, "stopped", f"stopped after step {step}, checkpoint saved"
-        said = f"stopped after step {step}"
+        code, state_, reason = EXIT_STOPPED, "stopped", f"stopped after step {step:,}, checkpoint saved"
+        said = f"stopped after step {step:,}"
     elif state["kill"] or ending == "killed to stop":
         code, state_, reason = EXIT_STOPPED, "stopped", "stop requested; killed after the grace period"
         if state["kill"]:
