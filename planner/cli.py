@@ -260,9 +260,13 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         print(cluster.to_json())
         return 0
     print(f"cluster {cluster.name}: {len(cluster.devices)} devices on {len(cluster.nodes())} node(s)")
-    for d in cluster.devices:
-        share = f"  compute share {d.compute_share:.2f}" if d.compute_share < 1 else ""
-        print(f"  device {d.id:>3}  node {d.node:>2}  {d.kind:<10} {_bytes(d.memory_bytes):>10}{share}")
+    if len(cluster.devices) <= DEVICES_LISTED:
+        for d in cluster.devices:
+            share = f"  compute share {d.compute_share:.2f}" if d.compute_share < 1 else ""
+            print(f"  device {d.id:>3}  node {d.node:>2}  {d.kind:<10} {_bytes(d.memory_bytes):>10}{share}")
+    else:
+        for line in _node_groups(cluster):
+            print(f"  {line}")
     for row in cluster.link_table(per_node_pair=False):  # grouped: never one line per pair
         where = "in a node" if row.scope == "same_node" else "between nodes"
         print(
@@ -274,6 +278,35 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     for note in cluster.notes:
         print(f"  note: {note}")
     return 0
+
+
+DEVICES_LISTED = 64  # past this, devices are summed up per run of identical nodes
+
+
+def _node_groups(cluster) -> list[str]:
+    """Runs of consecutive nodes that hold the same devices, one line each."""
+    by_node: dict[int, list] = {}
+    for d in cluster.devices:
+        by_node.setdefault(d.node, []).append(d)
+
+    def shape(devices) -> tuple:
+        return tuple((d.kind, d.memory_bytes, d.compute_share) for d in devices)
+
+    runs: list[list[int]] = []
+    for node in sorted(by_node):
+        if runs and runs[-1][-1] == node - 1 and shape(by_node[runs[-1][0]]) == shape(by_node[node]):
+            runs[-1].append(node)
+        else:
+            runs.append([node])
+    lines = []
+    for nodes in runs:
+        kinds: dict[tuple, int] = {}
+        for key in shape(by_node[nodes[0]]):
+            kinds[key] = kinds.get(key, 0) + 1
+        held = ", ".join(f"{n} x {kind} {_bytes(memory)}" for (kind, memory, _), n in kinds.items())
+        span = f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {nodes[0]}-{nodes[-1]} ({len(nodes):,})"
+        lines.append(f"{span}: {held} each node")
+    return lines
 
 
 def _print_catalog(data: dict[str, Any]) -> None:

@@ -99,3 +99,14 @@ def test_hostile_plan_files_get_one_line(tmp_path):
         out = planner("validate", str(path))
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith(f"error: {path}: ") and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_a_large_cluster_is_summed_up_per_run_of_identical_nodes():
+    out = planner("cluster", "a100-80gb:4x20+v100-32gb:4x20")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == [
+        "cluster a100-80gb:4x20+v100-32gb:4x20: 160 devices on 20 node(s)",
+        "  nodes 0-19 (20): 4 x a100-80gb 80.0 GiB, 4 x v100-32gb 32.0 GiB each node",
+    ]
+    assert len(lines) < 10  # not one line per device, nor per pair
