@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from dashboard import format as fmt  # noqa: E402
 from dashboard import session_store  # noqa: E402
-from tests.browser import CHROMIUM_ARGS, ensure_chromium, start_dashboard  # noqa: E402
+from tests.browser import CHROMIUM_ARGS, ensure_chromium, rss_bytes, start_dashboard  # noqa: E402
 
 CONFIGS = ("gpt@cpu:2", "gpt:size=7b@h100:8x8")
 LIMIT_MS = 600_000  # the 7B model's first search on 64 devices may take minutes
@@ -40,13 +40,6 @@ def parse_config(text: str) -> tuple[str, str, str]:
     model, _, cluster = text.partition("@")
     source, _, overrides = model.partition(":") if not model.startswith(("hf:", "py:")) else (model, "", "")
     return source, overrides.replace(",", " "), cluster
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def finished(page, marker) -> None:
@@ -141,7 +134,7 @@ def measure(browser, config: str, repeats: int) -> tuple[list[tuple[str, float, 
             figures.append(("Runs", *opened("runs", title(page, "Runs"))))
             figures.append(("Monitor", *opened("monitor", title(page, "Monitor"))))
             page.context.close()
-            return figures, peak_rss(proc.pid)
+            return figures, rss_bytes(proc.pid, "VmHWM")
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -18,7 +18,7 @@ import streamlit as st
 
 from dashboard import session_store
 from planner.errors import PlannerError
-from planner.limits import check_text
+from planner.limits import MAX_GLOBAL_BATCH, check_text
 
 log = logging.getLogger("stagecraft.dashboard")
 
@@ -28,7 +28,6 @@ _SAVED_KEY = "session_saved_text"
 # The session keys that are kept; each is checked by its reader below when restored.
 KEPT = ("model", "cluster_json", "devices_spec_text", "plan_inputs", "plan_edits", "imported_plan",
         "current_plan")  # fmt: skip
-MAX_BATCH = 2**24  # a global batch larger than any real job's (16.8 M samples per step)
 
 
 def runs_dir():
@@ -110,7 +109,7 @@ def _inputs(value: Any) -> dict[str, Any]:
     from planner.search import STRATEGIES
 
     batch, strategy, choice = value["global_batch"], value["strategy"], value["choice"]
-    if type(batch) is not int or not 1 <= batch <= MAX_BATCH or strategy not in STRATEGIES:
+    if type(batch) is not int or not 1 <= batch <= MAX_GLOBAL_BATCH or strategy not in STRATEGIES:
         raise ValueError("global batch or strategy out of range")
     return {"global_batch": batch, "strategy": strategy, "choice": None if choice is None else _str(choice)}
 

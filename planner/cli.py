@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent, positive
-from planner.limits import MAX_OVERRIDE_INT, MAX_STEPS
+from planner.limits import MAX_GLOBAL_BATCH, MAX_OVERRIDE_INT, MAX_STEPS
 from planner.model_check import SKIPPED
 from planner.plan import check_writable
 
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--cluster", required=True, help="preset, cluster .json or short form (h100:8, cpu:2)")
     p.add_argument(
-        "--global-batch", type=positive(MAX_OVERRIDE_INT), required=True, help="samples per optimizer step"
+        "--global-batch", type=positive(MAX_GLOBAL_BATCH), required=True, help="samples per optimizer step"
     )
     p.add_argument("--strategy", default="auto", choices=["auto", "dp", "pp", "hybrid", "mp"])
     p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved_1f1b"], help="pin the schedule")

@@ -30,6 +30,8 @@ MAX_TEXT_CHARS = 1_000
 # (16.8 M) is above every real width, vocabulary (Gemma's 256 k) and context (1 M tokens).
 MAX_OVERRIDES = 64
 MAX_OVERRIDE_INT = 2**24
+# Samples per optimizer step: the largest published batches are ~4 M tokens, far fewer samples.
+MAX_GLOBAL_BATCH = 2**24
 # Modules a model may register while it is built on the meta device: Llama-3 405B has
 # ~2,400 and a 70B GPT 1,000; n_layer=10^9 would build for hours before tracing began.
 MAX_MODULES = 50_000

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from planner.cluster import Cluster
 from planner.errors import PlanError, SourceError
 from planner.limits import (
+    MAX_GLOBAL_BATCH,
     MAX_OVERRIDE_INT,
     MAX_PG_TIMEOUT_S,
     MAX_SEED,
@@ -76,7 +77,7 @@ class Optimizer(StrictModel):
 class Training(StrictModel):
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="torch.manual_seed takes 64 bits.")
     global_batch: int = Field(
-        ge=1, le=MAX_OVERRIDE_INT, description="Samples per optimizer step, all replicas together."
+        ge=1, le=MAX_GLOBAL_BATCH, description="Samples per optimizer step, all replicas together."
     )
     micro_batches: int = Field(default=1, ge=1, description="Micro-batches per step in each replica.")
     optimizer: Optimizer = Field(default_factory=Optimizer)

@@ -41,10 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process now (Linux /proc), for the server's memory budget."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory from /proc (Linux): now (VmRSS), or its peak (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 

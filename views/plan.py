@@ -41,11 +41,12 @@ from dashboard.shared import (
     set_current_plan,
     set_plan_inputs,
 )
-from dashboard.state import MAX_BATCH, save
+from dashboard.state import save
 from planner.build import model_blocks
 from planner.cluster import cluster_from_json
 from planner.cost import Prediction, Pricer
 from planner.graph import from_json
+from planner.limits import MAX_GLOBAL_BATCH
 from planner.plan import plan_from_json
 from planner.search import STRATEGIES
 
@@ -103,8 +104,8 @@ ss["plan_global_batch"], ss["plan_strategy"] = inputs["global_batch"], inputs["s
 left, right = st.columns(2)
 batch = int(
     left.number_input(
-        "Global batch (samples per step)", min_value=1, max_value=MAX_BATCH, step=1, key="plan_global_batch",
-        on_change=keep_input, args=("global_batch", "plan_global_batch"),
+        "Global batch (samples per step)", min_value=1, max_value=MAX_GLOBAL_BATCH, step=1,
+        key="plan_global_batch", on_change=keep_input, args=("global_batch", "plan_global_batch"),
     )
 )  # fmt: skip
 strategy = right.selectbox(
