@@ -2,11 +2,11 @@
 
     python bench/allocator.py [--processes 4] [--repeats 15]
 
-The profile's whole-model timing (`runtime.profile.whole_timings`: forward, then forward
+The profile's whole-model timing (`runtime.measure.profiling.whole_timings`: forward, then forward
 and backward, the median of ``--repeats`` after a warm-up) of the fidelity bench's CNN on
 32 and 64 samples, each in ``--processes`` fresh processes on one thread, alternately with
 glibc's defaults and with the thresholds the runtime's workers and the profile set
-(`runtime.host_allocator`). Prints, per setting and size, the fastest and the slowest
+(`runtime.rank.host_allocator`). Prints, per setting and size, the fastest and the slowest
 process and their ratio: how far apart two measurements of the same thing can land.
 """
 
@@ -33,8 +33,8 @@ def _one_process(fixed: bool, repeats: int) -> None:
     """In a fresh process: print {size: [forward_ms, backward_ms]} as JSON."""
     import torch
 
-    from runtime.host_allocator import fix_malloc_thresholds
-    from runtime.profile import whole_timings
+    from runtime.measure.profiling import whole_timings
+    from runtime.rank.host_allocator import fix_malloc_thresholds
 
     torch.set_num_threads(1)
     if fixed and not fix_malloc_thresholds():

@@ -26,9 +26,9 @@ from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, SplitPoint
 from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import load_plan
-from runtime.host_allocator import fix_malloc_thresholds
-from runtime.model import build_full_model, make_optimizer
-from runtime.task import plan_task
+from runtime.rank.host_allocator import fix_malloc_thresholds
+from runtime.rank.model import build_full_model, make_optimizer
+from runtime.rank.task import plan_task
 
 
 def main() -> None:

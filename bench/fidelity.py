@@ -2,12 +2,12 @@
 
     python bench/fidelity.py [--rounds 3] [--steps 12] [--split-steps 8] [--only fidelity|split]
 
-1. Fidelity. Each model is profiled first (`runtime.profile`: its blocks at the micro-batch
+1. Fidelity. Each model is profiled first (`runtime.measure.profiling`: its blocks at the micro-batch
    sizes the plans use, the optimizer, this machine's links), and nothing else feeds the
    predictions: no step time of the runs below is used to fit anything. Then the planner
    makes each plan with that profile (`search(..., profile=...)`, the family pinned), the
    runtime trains it (`python -m runtime run`, 1 thread per rank, gloo) and the measured
-   figures (`runtime.compare`: medians over the steps after the warm-up, pooled over the
+   figures (`runtime.measure.compare`: medians over the steps after the warm-up, pooled over the
    rounds, which run the plans in turn so that a slow spell of the machine spreads over
    all of them) are printed next to the predictions. Plans on 2 ranks are timed; plans on
    4 ranks (more than this machine's 2 cores, the sharing modelled by the planner) are in
@@ -36,16 +36,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.build import make_plan, model_blocks
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
-from planner.coarsen import coarsen
-from planner.cost import Pricer
-from planner.partition import min_bottleneck_cuts
+from planner.cost.price import Pricer
 from planner.plan import Plan, save_plan
-from planner.search import search
-from planner.trace import trace
-from runtime import compare, store
-from runtime.profile import make_profile
+from planner.search.build import make_plan, model_blocks
+from planner.search.partition import min_bottleneck_cuts
+from planner.search.search import search
+from runtime.measure import compare
+from runtime.measure.profiling import make_profile
+from runtime.supervise import store
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {

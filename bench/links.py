@@ -2,7 +2,7 @@
 
     python bench/links.py [--tries 5] [--repeats 15]
 
-Runs the profile's own link measurement (`runtime.profile.link_timings`: two fresh gloo
+Runs the profile's own link measurement (`runtime.measure.profiling.link_timings`: two fresh gloo
 processes, point-to-point and all-reduce from 1 KiB to 16 MiB, each all-reduce timed after
 10 ms of compute on both ranks, fitted as latency + bytes / bandwidth) ``--tries`` times in
 a row, and prints each fit's prediction for an all-reduce of the fidelity bench's models'
@@ -25,8 +25,7 @@ import torch
 import torch.distributed as dist
 from fidelity import MODELS  # bench/fidelity.py, beside this file
 
-from runtime.host_allocator import fix_malloc_thresholds
-from runtime.profile import (
+from runtime.measure.profiling import (
     COMPUTE_BEFORE_ALL_REDUCE_S,
     _leave,
     _median_time,
@@ -36,6 +35,7 @@ from runtime.profile import (
     link_timings,
     mean_after_compute,
 )
+from runtime.rank.host_allocator import fix_malloc_thresholds
 
 
 def gradient_bytes(model: str) -> int:

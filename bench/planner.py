@@ -2,7 +2,7 @@
 
     python bench/planner.py [--quick]
 
-(a) The full auto search (`planner.search.search`) on synthetic layer graphs of 100, 1,000
+(a) The full auto search (`planner.search.search.search`) on synthetic layer graphs of 100, 1,000
     and 10,000 blocks (a 7B-parameter transformer, bf16, 2k tokens, cut into that many blocks
     of random sizes, with skip edges) on 8, 64 and 512 H100s, global batch max(64, 2 x devices):
     blocks actually partitioned, wall time on one core, and whether the split of the chosen
@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import networkx as nx
 
 from planner.cluster import resolve_cluster
-from planner.cost import Pricer
+from planner.cost.price import Pricer
 from planner.devices import device_kind
-from planner.partition import min_bottleneck_cuts
-from planner.search import search
-from planner.stage_problem import StageProblem
+from planner.search.partition import min_bottleneck_cuts
+from planner.search.search import search
+from planner.search.stage_problem import StageProblem
 
 PEAK = device_kind("h100-80gb").peak_flops["float32"]
 
@@ -119,7 +119,7 @@ def part_a(sizes, clusters) -> None:
 
 def heuristic_gap(sizes, spec: str, pp: int, m: int) -> None:
     """The screening split (least bottleneck) vs the exact split, where the exact one finishes."""
-    from planner.build import make_plan
+    from planner.search.build import make_plan
 
     print(f"\n    screening split vs exact split, pp={pp} m={m} 1f1b on {spec}:")
     cluster = resolve_cluster(spec)
@@ -149,9 +149,9 @@ def heuristic_gap(sizes, spec: str, pp: int, m: int) -> None:
 
 
 def part_b(devices_list) -> None:
-    from planner.build import make_plan, model_blocks
-    from planner.coarsen import coarsen
-    from planner.trace import trace
+    from planner.capture.coarsen import coarsen
+    from planner.capture.trace import trace
+    from planner.search.build import make_plan, model_blocks
 
     print("\n(b) GPT, vocab 16384, d_model 256, 8 blocks, global batch 32: baseline step / chosen step")
     graph = coarsen(

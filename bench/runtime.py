@@ -3,12 +3,12 @@
     python bench/runtime.py [--repeats 5] [--steps 60]
 
 For each configuration (2 ranks x 1 thread, gloo), the same plan is trained by
-`runtime.worker` and by `bench/baseline_worker.py` (a plain DDP loop; torch.distributed.
+`runtime.rank.worker` and by `bench/baseline_worker.py` (a plain DDP loop; torch.distributed.
 pipelining used directly), launched alternately, ``--repeats`` times each. Throughput is
 taken from the wall clock at the end of each step on every rank, over the steps after
 the first quarter (warm-up), so it includes everything the runtime adds: compute hooks,
 data slicing, the metrics all-gather and the database writes. Both fix glibc's malloc
-thresholds as the runtime's ranks do (`runtime.host_allocator`), so the ratio compares the
+thresholds as the runtime's ranks do (`runtime.rank.host_allocator`), so the ratio compares the
 runtimes, not two allocator states. Prints the median samples/s
 of each, their ratio (target >= 0.97), and the runtime's own measure of metrics logging
 as a share of step time (target < 1%).
@@ -27,12 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.build import make_plan
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import parse_short_form
-from planner.coarsen import coarsen
 from planner.plan import Plan, save_plan
-from planner.trace import trace
-from runtime import store
+from planner.search.build import make_plan
+from runtime.supervise import store
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT_1M = {"size": "1m"}
@@ -74,7 +74,7 @@ def run_ours(plan_path: Path, plan: Plan, steps: int, tmp: Path) -> tuple[float,
     runs = tmp / "runs"
     init = f"file://{tmp / 'rdv'}"
     start_ranks(
-        lambda r: [sys.executable, "-m", "runtime.worker", "--plan", str(plan_path), "--run-id", "bench",
+        lambda r: [sys.executable, "-m", "runtime.rank.worker", "--plan", str(plan_path), "--run-id", "bench",
                    "--runs-dir", str(runs), "--steps", str(steps), "--init-method", init],
         len(plan.ranks), tmp,
     )  # fmt: skip

@@ -35,9 +35,9 @@ def one(size: str) -> dict:
     import torch  # noqa: F401  (the baseline includes the imports every trace needs)
     import transformers  # noqa: F401
 
-    from planner.coarsen import coarsen
-    from planner.graph import summary
-    from planner.trace import trace
+    from planner.capture.coarsen import coarsen
+    from planner.capture.graph import summary
+    from planner.capture.trace import trace
 
     baseline = _rss_mib()
     t0 = time.perf_counter()

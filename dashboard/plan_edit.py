@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import networkx as nx
 
 from dashboard.naming import SCHEDULE_NAMES
-from planner.build import make_plan
 from planner.plan import Plan
 from planner.schedules import SCHEDULES, schedule_error
+from planner.search.build import make_plan
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from runtime import launch, store
-from runtime.launch import RunError
+from runtime.supervise import launch, store
+from runtime.supervise.launch import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 PENDING_STOP = "run_stop_pending"  # (where, run id) whose Stop awaits its confirmation

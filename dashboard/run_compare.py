@@ -1,4 +1,4 @@
-"""Predicted vs measured as the Monitor shows it: one comparison (runtime.compare) per view.
+"""Predicted vs measured as the Monitor shows it: one comparison (runtime.measure.compare) per view.
 
 The header's figures, the table and the per-rank bars all read the same `RunView`, so they
 cannot disagree. While a run goes, the measurements are medians over its last ``RECENT``
@@ -17,7 +17,8 @@ from dashboard import format
 from dashboard.run_summary import one_line
 from dashboard.shared import plan_graph_json
 from planner.plan import Plan, plan_from_json
-from runtime import compare, store
+from runtime.measure import compare
+from runtime.supervise import store
 
 RECENT = 20  # steps a live comparison takes its medians over
 
@@ -128,7 +129,7 @@ def profiles_key(runs_dir: Path) -> tuple[str, ...]:
 def priced(plan_json: str, runs_dir: str, profiles: tuple[str, ...]) -> tuple[dict, dict, str | None]:
     """(datasheet, calibrated, profile sha256) figures of a plan, priced once per set of
     profiles: the one pricing every predicted figure of a run on the Monitor comes from."""
-    from planner.graph import from_json
+    from planner.capture.graph import from_json
 
     plan = plan_from_json(plan_json)
     graph = from_json(plan_graph_json(plan.model.model_dump_json(), plan.training.dtype))

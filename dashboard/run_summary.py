@@ -14,7 +14,7 @@ from dashboard import format
 from dashboard.messages import one_line
 from dashboard.naming import model_name, strategy_name
 from planner.plan import Plan, plan_from_json
-from runtime import store
+from runtime.supervise import store
 
 RESUMABLE = ("stopped", "failed")  # a finished run continues only with more steps: `runtime resume --steps`
 
@@ -60,7 +60,7 @@ class RunSummary:
 
 
 def summarize(conn: sqlite3.Connection, run: dict, now: float | None = None) -> RunSummary:
-    """One run as the Runs list shows it; ``run`` is a row of `runtime.launch.list_runs`."""
+    """One run as the Runs list shows it; ``run`` is a row of `runtime.supervise.launch.list_runs`."""
     plan, problem = read_plan(run["plan_json"])
     loss = last_loss(conn, run["run_id"])
     last = run.get("last_step", 0)

@@ -97,10 +97,10 @@ def model_trace(source: str, overrides: tuple[str, ...]) -> dict:
     Returns ``{"fine": summary, "coarse": summary, "graph": node-link data, "ops": {block:
     [ATen ops in execution order]}}``: pure and serialisable.
     """
-    from planner.coarsen import assign_blocks, coarsen
-    from planner.graph import block_order, summary, to_json
-    from planner.overrides import parse_overrides
-    from planner.trace import trace
+    from planner.capture.coarsen import assign_blocks, coarsen
+    from planner.capture.graph import block_order, summary, to_json
+    from planner.capture.overrides import parse_overrides
+    from planner.capture.trace import trace
 
     fine = trace(source, parse_overrides(overrides))
     coarse = coarsen(fine)
@@ -126,9 +126,9 @@ def block_ops(source: str, overrides: tuple[str, ...]) -> dict[str, list[str]]:
 def plan_graph_json(model_json: str, dtype: str) -> dict:
     """The coarsened graph a plan was made for, traced from its own model section (a run's
     plan may be of another model than the one chosen on the Model page)."""
-    from planner.graph import to_json
+    from planner.capture.graph import to_json
     from planner.plan import ModelRef
-    from runtime.compare import plan_graph
+    from runtime.measure.compare import plan_graph
 
     model = ModelRef.model_validate_json(model_json)
     return to_json(plan_graph(model, dtype))
@@ -137,9 +137,9 @@ def plan_graph_json(model_json: str, dtype: str) -> dict:
 @st.cache_data(show_spinner=False, max_entries=16)
 def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: str) -> list[dict]:
     """Candidates as rows, each with its label and its plan's JSON when it has one (cached)."""
+    from planner.capture.graph import from_json
     from planner.cluster import cluster_from_json
-    from planner.graph import from_json
-    from planner.search import search
+    from planner.search.search import search
 
     result = search(from_json(graph_data), cluster_from_json(cluster_json), global_batch=global_batch,
                     strategy=strategy)  # fmt: skip

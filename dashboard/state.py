@@ -31,7 +31,7 @@ KEPT = ("model", "cluster_json", "devices_spec_text", "plan_inputs", "plan_edits
 
 
 def runs_dir():
-    from runtime.store import default_runs_dir
+    from runtime.supervise.store import default_runs_dir
 
     return default_runs_dir()
 
@@ -106,7 +106,7 @@ def _spec(value: Any) -> str | None:
 
 
 def _inputs(value: Any) -> dict[str, Any]:
-    from planner.search import STRATEGIES
+    from planner.search.search import STRATEGIES
 
     batch, strategy, choice = value["global_batch"], value["strategy"], value["choice"]
     if type(batch) is not int or not 1 <= batch <= MAX_GLOBAL_BATCH or strategy not in STRATEGIES:

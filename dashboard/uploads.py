@@ -1,7 +1,7 @@
 """What the dashboard makes of an uploaded file: data, read within `planner.limits`.
 
 A plan upload is validated strictly, then priced for its own model (traced on the meta
-device; a ``py:`` model only if the server allows its module, `planner.source`). Every
+device; a ``py:`` model only if the server allows its module, `planner.capture.source`). Every
 failure is a `PlannerError` with one line naming the file and the problem; the pages show
 it and change nothing.
 """
@@ -17,8 +17,8 @@ from planner.plan import Plan, plan_from_json
 def read_plan_upload(name: str, data: bytes) -> Plan:
     """The uploaded plan, validated and priced for its own model (raises with one line)."""
     from dashboard.shared import coarse_graph_json, overrides_text
-    from planner.cost import Pricer
-    from planner.graph import from_json
+    from planner.capture.graph import from_json
+    from planner.cost.price import Pricer
 
     plan = plan_from_json(decode_text(data, name, PlanError), origin=name)
     try:

@@ -103,10 +103,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
-    from planner.coarsen import coarsen
-    from planner.graph import summary, to_json
-    from planner.overrides import parse_overrides
-    from planner.trace import trace
+    from planner.capture.coarsen import coarsen
+    from planner.capture.graph import summary, to_json
+    from planner.capture.overrides import parse_overrides
+    from planner.capture.trace import trace
 
     overrides = parse_overrides(args.overrides)
     graph = trace(args.model, overrides, batch_size=args.batch_size, dtype=args.dtype)
@@ -146,14 +146,14 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from planner.build import model_blocks
+    from planner.capture.coarsen import coarsen
+    from planner.capture.overrides import parse_overrides
+    from planner.capture.trace import trace
     from planner.cluster import resolve_cluster
-    from planner.coarsen import coarsen
-    from planner.overrides import parse_overrides
     from planner.plan import save_plan
     from planner.profile import load_profile
-    from planner.search import search
-    from planner.trace import trace
+    from planner.search.build import model_blocks
+    from planner.search.search import search
 
     if args.output:
         check_writable(args.output)  # before the search, not after it

@@ -83,9 +83,9 @@ def allow_py_option(p: argparse.ArgumentParser) -> None:
 
 
 def grant_consent(args: argparse.Namespace) -> None:
-    """Modules named on this command line may be imported (`planner.source`): those given to
+    """Modules named on this command line may be imported (`planner.capture.source`): those given to
     --allow-py, and a ``py:`` model typed with --model. Workers inherit it."""
-    from planner.source import allow_py
+    from planner.capture.source import allow_py
 
     for module in getattr(args, "allow_py", None) or []:
         allow_py(module)

@@ -47,7 +47,7 @@ from planner.limits import (
     check_text,
 )
 from planner.strict import StrictModel, explain, parse_document, read_document
-from planner.topology import BETWEEN_NODES, SAME_NODE, DirectLink, LinkRow, Topology
+from planner.topology import BETWEEN_NODES, SAME_NODE, DirectLink, LinkCost, LinkRow, Topology
 
 SCHEMA_VERSION = 1
 
@@ -234,15 +234,15 @@ class Cluster(StrictModel):
         self.device(a), self.device(b)  # a ClusterError for a device not in the cluster
         return self.topology.direct(a, b)
 
-    def path(self, a: int, b: int) -> tuple[float, float]:
-        """(bandwidth, latency) from device ``a`` to ``b``.
+    def path(self, a: int, b: int) -> LinkCost:
+        """(latency, bandwidth) from device ``a`` to ``b``.
 
         The pair's explicit link if there is one, else its link group's; else the widest
         path (the most bandwidth at its narrowest hop, then the least latency among those),
         with the latencies of its hops added.
         """
         if a == b:
-            return math.inf, 0.0  # nothing crosses a link
+            return LinkCost(0.0, math.inf)  # nothing crosses a link
         self.device(a), self.device(b)
         return self.topology.path(a, b)
 

@@ -27,15 +27,15 @@ SKIPPED = (
 def check_against_model(plan: Plan) -> nx.DiGraph:
     """Trace ``plan``'s model again; return its coarsened graph, or raise `PlanError`.
 
-    Checked: the source builds (a ``py:`` module only with consent, `planner.source`), the
+    Checked: the source builds (a ``py:`` module only with consent, `planner.capture.source`), the
     overrides are keys the model knows, the blocks are the model's blocks in its order, the
     graph digest is the model's, and each rank's parameters x 4 (weights, gradients, two
     optimizer moments) fit its device's memory.
     """
-    from planner.build import model_blocks
-    from planner.coarsen import coarsen
-    from planner.graph import graph_digest
-    from planner.trace import trace
+    from planner.capture.coarsen import coarsen
+    from planner.capture.graph import graph_digest
+    from planner.capture.trace import trace
+    from planner.search.build import model_blocks
 
     model = plan.model
     try:

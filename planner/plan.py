@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from planner.capture.overrides import check_overrides
 from planner.cluster import Cluster
 from planner.errors import PlanError, SourceError
 from planner.limits import (
@@ -31,7 +32,6 @@ from planner.limits import (
     MAX_TEXT_CHARS,
     MIN_PG_TIMEOUT_S,
 )
-from planner.overrides import check_overrides
 from planner.schedules import schedule_error
 from planner.strict import StrictModel, parse_document, read_document
 

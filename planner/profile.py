@@ -27,6 +27,7 @@ from pydantic import Field
 
 from planner.errors import PlannerError
 from planner.strict import StrictModel, parse_document, read_document
+from planner.topology import LinkCost
 
 SCHEMA_VERSION = 1
 
@@ -120,19 +121,19 @@ class Profile(StrictModel):
         ]
         return _interpolate(points, micro_batch_size)
 
-    def link(self, link_kind: str, op: str) -> tuple[float, float] | None:
-        """(latency, bandwidth) for a link kind and op, or None if not measured."""
+    def link(self, link_kind: str, op: str) -> LinkCost | None:
+        """The measured fit for a link kind and op, or None if not measured."""
         for t in self.links:
             if t.link_kind == link_kind and t.op == op:
-                return t.latency_s, t.bandwidth
+                return LinkCost(t.latency_s, t.bandwidth)
         return None
 
-    def all_reduce(self, link_kind: str, ranks: int) -> tuple[float, float] | None:
-        """(latency, bandwidth) of a whole all-reduce of ``ranks`` over ``link_kind``: its time
+    def all_reduce(self, link_kind: str, ranks: int) -> LinkCost | None:
+        """The fit of a whole all-reduce of ``ranks`` over ``link_kind``: its time
         is latency + bytes / bandwidth. None unless measured with that group size."""
         for t in self.links:
             if t.link_kind == link_kind and t.op == "all_reduce" and t.ranks == ranks:
-                return t.latency_s, t.bandwidth
+                return LinkCost(t.latency_s, t.bandwidth)
         return None
 
     def optimizer_seconds_per_param(self, device_kind: str, optimizer: str) -> float | None:

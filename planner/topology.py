@@ -25,6 +25,19 @@ from typing import NamedTuple
 SAME_NODE, BETWEEN_NODES = "same_node", "between_nodes"
 
 
+class LinkCost(NamedTuple):
+    """What one message pays on a link or a path: ``latency_s + bytes / bandwidth``.
+
+    Latency first, everywhere: the cluster's paths, the profile's measured fits and the
+    pricer's links all return this.
+    """
+
+    latency_s: float
+    """Seconds per message."""
+    bandwidth: float
+    """Bytes/s per direction."""
+
+
 class DirectLink(NamedTuple):
     kind: str
     bandwidth: float
@@ -93,14 +106,14 @@ class Topology:
         scope = SAME_NODE if self.node[a] == self.node[b] else BETWEEN_NODES
         return self.groups.get((scope, self.kind[a], self.kind[b]))
 
-    def path(self, a: int, b: int) -> tuple[float, float]:
-        """(bandwidth, latency) from ``a`` to ``b``: the direct link, else the widest path
-        with its hops' latencies added (math.inf, 0.0 for a device to itself)."""
+    def path(self, a: int, b: int) -> LinkCost:
+        """From ``a`` to ``b``: the direct link, else the widest path with its hops'
+        latencies added (no latency and unbounded bandwidth for a device to itself)."""
         if a == b:
-            return math.inf, 0.0
+            return LinkCost(0.0, math.inf)
         spec = self.direct(a, b)
         if spec is not None:
-            return spec.bandwidth, spec.latency
+            return LinkCost(spec.latency, spec.bandwidth)
         key = ("device", a) if a in self.explicit else ("class", self.node[a], self.kind[a])
         if key not in self._widest:
             self._widest[key] = _Search(self, a)
@@ -280,7 +293,7 @@ class _Search:
         self.bandwidth = self._widest()
         self.latency: dict[float, dict[int, float]] = {}
 
-    def to(self, target: int) -> tuple[float, float]:
+    def to(self, target: int) -> LinkCost:
         t = self.t
         # A device no explicit link touches is interchangeable with its class's member here
         # (for a target in the source's own class too: that member is not the source).
@@ -288,7 +301,7 @@ class _Search:
         width = self.bandwidth[v]
         if width not in self.latency:
             self.latency[width] = self._least_latency(width)
-        return width, self.latency[width][v]
+        return LinkCost(self.latency[width][v], width)
 
     def _buckets(self, min_bandwidth: float) -> dict[tuple[str, str, str], dict[int, set[int]]]:
         t = self.t

@@ -24,8 +24,8 @@ from pathlib import Path
 from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent
 from planner.errors import PlanError
 from planner.plan import load_plan
-from runtime import launch, multinode, store
-from runtime.supervisor import EXIT_BAD_INPUT, supervise
+from runtime.supervise import launch, multinode, store
+from runtime.supervise.supervisor import EXIT_BAD_INPUT, supervise
 
 
 def _runs_dir_option(p: argparse.ArgumentParser) -> None:
@@ -120,10 +120,10 @@ def print_commands(args: argparse.Namespace) -> None:
 
 
 def write_profile(args: argparse.Namespace) -> int:
+    from planner.capture.overrides import parse_overrides
     from planner.cluster import resolve_cluster
-    from planner.overrides import parse_overrides
-    from runtime.compare import save_profile
-    from runtime.profile import make_profile
+    from runtime.measure.compare import save_profile
+    from runtime.measure.profiling import make_profile
 
     try:
         sizes = [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from runtime import store
+from runtime.supervise import store
 from tests.browser import CHROMIUM_ARGS, ROOT, SHOTS, ensure_chromium, start_dashboard
 
 
@@ -49,6 +49,6 @@ def page(dashboard):
 @pytest.fixture
 def allow_fixture_models(monkeypatch):
     """Consent to importing the test fixtures' `py:` models (nothing else), as --allow-py gives."""
-    from planner.source import PY_ALLOW_ENV
+    from planner.capture.source import PY_ALLOW_ENV
 
     monkeypatch.setenv(PY_ALLOW_ENV, "tests.fixtures.models")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from planner.build import make_plan
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import parse_short_form
-from planner.coarsen import coarsen
 from planner.plan import Plan, save_plan
-from planner.trace import trace
-from runtime import store
+from planner.search.build import make_plan
+from runtime.supervise import store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def run_ranks(
         cmd = [
             sys.executable,
             "-m",
-            "runtime.worker",
+            "runtime.rank.worker",
             "--plan",
             str(plan_path),
             "--run-id",

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from planner.plan import Plan, save_plan
-from runtime import store
-from runtime.control import pid_alive
+from runtime.rank.control import pid_alive
+from runtime.supervise import store
 from tests.runs import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from runtime import store
+from runtime.supervise import store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SMALL_LLAMA = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
@@ -96,10 +96,10 @@ def test_a_failure_the_page_did_not_expect_is_one_line(monkeypatch):
 
 
 def test_import_paths_are_refused_in_the_browser(monkeypatch):
-    import planner.source
+    import planner.capture.source
 
     imported = []
-    monkeypatch.setattr(planner.source, "_build_py", lambda *a: imported.append(a))
+    monkeypatch.setattr(planner.capture.source, "_build_py", lambda *a: imported.append(a))
     at = _app()
     for source in ("py:os:system", "py:tests.fixtures.models:branchy"):
         at.text_input(key="model_source").set_value(source).run()
@@ -121,7 +121,7 @@ def test_an_allowed_import_path_is_traced(monkeypatch):
 def test_hf_llama_traces_with_export_while_other_sessions_trace():
     """Each browser session's script runs in a thread of its own; torch.export keeps global
     state, so one trace finishing in another thread used to fail this one over to module hooks."""
-    from planner.trace import trace
+    from planner.capture.trace import trace
 
     captured: dict[str, str] = {}
     failures: list[BaseException] = []

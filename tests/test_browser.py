@@ -15,7 +15,7 @@ import time
 import pytest
 
 from planner.plan import load_plan, plan_from_json
-from runtime import store
+from runtime.supervise import store
 from tests.browser import SHOTS, shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -18,10 +18,10 @@ import pytest
 from dashboard import format as fmt
 from dashboard import session_store
 from dashboard.naming import candidate_name
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import cluster_from_json
-from planner.coarsen import coarsen
-from planner.search import search
-from planner.trace import trace
+from planner.search.search import search
 from tests.browser import shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -7,14 +7,15 @@ import statistics
 
 import pytest
 
-from planner.build import model_blocks
+from planner.capture.graph import graph_digest
 from planner.cluster import resolve_cluster
-from planner.cost import price
-from planner.graph import graph_digest
+from planner.cost.price import price
 from planner.plan import save_plan
 from planner.profile import BlockTiming, Profile
-from planner.search import search
-from runtime import compare, store
+from planner.search.build import model_blocks
+from planner.search.search import search
+from runtime.measure import compare
+from runtime.supervise import store
 from tests.runs import graph_of, zoo_plan
 from tests.supervision import runtime_cli
 

@@ -60,7 +60,7 @@ def test_one_node_of_eight_h100_on_nvlink():
     assert {d.node for d in c.devices} == {0}
     assert c.links == [] and [(g.scope, g.kind) for g in c.link_groups] == [("same_node", "nvlink4")]
     assert [(r.kind, r.pairs) for r in c.link_table()] == [("nvlink4", 28)]
-    assert c.path(0, 7) == (450e9, 3e-6)
+    assert c.path(0, 7) == (3e-6, 450e9)
 
 
 def test_four_nodes_over_infiniband():
@@ -117,7 +117,7 @@ def test_widest_path_when_there_is_no_direct_link():
             {"a": 1, "b": 2, "kind": "ethernet-100g"},
         ],
     )
-    assert c.path(0, 2) == (12.5e9, 5e-6 + 20e-6)
+    assert c.path(0, 2) == (5e-6 + 20e-6, 12.5e9)
 
 
 def test_json_round_trips_exactly(tmp_path):

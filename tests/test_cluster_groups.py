@@ -10,13 +10,13 @@ import random
 import networkx as nx
 import pytest
 
-from planner.build import make_plan
 from planner.cluster import PRESETS, Cluster, cluster_from_json, parse_short_form, resolve_cluster
-from planner.cost import price
+from planner.cost.price import price
 from planner.devices import DEVICE_KINDS, LINK_KINDS, slower_link
 from planner.errors import ClusterError
 from planner.limits import MAX_DEVICES, MAX_DEVICES_PER_NODE, MAX_LINKS, MAX_NODES
 from planner.plan import plan_from_json
+from planner.search.build import make_plan
 from tests.handmade import chain
 
 MIXED = [
@@ -85,14 +85,15 @@ def oracle(doc: dict) -> nx.Graph:
 
 
 def widest(g: nx.Graph, a: int, b: int) -> tuple[float, float]:
-    """The most bandwidth at the narrowest hop, then the least latency over links that wide."""
+    """(latency, bandwidth): the most bandwidth at the narrowest hop, then the least latency
+    over links that wide."""
     if g.has_edge(a, b):
-        return g.edges[a, b]["bandwidth"], g.edges[a, b]["latency"]
+        return g.edges[a, b]["latency"], g.edges[a, b]["bandwidth"]
     tree = nx.maximum_spanning_tree(g, weight="bandwidth")
     hops = nx.shortest_path(tree, a, b)
     width = min(tree.edges[u, v]["bandwidth"] for u, v in itertools.pairwise(hops))
     wide = g.edge_subgraph([(u, v) for u, v, w in g.edges(data="bandwidth") if w >= width])
-    return width, nx.shortest_path_length(wide, a, b, weight="latency")
+    return nx.shortest_path_length(wide, a, b, weight="latency"), width
 
 
 def random_document(rng: random.Random) -> dict:
@@ -160,7 +161,7 @@ def test_connectivity_between_nodes_is_found_from_groups_alone():
     }
     cluster = cluster_from_json(json.dumps(doc))
     # No link in node 2 and none between the L4s: 2 -> 1 -> 0 -> 3, three PCIe hops.
-    assert cluster.path(2, 3) == pytest.approx((31.5e9, 15e-6))
+    assert cluster.path(2, 3) == pytest.approx((15e-6, 31.5e9))
     doc["devices"] = doc["devices"][2:]  # node 2 alone: its two devices have no link
     with pytest.raises(ClusterError, match="not all linked: 2 separate groups"):
         cluster_from_json(json.dumps(doc))
@@ -174,7 +175,7 @@ def test_explicit_links_win_over_their_group_and_are_counted_apart():
         {"a": 1, "b": 2, "kind": "pcie5", "latency": 0},
     ]
     edited = cluster_from_json(json.dumps(doc))
-    assert edited.path(0, 4) == (12.5e9, 20e-6) and edited.path(1, 2) == (63e9, 0.0)
+    assert edited.path(0, 4) == (20e-6, 12.5e9) and edited.path(1, 2) == (0.0, 63e9)
     assert edited.path(0, 5) == c.path(0, 5) and edited.direct_link(0, 4).source == "link"
     rows = {(r.kind, r.source, r.nodes): r.pairs for r in edited.link_table()}
     assert rows[("ethernet-100g", "link", (0, 1))] == 1 and rows[("infiniband-ndr", "group", (0, 1))] == 15
@@ -253,7 +254,7 @@ def test_bad_link_groups_name_the_field(group, message):
 def test_a_repeated_group_is_refused_and_kind_aliases_are_the_same_kind():
     group = {"scope": "same_node", "device_kinds": ["h100", "h100-80gb"], "kind": "nvlink4"}
     c = cluster_from_json(json.dumps({"devices": _devices(2), "link_groups": [group]}))
-    assert c.link_groups[0].device_kinds == ("h100-80gb", "h100-80gb") and c.path(0, 1) == (450e9, 3e-6)
+    assert c.link_groups[0].device_kinds == ("h100-80gb", "h100-80gb") and c.path(0, 1) == (3e-6, 450e9)
     with pytest.raises(ClusterError, match=r"link_groups\[1\] repeats the same_node group of h100-80gb"):
         cluster_from_json(json.dumps({"devices": _devices(2), "link_groups": [group, group]}))
 

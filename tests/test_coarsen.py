@@ -3,9 +3,9 @@
 import networkx as nx
 import pytest
 
-from planner.coarsen import assign_blocks, block_fqns, coarsen
-from planner.graph import NODE_SUMS, totals
-from planner.trace import trace
+from planner.capture.coarsen import assign_blocks, block_fqns, coarsen
+from planner.capture.graph import NODE_SUMS, totals
+from planner.capture.trace import trace
 from tests.test_trace import SMALL_HF
 
 

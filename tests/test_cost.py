@@ -3,14 +3,14 @@
 import networkx as nx
 import pytest
 
-from planner.build import make_plan
+from planner.capture.graph import graph_digest
 from planner.cluster import Cluster
-from planner.cost import price
+from planner.cost.price import price
+from planner.cost.timing import CostOptions, ring_all_reduce_time
 from planner.errors import PlanError
-from planner.graph import graph_digest
 from planner.profile import Profile
 from planner.schedules import closed_form_step
-from planner.timing import CostOptions, ring_all_reduce_time
+from planner.search.build import make_plan
 from tests.handmade import PEAK, UNIT, chain, gpus
 
 EXACT = CostOptions(compute_efficiency=1.0, memory_efficiency=1.0, backward_factor=2.0)
@@ -259,7 +259,7 @@ def test_a_gan_replica_runs_d_three_times_and_reduces_its_gradients_twice():
     cluster = gpus(2)
     plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2)  # one sample each
     pred = price(graph, cluster, plan, options=EXACT)
-    # runtime.gan.gan_step: G(z); D on real and generated (2 samples); D again on generated
+    # runtime.parallel.gan.gan_step: G(z); D on real and generated (2 samples); D again on generated
     # (1) for G's loss, backward through D and G.
     forward, backward = pred.stage_times[(0, 0)]
     assert forward == pytest.approx((1 + 2 * 2 + 2) * UNIT)
@@ -309,7 +309,7 @@ def test_a_plan_for_another_graph_is_refused():
 
 
 def test_identical_replicas_are_simulated_once_with_the_same_result():
-    import planner.cost as cost
+    import planner.cost.price as cost
 
     graph = chain([1, 2, 1, 1], edge_bytes=5000, params=[1000] * 4)
     cluster = Cluster(
@@ -344,7 +344,7 @@ def test_identical_replicas_are_simulated_once_with_the_same_result():
 
 
 def test_measured_contention_slows_only_the_compute_that_overlaps():
-    from planner.simulate import Task, simulate
+    from planner.cost.simulate import Task, simulate
 
     # Two ranks on one 2-core node: rank 0 runs 1 s then 1 s; rank 1 runs 1 s once.
     tasks = [Task(0, "forward", 1.0, 0), Task(1, "backward", 1.0, 0, deps=[0]), Task(2, "forward", 1.0, 1)]

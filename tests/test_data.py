@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from runtime.data import load_byte_corpus, load_dataset
+from runtime.rank.data import load_byte_corpus, load_dataset
 
 
 def test_digits_are_scikit_learns_bundled_images():

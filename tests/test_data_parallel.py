@@ -1,5 +1,5 @@
 """Data-parallel replicas start from the first rank's weights (the broadcast that replaces
-DDP's initial sync, see runtime.data_parallel.replicate_first)."""
+DDP's initial sync, see runtime.parallel.data_parallel.replicate_first)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime.data_parallel import replicate_first
+from runtime.parallel.data_parallel import replicate_first
 
 
 def _replicate(rank: int, init: str) -> None:

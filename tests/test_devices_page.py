@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.cluster_view import device_frame, edited_document, group_frame, link_frame
 from planner.cluster import cluster_from_json, parse_short_form
 from planner.limits import MAX_DEVICES, MAX_DEVICES_PER_NODE
-from runtime import store
+from runtime.supervise import store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 # A cell as the page writes it: a count, a size, a rate or a time, always with its unit.
@@ -177,8 +177,8 @@ def test_edits_become_overrides_only_where_a_figure_differs_from_its_kind():
     assert (between.kind, between.bandwidth, between.latency) == ("infiniband-ndr", 25e9, None)
     link = edited.links[0]
     assert (link.a, link.b, link.kind, link.bandwidth, link.latency) == (0, 5, "nvlink4", None, 7.5e-6)
-    assert edited.path(0, 1) == (63e9, 5e-6) and edited.path(0, 4) == (25e9, 5e-6)
-    assert edited.path(0, 5) == pytest.approx((450e9, 7.5e-6))
+    assert edited.path(0, 1) == (5e-6, 63e9) and edited.path(0, 4) == (5e-6, 25e9)
+    assert edited.path(0, 5) == pytest.approx((7.5e-6, 450e9))
     assert [d.memory_bytes for d in edited.devices][2:5] == [80 * 2**30, 40 * 2**30, 80 * 2**30]
 
 

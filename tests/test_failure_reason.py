@@ -8,8 +8,8 @@ from collections import namedtuple
 
 import pytest
 
-from runtime import supervisor
-from runtime.supervisor import failure_reason
+from runtime.supervise import supervisor
+from runtime.supervise.supervisor import failure_reason
 
 SIGNALS = {-9: "SIGKILL", -11: "SIGSEGV", -15: "SIGTERM", -6: "SIGABRT"}
 

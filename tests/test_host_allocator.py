@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.host_allocator import has_glibc
+from runtime.rank.host_allocator import has_glibc
 
 ROOT = Path(__file__).resolve().parents[1]
 glibc_only = pytest.mark.skipif(not has_glibc(), reason="glibc's allocator only")
@@ -21,7 +21,7 @@ glibc_only = pytest.mark.skipif(not has_glibc(), reason="glibc's allocator only"
 PROBE = """
 import ctypes, json, sys
 import torch
-from runtime.host_allocator import fix_malloc_thresholds
+from runtime.rank.host_allocator import fix_malloc_thresholds
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (

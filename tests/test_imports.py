@@ -6,8 +6,8 @@ import sys
 
 def test_graph_cluster_and_cli_do_not_import_torch_or_plotly():
     code = (
-        "import sys; import planner, planner.cluster, planner.coarsen, planner.graph, planner.cli, "
-        "planner.devices, planner.overrides, planner.source, planner.search, planner.model_check; "
+        "import sys; import planner, planner.cluster, planner.capture.coarsen, planner.capture.graph, planner.cli, "
+        "planner.devices, planner.capture.overrides, planner.capture.source, planner.search.search, planner.model_check; "
         "print('torch' in sys.modules, 'transformers' in sys.modules, 'plotly' in sys.modules, "
         "any(m.startswith('dashboard') for m in sys.modules))"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import store
+from runtime.supervise import store
 from tests.runs import zoo_plan
 from tests.supervision import run_pids, start_run, the_run, wait_for
 

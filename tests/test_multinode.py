@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from planner.build import make_plan
 from planner.cluster import parse_short_form
 from planner.errors import PlanError
 from planner.plan import save_plan
-from runtime import multinode, store
+from planner.search.build import make_plan
+from runtime.supervise import multinode, store
 from tests.runs import ROOT, graph_of
 from tests.supervision import ENV, runtime_cli
 

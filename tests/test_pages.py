@@ -21,15 +21,15 @@ import dashboard.shared
 from dashboard import format as fmt
 from dashboard import session_store
 from dashboard.naming import strategy_name
-from planner.build import make_plan, model_blocks
+from planner.capture.coarsen import assign_blocks, coarsen
+from planner.capture.trace import trace
 from planner.cluster import detect_local, parse_short_form
-from planner.coarsen import assign_blocks, coarsen
-from planner.cost import price
+from planner.cost.price import price
 from planner.errors import PlanError
 from planner.plan import plan_from_json
 from planner.schedules import schedule_error
-from planner.trace import trace
-from runtime import store
+from planner.search.build import make_plan, model_blocks
+from runtime.supervise import store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime.model import build_full_model, shared_parameter_groups
-from runtime.reference import train_single
+from runtime.measure.reference import train_single
+from runtime.rank.model import build_full_model, shared_parameter_groups
 from tests.runs import rank_parameters, run_ranks, step_losses, zoo_plan
 
 pytestmark = pytest.mark.slow

@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from planner.build import make_plan
 from planner.cluster import Cluster
-from planner.cost import Pricer
-from planner.partition import all_splits, best_split, min_bottleneck_cuts
+from planner.cost.price import Pricer
 from planner.schedules import schedule_error
-from planner.stage_problem import StageProblem
+from planner.search.build import make_plan
+from planner.search.partition import all_splits, best_split, min_bottleneck_cuts
+from planner.search.stage_problem import StageProblem
 from tests.handmade import chain
 
 KINDS = ["h100-80gb", "a100-80gb", "v100-32gb", "l4"]

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from planner.build import make_plan
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
-from planner.coarsen import coarsen
 from planner.errors import PlanError
 from planner.plan import SCHEMA_PATH, json_schema, load_plan, plan_from_json, save_plan
-from planner.trace import trace
+from planner.search.build import make_plan
 
 
 @pytest.fixture(scope="module")

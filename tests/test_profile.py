@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from planner.build import make_plan
-from planner.cost import price
+from planner.capture.graph import graph_digest
+from planner.cost.price import price
+from planner.cost.timing import CostOptions
 from planner.errors import PlannerError
-from planner.graph import graph_digest
 from planner.profile import load_profile, profile_from_json
-from planner.timing import CostOptions
+from planner.search.build import make_plan
 from tests.handmade import chain, gpus
 
 FIXTURE = Path(__file__).parent / "fixtures" / "profile_chain.json"

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from runtime.supervisor import OWNER_LOCK, RunError, RunOwner
+from runtime.supervise.supervisor import OWNER_LOCK, RunError, RunOwner
 
 
 def test_a_second_claim_is_refused_naming_the_owner(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import format
-from runtime import store
+from runtime.supervise import store
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -329,9 +329,9 @@ def test_launch_list_and_stop_a_run(tmp_path, monkeypatch):
 
 
 def test_monitor_page_draws_a_finished_run_and_reads_only_new_rows(tmp_path, monkeypatch):
-    from planner.cost import price
+    from planner.cost.price import price
     from planner.plan import save_plan
-    from runtime import compare
+    from runtime.measure import compare
     from tests.runs import graph_of, zoo_plan
     from tests.supervision import runtime_cli
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from planner.plan import save_plan
-from runtime import store
+from runtime.supervise import store
 from tests.runs import run_ranks, step_losses, zoo_plan
 from tests.supervision import ENV, runtime_cli, small_disk
 
@@ -65,8 +65,8 @@ def test_gpu_plan_is_refused_on_a_machine_without_cuda(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from planner.build import make_plan
     from planner.cluster import parse_short_form
+    from planner.search.build import make_plan
     from tests.runs import graph_of
 
     plan = make_plan(graph_of("mlp"), parse_short_form("h100:2"), strategy="dp", global_batch=32, dp_degree=2)
@@ -194,8 +194,8 @@ def test_a_plan_with_a_py_payload_runs_nothing(tmp_path, source):
 
 
 def test_allowed_py_model_is_imported_and_refused_for_having_no_objective(tmp_path, monkeypatch):
-    from planner.build import make_plan
     from planner.cluster import parse_short_form
+    from planner.search.build import make_plan
     from tests.runs import graph_of
 
     monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "tests.fixtures.models")  # to plan it here

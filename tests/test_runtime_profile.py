@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from planner.coarsen import coarsen
-from planner.graph import graph_digest
+from planner.capture.coarsen import coarsen
+from planner.capture.graph import graph_digest
+from planner.capture.trace import trace
 from planner.profile import load_profile, profile_from_json
-from planner.trace import trace
 from tests.supervision import ENV, ROOT, runtime_cli
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
                        "--runs-dir", tmp_path / "runs")  # fmt: skip
     assert done.returncode == 0, done.stderr
     profile = load_profile(out)
-    # A copy where runs look for it, under its own digest (runtime.compare.find_profile).
+    # A copy where runs look for it, under its own digest (runtime.measure.compare.find_profile).
     assert load_profile(tmp_path / "runs" / "profiles" / f"{profile.digest()}.json") == profile
     graph = coarsen(trace("gpt", {"size": "toy"}))
     assert profile.graph_digest == graph_digest(graph)
@@ -66,7 +66,7 @@ def runtime_cli_planner(*args):
 def test_an_all_reduce_is_timed_after_compute_and_averaged(monkeypatch):
     """Each try follows a barrier and the compute, and the figure is the mean of the tries:
     after compute, a try is either fast or slow, and a step pays the mean."""
-    from runtime import profile
+    from runtime.measure import profiling as profile
 
     calls, clock = [], iter([0.0, 1.0, 10.0, 12.0, 20.0, 29.0])  # tries of 1, 2 and 9 s
     monkeypatch.setattr(profile.dist, "barrier", lambda: calls.append("barrier"))
@@ -95,7 +95,7 @@ def test_a_profile_measures_the_clusters_one_kind_of_device_on_this_machine(monk
 
     from planner.cluster import resolve_cluster
     from planner.errors import PlanError
-    from runtime.profile import measured_device
+    from runtime.measure.profiling import measured_device
 
     assert measured_device(resolve_cluster("cpu:2")) == ("cpu", torch.device("cpu"))
     with pytest.raises(PlanError, match=r"one kind of device.*\['a100-80gb', 'h100-80gb'\]"):

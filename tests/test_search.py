@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from planner.build import make_plan
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import Cluster, resolve_cluster
-from planner.coarsen import coarsen
-from planner.cost import price
+from planner.cost.price import price
 from planner.errors import PlannerError
 from planner.plan import load_plan
-from planner.search import search
-from planner.trace import trace
+from planner.search.build import make_plan
+from planner.search.search import search
 
 BIG_VOCAB = {"vocab_size": 16384, "d_model": 256, "n_layer": 8, "seq_len": 128, "n_head": 8}
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from planner.capture.overrides import parse_overrides, parse_value
+from planner.capture.source import allow_py, build_model, parse_source
 from planner.errors import SourceError
-from planner.overrides import parse_overrides, parse_value
-from planner.source import allow_py, build_model, parse_source
 
 
 def test_override_values_are_json_literals_or_strings():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 
-from runtime import store
+from runtime.supervise import store
 
 
 def test_nan_and_inf_are_kept(tmp_path):

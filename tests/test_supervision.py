@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from planner.plan import save_plan
-from runtime import checkpoint, store
-from runtime.control import pid_alive
+from runtime.parallel import checkpoint
+from runtime.rank.control import pid_alive
+from runtime.supervise import store
 from tests.runs import run_ranks, step_losses, zoo_plan
 from tests.supervision import (
     ENV,

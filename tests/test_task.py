@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from planner.capture.source import build_model, parse_source
 from planner.errors import PlanError
-from planner.source import build_model, parse_source
-from runtime.task import task_for
+from runtime.rank.task import task_for
 
 
 def zoo_task(source, overrides=None, global_batch=12, seed=0):

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from planner.cluster import parse_short_form
-from planner.cost import price
-from runtime import store
-from runtime.metrics import memory_peaks, reset_peak_memory
-from runtime.pipeline_parallel import _release_other_stages
-from runtime.tensor_memory import TensorPeak
+from planner.cost.price import price
+from runtime.parallel.pipeline_parallel import _release_other_stages
+from runtime.rank.metrics import memory_peaks, reset_peak_memory
+from runtime.rank.tensor_memory import TensorPeak
+from runtime.supervise import store
 from tests.runs import graph_of, run_ranks, zoo_plan
 
 CPU = torch.device("cpu")

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from runtime import checkpoint, store
+from runtime.parallel import checkpoint
+from runtime.supervise import store
 from tests.runs import zoo_plan
 from tests.supervision import Terminal, all_gone, run_command, run_pids, start_run, the_run, wait_for
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from planner.coarsen import coarsen
+from planner.capture.coarsen import coarsen
+from planner.capture.graph import from_json, summary, to_json, totals
+from planner.capture.source import build_model, parse_source
+from planner.capture.trace import trace
 from planner.errors import TraceError
-from planner.graph import from_json, summary, to_json, totals
-from planner.source import build_model, parse_source
-from planner.trace import trace
 
 SMALL_HF = {
     "hf:gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 4, "seq_len": 32},

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from planner.source import build_model, parse_source
+from planner.capture.source import build_model, parse_source
 from planner.zoo import ZOO
 
 

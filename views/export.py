@@ -12,8 +12,8 @@ from dashboard.shared import current_plan, import_plan, summarise
 from dashboard.uploads import read_plan_upload
 from planner.limits import check_text
 from planner.plan import plan_from_json
-from runtime import multinode
-from runtime.store import new_run_id
+from runtime.supervise import multinode
+from runtime.supervise.store import new_run_id
 
 ss = st.session_state
 

@@ -9,9 +9,9 @@ from dashboard.figures.graph import block_graph_figure
 from dashboard.messages import error, guarded, md
 from dashboard.shared import current_model, model_trace, set_model
 from dashboard.state import FIRST_VISIT
-from planner.graph import from_json
+from planner.capture.graph import from_json
+from planner.capture.source import PY_ALLOW_ENV, allowed_py_modules, parse_source, py_module
 from planner.limits import check_text
-from planner.source import PY_ALLOW_ENV, allowed_py_modules, parse_source, py_module
 
 EXAMPLES = "gpt · mlp · cnn · gan · hf:gpt2 · hf:llama"
 

@@ -2,7 +2,7 @@
 written since its last look, every 2 s.
 
 Every predicted and measured figure on the page (the header, the table, the per-rank
-bars) comes from one comparison of the run (dashboard.run_compare over runtime.compare),
+bars) comes from one comparison of the run (dashboard.run_compare over runtime.measure.compare),
 and the page says which steps it measured. Then the loss (smoothed, log scale, other runs
 overlaid), throughput, CPU and memory per rank over time, and the latest attempt's logs.
 """
@@ -15,10 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import format, run_actions
-from dashboard.messages import md, one_line
-from dashboard.naming import plan_name, strategy_name
-from dashboard.run_compare import HELP, NAMES, RunView, error_text, run_view, show
-from dashboard.run_figures import (
+from dashboard.figures.run import (
     Curve,
     byte_unit,
     loss_figure,
@@ -27,11 +24,15 @@ from dashboard.run_figures import (
     split_figure,
     tensor_memory_figure,
 )
+from dashboard.messages import md, one_line
+from dashboard.naming import plan_name, strategy_name
+from dashboard.run_compare import HELP, NAMES, RunView, error_text, run_view, show
 from dashboard.run_logs import Folded, fold_warnings, latest_attempt, rank_logs
 from dashboard.run_summary import read_plan, run_duration
 from dashboard.shared import current_plan_json, plan_graph_json
-from runtime import compare, launch, store
-from runtime.launch import RunError
+from runtime.measure import compare
+from runtime.supervise import launch, store
+from runtime.supervise.launch import RunError
 
 REFRESH_S = 2.0
 WHERE = "monitor"
@@ -45,8 +46,8 @@ runs_dir = store.default_runs_dir().resolve()
 def predicted_only() -> None:
     """Before any run: what the current plan is predicted to do, priced as a run's would be."""
     from dashboard.figures.plan import gantt_figure
-    from planner.cost import Pricer
-    from planner.graph import from_json
+    from planner.capture.graph import from_json
+    from planner.cost.price import Pricer
 
     st.info(
         "No runs yet: launch one on the Runs page, and this page follows it live. Until then, "

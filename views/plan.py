@@ -42,13 +42,13 @@ from dashboard.shared import (
     set_plan_inputs,
 )
 from dashboard.state import save
-from planner.build import model_blocks
+from planner.capture.graph import from_json
 from planner.cluster import cluster_from_json
-from planner.cost import Prediction, Pricer
-from planner.graph import from_json
+from planner.cost.price import Prediction, Pricer
 from planner.limits import MAX_GLOBAL_BATCH
 from planner.plan import plan_from_json
-from planner.search import STRATEGIES
+from planner.search.build import model_blocks
+from planner.search.search import STRATEGIES
 
 STRATEGY_NAMES = {
     "auto": "any (fastest that fits)",

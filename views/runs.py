@@ -16,8 +16,8 @@ from dashboard.naming import model_name, strategy_name
 from dashboard.run_summary import read_plan, summarize
 from dashboard.shared import current_plan_json, current_plan_summary
 from planner.limits import MAX_STEPS
-from runtime import launch, store
-from runtime.launch import RunError
+from runtime.supervise import launch, store
+from runtime.supervise.launch import RunError
 
 REFRESH_S = 2.0
 LISTED = 30  # newest runs listed; `python -m runtime list` has them all

@@ -11,7 +11,7 @@ import networkx as nx
 import plotly.graph_objects as go
 
 from dashboard import format as fmt
-from planner.graph import block_order
+from planner.capture.graph import block_order
 
 WEBGL_FROM = 2000  # points; past this, SVG scatter gets slow in the browser (FACTS.md)
 

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from dashboard import format as fmt
 from dashboard.figures.graph import WEBGL_FROM, chain_layout
-from planner.cost import Prediction
+from planner.cost.price import Prediction
 from planner.plan import Plan
 
 MiB = 2**20

@@ -28,7 +28,7 @@ class ZooEntry:
     model_cls: Callable[[Any], nn.Module]
     example_inputs: Callable[[Any, int, torch.device], tuple[torch.Tensor, ...]]
     dataset: str
-    """Id of the data set it trains on (see runtime.data)."""
+    """Id of the data set it trains on (see runtime.rank.data)."""
     sizes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Named sizes selectable with the `size=` override."""
 

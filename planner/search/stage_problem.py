@@ -1,0 +1,127 @@
+"""One candidate plan's partitioning problem: what `partition.best_split` needs from it.
+
+Given a template plan (degrees, devices, micro-batches, schedule fixed; stages to be
+chosen), this derives each stage position's per-block work on its device, a memory lower
+bound per stage, and the price of any split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from planner.cost.memory import optimizer_state_bytes
+from planner.cost.price import Pricer
+from planner.cost.timing import DTYPE_BYTES
+from planner.plan import Plan
+from planner.schedules import in_flight, rank_actions
+from planner.search.build import stages_for
+from planner.search.partition import SplitResult, best_split
+
+
+class StageProblem:
+    """Partition ``template``'s blocks; with ``units``, only at those block indices (a coarser
+    problem for very long graphs: cuts fall between units of consecutive blocks)."""
+
+    def __init__(self, pricer: Pricer, template: Plan, units: list[int] | None = None) -> None:
+        self.pricer, self.template = pricer, template
+        graph, plan = pricer.graph, template
+        self.blocks = list(plan.model.blocks)
+        self.units = units
+        self.k = len(plan.stages)
+        p, m, v = plan.pp_degree, plan.training.micro_batches, plan.virtual_stages
+        schedule = plan.schedule or ("1f1b" if plan.strategy == "dp" else "gpipe")
+        orders = rank_actions(schedule, p, m, v)
+        flight: dict[int, int] = {}
+        for order in orders:
+            flight.update(in_flight(order))
+        traced = graph.graph.get("dtype", "float32")
+        scale = DTYPE_BYTES[plan.training.dtype] / DTYPE_BYTES[traced]
+        trace_batch = int(graph.graph.get("batch_size", 1))
+        shares = {r.dp_index: r.batch_share for r in plan.replicas}
+        # Per stage position and replica: (device, micro-batch size).
+        self.places = [
+            [(plan.rank_of(dp, j % p).device, shares[dp] / m) for dp in range(plan.dp_degree)]
+            for j in range(self.k)
+        ]
+        kinds = {d.id: d.kind for d in pricer.cluster.devices}
+        rows: dict[tuple, list[float]] = {}  # one row per distinct (kind, micro-batch) set
+        self.work = []
+        for j in range(self.k):
+            key = tuple(sorted({(kinds[dev], mb) for dev, mb in self.places[j]}))
+            if key not in rows:
+                per_place = [
+                    [
+                        sum(pricer.block_times(b, kind, plan.training.dtype, mb, scale, trace_batch)[:2])
+                        for b in self.blocks
+                    ]
+                    for kind, mb in key
+                ]
+                # The least over replicas keeps the partitioner's bound a lower bound for each.
+                rows[key] = [min(col) for col in zip(*per_place, strict=True)]
+            self.work.append(rows[key])
+        # Memory lower bound per block: parameters + gradients + optimizer state, and saved
+        # activations per sample (tied copies and re-kept inputs only add to it).
+        opt = plan.training.optimizer
+        per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.dtype)
+        nodes = graph.nodes
+        fixed = [
+            2 * nodes[b]["param_bytes"] * scale + nodes[b]["param_bytes"] / DTYPE_BYTES[traced] * per_param
+            for b in self.blocks
+        ]
+        saved = [nodes[b]["saved_bytes"] / trace_batch * scale for b in self.blocks]
+        self.fixed = list(itertools.accumulate(fixed, initial=0.0))
+        self.saved = list(itertools.accumulate(saved, initial=0.0))
+        self.last_out = nodes[self.blocks[-1]]["output_bytes"] / trace_batch * scale
+        self.flight = [flight.get(j, 1) for j in range(self.k)]
+        cluster = pricer.cluster
+        self.capacity = {
+            d.id: d.memory_bytes - cluster.overhead_bytes.get(d.kind, 0) for d in cluster.devices
+        }
+        self.ranks = [j % p for j in range(self.k)] if v > 1 else None
+
+        if units is not None:
+            bounds = [*units, len(self.blocks)]
+            self.work = [[sum(row[a:b]) for a, b in itertools.pairwise(bounds)] for row in self.work]
+
+    def _block_range(self, a: int, b: int) -> tuple[int, int]:
+        """Units a..b as blocks (first, last)."""
+        if self.units is None:
+            return a, b
+        bounds = [*self.units, len(self.blocks)]
+        return bounds[a], bounds[b + 1] - 1
+
+    def block_cuts(self, cuts: list[int]) -> list[int]:
+        return cuts if self.units is None else [self.units[c] for c in cuts]
+
+    def fits(self, j: int, a: int, b: int) -> bool:
+        """Could stage j hold units a..b on every replica's device? (a lower bound of memory)"""
+        a, b = self._block_range(a, b)
+        fixed = self.fixed[b + 1] - self.fixed[a]
+        saved = self.saved[b + 1] - self.saved[a]
+        last = b == len(self.blocks) - 1
+        for dev, mb in self.places[j]:
+            need = fixed + saved * mb * self.flight[j] + (self.last_out * mb * self.flight[j] if last else 0)
+            if need > self.capacity[dev]:
+                return False
+        return True
+
+    def plan(self, cuts: list[int]) -> Plan:
+        t = self.template
+        stages = stages_for(self.blocks, self.block_cuts(cuts), t.pp_degree, [s.name for s in t.stages])
+        return t.model_copy(update={"stages": stages})
+
+    def evaluate(self, cuts: list[int]) -> float:
+        pred = self.pricer(self.plan(cuts), with_timeline=False)
+        return pred.step_time_s if pred.feasible else math.inf
+
+    def solve(self, max_evaluations: int | None = None, max_nodes: int | None = None) -> SplitResult:
+        return best_split(
+            self.work,
+            self.template.training.micro_batches,
+            self.evaluate,
+            fits=self.fits,
+            ranks=self.ranks,
+            max_evaluations=max_evaluations,
+            max_nodes=max_nodes,
+        )

@@ -1,0 +1,502 @@
+"""`python -m runtime profile`: measure a model's blocks and this machine's links.
+
+Block timings: the model is cut at every block with `pipeline()` (the same cut the runtime
+makes at stage boundaries), and each block runs alone on one thread, as one CPU rank does:
+forward, then backward from a gradient of its output's shape, each the median of
+``repeats`` runs after a warm-up, per micro-batch size. Bytes kept for backward are
+counted with `saved_tensors_hooks`. The uncut model is timed too, eagerly, as a data-parallel
+replica runs it, and the optimizer step inside a training loop of it.
+
+Contention: CPU ranks on one machine share its memory bandwidth and caches, so a block
+runs slower while the other ranks compute too. One training step of the whole model is
+timed in one process alone, then in as many processes at once as the cluster has ranks here
+(up to the core count); the ratio, minus 1, is the profile's ``contention``.
+
+Links: two gloo processes on this machine send and all-reduce messages from 1 KiB to
+16 MiB; ``time = latency + bytes / bandwidth`` is fitted by least squares (Hockney). Sends
+are timed back to back. Each all-reduce is timed after ``COMPUTE_BEFORE_ALL_REDUCE_S`` of
+compute on both ranks, as a step's gradient all-reduce follows its backward. Here a try
+after compute is either as fast as back to back or a few milliseconds slower, more often
+than back to back (`bench/links.py` prints both ways for the fidelity bench's gradients);
+the figure is the mean of the tries, what a step pays on average.
+
+GPUs: when the cluster's devices are GPUs, the same measurements run on this machine's
+first GPU (the blocks, the whole model, the optimizer) and first two (the links and the
+runtime's own costs, over nccl), each timing between two `torch.cuda.synchronize` calls;
+there is no contention figure, since GPUs do not share their cores. The timings are filed
+under the cluster's device kind; a GPU here of another model is warned about. This path has
+not been run on a GPU yet: the machines this project is built on have none.
+
+Every measuring process fixes glibc's malloc thresholds first, as the runtime's ranks do
+(`runtime.rank.host_allocator`): with glibc's dynamic ones, the same model timed up to 1.5x
+slower in one fresh process than in the next.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import tempfile
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from planner.cluster import kind_of_gpu
+from planner.devices import device_kind
+from planner.errors import ClusterError, PlanError
+from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
+from runtime.rank.host_allocator import fix_malloc_thresholds
+
+SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
+CPU = torch.device("cpu")
+COMPUTE_BEFORE_ALL_REDUCE_S = 0.01  # a backward's worth: the fidelity bench's steps take 10-150 ms
+
+
+def _model_and_batch(source: str, overrides: dict, size: int, dtype: str = "float32", device=CPU):
+    """A fresh model in train mode (a language model returning its logits, as the runtime
+    runs it) and an example batch of ``size`` samples, on ``device``."""
+    from planner.capture.source import build_model, parse_source
+    from runtime.rank.model import return_logits
+
+    built = build_model(parse_source(source, overrides), device="cpu", batch_size=1, dtype=dtype)
+    model = built.module.train().to(device)
+    if source.startswith("hf:"):
+        model = return_logits(model)
+    return model, tuple(a.expand(size, *a.shape[1:]).contiguous().to(device) for a in built.args)
+
+
+def _as_one_cpu_rank() -> None:
+    """Measure as a CPU rank of the runtime computes: one thread, and glibc's allocator
+    set as its worker sets it (runtime.rank.host_allocator)."""
+    torch.set_num_threads(1)
+    fix_malloc_thresholds()
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device``: a GPU runs it after the call that queued it
+    has returned."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_tries(fn, repeats: int, device: torch.device = CPU, before=None) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after a warm-up, each after ``before`` (untimed)."""
+    fn()  # warm-up: first calls allocate and pick kernels
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+            _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _median_time(fn, repeats: int, device: torch.device = CPU) -> float:
+    return statistics.median(_timed_tries(fn, repeats, device))
+
+
+def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *, repeats: int = 5,
+                  dtype: str = "float32", device: torch.device = CPU,
+                  kind: str = "cpu") -> tuple[str, list[BlockTiming]]:  # fmt: skip
+    """Per block and micro-batch size: (graph digest, timings on ``device``, filed as ``kind``)."""
+    from torch.distributed.pipelining import SplitPoint, pipeline
+
+    from planner.capture.coarsen import coarsen
+    from planner.capture.graph import graph_digest
+    from planner.capture.trace import trace
+    from planner.search.build import model_blocks
+
+    graph = coarsen(trace(source, overrides, dtype=dtype))
+    blocks = model_blocks(graph)
+    timings: list[BlockTiming] = []
+    for size in micro_batch_sizes:
+        # A fresh model per size: pipeline() patches the modules' forward, and a second cut
+        # of the same instance would nest those patches.
+        model, example = _model_and_batch(source, overrides, size, dtype, device)
+        try:
+            pipe = pipeline(model, mb_args=example, split_spec={b: SplitPoint.BEGINNING for b in blocks[1:]})
+        except Exception as exc:
+            raise PlanError(f"model: cannot cut {source} at every block: {exc}") from exc
+        if pipe.num_stages != len(blocks):
+            raise PlanError(f"model: cutting at every block gave {pipe.num_stages} pieces, not {len(blocks)}")
+        inputs = example
+        for i, block in enumerate(blocks):
+            module = pipe.get_stage_module(i)
+            args = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in inputs)
+            saved = [0]
+
+            def pack(t, saved=saved):
+                saved[0] += t.numel() * t.element_size()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = module(*args)
+            outs = out if isinstance(out, tuple) else (out,)
+            grads = tuple(torch.ones_like(o) for o in outs)
+            forward_s = _median_time(lambda module=module, args=args: module(*args), repeats, device)
+
+            def backward(module=module, args=args, grads=grads):
+                out = module(*args)
+                torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
+
+            both = _median_time(backward, repeats, device)  # forward + backward: backward needs a fresh graph
+            timing = BlockTiming(
+                block=block, device_kind=kind, micro_batch_size=size, forward_s=forward_s,
+                backward_s=max(both - forward_s, 0.0), saved_bytes=saved[0],
+            )  # fmt: skip
+            timings.append(timing)
+            inputs = tuple(o.detach() for o in outs)
+    return graph_digest(graph), timings
+
+
+def compute_for(seconds: float, device: torch.device = CPU):
+    """A function that keeps ``device`` computing (small matrix products) for about
+    ``seconds``, calibrated here and now."""
+    w = torch.randn(64, 64, device=device) / 8.0
+    h0 = torch.randn(8, 64, device=device)
+
+    def products(n: int) -> None:
+        h = h0
+        for _ in range(n):
+            h = torch.tanh(h @ w)
+
+    products(50)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    products(500)
+    _sync(device)
+    n = max(1, round(seconds / ((time.perf_counter() - t) / 500)))
+    return lambda: products(n)
+
+
+def mean_after_compute(fn, compute, repeats: int, device: torch.device = CPU) -> float:
+    """Mean seconds of ``fn``, a collective, each try started on every rank after
+    ``compute``: the ranks leave a barrier together, compute, then call it."""
+
+    def before() -> None:
+        dist.barrier()
+        compute()
+
+    return statistics.fmean(_timed_tries(fn, repeats, device, before))
+
+
+def _leave() -> None:
+    """End a measuring process without tearing its process group down: gloo's destructor
+    joins a worker thread that can be waiting for the GIL the destructor holds (one profile
+    in about fifty hung there). The sockets close with the process."""
+    dist.barrier()
+    os._exit(0)
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares latency + bytes / bandwidth, on relative error (weights 1/t): the
+    small messages that fix the latency count as much as the large ones."""
+    import numpy as np
+
+    x = np.array([b for b, _ in points], dtype=float)
+    y = np.array([t for _, t in points], dtype=float)
+    slope, intercept = np.polyfit(x, y, 1, w=1.0 / y)
+    return max(float(intercept), 0.0), 1.0 / max(float(slope), 1e-15)
+
+
+def _join(rank: int, init: str, world: int, device_type: str, timeout_s: float = 60) -> torch.device:
+    """Start a measuring rank as the runtime starts its ranks: gloo between CPU ranks,
+    nccl between GPUs, one GPU per rank (``cuda:rank``, all on this machine)."""
+    _as_one_cpu_rank()
+    device = torch.device("cuda", rank) if device_type == "cuda" else CPU
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
+    return device
+
+
+def _link_worker(rank: int, init: str, out: str, repeats: int, device_type: str = "cpu") -> None:
+    import json
+    import resource
+
+    device = _join(rank, init, 2, device_type)
+    overhead = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {"p2p": [], "all_reduce": [], "overhead": overhead}
+    backward = compute_for(COMPUTE_BEFORE_ALL_REDUCE_S, device)
+    for size in SIZES_BYTES:
+        t = torch.zeros(size // 4, device=device)
+
+        def p2p(t=t):
+            if rank == 0:
+                dist.send(t, 1)
+                dist.recv(t, 1)
+            else:
+                dist.recv(t, 0)
+                dist.send(t, 0)
+
+        result["p2p"].append((size, _median_time(p2p, repeats, device) / 2))  # one way
+        dist.barrier()
+        # The mean of more tries: after compute, a try is either fast or several ms slower.
+        mean = mean_after_compute(lambda t=t: dist.all_reduce(t), backward, max(4 * repeats, 20), device)
+        result["all_reduce"].append((size, mean))
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+    _leave()
+
+
+def _spawned(worker, nprocs: int, *args) -> dict:
+    """Run ``worker(rank, init, out, *args)`` in ``nprocs`` fresh processes that meet over
+    a file rendezvous; return the JSON that rank 0 wrote to ``out``."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "measured.json")
+        mp.start_processes(
+            worker, args=(f"file://{tmp}/rdv", out, *args), nprocs=nprocs, start_method="spawn"
+        )
+        return json.loads(Path(out).read_text())
+
+
+def link_timings(link_kind: str, repeats: int = 5, device_type: str = "cpu") -> tuple[list[LinkTiming], int]:
+    """p2p and 2-rank all-reduce (after compute) between two processes here (two CPU ranks,
+    or the first two GPUs), fitted; and a rank's base RSS."""
+    measured = _spawned(_link_worker, 2, repeats, device_type)
+    links = []
+    for op in ("p2p", "all_reduce"):
+        latency, bandwidth = _fit(measured[op])
+        links.append(LinkTiming(link_kind=link_kind, op=op, ranks=2, latency_s=latency, bandwidth=bandwidth))
+    return links, int(measured["overhead"])
+
+
+def _training_step(source: str, overrides: dict, size: int, dtype: str = "float32", device=CPU):
+    """(model, forward, forward and backward) of the whole, uncut model on ``size`` samples."""
+    model, example = _model_and_batch(source, overrides, size, dtype, device)
+
+    def forward():
+        return model(*example)
+
+    def step() -> None:
+        out = forward()
+        outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return model, forward, step
+
+
+def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats: int = 5,
+                                device: torch.device = CPU) -> float:  # fmt: skip
+    """AdamW's step time per parameter (foreach=False, as the runtime makes it): the median
+    of ``repeats`` steps, each timed inside a training loop, after a forward and backward of
+    a batch-mean objective, as the runtime steps it.
+
+    Inside the loop, the step finds its state evicted from the caches by the forward and
+    backward, and fresh gradients the size a loss gives (on zero or unit-scale gradients it
+    ran 3 to 4 times slower here). Timed back to back on one set of gradients instead, the
+    MLP's step took nearly twice as long as in the loop and the CNN's half as long (measured
+    by hand, once, while choosing this).
+    """
+    model, forward, _ = _training_step(source, overrides, size, device=device)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    times = []
+    for _ in range(repeats + 1):  # the first step allocates the optimizer's state
+        optimizer.zero_grad(set_to_none=True)
+        out = forward()
+        outs = out if isinstance(out, tuple) else (out,)
+        sum(o.float().mean() for o in outs if o.requires_grad).backward()
+        _sync(device)
+        t = time.perf_counter()
+        optimizer.step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    trained = sum(p.numel() for p in params if p.grad is not None)
+    return statistics.median(times[1:]) / max(trained, 1)
+
+
+def whole_timings(source: str, overrides: dict, micro_batch_sizes: list[int], repeats: int = 5,
+                  device: torch.device = CPU, kind: str = "cpu") -> list[ModelTiming]:  # fmt: skip
+    """The uncut model's forward and backward per size, run eagerly as a DDP replica runs it."""
+    out = []
+    for size in micro_batch_sizes:
+        _, forward, step = _training_step(source, overrides, size, device=device)
+        f, both = _median_time(forward, repeats, device), _median_time(step, repeats, device)
+        out.append(
+            ModelTiming(device_kind=kind, micro_batch_size=size, forward_s=f, backward_s=max(both - f, 0.0))
+        )
+    return out
+
+
+ACTION_M = 8  # micro-batches of the tiny pipeline that measures what the runtime itself costs
+
+
+def _tiny_run_worker(
+    rank: int, init: str, out: str, repeats: int, mode: str, device_type: str = "cpu"
+) -> None:
+    """Train a model too small to compute or to hold, as the runtime trains: ``pp`` with
+    torch's GPipe schedule over two stages, ``dp`` with DDP. Records the step time and how
+    much the peak memory grew from the moment the process group was up."""
+    import json
+
+    from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+    from torch.nn.parallel import DistributedDataParallel
+
+    from runtime.parallel.pipeline_parallel import load_tracer
+    from runtime.rank.metrics import memory_peaks, reset_peak_memory
+
+    device = _join(rank, init, 2, device_type)
+    if mode == "pp":
+        load_tracer()
+    base = reset_peak_memory(device)  # as the runtime's worker measures it
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    x, target = torch.randn(ACTION_M, 8, device=device), torch.randn(ACTION_M, 8, device=device)
+
+    def loss_fn(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (y - target).pow(2).sum()
+
+    if mode == "pp":
+        pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
+        stage = pipe.build_stage(rank, device)
+        schedule = ScheduleGPipe(stage, n_microbatches=ACTION_M, loss_fn=loss_fn)
+        optimizer = torch.optim.AdamW(stage.submod.parameters(), foreach=False)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            if rank == 0:
+                schedule.step(x)
+            else:
+                schedule.step(target=target, losses=[])
+            optimizer.step()
+    else:
+        model = model.to(device)
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+        optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(ddp(x), target).backward()
+            optimizer.step()
+
+    step_s = _median_time(step, repeats, device)
+    grown = memory_peaks(device)[1] - base
+    mine = torch.tensor([step_s, grown], dtype=torch.float64, device=device)
+    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"step_s": float(mine[0]), "grown_bytes": int(mine[1])}))
+    _leave()
+
+
+def runtime_costs(repeats: int = 5, device_type: str = "cpu") -> tuple[float, dict[str, int]]:
+    """What the runtime itself costs between two ranks here (gloo between CPU ranks, nccl
+    between GPUs), from a model too small to count: (seconds one forward or backward action
+    of torch's pipeline schedule takes beyond its compute, i.e. a GPipe step over the
+    2(m + p - 1) actions on its critical path; and how much a rank's peak memory grows to
+    train, per ``pp`` and ``dp``)."""
+    measured = {
+        mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode, device_type) for mode in ("pp", "dp")
+    }
+    action = measured["pp"]["step_s"] / (2 * (ACTION_M + 2 - 1))
+    return action, {mode: m["grown_bytes"] for mode, m in measured.items()}
+
+
+def _contention_worker(rank: int, init: str, out: str, world: int, source: str, overrides: dict, size: int,
+                       repeats: int) -> None:  # fmt: skip
+    import json
+
+    _as_one_cpu_rank()
+    timeout = timedelta(seconds=300)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timeout)
+    _, _, step = _training_step(source, overrides, size)
+    alone = _median_time(step, repeats) if rank == 0 else 0.0  # the others wait, blocked
+    dist.barrier()
+    together = _median_time(step, repeats)  # every core busy with the same work
+    mine = torch.tensor([together], dtype=torch.float64)
+    gathered = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"alone": alone, "together": [float(t) for t in gathered]}))
+    _leave()
+
+
+def contention(source: str, overrides: dict, size: int, processes: int, repeats: int = 5) -> float:
+    """How much slower a rank computes while ``processes`` ranks compute at once, minus 1.
+
+    One forward and backward of the whole model on ``size`` samples, timed in one process
+    while the others wait, then in all of them at once (each on one thread).
+    """
+    if processes < 2:
+        return 0.0
+    measured = _spawned(_contention_worker, processes, processes, source, overrides, size, repeats)
+    return max(statistics.median(measured["together"]) / measured["alone"] - 1.0, 0.0)
+
+
+def measured_device(cluster) -> tuple[str, torch.device]:
+    """(device kind, the device here that measures it). A profile measures the cluster's one
+    kind of device on this machine: its CPU ranks, or its GPUs (the first one or two)."""
+    kinds = sorted({d.kind for d in cluster.devices})
+    if len(kinds) != 1:
+        raise PlanError(
+            f"cluster: a profile measures one kind of device, on a machine that has it; this cluster "
+            f"has {kinds}: profile each kind where it is, or plan with datasheet figures"
+        )
+    kind = kinds[0]
+    if kind == "cpu":
+        return kind, CPU
+    if not torch.cuda.is_available():
+        raise PlanError(f"cluster: its devices are {kind} GPUs, and this machine has no CUDA to measure them")
+    needed, here = min(len(cluster.devices), 2), torch.cuda.device_count()  # two for the links
+    if here < needed:
+        raise PlanError(f"cluster: measuring its links needs {needed} GPUs here; this machine has {here}")
+    gpu = torch.cuda.get_device_properties(0)
+    try:
+        found = kind_of_gpu(gpu.name, gpu.total_memory)
+    except ClusterError:  # not in the catalog
+        found = None
+    if found != device_kind(kind).id:
+        warnings.warn(f"profiling the cluster's {kind} on this machine's {gpu.name}: its timings will be "
+                      f"filed under {kind}", stacklevel=2)  # fmt: skip
+    return kind, torch.device("cuda", 0)
+
+
+def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[int], *, repeats: int = 5,
+                 optimizer: str = "adamw") -> Profile:  # fmt: skip
+    """Measure ``source`` on this machine's devices of the cluster's kind (see the module's
+    docstring); the timings are filed under the cluster's device and link kinds."""
+    _as_one_cpu_rank()
+    kind, device = measured_device(cluster)
+    digest, blocks = block_timings(
+        source, overrides, micro_batch_sizes, repeats=repeats, device=device, kind=kind
+    )
+    per_param = optimizer_seconds_per_param(source, overrides, min(micro_batch_sizes), repeats, device)
+    profile = Profile(
+        graph_digest=digest, host=socket.gethostname(), torch_version=torch.__version__, blocks=blocks,
+        optimizers=[OptimizerTiming(device_kind=kind, optimizer=optimizer, seconds_per_param=per_param)],
+    )  # fmt: skip
+    sizes = sorted(micro_batch_sizes)
+    update = {}
+    if device.type == "cpu":  # GPUs do not share their cores
+        # Ranks that compute at once on this machine: the cluster's, up to the cores there are.
+        busy = min(len(cluster.devices), os.cpu_count() or 1)
+        update["contention"] = {"cpu": contention(source, overrides, sizes[len(sizes) // 2], busy, repeats)}
+    update["whole"] = whole_timings(source, overrides, sizes, repeats, device, kind)
+    profile = profile.model_copy(update=update)
+    if len(cluster.devices) >= 2:
+        a, b = cluster.devices[0].id, cluster.devices[1].id
+        direct = cluster.direct_link(a, b)  # explicit, else its link group's
+        link_kind = direct.kind if direct is not None else None
+        if link_kind is not None:
+            links, overhead = link_timings(link_kind, repeats, device.type)
+            action, grown = runtime_costs(repeats, device.type)
+            update = {"links": links, "pipeline_action_s": {kind: action}, "runtime_bytes": {kind: grown}}
+            if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages
+                update["overhead_bytes"] = {"cpu": overhead}
+            profile = profile.model_copy(update=update)
+    return profile

@@ -1,0 +1,84 @@
+"""Data parallel: `DistributedDataParallel` over the mesh's dp group.
+
+DDP averages gradients: g = (1/P) sum_i g_i. Replica i's loss is a mean over its b_i
+samples, so with unequal batch shares its loss is scaled by P * b_i / B: then
+(1/P) sum_i (P b_i / B) g_i = sum_i (b_i / B) g_i, the gradient of the mean over all B
+samples, exactly what one process computes on the whole batch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from planner.plan import Plan
+from runtime.parallel.mesh import Placement
+from runtime.rank.clock import ComputeClock
+from runtime.rank.model import FullModel, make_optimizer
+from runtime.rank.step import StepResult
+from runtime.rank.task import Task
+
+
+def replicate_first(module: torch.nn.Module, group) -> None:
+    """Every replica starts from the weights of the group's first rank, as DDP's initial
+    sync makes them, but broadcast tensor by tensor and in place. DDP's own sync flattens
+    the whole model into one buffer, and on a random fifth of the ranks here that buffer
+    stayed alive for the whole run: a second copy of the parameters at every peak."""
+    source = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor, src=source, group=group)
+
+
+def wrap_ddp(module: torch.nn.Module, where: Placement) -> DistributedDataParallel:
+    """DDP over the mesh's dp group, its replicas made equal by `replicate_first`."""
+    replicate_first(module, where.dp_group)
+    device_ids = [where.device.index] if where.device.type == "cuda" else None
+    # Gradients live in DDP's buckets: without gradient_as_bucket_view, DDP keeps a second
+    # copy of them.
+    return DistributedDataParallel(
+        module,
+        device_ids=device_ids,
+        process_group=where.dp_group,
+        gradient_as_bucket_view=True,
+        init_sync=False,
+    )
+
+
+class DataParallel:
+    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        share = plan.replicas[where.rank.dp_index].batch_share
+        self.loss_scale = plan.dp_degree * share / plan.training.global_batch
+        self.task = task
+        self.module = full.module.to(where.device)
+        self.clock = ComputeClock(where.device)
+        self.clock.attach_forward(self.module)
+        self.model = wrap_ddp(self.module, where)
+        self.optimizer = make_optimizer(plan, list(self.module.parameters()))
+        for p in self.module.parameters():
+            p.register_post_accumulate_grad_hook(self.clock.grad_ready)
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self.model(inputs)
+        with self.clock.span():
+            loss = self.task.loss_fn(output, targets)
+        # Backward compute ends when the last gradient is accumulated; DDP's all-reduce
+        # of the final buckets after that is communication, not compute.
+        self.clock.backward_started()
+        (loss * self.loss_scale).backward()
+        self.clock.backward_finished()
+        t = time.perf_counter()
+        self.optimizer.step()
+        optimizer_s = time.perf_counter() - t
+        return StepResult(loss.item(), self.clock.take(), optimizer_s)
+
+    def local_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    def state_parts(self):
+        """What a checkpoint holds: (module, its optimizers) pairs keyed by full-model FQNs."""
+        return [(self.module, [self.optimizer])]

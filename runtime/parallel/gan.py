@@ -1,0 +1,186 @@
+"""The GAN's training step, in one process, data parallel, and model parallel (mp).
+
+One step (Goodfellow et al. 2014, non-saturating generator loss):
+  fake = G(z)
+  loss_d = BCE(D(real), 1) + BCE(D(fake.detach()), 0)   -> update D
+  loss_g = BCE(D(fake), 1), through the updated D      -> update G
+D sees real and generated samples in one forward (one batch, concatenated): the same
+numbers as two calls for a per-sample D, and one forward per backward as DDP requires.
+
+In the mp strategy G and D live on their own ranks. torch has no schedule for adversarial
+steps, so this is the one hand-written one: G's rank sends the generated samples, D's rank
+runs both losses and sends back the gradient of loss_g with respect to those samples, and
+G's rank finishes the backward through G with it. D's parameters never exist on G's rank.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from planner.errors import PlanError
+from planner.plan import Plan
+from runtime.parallel.data_parallel import wrap_ddp
+from runtime.parallel.mesh import Placement
+from runtime.rank.clock import ComputeClock
+from runtime.rank.model import FullModel, keep_gradients, make_optimizer
+from runtime.rank.step import StepResult
+from runtime.rank.task import Task
+
+
+def discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    logits = D(torch.cat([real, fake]))  # (2B, 1): real samples first
+    n = real.shape[0]
+    real_loss = F.binary_cross_entropy_with_logits(logits[:n], torch.ones_like(logits[:n]))
+    fake_loss = F.binary_cross_entropy_with_logits(logits[n:], torch.zeros_like(logits[n:]))
+    return real_loss + fake_loss
+
+
+def generator_loss(D: nn.Module, fake: torch.Tensor) -> torch.Tensor:
+    logits = D(fake)
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def gan_step(G, D, opt_g, opt_d, z, real, backward=torch.Tensor.backward) -> tuple[float, float]:
+    """One adversarial step on modules that each hold a whole network (or DDP replicas)."""
+    fake = G(z)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d = discriminator_loss(D, real, fake.detach())
+    backward(loss_d)
+    opt_d.step()
+    opt_g.zero_grad(set_to_none=True)
+    loss_g = generator_loss(D, fake)
+    backward(loss_g)  # also leaves gradients in D; opt_d clears them before its next backward
+    opt_g.step()
+    return loss_d.item(), loss_g.item()
+
+
+def _result(loss_d: float, loss_g: float, compute_s: float, optimizer_s: float) -> StepResult:
+    # "loss" for a GAN is the sum of both players' losses; each is kept on its own too.
+    return StepResult(loss_d + loss_g, compute_s, optimizer_s, {"loss_d": loss_d, "loss_g": loss_g})
+
+
+class _TimedOptimizer:
+    """An optimizer whose `step` time is added to ``seconds``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer, self.seconds = optimizer, 0.0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        t = time.perf_counter()
+        self.optimizer.step()
+        self.seconds += time.perf_counter() - t
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+class DataParallelGAN:
+    """Both networks on every rank, each wrapped in DDP; losses scaled as in data_parallel."""
+
+    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        share = plan.replicas[where.rank.dp_index].batch_share
+        self.scale = plan.dp_degree * share / plan.training.global_batch
+        gan = full.module.to(where.device)
+        self.module = gan
+        self.clock = ComputeClock(where.device)
+        for net in (gan.generator, gan.discriminator):
+            self.clock.attach_forward(net)
+            for p in net.parameters():
+                p.register_post_accumulate_grad_hook(self.clock.grad_ready)
+        self.G = wrap_ddp(gan.generator, where)
+        self.D = wrap_ddp(gan.discriminator, where)
+        self.opt_g = _TimedOptimizer(make_optimizer(plan, list(gan.generator.parameters())))
+        self.opt_d = _TimedOptimizer(make_optimizer(plan, list(gan.discriminator.parameters())))
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.clock.backward_started()
+        (loss * self.scale).backward()
+        self.clock.backward_finished()
+
+    def train_step(self, z: torch.Tensor, real: torch.Tensor) -> StepResult:
+        loss_d, loss_g = gan_step(self.G, self.D, self.opt_g, self.opt_d, z, real, self._backward)
+        return _result(loss_d, loss_g, self.clock.take(), self.opt_g.take() + self.opt_d.take())
+
+    def local_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    def state_parts(self):
+        return [(self.module, [self.opt_g.optimizer, self.opt_d.optimizer])]
+
+
+class ModelParallelGAN:
+    """G on one rank, D on another; samples forward and their gradient back."""
+
+    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        roles = {stage.name: plan.rank_of(0, stage.pp_rank).rank for stage in plan.stages}
+        if set(roles) != {"generator", "discriminator"}:
+            raise PlanError(
+                f"stages: the GAN's mp plan needs a generator and a discriminator stage, got {roles}"
+            )
+        self.device = where.device
+        self.role = "generator" if where.rank.rank == roles["generator"] else "discriminator"
+        self.peer = roles["discriminator" if self.role == "generator" else "generator"]
+        other = "discriminator" if self.role == "generator" else "generator"
+        self.gan = full.module
+        # The other network is dropped; keeping the GAN as the parent keeps this half's
+        # FQNs ("generator.net.0.weight") for checkpoints.
+        setattr(self.gan, other, nn.Module())
+        self.module = getattr(self.gan, self.role).to(where.device)
+        self.params = list(self.module.parameters())
+        self.clock = ComputeClock(where.device)
+        self.clock.attach_forward(self.module)
+        self.optimizer = make_optimizer(plan, self.params)
+        self.sample_shape = (plan.training.global_batch, int(full.config["image_features"]))
+        self.dtype = next(self.module.parameters()).dtype
+
+    def train_step(self, z: torch.Tensor, real: torch.Tensor) -> StepResult:
+        keep_gradients(self.params)  # at the step, not here: see PipelineParallel
+        if self.role == "generator":
+            return self._generator_step(z)
+        return self._discriminator_step(real)
+
+    def _generator_step(self, z: torch.Tensor) -> StepResult:
+        self.optimizer.zero_grad(set_to_none=False)
+        fake = self.module(z)
+        dist.send(fake.detach().contiguous(), self.peer)
+        grad = torch.empty_like(fake)
+        dist.recv(grad, self.peer)
+        with self.clock.span():
+            fake.backward(grad)
+        t = time.perf_counter()
+        self.optimizer.step()
+        optimizer_s = time.perf_counter() - t
+        return StepResult(None, self.clock.take(), optimizer_s)
+
+    def _discriminator_step(self, real: torch.Tensor) -> StepResult:
+        fake = torch.empty(self.sample_shape, dtype=self.dtype, device=self.device)
+        dist.recv(fake, self.peer)
+        optimizer_s = 0.0
+        self.optimizer.zero_grad(set_to_none=False)
+        loss_d = discriminator_loss(self.module, real, fake)
+        with self.clock.span():
+            loss_d.backward()
+        t = time.perf_counter()
+        self.optimizer.step()
+        optimizer_s += time.perf_counter() - t
+        fake.requires_grad_(True)
+        loss_g = generator_loss(self.module, fake)
+        with self.clock.span():
+            loss_g.backward()  # D's gradients from this pass are cleared before the next D step
+        dist.send(fake.grad.contiguous(), self.peer)
+        return _result(loss_d.item(), loss_g.item(), self.clock.take(), optimizer_s)
+
+    def local_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.gan.named_parameters())
+
+    def state_parts(self):
+        return [(self.gan, [self.optimizer])]

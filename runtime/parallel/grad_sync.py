@@ -1,0 +1,52 @@
+"""Gradient collectives the pipeline needs besides its own sends: dp averaging, tied weights.
+
+- Across replicas (hybrid): an explicit all-reduce over the dp group. DDP around a pipeline
+  stage crashed or was silently wrong with several schedules (FACTS.md); a flat all-reduce
+  was correct with all of them. Each replica's gradient is a mean over its b_i samples, so
+  it is weighted by b_i / B and summed: the mean over the whole global batch.
+- Across stages (a tied embedding and head): `pipeline()` gives each stage its own copy,
+  and the true gradient is the sum of both copies' gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+def _all_reduce_sum(grads: list[torch.Tensor], group) -> None:
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)  # one collective instead of one per tensor
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(reduced)
+
+
+def average_replicas(flat: torch.Tensor, weight: float, group) -> None:
+    """Replace every gradient by the batch-weighted sum over the dp group, in place:
+    ``flat`` is the buffer the gradients are views of (`runtime.rank.model.flat_gradients`)."""
+    flat.mul_(weight)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+
+
+def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
+    """For each tied weight, sum the gradients of its local copies and of the other ranks'.
+
+    ``copies[k]`` are this rank's distinct tensors of tied weight k (two stages of one rank
+    may hold separate copies); ``group`` spans the ranks that hold a copy, or is None when
+    this rank holds them all.
+    """
+    sums = []
+    for tensors in copies:
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+        sums.append(torch.stack(grads).sum(0))
+    if group is not None:
+        _all_reduce_sum(sums, group)
+    for tensors, total in zip(copies, sums, strict=True):
+        for t in tensors:
+            if t.grad is None:
+                t.grad = total.clone()
+            else:  # in place: the gradient may be a view of the replicas' flat buffer
+                t.grad.copy_(total)

@@ -1,0 +1,191 @@
+"""Pipeline parallel with `torch.distributed.pipelining`: the plan's cuts, schedule and m.
+
+Every rank traces the full model with `pipeline()`, split at the first block of every
+stage after the first (`SplitPoint.BEGINNING` at that module's FQN). The stage modules
+keep the full model's FQNs (checkpoints rely on it). A rank builds the stages it runs:
+stage i runs on pipeline rank i % pp_degree, so interleaved schedules get v stages each.
+The schedules are torch's; `scale_grads` (its default) turns the sum over micro-batches
+into their mean.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch.distributed.pipelining import (
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    SplitPoint,
+    pipeline,
+)
+
+from planner.errors import PlanError
+from planner.plan import Plan
+from runtime.parallel.grad_sync import average_replicas, sum_tied
+from runtime.parallel.mesh import Placement
+from runtime.rank.clock import ComputeClock
+from runtime.rank.model import (
+    FullModel,
+    flat_gradients,
+    keep_gradients,
+    make_optimizer,
+    shared_parameter_groups,
+)
+from runtime.rank.step import StepResult
+from runtime.rank.task import Task
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+
+
+def load_tracer() -> None:
+    """Trace a two-layer model once: imports what `pipeline()` needs (torch.export, dynamo,
+    sympy, networkx: 70-90 MB of a process here) and fills its caches. A rank does this
+    before its memory baseline, so the tracer counts as the process's footprint, like torch
+    itself, and the memory measured after it is what the plan's model adds."""
+    tiny = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    pipeline(tiny, mb_args=(torch.zeros(1, 2),), split_spec={"1": SplitPoint.BEGINNING})
+
+
+def split_model(plan: Plan, full: FullModel, micro_batch: int):
+    """`pipeline()` over the full model, cut where the plan's stages begin."""
+    split_spec = {stage.first: SplitPoint.BEGINNING for stage in plan.stages[1:]}
+    example = tuple(a.expand(micro_batch, *a.shape[1:]).contiguous() for a in full.example_args)
+    try:
+        pipe = pipeline(full.module, mb_args=example, split_spec=split_spec)
+    except Exception as exc:
+        raise PlanError(f"stages: torch.distributed.pipelining could not cut the model there: {exc}") from exc
+    if pipe.num_stages != len(plan.stages):
+        raise PlanError(
+            f"stages: cutting at {sorted(split_spec)} gave {pipe.num_stages} stages, not {len(plan.stages)}"
+        )
+    return pipe
+
+
+class PipelineParallel:
+    """One pipeline rank: its stages, torch's schedule, then tied and replica gradients."""
+
+    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        p, m = plan.pp_degree, plan.training.micro_batches
+        share = plan.replicas[where.rank.dp_index].batch_share
+        self.weight = share / plan.training.global_batch
+        self.dp_group = where.dp_group if plan.dp_degree > 1 else None
+        pipe = split_model(plan, full, share // m)
+        num_stages = pipe.num_stages
+        mine = [i for i in range(num_stages) if i % p == where.rank.pp_index]
+        self.holds_first, self.holds_last = 0 in mine, num_stages - 1 in mine
+        self.clock = ComputeClock(where.device)
+        self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
+        for stage in self.stages:
+            self.clock.attach_forward(stage.submod)
+            # Backward of one micro-batch, without its sends and receives (the schedule
+            # posts those separately): the stage's backward compute.
+            stage.backward_one_chunk = self.clock.wrap(stage.backward_one_chunk)
+        loss_fn = self.clock.wrap(task.loss_fn)
+        if plan.schedule == "interleaved_1f1b":
+            self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=m, loss_fn=loss_fn)
+        else:
+            self.schedule = SCHEDULES[plan.schedule](self.stages[0], n_microbatches=m, loss_fn=loss_fn)
+        self.tied = _tied_copies(plan, pipe, full, self.stages, where)
+        self.params = _distinct([param for stage in self.stages for param in stage.submod.parameters()])
+        self.flat_grads: torch.Tensor | None = None  # the replicas' gradients, one buffer
+        # One optimizer per stage, so that a checkpoint pairs each stage module with its
+        # own state; a tensor two local stages share is stepped by the first one only.
+        self.optimizers, owned = [], set()
+        for stage in self.stages:
+            params = [p for p in stage.submod.parameters() if id(p) not in owned]
+            owned.update(id(p) for p in params)
+            self.optimizers.append(make_optimizer(plan, params))
+        _release_other_stages(pipe, mine)
+        del pipe
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        # Here, not at construction: loading a checkpoint initialises the optimizer state only
+        # while no parameter has a gradient (torch.distributed.checkpoint), and frees them.
+        if self.dp_group is not None:
+            self.flat_grads = flat_gradients(self.params, self.flat_grads)
+        else:
+            keep_gradients(self.params)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=False)
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if self.holds_first else ()
+        kwargs = {"target": targets, "losses": losses} if self.holds_last else {}
+        self.schedule.step(*args, return_outputs=False, **kwargs)
+        for copies, group in self.tied:
+            sum_tied(copies, group)
+        if self.dp_group is not None:
+            average_replicas(self.flat_grads, self.weight, self.dp_group)
+        t = time.perf_counter()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        optimizer_s = time.perf_counter() - t
+        loss = torch.stack(losses).mean().item() if losses else None
+        return StepResult(loss, self.clock.take(), optimizer_s)
+
+    def local_parameters(self) -> dict[str, torch.nn.Parameter]:
+        out: dict[str, torch.nn.Parameter] = {}
+        for stage in self.stages:
+            for fqn, param in stage.submod.named_parameters():
+                out.setdefault(fqn, param)
+        return out
+
+    def state_parts(self):
+        return [(stage.submod, [opt]) for stage, opt in zip(self.stages, self.optimizers, strict=True)]
+
+
+def _release_other_stages(pipe, mine: list[int]) -> None:
+    """Drop the modules of the stages other ranks run. torch's stages keep the split graph
+    (``stage.pipe_info.graph``), whose owning module holds every stage's module: without
+    this, each pipeline rank kept the whole model's parameters for the length of the run."""
+    others = {id(pipe.get_stage_module(i)) for i in range(pipe.num_stages) if i not in mine}
+    for name, module in list(pipe.split_gm.named_children()):
+        if id(module) in others:
+            setattr(pipe.split_gm, name, torch.nn.Module())
+
+
+def _distinct(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    seen: set[int] = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+
+def _tied_copies(plan: Plan, pipe, full: FullModel, stages, where: Placement):
+    """For each set of pipeline ranks sharing tied weights: this rank's copies and a group.
+
+    Every rank computes the same list from the full pipe, and creates the same groups in
+    the same order (`new_group` is collective over the whole world).
+    """
+    p = plan.pp_degree
+    alias = {fqn: k for k, fqns in enumerate(shared_parameter_groups(full.module)) for fqn in fqns}
+    holders: dict[int, set[int]] = {}
+    for i in range(pipe.num_stages):
+        for fqn, _ in pipe.get_stage_module(i).named_parameters():
+            if fqn in alias:
+                holders.setdefault(alias[fqn], set()).add(i % p)
+    by_ranks: dict[tuple[int, ...], list[int]] = {}
+    for k, pp_ranks in sorted(holders.items()):
+        by_ranks.setdefault(tuple(sorted(pp_ranks)), []).append(k)
+    out = []
+    for pp_ranks, tied in by_ranks.items():
+        group = None
+        if len(pp_ranks) > 1:
+            for d in range(plan.dp_degree):
+                ranks = [plan.rank_of(d, q).rank for q in pp_ranks]
+                made = dist.new_group(ranks)
+                if d == where.rank.dp_index:
+                    group = made
+        if where.rank.pp_index not in pp_ranks:
+            continue
+        copies = []
+        for k in tied:
+            local = [
+                param
+                for stage in stages
+                for fqn, param in stage.submod.named_parameters()
+                if alias.get(fqn) == k
+            ]
+            copies.append(_distinct(local))
+        out.append((copies, group))
+    return out

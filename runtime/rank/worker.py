@@ -1,0 +1,332 @@
+"""The worker: one rank of a run. Runs unchanged under `torchrun`, on one machine or many.
+
+    torchrun --standalone --nproc-per-node 2 -m runtime.rank.worker --plan plan.json --run-id R
+
+Rank and world size come from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK). CPU
+plans use gloo and one process per "device"; GPU plans use nccl and `cuda:LOCAL_RANK`.
+Every rank reports its PID, then trains; rank 0 writes the gathered metrics to the runs
+database. Checkpoints every ``training.checkpoint_every`` steps and when stopped (SIGUSR1,
+runtime.rank.control); ``--resume-from`` continues from a checkpoint, under any plan of the
+same model. An exception is written to ``<run-dir>/error-rank<r>.txt`` the moment it is
+caught, before the process group is torn down (a peer that loses this rank fails after it,
+and the file's time says so), so the supervisor can say which rank failed first and why.
+Under a supervisor a rank ignores SIGINT: stopping is the supervisor's to decide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from planner.errors import PlanError
+from planner.plan import Plan, load_plan
+from runtime.measure import compare
+from runtime.parallel import checkpoint
+from runtime.parallel.mesh import Placement, build_mesh
+from runtime.parallel.parallelize import parallelize
+from runtime.parallel.pipeline_parallel import load_tracer
+from runtime.rank.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
+from runtime.rank.data import preload
+from runtime.rank.host_allocator import fix_malloc_thresholds
+from runtime.rank.metrics import MetricsRecorder, reset_peak_memory
+from runtime.rank.model import build_full_model
+from runtime.rank.task import plan_task
+from runtime.rank.tensor_memory import EXPLAIN_ENV, TensorPeak
+from runtime.supervise import store
+
+HOST_BYTES = 64
+
+
+def pick_device(plan: Plan, rank: int, local_rank: int) -> torch.device:
+    kind = plan.cluster.device(plan.ranks[rank].device).kind
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise PlanError(
+            f"ranks[{rank}]: the plan puts this rank on a {kind} GPU, and this machine has no CUDA"
+        )
+    if local_rank >= torch.cuda.device_count():
+        raise PlanError(
+            f"ranks[{rank}]: local rank {local_rank}, but only {torch.cuda.device_count()} GPUs here"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def _gather_workers(rank: int, world_size: int, group) -> list[tuple[int, int, str]]:
+    """(rank, pid, host) of every rank, without pickle: fixed-size integer tensors."""
+    host = socket.gethostname().encode()[:HOST_BYTES]
+    mine = torch.zeros(2 + HOST_BYTES, dtype=torch.int64)
+    mine[0], mine[1] = os.getpid(), len(host)
+    mine[2 : 2 + len(host)] = torch.tensor(list(host), dtype=torch.int64)
+    out = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(out, mine, group=group)
+    return [
+        (r, int(t[0]), bytes(t[2 : 2 + int(t[1])].tolist()).decode(errors="replace"))
+        for r, t in enumerate(out)
+    ]
+
+
+def _supervisor_store(run_id: str, timeout: timedelta):
+    """A client of the supervisor's loopback store, when a supervisor started this rank.
+
+    torchrun's env:// rendezvous would make a new store server on every interface; the
+    supervisor's listens on 127.0.0.1 only (runtime.supervise.supervisor.loopback_store). Keys are
+    prefixed by run and torchrun attempt, so a restarted attempt never meets stale keys.
+    """
+    address = os.environ.get(STORE_ENV)
+    if not address:
+        return None
+    host, port = address.rsplit(":", 1)
+    client = dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"stagecraft/{run_id}/{attempt}/", client)
+
+
+def train(
+    plan: Plan,
+    *,
+    run_id: str,
+    runs_dir: Path,
+    steps: int,
+    rank: int,
+    world_size: int,
+    local_rank: int = 0,
+    init_method: str = "env://",
+    resume_from: Path | None = None,
+    save_parameters: Path | None = None,
+    stop: StopFlag | None = None,
+) -> str:
+    """Train ``plan`` as rank ``rank``; returns "finished" or "stopped" (all ranks agree)."""
+    if world_size != len(plan.ranks):
+        raise PlanError(
+            f"ranks: the plan has {len(plan.ranks)} ranks, but {world_size} processes were started"
+        )
+    device = pick_device(plan, rank, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=plan.training.pg_timeout_s)
+    rendezvous = _supervisor_store(run_id, timeout)
+    if rendezvous is not None:
+        dist.init_process_group(backend, store=rendezvous, rank=rank, world_size=world_size, timeout=timeout)
+    else:
+        dist.init_process_group(
+            backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
+        )
+    run_dir = runs_dir / run_id
+    try:
+        # Metrics, stop flags and barriers use CPU tensors: on nccl they need a gloo group.
+        cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+        stop = stop or StopFlag()
+        stop.group = cpu_group
+        conn = store.connect(runs_dir) if rank == 0 else None
+        if conn is not None:  # started by hand or by `runtime command`: no row yet
+            plan_json = plan.to_json()
+            store.ensure_run(
+                conn,
+                run_id=run_id,
+                plan_json=plan_json,
+                world_size=world_size,
+                steps=steps,
+                run_dir=str(run_dir),
+            )
+        workers = _gather_workers(rank, world_size, cpu_group)
+        if conn is not None:
+            store.record_workers(conn, run_id, workers)
+        # What the process holds before the plan adds anything (the interpreter, torch,
+        # gloo, the data set, the pipeline tracer): the baseline of the memory compared
+        # with the prediction.
+        preload(plan.training.dataset)
+        if plan.strategy in ("pp", "hybrid") and plan.model.source != "gan":
+            load_tracer()
+        base_memory = reset_peak_memory(device)
+        explain = os.environ.get(EXPLAIN_ENV)
+        tensor_peak = TensorPeak(device, Path(explain) / f"rank{rank}.json" if explain else None)
+        tensor_peak.start()
+        where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
+        full = build_full_model(plan, device)
+        task = plan_task(plan, full.config)
+        engine = parallelize(plan, full, task, where)
+        # Only the engine keeps the model from here on: a pipeline rank needs its stages,
+        # not the whole model for the length of the run. torch's split graph is full of
+        # reference cycles, so the other stages are freed by the cycle collector, which
+        # otherwise may not run for the whole run (every rank held every stage's weights).
+        del full
+        gc.collect()
+        done = 0  # optimizer steps already taken
+        if resume_from is not None:
+            latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)
+            checkpoint.load(latest, engine.state_parts(), rank=rank)
+            done = latest.step
+        start = sum(r.batch_share for r in plan.replicas if r.dp_index < where.rank.dp_index)
+        share = plan.replicas[where.rank.dp_index].batch_share
+        write = (lambda rows: store.insert_metrics(conn, run_id, rows)) if conn is not None else None
+        recorder = MetricsRecorder(
+            plan,
+            tokens_per_sample=task.tokens_per_sample,
+            device=device,
+            last_step=steps,
+            write=write,
+            group=cpu_group,
+            base_memory_bytes=base_memory,
+            tensor_peak=tensor_peak,
+        )
+        every = plan.training.checkpoint_every
+        saved = last = done
+        outcome = "finished"
+        for step in range(done + 1, steps + 1):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            inputs, targets = task.batch(step - 1, start, share)  # the data index is 0-based
+            result = engine.train_step(inputs.to(device), targets.to(device))
+            flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+            last = step
+            # Checked where the ranks meet anyway, not every step: a metrics flush (about
+            # once a second) or a checkpoint. A checkpoint flushes the metrics too, so with
+            # checkpoints more often than flushes the flush point alone never came.
+            at_checkpoint = bool(every) and step % every == 0
+            stopping = (flushed or at_checkpoint) and step < steps and stop.agreed()
+            if at_checkpoint or (stopping and saved < step):
+                recorder.flush()  # the metrics of every step a checkpoint covers are stored
+                checkpoint.save(run_dir, step, engine.state_parts(), rank=rank, group=cpu_group)
+                saved = step
+            if stopping:
+                recorder.flush()
+                outcome = "stopped"
+                if rank == 0:
+                    (run_dir / "stopped.json").write_text(json.dumps({"step": step}))
+                break
+        if save_parameters is not None:
+            save_parameters.mkdir(parents=True, exist_ok=True)
+            params = {fqn: p.detach().cpu() for fqn, p in engine.local_parameters().items()}
+            torch.save(params, save_parameters / f"rank{rank}.pt")
+        if conn is not None:
+            fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
+            metric = store.Metric(last, store.STEP_RANK, "logging_fraction", fraction, time.time())
+            store.insert_metrics(conn, run_id, [metric])
+        dist.barrier(group=cpu_group)
+        return outcome
+    except BaseException as exc:
+        write_error(run_dir, rank, exc)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """``<run-dir>/error-rank<r>.txt``: the exception's line, then its traceback; the file's
+    time is when it was caught, to the nanosecond (the supervisor orders the ranks by it).
+
+    A full disk may keep the file short or empty; the line still goes to stderr.
+    """
+    caught_ns = time.time_ns()
+    message = f"rank {rank}: {type(exc).__name__}: {exc}"
+    path = run_dir / f"error-rank{rank}.txt"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(message + "\n\n")
+            f.flush()  # the message first: its first line is what the supervisor reads
+            f.write(traceback.format_exc())
+    except OSError as write_failed:
+        with contextlib.suppress(OSError):  # stderr is a log file on the same disk
+            print(f"rank {rank}: could not write {path}: {write_failed}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(caught_ns, caught_ns))
+
+
+def plan_rank(plan: Plan, node: int, local_rank: int) -> int:
+    """The global rank of the ``local_rank``-th process on ``node``, as the plan lays them out."""
+    on_node = [r.rank for r in plan.ranks if r.node == node]
+    if not on_node:
+        raise PlanError(f"ranks: the plan has no rank on node {node}")
+    if local_rank >= len(on_node):
+        raise PlanError(f"ranks: node {node} has {len(on_node)} ranks in the plan, not {local_rank + 1}")
+    return on_node[local_rank]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.rank.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", required=True, type=Path)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--runs-dir", type=Path, default=store.default_runs_dir())
+    parser.add_argument("--steps", type=int, help="default: the plan's training.steps")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
+    parser.add_argument("--init-method", default="env://", help="for launchers other than torchrun")
+    parser.add_argument("--resume-from", type=Path, help="a complete checkpoint folder to continue from")
+    parser.add_argument("--save-parameters", type=Path, help="write each rank's final parameters here")
+    parser.add_argument(
+        "--plan-node",
+        type=int,
+        help="this machine's node index in the plan (multi-machine runs; see runtime command)",
+    )
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    stop = StopFlag()  # first: a stop request during start-up must not kill the rank
+    if os.environ.get(SUPERVISOR_ENV):
+        # The supervisor turns Ctrl-C into a stop (SIGUSR1); a SIGINT that reaches a rank
+        # anyway (torchrun passes its own on) must not end it in the middle of a step.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started_ns = time.time_ns()
+    torch.set_num_threads(args.threads)
+    fix_malloc_thresholds()  # before the model: steady step times (runtime.rank.host_allocator)
+    die_with_parent()
+    watch_supervisor()
+    run_dir = args.runs_dir / args.run_id
+    try:
+        plan = load_plan(args.plan)
+        if args.plan_node is not None:
+            # torchrun numbers nodes in the order they join; the plan says which ranks
+            # live on which node, so the rank comes from the plan.
+            rank = plan_rank(plan, args.plan_node, local_rank)
+        steps = args.steps or plan.training.steps
+        outcome = train(
+            plan,
+            run_id=args.run_id,
+            runs_dir=args.runs_dir,
+            steps=steps,
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            init_method=args.init_method,
+            resume_from=args.resume_from,
+            save_parameters=args.save_parameters,
+            stop=stop,
+        )
+        if rank == 0 and not os.environ.get(SUPERVISOR_ENV):
+            conn = store.connect(args.runs_dir)
+            store.finish_once(conn, args.run_id, outcome)  # nobody else will
+            compare.record_after_run(conn, args.run_id, args.runs_dir, sys.stderr)
+    except BaseException as exc:
+        written = run_dir / f"error-rank{rank}.txt"
+        with contextlib.suppress(OSError):
+            if written.stat().st_mtime_ns >= started_ns:  # `train` wrote it when it was raised
+                written = None
+        if written is not None:
+            write_error(run_dir, rank, exc)
+        with contextlib.suppress(OSError):
+            print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        # A stop request that comes late must not kill the exiting process: Python puts
+        # its own handlers back to the default (terminate) at exit, but leaves SIG_IGN.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
