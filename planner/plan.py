@@ -14,6 +14,7 @@ hold the same stages and average their gradients. Stage ``i`` runs on pipeline r
 
 from __future__ import annotations
 
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -32,13 +33,25 @@ from planner.limits import (
     MAX_TEXT_CHARS,
     MIN_PG_TIMEOUT_S,
 )
-from planner.schedules import schedule_error
+from planner.networks import is_adversarial
+from planner.schedules import Schedule, schedule_error
 from planner.strict import StrictModel, parse_document, read_document
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
-Strategy = Literal["dp", "pp", "hybrid", "mp"]
-Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
+
+
+class Strategy(StrEnum):
+    """How a plan places the model on its ranks (written into the document as the value)."""
+
+    DP = "dp"
+    """Replicas of the whole model, gradients all-reduced (DDP)."""
+    PP = "pp"
+    """One pipeline: stages on ranks, torch's pipeline schedule."""
+    HYBRID = "hybrid"
+    """Replicas of a pipeline: dp x pp."""
+    MP = "mp"
+    """Named sub-networks on their own ranks (a GAN's generator and discriminator)."""
 
 
 class ModelRef(StrictModel):
@@ -141,8 +154,9 @@ class Plan(StrictModel):
     cluster: Cluster
     unused_devices: list[UnusedDevice] = Field(default_factory=list)
     training: Training
-    strategy: Strategy
-    schedule: Schedule | None = Field(default=None, description="pp and hybrid only.")
+    # Lax: a Python caller may pass the value ("dp"); JSON documents carry the value anyway.
+    strategy: Strategy = Field(strict=False)
+    schedule: Schedule | None = Field(default=None, strict=False, description="pp and hybrid only.")
     virtual_stages: int = Field(default=1, ge=1, description="Stages per pipeline rank (interleaved).")
     dp_degree: int = Field(ge=1)
     pp_degree: int = Field(ge=1)
@@ -299,6 +313,11 @@ class Plan(StrictModel):
                 )
 
     # -- convenience ---------------------------------------------------------------------
+    @property
+    def adversarial(self) -> bool:
+        """Whether the model is a GAN: two named networks, each with its own step (planner.networks)."""
+        return is_adversarial(self.model.blocks)
+
     def stage_blocks(self) -> list[list[str]]:
         """The blocks of every stage, in order."""
         blocks = self.model.blocks

@@ -14,9 +14,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+
+class Schedule(StrEnum):
+    """torch's pipeline schedules that plans use (the value is the document's word)."""
+
+    GPIPE = "gpipe"
+    ONE_F_ONE_B = "1f1b"
+    INTERLEAVED_1F1B = "interleaved_1f1b"
+
+
+SCHEDULES = tuple(Schedule)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,26 @@ import heapq
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-COMPUTE_KINDS = ("forward", "backward", "optimizer")
+
+class TaskKind(StrEnum):
+    """What one simulated task does; the value is what timelines and figures show."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+    SEND = "send"
+    ALL_REDUCE = "all-reduce"
+
+
+COMPUTE_KINDS = (TaskKind.FORWARD, TaskKind.BACKWARD, TaskKind.OPTIMIZER)
 
 
 @dataclass(slots=True)
 class Task:
     id: int
-    kind: str  # forward | backward | optimizer | send | all-reduce
+    kind: TaskKind
     work: float  # seconds at full speed
     rank: int  # compute: the rank that runs it; comm: the rank that starts it
     deps: list[int] = field(default_factory=list)

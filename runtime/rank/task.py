@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,13 @@ from planner.errors import PlanError
 from planner.plan import Plan
 from runtime.rank.data import ArrayDataset, ByteCorpus, load_dataset
 
-TaskKind = Literal["classify", "next_token", "gan"]
+
+class Objective(StrEnum):
+    """What a model is trained to do (each has its loss and its data)."""
+
+    CLASSIFY = "classify"
+    NEXT_TOKEN = "next_token"
+    GAN = "gan"
 
 
 def stream_seed(seed: int, *parts: object) -> int:
@@ -44,7 +51,7 @@ def next_token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Task:
-    kind: TaskKind
+    kind: Objective
     data: ArrayDataset | ByteCorpus
     global_batch: int
     seed: int
@@ -60,9 +67,9 @@ class Task:
         return self.data.seq_len if isinstance(self.data, ByteCorpus) else 1
 
     def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.kind == "classify":
+        if self.kind == Objective.CLASSIFY:
             return classify_loss(output, target)
-        if self.kind == "next_token":
+        if self.kind == Objective.NEXT_TOKEN:
             return next_token_loss(output, target)
         raise PlanError("the GAN has two losses; see runtime.parallel.gan")
 
@@ -93,7 +100,7 @@ class Task:
         inputs, targets = self.data.batch(indices)
         if self.sample_shape is not None:
             inputs = inputs.reshape(size, *self.sample_shape)
-        if self.kind != "gan":
+        if self.kind != Objective.GAN:
             return inputs, targets
         gen = torch.Generator().manual_seed(stream_seed(self.seed, "latent", step))
         z = torch.randn(self.global_batch, self.latent_dim, generator=gen)[start : start + size]
@@ -103,17 +110,17 @@ class Task:
 def task_for(source: str, config: dict[str, Any], dataset: str, global_batch: int, seed: int) -> Task:
     """The task of a model source with its resolved config; a `PlanError` if it cannot train."""
     if source in ("mlp", "cnn"):
-        kind: TaskKind = "classify"
+        kind = Objective.CLASSIFY
     elif source == "gan":
-        kind = "gan"
+        kind = Objective.GAN
     elif source == "gpt" or source.startswith("hf:"):
-        kind = "next_token"
+        kind = Objective.NEXT_TOKEN
     else:
         raise PlanError(
             f"model.source {source!r}: the runtime trains zoo models and Hugging Face causal LMs; "
             "a py: factory has no objective or data set it could train on"
         )
-    if kind == "next_token":
+    if kind == Objective.NEXT_TOKEN:
         vocab = config.get("vocab_size", 0)
         if vocab < 256:
             raise PlanError(f"model: vocab_size {vocab} is too small for the byte corpus (needs >= 256)")

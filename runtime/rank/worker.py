@@ -258,7 +258,9 @@ def plan_rank(plan: Plan, node: int, local_rank: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.rank.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.rank.worker", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--plan", required=True, type=Path)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--runs-dir", type=Path, default=store.default_runs_dir())

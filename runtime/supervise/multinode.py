@@ -93,8 +93,8 @@ def slurm_script(
     task = (
         "ranks=($STAGECRAFT_RANKS_PER_NODE); exec torchrun --nnodes=$SLURM_NNODES "
         "--nproc-per-node=${ranks[$SLURM_NODEID]} --rdzv-backend=c10d "
-        f"--rdzv-endpoint=$STAGECRAFT_HEAD:{port} --rdzv-id={run_id} -m runtime.rank.worker --plan {plan_path} "
-        f"--run-id {run_id} --runs-dir {runs_dir} --plan-node $SLURM_NODEID"
+        f"--rdzv-endpoint=$STAGECRAFT_HEAD:{port} --rdzv-id={run_id} -m runtime.rank.worker "
+        f"--plan {plan_path} --run-id {run_id} --runs-dir {runs_dir} --plan-node $SLURM_NODEID"
     )
     lines = [
         "#!/bin/bash",

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 RUNS_DIR_ENV = "STAGECRAFT_RUNS_DIR"
@@ -223,8 +224,19 @@ def read_metrics(
     return [Metric(s, r, n, decode(v, sp), t) for _, s, r, n, v, sp, t in rows], last
 
 
-ACTIVE = ("queued", "running")
-TERMINAL = ("stopped", "failed", "finished")
+class RunState(StrEnum):
+    """A run's ``state`` column: queued and running are active; the others are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    FINISHED = "finished"
+
+
+ACTIVE = (RunState.QUEUED, RunState.RUNNING)
+TERMINAL = (RunState.STOPPED, RunState.FAILED, RunState.FINISHED)
+_ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE) + ")"  # constants, not input
 
 
 def plan_sha256(plan_json: str) -> str:
@@ -279,7 +291,7 @@ def finish_once(conn: sqlite3.Connection, run_id: str, state: str, reason: str =
     """Move an active run to a final state unless someone else already did; True if we did."""
     with write(conn):
         cur = conn.execute(
-            f"UPDATE runs SET state = ?, reason = ?, ended = ? WHERE run_id = ? AND state IN {ACTIVE}",
+            f"UPDATE runs SET state = ?, reason = ?, ended = ? WHERE run_id = ? AND state IN {_ACTIVE_SQL}",
             (state, reason, time.time(), run_id),
         )
     return cur.rowcount == 1
