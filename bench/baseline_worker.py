@@ -42,8 +42,9 @@ def main() -> None:
     torch.set_num_threads(1)
     fix_malloc_thresholds()  # as the runtime's worker does, for a fair ratio
     plan = load_plan(args.plan)
-    dist.init_process_group("gloo", init_method=args.init_method, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=args.init_method, rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     full = build_full_model(plan)
     task = plan_task(plan, full.config)
     B = plan.training.global_batch

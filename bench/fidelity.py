@@ -70,6 +70,7 @@ class Case:
     choices: dict = field(default_factory=dict)  # strategy, schedule, micro_batches
 
 
+# A table, one plan per line, aligned by hand.
 CASES = [
     Case("MLP DP x2", "mlp", "cpu:2", 2, 1, dict(strategy="dp")),
     Case("MLP PP2 GPipe m4", "mlp", "cpu:2", 1, 2, dict(strategy="pp", schedule="gpipe", micro_batches=4)),
@@ -125,11 +126,23 @@ def train(plan: Plan, steps: int, runs_dir: Path, work: Path) -> str:
     path = work / f"plan-{time.monotonic_ns()}.json"
     save_plan(plan, path)
     done = subprocess.run(
-        [sys.executable, "-m", "runtime", "run", str(path), "--steps", str(steps),
-         "--runs-dir", str(runs_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "run",
+            str(path),
+            "--steps",
+            str(steps),
+            "--runs-dir",
+            str(runs_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     match = re.search(r"run (\S+): finished", done.stderr)
     if done.returncode != 0 or match is None:
         raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -174,8 +187,11 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
         )
         compare.save_profile(profile, runs_dir)
         profiles[model] = profile
-        print(f"  {model:4s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
-              f"({time.perf_counter() - t:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"  {model:4s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
+            f"({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
     cases = [c for c in CASES if args.cases in c.name]
     plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model]) for c in cases}
     runs: dict[str, list[str]] = {c.name: [] for c in cases}
@@ -201,9 +217,11 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
 def table(title: str, cases: list[Case], results: dict) -> None:
     """Per plan: step time, bubble, and the tensor memory of the rank the model gets most wrong."""
     print(f"\n{title}")
-    print(f"{'plan':28s} {'step ms: datasheet':>18s} {'calibrated':>10s} {'measured':>9s} "
-          f"{'error':>7s}   {'bubble: pred':>12s} {'meas':>6s}   {'tensor MiB: pred':>16s} "
-          f"{'meas':>6s} {'error':>7s}")  # fmt: skip
+    print(
+        f"{'plan':28s} {'step ms: datasheet':>18s} {'calibrated':>10s} {'measured':>9s} "
+        f"{'error':>7s}   {'bubble: pred':>12s} {'meas':>6s}   {'tensor MiB: pred':>16s} "
+        f"{'meas':>6s} {'error':>7s}"
+    )
     step_err, bubble_err, mem_err = [], [], []
     for c in cases:
         by = {(x.rank, x.name): x for x in results[c.name]}
@@ -213,21 +231,27 @@ def table(title: str, cases: list[Case], results: dict) -> None:
         step_err.append(abs(step.error))
         bubble_err.append(abs(bubble.error))
         mem_err += [abs(x.error) for x in memory]
-        print(f"{c.name:28s} {ms(step.datasheet):>18s} {ms(step.calibrated):>10s} "
-              f"{ms(step.measured):>9s} {pct(step.error):>7s}   {bubble.predicted:12.1%} "
-              f"{bubble.measured:6.1%}   {worst.predicted / 2**20:16.1f} {worst.measured / 2**20:6.1f} "
-              f"{pct(worst.error):>7s}")  # fmt: skip
+        print(
+            f"{c.name:28s} {ms(step.datasheet):>18s} {ms(step.calibrated):>10s} "
+            f"{ms(step.measured):>9s} {pct(step.error):>7s}   {bubble.predicted:12.1%} "
+            f"{bubble.measured:6.1%}   {worst.predicted / 2**20:16.1f} {worst.measured / 2**20:6.1f} "
+            f"{pct(worst.error):>7s}"
+        )
     p90 = float(np.percentile(step_err, 90))
-    print(f"step time |error|: median {statistics.median(step_err):.1%}, p90 {p90:.1%}"
-          f" (targets 10% / 20%); bubble |error|: median {statistics.median(bubble_err) * 100:.1f} points;"
-          f" tensor memory |error| per rank: median {statistics.median(mem_err):.1%},"
-          f" max {max(mem_err):.1%} (target 15%)")  # fmt: skip
+    print(
+        f"step time |error|: median {statistics.median(step_err):.1%}, p90 {p90:.1%}"
+        f" (targets 10% / 20%); bubble |error|: median {statistics.median(bubble_err) * 100:.1f} points;"
+        f" tensor memory |error| per rank: median {statistics.median(mem_err):.1%},"
+        f" max {max(mem_err):.1%} (target 15%)"
+    )
 
 
 def per_rank(cases: list[Case], results: dict) -> None:
     """Where each plan's step goes, rank by rank: predicted (calibrated) and measured."""
-    print("\nPer rank, ms a step, predicted / measured: compute (forward, loss, backward), optimizer, "
-          "wait (communication not hidden, and idle)")  # fmt: skip
+    print(
+        "\nPer rank, ms a step, predicted / measured: compute (forward, loss, backward), optimizer, "
+        "wait (communication not hidden, and idle)"
+    )
     for c in cases:
         by = {(x.rank, x.name): x for x in results[c.name]}
         for rank in sorted({r for r, _ in by if r >= 0}):
@@ -254,10 +278,24 @@ def split_plans(graph, profile, schedule: str) -> list[tuple[str, Plan]]:
     """(label, plan) for every split point of the 2-stage pipeline, the named ones first."""
     cluster = resolve_cluster("cpu:2")
     blocks = model_blocks(graph)
-    common = dict(strategy="pp", pp_degree=2, schedule=schedule, micro_batches=SPLIT_M,
-                  global_batch=SPLIT_BATCH, training=TRAINING)  # fmt: skip
-    planner = search(graph, cluster, global_batch=SPLIT_BATCH, strategy="pp", schedule=schedule,
-                     micro_batches=SPLIT_M, training=TRAINING, profile=profile).best.plan  # fmt: skip
+    common = dict(
+        strategy="pp",
+        pp_degree=2,
+        schedule=schedule,
+        micro_batches=SPLIT_M,
+        global_batch=SPLIT_BATCH,
+        training=TRAINING,
+    )
+    planner = search(
+        graph,
+        cluster,
+        global_batch=SPLIT_BATCH,
+        strategy="pp",
+        schedule=schedule,
+        micro_batches=SPLIT_M,
+        training=TRAINING,
+        profile=profile,
+    ).best.plan
     planner_cut = blocks.index(planner.stages[1].first)
     # Megatron: the transformer layers evenly, embedding on the first stage, head on the last.
     layers = [i for i, b in enumerate(blocks) if b.startswith("blocks.")]
@@ -266,8 +304,11 @@ def split_plans(graph, profile, schedule: str) -> list[tuple[str, Plan]]:
     params = [graph.nodes[b]["param_bytes"] for b in blocks]
     deepspeed_cut = min_bottleneck_cuts([params, params])[0]
     named: dict[int, list[str]] = {}
-    for cut, name in ((planner_cut, "(a) planner"), (megatron_cut, "(b) Megatron even"),
-                      (deepspeed_cut, "(c) DeepSpeed params")):  # fmt: skip
+    for cut, name in (
+        (planner_cut, "(a) planner"),
+        (megatron_cut, "(b) Megatron even"),
+        (deepspeed_cut, "(c) DeepSpeed params"),
+    ):
         named.setdefault(cut, []).append(name)
     out = []
     for cut in range(1, len(blocks)):
@@ -281,8 +322,10 @@ def splits(args, runs_dir: Path, work: Path) -> None:
     graph = graph_of("gpt", SPLIT_GPT)
     profile = make_profile("gpt", SPLIT_GPT, resolve_cluster("cpu:2"), [SPLIT_BATCH // SPLIT_M], repeats=15)
     compare.save_profile(profile, runs_dir)
-    print(f"\nSplit comparison: GPT vocab 16384, d_model 256, 8 blocks, untied; batch 16 x 128 tokens; "
-          f"2 stages on cpu:2, m = 8. Profile sha256 {profile.digest()}")  # fmt: skip
+    print(
+        f"\nSplit comparison: GPT vocab 16384, d_model 256, 8 blocks, untied; batch 16 x 128 tokens; "
+        f"2 stages on cpu:2, m = 8. Profile sha256 {profile.digest()}"
+    )
     pricer = Pricer(graph, resolve_cluster("cpu:2"), profile)
     for schedule in ("gpipe", "1f1b"):
         cases = split_plans(graph, profile, schedule)
@@ -303,8 +346,10 @@ def splits(args, runs_dir: Path, work: Path) -> None:
             print(f"{label:56s} {ratios} {measured[label]:10.2f}")
         planner = next(label for label, _ in cases if "(a)" in label)
         worst = min(measured.values())
-        print(f"planner's split: {best_m / measured[planner]:.3f}x the best measured time "
-              f"(target within 1.05x); worst split {best_m / worst:.2f}x")  # fmt: skip
+        print(
+            f"planner's split: {best_m / measured[planner]:.3f}x the best measured time "
+            f"(target within 1.05x); worst split {best_m / worst:.2f}x"
+        )
         named = (next(label for label, _ in cases if name in label) for name in ("(b)", "(c)"))
         defaults = dict.fromkeys(named)
         for label in defaults:  # once when both defaults cut in the same place
@@ -321,8 +366,10 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores; warm-up {compare.WARMUP} steps per run; "
-          f"{args.rounds} rounds")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} cores; warm-up {compare.WARMUP} steps per run; "
+        f"{args.rounds} rounds"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         runs_dir = work / "runs"

@@ -86,8 +86,10 @@ def main() -> None:
             cells += f"  {row[0] * 1e3:>{len(model) + 18}.2f} {row[1] * 1e3:>14.2f} {row[2] * 1e3:>13.2f}"
         print(f"{i + 1:>3}  {fit.latency_s * 1e3:>26.3f} {fit.bandwidth / 1e9:>15.2f}{cells}")
     for (model, column), times in series.items():
-        print(f"{model} gradients' all-reduce, {column}: {min(times) * 1e3:.2f}-{max(times) * 1e3:.2f} ms "
-              f"over {args.tries} tries ({max(times) / min(times):.1f}x)")  # fmt: skip
+        print(
+            f"{model} gradients' all-reduce, {column}: {min(times) * 1e3:.2f}-{max(times) * 1e3:.2f} ms "
+            f"over {args.tries} tries ({max(times) / min(times):.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -53,10 +53,16 @@ def start_ranks(cmd_for_rank, world: int, tmp: Path) -> None:
     tmp.mkdir(parents=True, exist_ok=True)  # holds the file:// rendezvous
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(world)}
     procs = [
-        subprocess.Popen(cmd_for_rank(r), env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            cmd_for_rank(r),
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in range(world)
-    ]  # fmt: skip
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         if p.returncode:
@@ -74,10 +80,24 @@ def run_ours(plan_path: Path, plan: Plan, steps: int, tmp: Path) -> tuple[float,
     runs = tmp / "runs"
     init = f"file://{tmp / 'rdv'}"
     start_ranks(
-        lambda r: [sys.executable, "-m", "runtime.rank.worker", "--plan", str(plan_path), "--run-id", "bench",
-                   "--runs-dir", str(runs), "--steps", str(steps), "--init-method", init],
-        len(plan.ranks), tmp,
-    )  # fmt: skip
+        lambda r: [
+            sys.executable,
+            "-m",
+            "runtime.rank.worker",
+            "--plan",
+            str(plan_path),
+            "--run-id",
+            "bench",
+            "--runs-dir",
+            str(runs),
+            "--steps",
+            str(steps),
+            "--init-method",
+            init,
+        ],
+        len(plan.ranks),
+        tmp,
+    )
     metrics, _ = store.read_metrics(store.connect(runs), "bench", names=["step_time_s", "logging_fraction"])
     per_rank: dict[int, dict[int, float]] = {}
     logging = 0.0
@@ -94,10 +114,21 @@ def run_baseline(plan_path: Path, plan: Plan, steps: int, tmp: Path) -> float:
     out = tmp / "baseline"
     init = f"file://{tmp / 'rdv-baseline'}"
     start_ranks(
-        lambda r: [sys.executable, str(ROOT / "bench" / "baseline_worker.py"), "--plan", str(plan_path),
-                   "--steps", str(steps), "--init-method", init, "--out", str(out)],
-        len(plan.ranks), tmp,
-    )  # fmt: skip
+        lambda r: [
+            sys.executable,
+            str(ROOT / "bench" / "baseline_worker.py"),
+            "--plan",
+            str(plan_path),
+            "--steps",
+            str(steps),
+            "--init-method",
+            init,
+            "--out",
+            str(out),
+        ],
+        len(plan.ranks),
+        tmp,
+    )
     ends = [json.loads((out / f"rank{r}.json").read_text()) for r in range(len(plan.ranks))]
     return throughput(ends, plan.training.global_batch)
 
@@ -111,8 +142,9 @@ def main() -> None:
     header = ("configuration", "runtime", "baseline", "ratio", "range", "logging")
     print("{:42s} {:>12s} {:>12s} {:>7s} {:>13s} {:>8s}".format(*header))
     for name, choices in CONFIGS:
-        plan = make_plan(graph, parse_short_form("cpu:2"), global_batch=16, training={"steps": args.steps},
-                         **choices)  # fmt: skip
+        plan = make_plan(
+            graph, parse_short_form("cpu:2"), global_batch=16, training={"steps": args.steps}, **choices
+        )
         ours, base, logging = [], [], []
         with tempfile.TemporaryDirectory() as tmpdir:
             plan_path = Path(tmpdir) / "plan.json"

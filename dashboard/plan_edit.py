@@ -109,14 +109,23 @@ def apply(graph: nx.DiGraph, base: Plan, edits: Edits) -> Plan:
     Raises `planner.errors.PlanError` (naming the field) when the result is not a valid plan.
     """
     plan = make_plan(
-        graph, base.cluster, strategy=base.strategy, global_batch=base.training.global_batch,
-        dp_degree=base.dp_degree, pp_degree=base.pp_degree, schedule=edits.schedule,
-        micro_batches=edits.micro_batches, virtual_stages=base.virtual_stages, cuts=list(edits.cuts),
-        devices=[r.device for r in base.ranks], coords=[(r.dp_index, r.pp_index) for r in base.ranks],
-        shares=[r.batch_share for r in base.replicas], stage_names=[s.name for s in base.stages],
+        graph,
+        base.cluster,
+        strategy=base.strategy,
+        global_batch=base.training.global_batch,
+        dp_degree=base.dp_degree,
+        pp_degree=base.pp_degree,
+        schedule=edits.schedule,
+        micro_batches=edits.micro_batches,
+        virtual_stages=base.virtual_stages,
+        cuts=list(edits.cuts),
+        devices=[r.device for r in base.ranks],
+        coords=[(r.dp_index, r.pp_index) for r in base.ranks],
+        shares=[r.batch_share for r in base.replicas],
+        stage_names=[s.name for s in base.stages],
         training=base.training.model_dump(exclude={"global_batch", "micro_batches"}),
         digest=base.model.graph_digest,
-    )  # fmt: skip
+    )
     # The candidate's own model section and reasons for unused devices stay as they were.
     return plan.model_copy(update={"model": base.model, "unused_devices": base.unused_devices})
 
@@ -132,9 +141,14 @@ def _example(shares: tuple[int, ...], pp: int) -> Plan:
         model=ModelRef(source="x", graph_digest="0" * 64, blocks=blocks, input_shapes=[[1]]),
         cluster=parse_short_form(f"cpu:{dp * pp}"),
         training=Training(global_batch=sum(shares), micro_batches=1, dataset="none"),
-        strategy="pp" if dp == 1 else "hybrid", schedule="gpipe", dp_degree=dp, pp_degree=pp,
+        strategy="pp" if dp == 1 else "hybrid",
+        schedule="gpipe",
+        dp_degree=dp,
+        pp_degree=pp,
         stages=[Stage(index=i, first=b, last=b, pp_rank=i) for i, b in enumerate(blocks)],
-        ranks=[RankAssignment(rank=r, device=r, node=0, dp_index=r // pp, pp_index=r % pp)
-               for r in range(dp * pp)],
+        ranks=[
+            RankAssignment(rank=r, device=r, node=0, dp_index=r // pp, pp_index=r % pp)
+            for r in range(dp * pp)
+        ],
         replicas=[Replica(dp_index=i, batch_share=s) for i, s in enumerate(shares)],
-    )  # fmt: skip
+    )

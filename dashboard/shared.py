@@ -141,8 +141,9 @@ def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: s
     from planner.cluster import cluster_from_json
     from planner.search.search import search
 
-    result = search(from_json(graph_data), cluster_from_json(cluster_json), global_batch=global_batch,
-                    strategy=strategy)  # fmt: skip
+    result = search(
+        from_json(graph_data), cluster_from_json(cluster_json), global_batch=global_batch, strategy=strategy
+    )
     rows = []
     for c in result.candidates:
         row = c.row()
@@ -283,12 +284,18 @@ def summarise(current: CurrentPlan) -> PlanSummary:
     layout = f"{strategy_name(plan)}, on {fmt.count(len(plan.ranks))} devices"
     p = plan.predicted
     return PlanSummary(
-        name=current.name, edited=current.edited, changes=list(current.changes), model=model,
-        layout=layout, step_time_s=p.step_time_s if p else None,
-        samples_per_s=p.samples_per_s if p else None, bubble_fraction=p.bubble_fraction if p else None,
+        name=current.name,
+        edited=current.edited,
+        changes=list(current.changes),
+        model=model,
+        layout=layout,
+        step_time_s=p.step_time_s if p else None,
+        samples_per_s=p.samples_per_s if p else None,
+        bubble_fraction=p.bubble_fraction if p else None,
         peak_memory_bytes=max((m.bytes for m in p.peak_memory), default=0) if p else None,
-        bytes_sent_per_step=p.bytes_sent_per_step if p else None, sources=dict(p.sources) if p else {},
-    )  # fmt: skip
+        bytes_sent_per_step=p.bytes_sent_per_step if p else None,
+        sources=dict(p.sources) if p else {},
+    )
 
 
 def current_plan_summary() -> PlanSummary | None:

@@ -26,8 +26,15 @@ ID_KEY = "session_id"
 FIRST_VISIT = "first_visit"
 _SAVED_KEY = "session_saved_text"
 # The session keys that are kept; each is checked by its reader below when restored.
-KEPT = ("model", "cluster_json", "devices_spec_text", "plan_inputs", "plan_edits", "imported_plan",
-        "current_plan")  # fmt: skip
+KEPT = (
+    "model",
+    "cluster_json",
+    "devices_spec_text",
+    "plan_inputs",
+    "plan_edits",
+    "imported_plan",
+    "current_plan",
+)
 
 
 def runs_dir():
@@ -118,8 +125,12 @@ def _edits(value: Any) -> dict[str, Any]:
     cuts, m, schedule = value["cuts"], value["micro_batches"], value["schedule"]
     if not all(type(c) is int and c > 0 for c in cuts) or type(m) is not int or m < 1:
         raise ValueError("edits out of range")
-    return {"base": _str(value["base"]), "cuts": list(cuts), "micro_batches": m,
-            "schedule": None if schedule is None else _str(schedule)}  # fmt: skip
+    return {
+        "base": _str(value["base"]),
+        "cuts": list(cuts),
+        "micro_batches": m,
+        "schedule": None if schedule is None else _str(schedule),
+    }
 
 
 def _plan_record(value: Any) -> dict[str, Any]:

@@ -85,9 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a plan JSON file; exit 2 naming the field that is wrong")
     v.add_argument("plan", help="plan.json")
     v.add_argument(
-        "--skip-model-check", action="store_true",
+        "--skip-model-check",
+        action="store_true",
         help="do not trace the plan's model (for a model too large to trace here): " + SKIPPED,
-    )  # fmt: skip
+    )
     allow_py_option(v)
     v.set_defaults(func=_cmd_validate)
 

@@ -77,9 +77,12 @@ def answer(command: Callable[[argparse.Namespace], int], args: argparse.Namespac
 
 def allow_py_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--allow-py", action="append", default=[], metavar="MODULE",
+        "--allow-py",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="allow importing this module for a py: source named by a file (importing runs its code)",
-    )  # fmt: skip
+    )
 
 
 def grant_consent(args: argparse.Namespace) -> None:

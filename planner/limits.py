@@ -143,8 +143,9 @@ def check_text(text: str, what: str, error: type[PlannerError] = InputLimitError
     return text
 
 
-def check_range(value: float, what: str, low: float, high: float, why: str,
-                error: type[PlannerError] = InputLimitError) -> None:  # fmt: skip
+def check_range(
+    value: float, what: str, low: float, high: float, why: str, error: type[PlannerError] = InputLimitError
+) -> None:
     """``low <= value <= high`` or ``error`` naming ``what``, the bounds and ``why``."""
     if not (low <= value <= high):
         raise error(f"{what} is {value:,}; it must be from {low:,} to {high:,} ({why})")

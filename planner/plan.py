@@ -101,9 +101,11 @@ class Training(StrictModel):
         default=0, ge=0, le=MAX_STEPS, description="Steps between checkpoints; 0: only on stop."
     )
     pg_timeout_s: float = Field(
-        default=60.0, ge=MIN_PG_TIMEOUT_S, le=MAX_PG_TIMEOUT_S,
+        default=60.0,
+        ge=MIN_PG_TIMEOUT_S,
+        le=MAX_PG_TIMEOUT_S,
         description="Process-group timeout: a hung peer fails after it.",
-    )  # fmt: skip
+    )
 
 
 class UnusedDevice(StrictModel):

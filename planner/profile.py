@@ -107,10 +107,13 @@ class Profile(StrictModel):
         in proportion to the nearest measured size.
         """
         return _interpolate(
-            [(b.micro_batch_size, b.forward_s, b.backward_s) for b in self.blocks
-             if b.block == block and b.device_kind == device_kind],
+            [
+                (b.micro_batch_size, b.forward_s, b.backward_s)
+                for b in self.blocks
+                if b.block == block and b.device_kind == device_kind
+            ],
             micro_batch_size,
-        )  # fmt: skip
+        )
 
     def whole_time(self, device_kind: str, micro_batch_size: float) -> tuple[float, float] | None:
         """(forward, backward) of the uncut model, as `block_time`; None if not measured."""

@@ -19,17 +19,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def ensure_chromium() -> str:
     """Debian's Chromium, installed with apt when missing (never Playwright's own download)."""
     if not Path(CHROMIUM).exists() and shutil.which("apt-get"):
         for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            subprocess.run(cmd, check=False, capture_output=True, timeout=900,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+            subprocess.run(
+                cmd,
+                check=False,
+                capture_output=True,
+                timeout=900,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing and `apt-get install -y chromium` did not provide it")
     return CHROMIUM
@@ -53,8 +64,19 @@ def start_dashboard(runs: Path) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on a free loopback port with ``runs`` as its runs dir, once it
     answers its health check; (the process, its URL). Raises RuntimeError after 60 s."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
     env = {**os.environ, "STAGECRAFT_RUNS_DIR": str(runs), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

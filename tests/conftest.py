@@ -28,9 +28,13 @@ def dashboard(tmp_path_factory):
     proc.wait(timeout=20)
     for run in store.runs(store.connect(runs)):  # runs outlive the dashboard by design: end them
         if run["state"] in store.ACTIVE:
-            subprocess.run([sys.executable, "-m", "runtime", "stop", run["run_id"], "--runs-dir", str(runs)],
-                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                           timeout=120)  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "runtime", "stop", run["run_id"], "--runs-dir", str(runs)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                timeout=120,
+            )
 
 
 @pytest.fixture(scope="module")

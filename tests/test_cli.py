@@ -59,12 +59,16 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback():
         (["cluster", "a100:8"], "ambiguous: a100-40gb, a100-80gb"),
         (["cluster", "nope.json"], "cannot read cluster file"),
         (["graph", "--model", "gpt", "--set", "n_layer=1000000000"], "'n_layer' is 1,000,000,000; sizes"),
-        (["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--micro-batches", "0"],
-         "argument --micro-batches: 0 is not from 1 to"),
-        (["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "-o", "/no/such/p.json"],
-         "folder '/no/such' does not exist"),
+        (
+            ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--micro-batches", "0"],
+            "argument --micro-batches: 0 is not from 1 to",
+        ),
+        (
+            ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "-o", "/no/such/p.json"],
+            "folder '/no/such' does not exist",
+        ),
         (["graph", "--model", "gpt", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
-    ]:  # fmt: skip
+    ]:
         out = planner(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr

@@ -76,9 +76,14 @@ def test_512_gpus_are_a_few_grouped_rows_with_units():
     assert metrics == {"Devices": "512", "Nodes": "64", "Device kinds": "1", "Memory in all": "40.0 TiB"}
     shown = tables(at)
     assert shown["Nodes"] == [
-        {"Nodes": "0-63 (64 nodes)", "Per node": "8 × h100-80gb", "Memory each": "80.0 GiB",
-         "Compute share": "100.0%", "Devices": "512"},
-    ]  # fmt: skip
+        {
+            "Nodes": "0-63 (64 nodes)",
+            "Per node": "8 × h100-80gb",
+            "Memory each": "80.0 GiB",
+            "Compute share": "100.0%",
+            "Devices": "512",
+        },
+    ]
     links = shown["Link"]
     assert [(r["Where"], r["Pairs"], r["Bandwidth"], r["Latency"]) for r in links] == [
         ("in a node", "1,792", "450 GB/s", "3.0 us"),
@@ -102,8 +107,12 @@ def test_a_few_nodes_show_links_per_node_pair_and_edit_in_units():
     assert ("nodes 0 and 2", "InfiniBand", "9", "a100-80gb, v100-32gb") in where
     assert len(shown["Link"]) == 3 * 2 + 3  # per node: NVLink + PCIe; per node pair: InfiniBand
     assert shown["devices_editor"][0] == {
-        "id": 0, "kind": "a100-80gb", "node": 0, "memory_gib": 80.0, "compute_share": 1.0
-    }  # fmt: skip
+        "id": 0,
+        "kind": "a100-80gb",
+        "node": 0,
+        "memory_gib": 80.0,
+        "compute_share": 1.0,
+    }
     assert {r["bandwidth_gbs"] for r in shown["groups_editor"]} == {300.0, 15.75, 25.0}  # one V100 a node
 
 

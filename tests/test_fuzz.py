@@ -31,8 +31,21 @@ PER_CASE_S = 20  # a hang fails the test instead of stalling CI
 @pytest.fixture(scope="module")
 def base_plan(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("fuzz") / "plan.json"
-    code = main(["plan", "--model", "mlp", "--cluster", "cpu:2", "--strategy", "pp",
-                 "--global-batch", "8", "-o", str(path)])  # fmt: skip
+    code = main(
+        [
+            "plan",
+            "--model",
+            "mlp",
+            "--cluster",
+            "cpu:2",
+            "--strategy",
+            "pp",
+            "--global-batch",
+            "8",
+            "-o",
+            str(path),
+        ]
+    )
     assert code == 0
     return json.loads(path.read_text())
 
@@ -54,9 +67,28 @@ def deadline(seconds: int):
 def hostile_values(marker: str) -> list:
     deep = json.loads("[" * 40 + "]" * 40)
     return [
-        True, False, None, -1, 0, 2**70, 10**20, 1e308, -1e-9, 1.5, "", "x" * 5000, "py:os:system",
-        "py:subprocess:run", [1, 2, 3], [], {}, {"command": f"touch {marker}"}, deep, "true", "4",
-    ]  # fmt: skip
+        True,
+        False,
+        None,
+        -1,
+        0,
+        2**70,
+        10**20,
+        1e308,
+        -1e-9,
+        1.5,
+        "",
+        "x" * 5000,
+        "py:os:system",
+        "py:subprocess:run",
+        [1, 2, 3],
+        [],
+        {},
+        {"command": f"touch {marker}"},
+        deep,
+        "true",
+        "4",
+    ]
 
 
 def paths(doc, prefix=()):
@@ -93,8 +125,11 @@ def mutate(doc: dict, rng: random.Random, marker: str) -> dict:
             parent[last] = rng.choice(hostile_values(marker))
     if "model" in doc and rng.random() < 0.2:  # a py: source whose factory runs a command
         model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
-        doc["model"] = {**model, "source": rng.choice(["py:os:system", "py:subprocess:run"]),
-                        "overrides": {"command": f"touch {marker}", "args": ["touch", marker]}}  # fmt: skip
+        doc["model"] = {
+            **model,
+            "source": rng.choice(["py:os:system", "py:subprocess:run"]),
+            "overrides": {"command": f"touch {marker}", "args": ["touch", marker]},
+        }
     return doc
 
 

@@ -41,8 +41,12 @@ def _probe(fix: bool, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run(
         [sys.executable, "-c", PROBE, "fix" if fix else "leave"],
-        env={**clean, "PYTHONPATH": str(ROOT), **env}, cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 

@@ -13,8 +13,26 @@ from planner.model_check import _first_difference
 @pytest.fixture(scope="module")
 def plan_doc(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("plans") / "plan.json"
-    assert main(["plan", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2", "--strategy", "dp",
-                 "--global-batch", "8", "-o", str(path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                "gpt",
+                "--set",
+                "size=toy",
+                "--cluster",
+                "cpu:2",
+                "--strategy",
+                "dp",
+                "--global-batch",
+                "8",
+                "-o",
+                str(path),
+            ]
+        )
+        == 0
+    )
     return json.loads(path.read_text())
 
 
@@ -92,8 +110,10 @@ def test_a_py_source_in_a_plan_needs_consent(plan_doc, tmp_path, capsys, monkeyp
 
 def test_allowed_py_source_is_imported_and_checked(plan_doc, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("STAGECRAFT_ALLOWED_PY", "")
-    doc = {**plan_doc, "model": {**plan_doc["model"], "source": "py:tests.fixtures.models:two_linear",
-                                 "overrides": {}}}  # fmt: skip
+    doc = {
+        **plan_doc,
+        "model": {**plan_doc["model"], "source": "py:tests.fixtures.models:two_linear", "overrides": {}},
+    }
     code, err = validate(doc, tmp_path, capsys, "--allow-py", "tests.fixtures.models")
     assert code == 2 and "model.blocks" in err  # imported, traced, and found to be another model
 

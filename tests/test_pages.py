@@ -366,8 +366,9 @@ def test_export_page_offers_the_worked_example_and_its_commands():
 
 def zoo_plan_json() -> str:
     graph, cluster = coarsen(trace("gpt")), parse_short_form("cpu:2")
-    return make_plan(graph, cluster, strategy="pp", global_batch=8, pp_degree=2, schedule="gpipe",
-                     micro_batches=2).to_json()  # fmt: skip
+    return make_plan(
+        graph, cluster, strategy="pp", global_batch=8, pp_degree=2, schedule="gpipe", micro_batches=2
+    ).to_json()
 
 
 def _bad_plan() -> bytes:

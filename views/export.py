@@ -22,9 +22,11 @@ st.title("Export / import")
 current_box = st.container()  # the current plan on top, drawn once an upload has been read
 st.subheader("Import a plan")
 uploaded = st.file_uploader(
-    "Import a plan JSON", type=["json"], key="import_upload",
+    "Import a plan JSON",
+    type=["json"],
+    key="import_upload",
     help="A plan saved from this page or by `python -m planner plan`; it becomes the current plan.",
-)  # fmt: skip
+)
 if uploaded is not None and ss.get("import_seen") != uploaded.file_id:
     # Once per upload: the file stays in the uploader across reruns, the import must not repeat.
     ss["import_seen"] = uploaded.file_id

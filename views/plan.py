@@ -84,8 +84,12 @@ def keep_edit(field: str, key: str, index: int | None = None) -> None:
 
 
 def reset_edits(base_key: str, base: Edits) -> None:
-    ss["plan_edits"] = {"base": base_key, "cuts": list(base.cuts), "micro_batches": base.micro_batches,
-                        "schedule": base.schedule}  # fmt: skip
+    ss["plan_edits"] = {
+        "base": base_key,
+        "cuts": list(base.cuts),
+        "micro_batches": base.micro_batches,
+        "schedule": base.schedule,
+    }
 
 
 st.title("Plan")
@@ -104,14 +108,23 @@ ss["plan_global_batch"], ss["plan_strategy"] = inputs["global_batch"], inputs["s
 left, right = st.columns(2)
 batch = int(
     left.number_input(
-        "Global batch (samples per step)", min_value=1, max_value=MAX_GLOBAL_BATCH, step=1,
-        key="plan_global_batch", on_change=keep_input, args=("global_batch", "plan_global_batch"),
+        "Global batch (samples per step)",
+        min_value=1,
+        max_value=MAX_GLOBAL_BATCH,
+        step=1,
+        key="plan_global_batch",
+        on_change=keep_input,
+        args=("global_batch", "plan_global_batch"),
     )
-)  # fmt: skip
+)
 strategy = right.selectbox(
-    "Strategy", STRATEGIES, key="plan_strategy", format_func=STRATEGY_NAMES.get,
-    on_change=keep_input, args=("strategy", "plan_strategy"),
-)  # fmt: skip
+    "Strategy",
+    STRATEGIES,
+    key="plan_strategy",
+    format_func=STRATEGY_NAMES.get,
+    on_change=keep_input,
+    args=("strategy", "plan_strategy"),
+)
 with st.spinner("Tracing and searching..."), guarded("Searching for plans"):
     graph_data = coarse_graph_json(source, tuple(overrides.split()))
     rows = searched(graph_data, cluster_json, batch, strategy)
@@ -173,9 +186,13 @@ def choice_text(label: str) -> str:
 # The candidate chosen before, while this search still offers it; else the first (the fastest).
 ss["plan_choice"] = inputs["choice"] if inputs["choice"] in options else options[0]
 choice = st.selectbox(
-    "Plan to inspect and edit", options, key="plan_choice", format_func=choice_text,
-    on_change=keep_input, args=("choice", "plan_choice"),
-)  # fmt: skip
+    "Plan to inspect and edit",
+    options,
+    key="plan_choice",
+    format_func=choice_text,
+    on_change=keep_input,
+    args=("choice", "plan_choice"),
+)
 set_plan_inputs(batch, strategy, choice)
 name = imported_plan_name() if choice == IMPORTED else feasible[choice]["title"]
 base_json = imported if choice == IMPORTED else feasible[choice]["plan_json"]
@@ -203,11 +220,15 @@ if editable(base) and base.model.blocks == blocks:
         saved["schedule"] = base.schedule if base.schedule in schedules else schedules[0]
     ss["plan_schedule"] = saved["schedule"]
     schedule = left.selectbox(
-        "Schedule", schedules, key="plan_schedule", format_func=SCHEDULE_NAMES.get,
-        on_change=keep_edit, args=("schedule", "plan_schedule"),
+        "Schedule",
+        schedules,
+        key="plan_schedule",
+        format_func=SCHEDULE_NAMES.get,
+        on_change=keep_edit,
+        args=("schedule", "plan_schedule"),
         help="Interleaved 1F1B runs two stages per pipeline rank, the others one: each candidate "
         "offers the schedules for its own stage count.",
-    )  # fmt: skip
+    )
     counts = micro_batch_options(base, schedule)
     if saved["micro_batches"] not in counts:
         old = saved["micro_batches"]
@@ -218,24 +239,34 @@ if editable(base) and base.model.blocks == blocks:
     ss["plan_micro_batches"] = saved["micro_batches"]
     shares = sorted({r.batch_share for r in base.replicas})
     micro_batches = right.selectbox(
-        "Micro-batches per replica", counts, key="plan_micro_batches",
-        on_change=keep_edit, args=("micro_batches", "plan_micro_batches"),
+        "Micro-batches per replica",
+        counts,
+        key="plan_micro_batches",
+        on_change=keep_edit,
+        args=("micro_batches", "plan_micro_batches"),
         help=f"Counts that split each replica's share ({', '.join(map(str, shares))} samples) evenly "
         "and that the schedule accepts.",
-    )  # fmt: skip
+    )
     cuts = list(saved["cuts"])
     grid = st.columns(min(CUTS_PER_ROW, len(cuts)))
     for i in range(len(cuts)):
         allowed = cut_options(cuts, i, len(blocks))
         ss[f"plan_cut_{i}"] = cuts[i] if cuts[i] in allowed else min(allowed, key=lambda j: abs(j - cuts[i]))
         cuts[i] = grid[i % CUTS_PER_ROW].selectbox(
-            f"Stage {i + 2} starts at", allowed, key=f"plan_cut_{i}",
+            f"Stage {i + 2} starts at",
+            allowed,
+            key=f"plan_cut_{i}",
             format_func=lambda j: f"{blocks[j]} (block {j + 1} of {len(blocks)})",
-            on_change=keep_edit, args=("cuts", f"plan_cut_{i}", i),
-        )  # fmt: skip
+            on_change=keep_edit,
+            args=("cuts", f"plan_cut_{i}", i),
+        )
     edits = Edits(tuple(cuts), int(micro_batches), schedule)
-    ss["plan_edits"] = {"base": base_key, "cuts": cuts, "micro_batches": edits.micro_batches,
-                        "schedule": schedule}  # fmt: skip
+    ss["plan_edits"] = {
+        "base": base_key,
+        "cuts": cuts,
+        "micro_batches": edits.micro_batches,
+        "schedule": schedule,
+    }
     save()
 elif editable(base):
     st.caption("This plan's blocks differ from the traced model's, so its stages cannot be edited here.")

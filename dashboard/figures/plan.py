@@ -30,8 +30,18 @@ MEMORY_TERMS = {  # term -> what the legend calls it, bottom of the bar first
     "overhead": "framework overhead",
 }
 NEAR_FULL = 40.0  # percent of a device's memory from which the capacity line is drawn
-TERM_COLOURS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D",
-                "#BAB0AC", "#EECA3B")  # fmt: skip
+TERM_COLOURS = (
+    "#4C78A8",
+    "#F58518",
+    "#54A24B",
+    "#E45756",
+    "#72B7B2",
+    "#B279A2",
+    "#FF9DA6",
+    "#9D755D",
+    "#BAB0AC",
+    "#EECA3B",
+)
 KIND_COLOURS = {
     "forward": "#4C78A8",
     "backward": "#F58518",
@@ -175,8 +185,12 @@ def memory_figure(prediction: Prediction) -> go.Figure:
     top = max((m.total / m.capacity * 100 for m in memory if m.capacity), default=100.0)
     title = "Memory per device, term by term"
     if top >= NEAR_FULL:  # the capacity line matters: draw it, and the bars against it
-        fig.add_hline(y=100, line=dict(color="black", dash="dash", width=1), annotation_text="capacity",
-                      annotation_position="top left")  # fmt: skip
+        fig.add_hline(
+            y=100,
+            line=dict(color="black", dash="dash", width=1),
+            annotation_text="capacity",
+            annotation_position="top left",
+        )
         span = max(105.0, top * 1.05)
     else:  # far below capacity: scale to the bars, so that their terms can be read
         span = top * 1.15 or 1.0
