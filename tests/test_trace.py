@@ -108,7 +108,7 @@ def test_saved_bytes_of_a_block_match_cpu_autograd(source, overrides, block, get
 
 
 def test_attention_is_measured_as_the_fused_kernel_keeps_it():
-    # A transformer block keeps far more than it outputs (FACTS.md: ~20x), but not the
+    # A transformer block keeps far more than it outputs (docs/facts.md, Activation memory: ~20x), but not the
     # T x T attention matrix: the fused kernel recomputes it in backward.
     graph = coarsen(trace("gpt", {"seq_len": 512, "d_model": 64, "n_head": 4, "n_layer": 1}))
     block = graph.nodes["blocks.0"]
@@ -123,6 +123,40 @@ def test_tied_parameters_are_counted_once_and_marked_shared():
     assert graph.nodes["head"]["params"] == []
     assert "tok_emb.weight" in graph.nodes["head"]["shared_params"]
     assert "tok_emb.weight" in graph.nodes["tok_emb"]["shared_params"]
+
+
+def _tied_records(graph):
+    """Per block, the parameters it owns and the tied ones it uses; and each parameter's bytes."""
+    blocks = {
+        name: (sorted(data["params"]), sorted(data["shared_params"]))
+        for name, data in coarsen(graph).nodes(data=True)
+        if data["kind"] != "input"
+    }
+    return blocks, graph.graph["param_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("source", "overrides", "tied"),
+    [
+        ("gpt", {"tie_embeddings": True}, ("tok_emb", "head", "tok_emb.weight")),
+        ("hf:gpt2", SMALL_HF["hf:gpt2"], ("transformer.wte", "lm_head", "transformer.wte.weight")),
+    ],
+)
+def test_module_hooks_record_tied_parameters_as_export_does(monkeypatch, source, overrides, tied):
+    exported = trace(source, overrides)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("export refused: trace with module hooks")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    hooked = trace(source, overrides)
+    assert exported.graph["capture"] == "torch.export"
+    assert hooked.graph["capture"].startswith("module-hooks")
+    assert _tied_records(hooked) == _tied_records(exported)
+    owner, user, weight = tied
+    blocks, _ = _tied_records(hooked)
+    assert weight in blocks[owner][0] and weight not in blocks[user][0]
+    assert weight in blocks[owner][1] and weight in blocks[user][1]
 
 
 def test_nodes_carry_module_paths_shapes_and_traffic():

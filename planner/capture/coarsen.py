@@ -23,7 +23,7 @@ CONTAINERS = {"ModuleList", "Sequential", "ModuleDict"}
 
 
 def block_fqns(modules: dict[str, dict[str, Any]]) -> set[str]:
-    """The module FQNs that become blocks, given `planner.capture.trace.module_info` output.
+    """The module FQNs that become blocks, given `planner.capture.modules.module_info` output.
 
     >>> mods = {"": {"type": "GPT", "children": ["emb", "blocks", "head"]},
     ...         "emb": {"type": "Embedding", "children": []},
@@ -150,63 +150,68 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
     order = block_order(graph)
     coarse = nx.DiGraph(**{k: v for k, v in graph.graph.items() if k != "order"})
     coarse.graph["coarsened"] = True
-    modules = graph.graph.get("modules", {})
     for name in order:
-        data = graph.nodes[name]
-        block = owner[name]
-        if block not in coarse:
-            is_input = data["kind"] == "input"
-            coarse.add_node(
-                block,
-                fqn="" if is_input else block,
-                kind="input" if is_input else "block",
-                op="input" if is_input else modules.get(block, {}).get("type", "glue"),
-                members=0,
-                params=[],
-                shared_params=[],
-                resaved_from={},
-                ops=[],
-                output_shape=[],
-                output_bytes=0,
-                **{key: 0 for key in NODE_SUMS},
-            )
-        node = coarse.nodes[block]
-        node["members"] += 1
-        for key in NODE_SUMS:
-            node[key] += int(data.get(key, 0))
-        node["params"].extend(data.get("params", []))
-        weights = int(data.get("weight_read_bytes", 0))
-        moved = int(data.get("read_bytes", 0)) - weights + int(data.get("write_bytes", 0))
-        if data.get("fwd_flops", 0) or moved or weights:
-            node["ops"].append([int(data.get("fwd_flops", 0)), moved, weights])
-        node["shared_params"].extend(
-            p for p in data.get("shared_params", []) if p not in node["shared_params"]
-        )
+        _add_member(coarse, owner[name], graph.nodes[name], graph.graph.get("modules", {}))
     _resaved_across_blocks(graph, owner, coarse)
     outputs = set(graph.graph.get("outputs", []))
     for name in order:
-        src = owner[name]
-        dst_blocks = {owner[d] for d in graph.successors(name)} - {src}
-        nbytes = int(graph.nodes[name].get("output_bytes", 0))
-        for dst in dst_blocks:
-            # A tensor carries a gradient back if any edge into the block does.
-            grad = max(
-                int(graph.edges[name, d].get("grad_bytes", 0))
-                for d in graph.successors(name)
-                if owner[d] == dst
-            )
-            if coarse.has_edge(src, dst):
-                coarse.edges[src, dst]["bytes"] += nbytes
-                coarse.edges[src, dst]["grad_bytes"] += grad
-            else:
-                coarse.add_edge(src, dst, bytes=nbytes, grad_bytes=grad)
-        if dst_blocks or name in outputs:
-            # The block's output: what leaves it, last producer first (its main output).
-            node = coarse.nodes[src]
-            node["output_shape"] = list(graph.nodes[name].get("output_shape", []))
-            node["output_bytes"] += nbytes
+        _link_across_blocks(graph, owner, coarse, name, outputs)
     coarse.graph["order"] = list(coarse.nodes)
     coarse.graph["outputs"] = sorted({owner[n] for n in outputs})
     if not nx.is_directed_acyclic_graph(coarse):
         raise AssertionError("coarsening produced a cycle; blocks are not contiguous")
     return coarse
+
+
+def _add_member(coarse: nx.DiGraph, block: str, data: dict[str, Any], modules: dict[str, Any]) -> None:
+    """Add one fine node's sums, parameters and per-op costs to its block (made on first use)."""
+    if block not in coarse:
+        is_input = data["kind"] == "input"
+        coarse.add_node(
+            block,
+            fqn="" if is_input else block,
+            kind="input" if is_input else "block",
+            op="input" if is_input else modules.get(block, {}).get("type", "glue"),
+            members=0,
+            params=[],
+            shared_params=[],
+            resaved_from={},
+            ops=[],
+            output_shape=[],
+            output_bytes=0,
+            **{key: 0 for key in NODE_SUMS},
+        )
+    node = coarse.nodes[block]
+    node["members"] += 1
+    for key in NODE_SUMS:
+        node[key] += int(data.get(key, 0))
+    node["params"].extend(data.get("params", []))
+    weights = int(data.get("weight_read_bytes", 0))
+    moved = int(data.get("read_bytes", 0)) - weights + int(data.get("write_bytes", 0))
+    if data.get("fwd_flops", 0) or moved or weights:
+        node["ops"].append([int(data.get("fwd_flops", 0)), moved, weights])
+    node["shared_params"].extend(p for p in data.get("shared_params", []) if p not in node["shared_params"])
+
+
+def _link_across_blocks(
+    graph: nx.DiGraph, owner: dict[str, str], coarse: nx.DiGraph, name: str, outputs: set[str]
+) -> None:
+    """Send fine node ``name``'s output to every other block that reads it; count it as its block's output."""
+    src = owner[name]
+    dst_blocks = {owner[d] for d in graph.successors(name)} - {src}
+    nbytes = int(graph.nodes[name].get("output_bytes", 0))
+    for dst in sorted(dst_blocks):  # the same edge order whatever the hash seed
+        # A tensor carries a gradient back if any edge into the block does.
+        grad = max(
+            int(graph.edges[name, d].get("grad_bytes", 0)) for d in graph.successors(name) if owner[d] == dst
+        )
+        if coarse.has_edge(src, dst):
+            coarse.edges[src, dst]["bytes"] += nbytes
+            coarse.edges[src, dst]["grad_bytes"] += grad
+        else:
+            coarse.add_edge(src, dst, bytes=nbytes, grad_bytes=grad)
+    if dst_blocks or name in outputs:
+        # The block's output: what leaves it, last producer first (its main output).
+        node = coarse.nodes[src]
+        node["output_shape"] = list(graph.nodes[name].get("output_shape", []))
+        node["output_bytes"] += nbytes

@@ -7,7 +7,8 @@ pre- and post-hook; ops that run outside any leaf module are added to the next l
 an input that no module produced is linked from the previous call. The model is run on
 meta first; data-dependent branches cannot run there, so a model small enough to hold
 (`CPU_FALLBACK_BYTES`) is run once more on the CPU, and the graph then describes the path
-that this input took.
+that this input took. Parameters, tied ones included, are recorded as the export capture
+records them (`planner.capture.params`), so a tied model prices the same either way.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 
 import networkx as nx
 
-from planner.capture.graph import attach_params, node_attrs
+from planner.capture.graph import node_attrs
+from planner.capture.modules import module_info
+from planner.capture.params import ParamOwners
 from planner.capture.source import BuiltModel, ModelSource, build_model
+from planner.capture.tensors import SavedTensors, nbytes, storage_key, tensors
 from planner.errors import TraceError
 
 CPU_FALLBACK_BYTES = 2 * 1024**3  # materialise at most 2 GiB of weights for the CPU run
@@ -31,7 +35,7 @@ def trace_with_hooks(
         graph = _run(built)
         where = "meta"
     except Exception as meta_exc:
-        param_bytes = sum(p.numel() * p.element_size() for p in built.module.parameters())
+        param_bytes = sum(nbytes(p) for p in built.module.parameters())
         failing = getattr(meta_exc, "module_fqn", "")
         if param_bytes > CPU_FALLBACK_BYTES:
             raise TraceError(
@@ -58,129 +62,143 @@ def trace_with_hooks(
 
 
 def _run(built: BuiltModel) -> nx.DiGraph:
-    import torch
-    from torch.utils._pytree import tree_leaves
+    """Run ``built`` once with a hook on every module; one node per call of a leaf module."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from planner.capture.trace import module_info
 
     model = built.module
     model.train()
-    param_storages = {p.untyped_storage()._cdata for p in model.parameters()}
-    param_storages |= {b.untyped_storage()._cdata for b in model.buffers()}
-    graph = nx.DiGraph()
-    stack: list[str] = []
-    producer: dict[int, str] = {}  # storage -> node that returned it
-    counted: set[int] = set()
-    keep: list[Any] = []
-    state: dict[str, Any] = {"flops": 0, "saved": 0, "last": None, "calls": {}}
-    owned_params: set[int] = set()
+    calls = _LeafCalls(model, FlopCounterMode(display=False))
+    calls.add_inputs(built.args, built.kwargs)
+    out = calls.run(built.args, built.kwargs)
+    return calls.finish(out)
 
-    def tensors(value: Any) -> list[Any]:
-        return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
-    for i, t in enumerate(tensors((built.args, built.kwargs))):
-        name = f"input_{i}"
-        graph.add_node(name, **node_attrs("input", "", "input", list(t.shape), t.numel() * t.element_size()))
-        producer[t.untyped_storage()._cdata] = name
+class _LeafCalls:
+    """The graph built while the model runs: one node per leaf-module call, in call order.
 
-    counter = FlopCounterMode(display=False)
+    A leaf call is named by its module's FQN, and ``fqn#2``, ``fqn#3``... when the module
+    runs again. FLOPs and saved bytes are read as running totals, so whatever ran since
+    the previous leaf call (ops in a parent's own forward) is that call's.
+    """
 
-    def pack(t: Any) -> Any:
-        key = t.untyped_storage()._cdata
-        if key not in param_storages and key not in counted:
-            counted.add(key)
-            keep.append(t)
-            state["saved"] += t.untyped_storage().nbytes()
-        return t
+    def __init__(self, model: Any, counter: Any) -> None:
+        self.model = model
+        self.counter = counter  # FlopCounterMode, entered by `run`
+        self.params = ParamOwners(model)
+        # Parameters and buffers are counted as parameters, never as saved activations.
+        self.saved = SavedTensors({storage_key(t) for t in [*model.parameters(), *model.buffers()]})
+        self.graph = nx.DiGraph()
+        self.stack: list[str] = []  # FQNs of the modules whose forward is running
+        self.producer: dict[tuple, str] = {}  # storage -> node that returned it last
+        self.times_called: dict[str, int] = {}
+        self.inputs: list[Any] = []  # tensors the running leaf module was called with
+        self.flops_mark = 0  # running totals at the end of the previous leaf call
+        self.saved_mark = 0
+        self.last: str | None = None  # the previous leaf call's node
 
-    def pre(fqn: str, leaf: bool):
+    def add_inputs(self, args: tuple, kwargs: dict) -> None:
+        """One input node per tensor the model is called with: ``input_0``, ``input_1``..."""
+        for i, t in enumerate(tensors((args, kwargs))):
+            name = f"input_{i}"
+            self.graph.add_node(name, **node_attrs("input", "", "input", list(t.shape), nbytes(t)))
+            self.producer[storage_key(t)] = name
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """Call the model under the hooks; an exception carries the failing module's FQN."""
+        handles = []
+        for fqn, module in self.model.named_modules():
+            leaf = not any(True for _ in module.children())
+            handles.append(module.register_forward_pre_hook(self._pre(fqn, leaf)))
+            handles.append(module.register_forward_hook(self._post(fqn, leaf)))
+        try:
+            with self.counter, self.saved.hooks():
+                try:
+                    return self.model(*args, **kwargs)
+                except Exception as exc:
+                    exc.module_fqn = self.stack[-1] if self.stack else ""  # type: ignore[attr-defined]
+                    raise
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _pre(self, fqn: str, leaf: bool) -> Any:
         def hook(module: Any, args: Any) -> None:
-            stack.append(fqn)
+            self.stack.append(fqn)
             if leaf:
-                state["start"] = (counter.get_total_flops(), state["saved"])
-                state["inputs"] = tensors(args)
+                self.inputs = tensors(args)
 
         return hook
 
-    def post(fqn: str, leaf: bool):
+    def _post(self, fqn: str, leaf: bool) -> Any:
         def hook(module: Any, args: Any, output: Any) -> None:
-            stack.pop()
-            if not leaf:
-                return
-            calls = state["calls"]
-            calls[fqn] = calls.get(fqn, 0) + 1
-            name = fqn if calls[fqn] == 1 else f"{fqn}#{calls[fqn]}"
-            outs = tensors(output)
-            first = outs[0] if outs else torch.empty(0)
-            # Everything measured since the previous leaf call belongs to this one.
-            flops = counter.get_total_flops() - state["flops"]
-            saved = state["saved"] - state.get("saved_mark", 0)
-            attrs = node_attrs(
-                "op", fqn, type(module).__name__, list(first.shape), 0, module_stack=[*list(stack), fqn]
-            )
-            attrs["output_bytes"] = sum(t.numel() * t.element_size() for t in outs)
-            attrs.update(fwd_flops=int(flops), saved_bytes=int(saved))
-            params = [p for p in module.parameters(recurse=False) if id(p) not in owned_params]
-            owned_params.update(id(p) for p in params)
-            attrs["param_count"] = sum(p.numel() for p in params)
-            attrs["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
-            weights = sum(t.numel() * t.element_size() for t in module.parameters(recurse=False))
-            inputs = sum(t.numel() * t.element_size() for t in state["inputs"])
-            attrs.update(
-                read_bytes=inputs + weights, weight_read_bytes=weights, write_bytes=attrs["output_bytes"]
-            )
-            attrs["params"] = [
-                f"{fqn}.{n}" for n, p in module.named_parameters(recurse=False) if any(p is q for q in params)
-            ]
-            graph.add_node(name, **attrs)
-            for t in state["inputs"]:
-                src = producer.get(t.untyped_storage()._cdata, state["last"])
-                if src is not None and src != name:
-                    nbytes = t.numel() * t.element_size()
-                    grad = nbytes if t.requires_grad else 0
-                    if graph.has_edge(src, name):
-                        graph.edges[src, name]["bytes"] += nbytes
-                        graph.edges[src, name]["grad_bytes"] += grad
-                    else:
-                        graph.add_edge(src, name, bytes=nbytes, grad_bytes=grad)
-            for t in outs:
-                producer[t.untyped_storage()._cdata] = name
-            state["flops"] = counter.get_total_flops()
-            state["saved_mark"] = state["saved"]
-            state["last"] = name
+            self.stack.pop()
+            if leaf:
+                self._record(fqn, module, output)
 
         return hook
 
-    handles = []
-    for fqn, module in model.named_modules():
-        leaf = not any(True for _ in module.children())
-        handles.append(module.register_forward_pre_hook(pre(fqn, leaf)))
-        handles.append(module.register_forward_hook(post(fqn, leaf)))
-    try:
-        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            try:
-                out = model(*built.args, **built.kwargs)
-            except Exception as exc:
-                exc.module_fqn = stack[-1] if stack else ""  # type: ignore[attr-defined]
-                raise
-    finally:
-        for h in handles:
-            h.remove()
-    last = state["last"]
-    if last is None:
-        raise TraceError("the model ran no module with parameters or ops")
-    # Ops after the last leaf call (a final reshape at the root) belong to that call.
-    graph.nodes[last]["fwd_flops"] += counter.get_total_flops() - state["flops"]
-    graph.nodes[last]["saved_bytes"] += state["saved"] - state.get("saved_mark", 0)
-    named = dict(model.named_parameters())
-    unused = [n for n, p in named.items() if id(p) not in owned_params]
-    if unused:
-        attach_params(
-            graph, [(n, named[n].numel(), named[n].numel() * named[n].element_size()) for n in unused]
+    def _record(self, fqn: str, module: Any, output: Any) -> None:
+        """Add the node of a leaf call that just returned, with everything measured since the last."""
+        import torch
+
+        n = self.times_called[fqn] = self.times_called.get(fqn, 0) + 1
+        name = fqn if n == 1 else f"{fqn}#{n}"
+        outs = tensors(output)
+        first = outs[0] if outs else torch.empty(0)
+        out_bytes = sum(nbytes(t) for t in outs)
+        weights = sum(nbytes(t) for t in module.parameters(recurse=False))
+        attrs = node_attrs(
+            "op",
+            fqn,
+            type(module).__name__,
+            list(first.shape),
+            out_bytes,
+            module_stack=[*self.stack, fqn],
+            fwd_flops=int(self.counter.get_total_flops() - self.flops_mark),
+            saved_bytes=int(self.saved.total - self.saved_mark),
+            read_bytes=sum(nbytes(t) for t in self.inputs) + weights,
+            weight_read_bytes=weights,
+            write_bytes=out_bytes,
         )
-    graph.graph["param_bytes"] = {n: p.numel() * p.element_size() for n, p in named.items()}
-    graph.graph["outputs"] = sorted({producer.get(t.untyped_storage()._cdata, last) for t in tensors(out)})
-    graph.graph["order"] = list(graph.nodes)
-    graph.graph["modules"] = module_info(model)
-    return graph
+        self.graph.add_node(name, **attrs)
+        for param, _ in module.named_parameters(recurse=False):
+            self.params.use(self.graph, name, f"{fqn}.{param}" if fqn else param)
+        self._link_inputs(name)
+        for t in outs:
+            self.producer[storage_key(t)] = name
+        # Kept until the trace ends: a freed output's address, reused by a later tensor,
+        # would make this call the producer of a tensor it never returned.
+        self.saved.keep_alive.extend(outs)
+        self.flops_mark = self.counter.get_total_flops()
+        self.saved_mark = self.saved.total
+        self.last = name
+
+    def _link_inputs(self, name: str) -> None:
+        """An edge from each input's producer; an input no module returned comes from the last call."""
+        for t in self.inputs:
+            src = self.producer.get(storage_key(t), self.last)
+            if src is None or src == name:
+                continue
+            sent = nbytes(t)
+            grad = sent if t.requires_grad else 0
+            if self.graph.has_edge(src, name):
+                self.graph.edges[src, name]["bytes"] += sent
+                self.graph.edges[src, name]["grad_bytes"] += grad
+            else:
+                self.graph.add_edge(src, name, bytes=sent, grad_bytes=grad)
+
+    def finish(self, out: Any) -> nx.DiGraph:
+        """Give trailing ops to the last call; mark tied parameters; name outputs and order."""
+        last, graph = self.last, self.graph
+        if last is None:
+            raise TraceError("the model ran no module with parameters or ops")
+        # Ops after the last leaf call (a final reshape at the root) belong to that call.
+        graph.nodes[last]["fwd_flops"] += self.counter.get_total_flops() - self.flops_mark
+        graph.nodes[last]["saved_bytes"] += self.saved.total - self.saved_mark
+        self.params.attach_unused(graph)
+        self.params.mark_shared(graph)
+        graph.graph["param_bytes"] = self.params.param_bytes()
+        graph.graph["outputs"] = sorted({self.producer.get(storage_key(t), last) for t in tensors(out)})
+        graph.graph["order"] = list(graph.nodes)
+        graph.graph["modules"] = module_info(self.model)
+        return graph
