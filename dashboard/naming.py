@@ -39,7 +39,7 @@ def layout_name(
 
 
 def candidate_name(candidate) -> str:
-    """A search candidate (`planner.search.search.Candidate`) in words, as the Plan page lists it."""
+    """A search candidate (`planner.search.candidate.Candidate`) in words, as the Plan page lists it."""
     c = candidate
     return layout_name(c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages, c.micro_batches,
                        c.mesh)  # fmt: skip

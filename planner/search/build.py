@@ -111,11 +111,7 @@ def make_plan(
     stages = stages_for(blocks, chosen, pp_degree, stage_names)
     n = dp_degree * pp_degree
     device_ids = list(devices) if devices is not None else [d.id for d in cluster.devices[:n]]
-    grid = list(coords) if coords is not None else [(r // pp_degree, r % pp_degree) for r in range(n)]
-    ranks = [
-        RankAssignment(rank=r, device=dev, node=cluster.device(dev).node, dp_index=c[0], pp_index=c[1])
-        for r, (dev, c) in enumerate(zip(device_ids, grid, strict=True))
-    ]
+    ranks = _rank_assignments(cluster, device_ids, coords, dp_degree, pp_degree)
     if shares is None:
         base, extra = divmod(global_batch, dp_degree)
         shares = [base + (1 if i < extra else 0) for i in range(dp_degree)]
@@ -132,14 +128,7 @@ def make_plan(
         # The cluster instance is taken as it is (already validated); the plan's own
         # consistency checks run exactly as they do for a file.
         return Plan(
-            model=ModelRef(
-                source=graph.graph.get("source", ""),
-                overrides=graph.graph.get("overrides", {}),
-                graph_digest=digest or graph_digest(graph),
-                blocks=blocks,
-                input_shapes=graph.graph.get("input_shapes", []),
-                trace_batch_size=graph.graph.get("batch_size", 1),
-            ),
+            model=_model_ref(graph, blocks, digest),
             cluster=cluster,
             unused_devices=unused,
             training=Training(**train),
@@ -154,3 +143,31 @@ def make_plan(
         )
     except ValidationError as exc:
         raise PlanError(f"plan: {explain(exc)}") from None
+
+
+def _rank_assignments(
+    cluster: Cluster,
+    devices: list[int],
+    coords: Sequence[tuple[int, int]] | None,
+    dp_degree: int,
+    pp_degree: int,
+) -> list[RankAssignment]:
+    """Each rank's device, node and coordinates; a pipeline's ranks consecutive by default."""
+    n = dp_degree * pp_degree
+    grid = list(coords) if coords is not None else [(r // pp_degree, r % pp_degree) for r in range(n)]
+    return [
+        RankAssignment(rank=r, device=dev, node=cluster.device(dev).node, dp_index=c[0], pp_index=c[1])
+        for r, (dev, c) in enumerate(zip(devices, grid, strict=True))
+    ]
+
+
+def _model_ref(graph: nx.DiGraph, blocks: list[str], digest: str | None) -> ModelRef:
+    """The model as the plan records it: its source, overrides, graph digest and blocks."""
+    return ModelRef(
+        source=graph.graph.get("source", ""),
+        overrides=graph.graph.get("overrides", {}),
+        graph_digest=digest or graph_digest(graph),
+        blocks=blocks,
+        input_shapes=graph.graph.get("input_shapes", []),
+        trace_batch_size=graph.graph.get("batch_size", 1),
+    )

@@ -119,82 +119,111 @@ def best_split(
     k, n = len(work), len(work[0])
     if not 1 <= k <= n:
         raise ValueError(f"cannot split {n} blocks into {k} non-empty stages")
-    m = micro_batches
-    prefix = [list(itertools.accumulate(row, initial=0.0)) for row in work]
-    interleaved = ranks is not None and len(set(ranks)) < k
-    ranks = list(ranks) if ranks is not None else list(range(k))
-    # Least work the blocks from i on need, on the cheapest device among stages from j on.
+    search = _BranchAndBound(work, micro_batches, evaluate, fits, ranks, max_evaluations, max_nodes)
+    start = min_bottleneck_cuts(work)
+    if fits is None or all(fits(j, a, b - 1) for j, (a, b) in enumerate(_ranges(start, n))):
+        search.price(start)
+    search.extend(0, 0, [], 0.0, 0.0, [0.0] * (max(search.ranks) + 1), [])
+    return SplitResult(search.best_cuts, search.best_value, not search.exhausted, search.evaluations)
+
+
+class _BranchAndBound:
+    """`best_split`'s depth-first search: stage j takes blocks a..b, for every b the bounds
+    leave open, then stage j + 1 takes over from b + 1."""
+
+    def __init__(self, work, micro_batches, evaluate, fits, ranks, max_evaluations, max_nodes) -> None:
+        self.k, self.n = len(work), len(work[0])
+        self.m = micro_batches
+        self.evaluate, self.fits = evaluate, fits
+        self.max_evaluations, self.max_nodes = max_evaluations, max_nodes
+        self.prefix = [list(itertools.accumulate(row, initial=0.0)) for row in work]
+        self.interleaved = ranks is not None and len(set(ranks)) < self.k
+        self.ranks = list(ranks) if ranks is not None else list(range(self.k))
+        self.first_chunks = len(set(self.ranks))  # stages before this are each their rank's first
+        self.cheapest = _cheapest_rest(work)
+        self.evaluations = self.visited = 0
+        self.best_value = math.inf
+        self.best_cuts: list[int] | None = None
+        self.exhausted = False
+
+    def price(self, cuts: list[int]) -> None:
+        self.evaluations += 1
+        value = self.evaluate(cuts)
+        if value < self.best_value:
+            self.best_value, self.best_cuts = value, list(cuts)
+
+    def extend(
+        self,
+        j: int,
+        a: int,
+        cuts: list[int],
+        ahead: float,
+        bound: float,
+        per_rank: list[float],
+        heads: list[float],
+    ) -> None:
+        """Try every end of stage j, which starts at block a; ``ahead`` is the work of the
+        stages before it, ``bound`` their greatest bound."""
+        left = self.k - j
+        for b in range(a, self.n - left + 1):  # stage j takes blocks a..b
+            self.visited += 1
+            if self.exhausted or (self.max_nodes is not None and self.visited > self.max_nodes):
+                self.exhausted = True
+                return
+            if self.fits is not None and not self.fits(j, a, b):
+                break  # more blocks only need more memory
+            w = self.prefix[j][b + 1] - self.prefix[j][a]
+            own, stage_bound, rank_work = self._stage_bound(j, w, ahead, bound, per_rank, heads)
+            rest = left - 1
+            if max(stage_bound, self._rest_bound(j, b, rest)) >= self.best_value:
+                if own >= self.best_value:
+                    break  # a longer stage j only raises this bound further
+                continue
+            if rest == 0:
+                if b == self.n - 1:
+                    if self.max_evaluations is not None and self.evaluations >= self.max_evaluations:
+                        self.exhausted = True
+                        return
+                    self.price(cuts)
+                continue
+            cuts.append(b + 1)
+            first_chunk = self.interleaved and j < self.first_chunks
+            next_heads = [*heads, ahead] if first_chunk else heads
+            self.extend(j + 1, b + 1, cuts, ahead + w, stage_bound, rank_work, next_heads)
+            cuts.pop()
+
+    def _stage_bound(self, j, w, ahead, bound, per_rank, heads) -> tuple[float, float, list[float]]:
+        """(this stage's own bound, the bound so far, work per rank) with stage j's work w."""
+        if self.interleaved:
+            # Rank q starts after the forwards of the chunks before its first one and ends
+            # before their backwards: heads[q] + m * (all of rank q's work).
+            q = self.ranks[j]
+            rank_work = per_rank[:]
+            rank_work[q] += w
+            head = ahead if j < self.first_chunks else heads[q]
+            own = head + self.m * rank_work[q]
+            return own, max(bound, own), rank_work
+        own = ahead + self.m * w
+        return own, max(bound, own), per_rank
+
+    def _rest_bound(self, j: int, b: int, rest: int) -> float:
+        """Least time the ``rest`` stages after stage j (which ends at block b) need."""
+        if not rest:
+            return 0.0
+        share = len(set(self.ranks[j + 1 :])) if self.interleaved else rest
+        return self.m * self.cheapest[j + 1][b + 1] / share
+
+
+def _cheapest_rest(work: Sequence[Sequence[float]]) -> list[list[float]]:
+    """``[j][i]``: least work the blocks from i on need, on the cheapest device among stages
+    from j on."""
+    k, n = len(work), len(work[0])
     cheapest = [[0.0] * (n + 1) for _ in range(k + 1)]
     for j in range(k - 1, -1, -1):
         for i in range(n - 1, -1, -1):
             best_here = min(work[jj][i] for jj in range(j, k))
             cheapest[j][i] = cheapest[j][i + 1] + best_here
-    evaluations = visited = 0
-    best_value = math.inf
-    best_cuts: list[int] | None = None
-    exhausted = False
-
-    def price(cuts: list[int]) -> None:
-        nonlocal evaluations, best_value, best_cuts
-        evaluations += 1
-        value = evaluate(cuts)
-        if value < best_value:
-            best_value, best_cuts = value, list(cuts)
-
-    start = min_bottleneck_cuts(work)
-    if fits is None or all(fits(j, a, b - 1) for j, (a, b) in enumerate(_ranges(start, n))):
-        price(start)
-
-    def dfs(
-        j: int, a: int, cuts: list[int], ahead: float, bound: float, per_rank: list[float], heads: list[float]
-    ) -> None:
-        nonlocal exhausted, visited
-        left = k - j
-        for b in range(a, n - left + 1):  # stage j takes blocks a..b
-            visited += 1
-            if exhausted or (max_nodes is not None and visited > max_nodes):
-                exhausted = True
-                return
-            if fits is not None and not fits(j, a, b):
-                break  # more blocks only need more memory
-            w = prefix[j][b + 1] - prefix[j][a]
-            if interleaved:
-                # Rank q starts after the forwards of the chunks before its first one and ends
-                # before their backwards: heads[q] + m * (all of rank q's work).
-                q = ranks[j]
-                rank_work = per_rank[:]
-                rank_work[q] += w
-                head = ahead if j < len(heads_needed) else heads[q]
-                own = head + m * rank_work[q]
-                stage_bound = max(bound, own)
-            else:
-                rank_work = per_rank
-                stage_bound = max(bound, ahead + m * w)
-            rest = left - 1
-            remaining = (
-                m * cheapest[j + 1][b + 1] / (len(set(ranks[j + 1 :])) if interleaved else rest)
-                if rest
-                else 0.0
-            )
-            if max(stage_bound, remaining) >= best_value:
-                if (own if interleaved else ahead + m * w) >= best_value:
-                    break  # a longer stage j only raises this bound further
-                continue
-            if rest == 0:
-                if b == n - 1:
-                    if max_evaluations is not None and evaluations >= max_evaluations:
-                        exhausted = True
-                        return
-                    price(cuts)
-                continue
-            cuts.append(b + 1)
-            next_heads = [*heads, ahead] if interleaved and j < len(heads_needed) else heads
-            dfs(j + 1, b + 1, cuts, ahead + w, stage_bound, rank_work, next_heads)
-            cuts.pop()
-
-    heads_needed = sorted(set(ranks))  # the first round: chunk q is rank q's first
-    dfs(0, 0, [], 0.0, 0.0, [0.0] * (max(ranks) + 1), [])
-    return SplitResult(best_cuts, best_value, not exhausted, evaluations)
+    return cheapest
 
 
 def _ranges(cuts: list[int], n: int) -> list[tuple[int, int]]:

@@ -10,13 +10,32 @@ from __future__ import annotations
 import itertools
 import math
 
+import networkx as nx
+
 from planner.cost.memory import optimizer_state_bytes
 from planner.cost.price import Pricer
 from planner.cost.timing import DTYPE_BYTES
-from planner.plan import Plan
-from planner.schedules import in_flight, rank_actions
+from planner.plan import Plan, Strategy
+from planner.schedules import Schedule, in_flight, rank_actions
 from planner.search.build import stages_for
 from planner.search.partition import SplitResult, best_split
+
+MAX_UNITS = 512  # past this many blocks, cut only between groups of consecutive blocks
+
+
+def unit_starts(graph: nx.DiGraph, blocks: list[str]) -> list[int] | None:
+    """For very long graphs, group consecutive blocks into MAX_UNITS units of similar FLOPs:
+    the index of each unit's first block (None: every block is its own unit)."""
+    if len(blocks) <= MAX_UNITS:
+        return None
+    flops = [max(1, graph.nodes[b]["fwd_flops"]) for b in blocks]
+    total = sum(flops)
+    starts, acc = [0], 0.0
+    for i, f in enumerate(flops[:-1]):
+        acc += f
+        if acc >= total * len(starts) / MAX_UNITS and len(starts) < MAX_UNITS:
+            starts.append(i + 1)
+    return starts
 
 
 class StageProblem:
@@ -29,60 +48,71 @@ class StageProblem:
         self.blocks = list(plan.model.blocks)
         self.units = units
         self.k = len(plan.stages)
-        p, m, v = plan.pp_degree, plan.training.micro_batches, plan.virtual_stages
-        schedule = plan.schedule or ("1f1b" if plan.strategy == "dp" else "gpipe")
-        orders = rank_actions(schedule, p, m, v)
-        flight: dict[int, int] = {}
-        for order in orders:
-            flight.update(in_flight(order))
         traced = graph.graph.get("dtype", "float32")
-        scale = DTYPE_BYTES[plan.training.dtype] / DTYPE_BYTES[traced]
-        trace_batch = int(graph.graph.get("batch_size", 1))
+        self.scale = DTYPE_BYTES[plan.training.dtype] / DTYPE_BYTES[traced]
+        self.trace_batch = int(graph.graph.get("batch_size", 1))
+        m, p = plan.training.micro_batches, plan.pp_degree
         shares = {r.dp_index: r.batch_share for r in plan.replicas}
         # Per stage position and replica: (device, micro-batch size).
         self.places = [
             [(plan.rank_of(dp, j % p).device, shares[dp] / m) for dp in range(plan.dp_degree)]
             for j in range(self.k)
         ]
-        kinds = {d.id: d.kind for d in pricer.cluster.devices}
+        self.work = self._work()
+        self._memory_bounds()
+        self.ranks = [j % p for j in range(self.k)] if plan.virtual_stages > 1 else None
+        if units is not None:
+            bounds = [*units, len(self.blocks)]
+            self.work = [[sum(row[a:b]) for a, b in itertools.pairwise(bounds)] for row in self.work]
+
+    def _work(self) -> list[list[float]]:
+        """Per stage position, each block's forward + backward seconds per micro-batch."""
+        kinds = {d.id: d.kind for d in self.pricer.cluster.devices}
+        dtype = self.template.training.dtype
         rows: dict[tuple, list[float]] = {}  # one row per distinct (kind, micro-batch) set
-        self.work = []
+        work = []
         for j in range(self.k):
             key = tuple(sorted({(kinds[dev], mb) for dev, mb in self.places[j]}))
             if key not in rows:
                 per_place = [
                     [
-                        sum(pricer.block_times(b, kind, plan.training.dtype, mb, scale, trace_batch)[:2])
+                        sum(self.pricer.block_times(b, kind, dtype, mb, self.scale, self.trace_batch)[:2])
                         for b in self.blocks
                     ]
                     for kind, mb in key
                 ]
                 # The least over replicas keeps the partitioner's bound a lower bound for each.
                 rows[key] = [min(col) for col in zip(*per_place, strict=True)]
-            self.work.append(rows[key])
-        # Memory lower bound per block: parameters + gradients + optimizer state, and saved
-        # activations per sample (tied copies and re-kept inputs only add to it).
+            work.append(rows[key])
+        return work
+
+    def _memory_bounds(self) -> None:
+        """Memory lower bound per block: parameters + gradients + optimizer state, and saved
+        activations per sample (tied copies and re-kept inputs only add to it); micro-batches
+        in flight per stage, and each device's capacity."""
+        plan, graph, scale = self.template, self.pricer.graph, self.scale
         opt = plan.training.optimizer
         per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.dtype)
+        traced = graph.graph.get("dtype", "float32")
         nodes = graph.nodes
         fixed = [
             2 * nodes[b]["param_bytes"] * scale + nodes[b]["param_bytes"] / DTYPE_BYTES[traced] * per_param
             for b in self.blocks
         ]
-        saved = [nodes[b]["saved_bytes"] / trace_batch * scale for b in self.blocks]
+        saved = [nodes[b]["saved_bytes"] / self.trace_batch * scale for b in self.blocks]
         self.fixed = list(itertools.accumulate(fixed, initial=0.0))
         self.saved = list(itertools.accumulate(saved, initial=0.0))
-        self.last_out = nodes[self.blocks[-1]]["output_bytes"] / trace_batch * scale
+        self.last_out = nodes[self.blocks[-1]]["output_bytes"] / self.trace_batch * scale
+        # Micro-batches whose activations a stage holds at once, by its schedule.
+        schedule = plan.schedule or (Schedule.ONE_F_ONE_B if plan.strategy == Strategy.DP else Schedule.GPIPE)
+        flight: dict[int, int] = {}
+        for order in rank_actions(schedule, plan.pp_degree, plan.training.micro_batches, plan.virtual_stages):
+            flight.update(in_flight(order))
         self.flight = [flight.get(j, 1) for j in range(self.k)]
-        cluster = pricer.cluster
+        cluster = self.pricer.cluster
         self.capacity = {
             d.id: d.memory_bytes - cluster.overhead_bytes.get(d.kind, 0) for d in cluster.devices
         }
-        self.ranks = [j % p for j in range(self.k)] if v > 1 else None
-
-        if units is not None:
-            bounds = [*units, len(self.blocks)]
-            self.work = [[sum(row[a:b]) for a, b in itertools.pairwise(bounds)] for row in self.work]
 
     def _block_range(self, a: int, b: int) -> tuple[int, int]:
         """Units a..b as blocks (first, last)."""

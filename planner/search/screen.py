@@ -1,0 +1,71 @@
+"""The screen: a quick step time for every candidate, so only the most promising are priced.
+
+Pricing a candidate simulates its whole step, and finding its best split prices many; a
+search enumerates hundreds to thousands of layouts. The screen ranks them all by a closed
+form instead: the pipeline's fill and drain on a split balanced by device speed, plus
+streaming the gradients once over the slowest link. Per-kind totals and link figures are
+cached, since many candidates share them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import networkx as nx
+
+from planner.cluster import Cluster
+from planner.cost.price import Pricer
+from planner.cost.timing import DTYPE_BYTES
+from planner.plan import Strategy
+from planner.search.candidate import Candidate
+
+
+class Screen:
+    """Quick step-time estimates for screening candidates, from cached per-kind totals."""
+
+    def __init__(self, pricer: Pricer, graph: nx.DiGraph, blocks: list[str], training: dict[str, Any]):
+        self.pricer, self.blocks = pricer, blocks
+        self.dtype = training.get("dtype", "float32")
+        self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[graph.graph.get("dtype", "float32")]
+        self.trace_batch = int(graph.graph.get("batch_size", 1))
+        self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * self.scale
+        self._totals: dict[tuple[str, float], tuple[float, float]] = {}
+        self._links: dict[tuple[int, ...], float] = {}
+
+    def slowest_link(self, cluster: Cluster, devices: tuple[int, ...]) -> float:
+        """Least bandwidth between neighbours in this device order (many candidates share one)."""
+        if devices not in self._links:
+            self._links[devices] = min(cluster.path(a, b).bandwidth for a, b in itertools.pairwise(devices))
+        return self._links[devices]
+
+    def totals(self, kind: str, mb: float) -> tuple[float, float]:
+        """(whole model, largest block) forward + backward seconds per micro-batch on ``kind``."""
+        key = (kind, mb)
+        if key not in self._totals:
+            times = [
+                sum(self.pricer.block_times(b, kind, self.dtype, mb, self.scale, self.trace_batch)[:2])
+                for b in self.blocks
+            ]
+            self._totals[key] = (sum(times), max(times))
+        return self._totals[key]
+
+    def __call__(self, cluster: Cluster, c: Candidate) -> float:
+        """The pipeline closed form on a split balanced by device speed, plus streaming the
+        gradients once over the slowest link between neighbouring devices."""
+        if c.strategy == Strategy.MP:
+            return 0.0  # few enough to price them all
+        worst = 0.0
+        kinds_of: list[list[str]] = [[] for _ in range(c.dp_degree)]  # one pass, not one per replica
+        for r, device in enumerate(c.devices):
+            kinds_of[c.coords[r][0]].append(cluster.device(device).kind)
+        for dp in range(c.dp_degree):
+            mb = c.shares[dp] / c.micro_batches
+            totals = [self.totals(k, mb) for k in kinds_of[dp]]
+            balanced = 1 / sum(1 / t for t, _ in totals)  # work split in proportion to speed
+            stage = max(balanced, max(b for _, b in totals))  # a block is never split
+            fill = (c.pp_degree - 1) / c.virtual_stages
+            worst = max(worst, (c.micro_batches + fill) * stage)
+        if c.dp_degree > 1:
+            worst += 2 * self.grad_bytes / c.pp_degree / self.slowest_link(cluster, tuple(c.devices))
+        return worst
