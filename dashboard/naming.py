@@ -12,9 +12,14 @@ SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved_1f1b": "interle
 
 
 def layout_name(
-    strategy: str, dp: int, pp: int, schedule: str | None, virtual_stages: int, micro_batches: int,
+    strategy: str,
+    dp: int,
+    pp: int,
+    schedule: str | None,
+    virtual_stages: int,
+    micro_batches: int,
     mesh: str = "",
-) -> str:  # fmt: skip
+) -> str:
     """How a layout splits the model, in a few words.
 
     >>> layout_name("hybrid", 2, 2, "1f1b", 1, 8)
@@ -41,14 +46,21 @@ def layout_name(
 def candidate_name(candidate) -> str:
     """A search candidate (`planner.search.candidate.Candidate`) in words, as the Plan page lists it."""
     c = candidate
-    return layout_name(c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages, c.micro_batches,
-                       c.mesh)  # fmt: skip
+    return layout_name(
+        c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages, c.micro_batches, c.mesh
+    )
 
 
 def strategy_name(plan: Plan) -> str:
     """The plan's layout in words (`layout_name`)."""
-    return layout_name(plan.strategy, plan.dp_degree, plan.pp_degree, plan.schedule, plan.virtual_stages,
-                       plan.training.micro_batches)  # fmt: skip
+    return layout_name(
+        plan.strategy,
+        plan.dp_degree,
+        plan.pp_degree,
+        plan.schedule,
+        plan.virtual_stages,
+        plan.training.micro_batches,
+    )
 
 
 def model_name(plan: Plan) -> str:
