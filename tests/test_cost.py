@@ -43,7 +43,7 @@ def test_gpipe_equals_the_closed_form_without_communication():
 
 def test_1f1b_with_an_uneven_first_stage_is_below_the_closed_form():
     pred = _pp(chain([2, 1, 1, 1]), gpus(4), "1f1b", 8)
-    assert _ms(pred) == pytest.approx(51)  # FACTS.md's simulation of the same case
+    assert _ms(pred) == pytest.approx(51)  # docs/facts.md (Pipeline pricing): the same case simulated
     assert _ms(pred) < closed_form_step([6, 3, 3, 3], 8)
 
 
@@ -309,7 +309,7 @@ def test_a_plan_for_another_graph_is_refused():
 
 
 def test_identical_replicas_are_simulated_once_with_the_same_result():
-    import planner.cost.price as cost
+    from planner.cost.plan_pricing import PlanPricing
 
     graph = chain([1, 2, 1, 1], edge_bytes=5000, params=[1000] * 4)
     cluster = Cluster(
@@ -331,12 +331,12 @@ def test_identical_replicas_are_simulated_once_with_the_same_result():
         global_batch=16,
     )
     fast = price(graph, cluster, plan, options=EXACT)
-    every = cost._Context._replicas_to_simulate
+    every = PlanPricing.replicas_to_simulate
     try:
-        cost._Context._replicas_to_simulate = lambda self: list(range(self.plan.dp_degree))
+        PlanPricing.replicas_to_simulate = lambda self: list(range(self.plan.dp_degree))
         slow = price(graph, cluster, plan, options=EXACT)
     finally:
-        cost._Context._replicas_to_simulate = every
+        PlanPricing.replicas_to_simulate = every
     assert fast.step_time_s == slow.step_time_s
     assert fast.link_bytes == slow.link_bytes
     key = lambda p: sorted((i.rank, round(i.start, 12), round(i.end, 12), i.kind) for i in p.timeline)

@@ -17,11 +17,21 @@ Micro-batches in flight are read off the schedule's real order (`planner.schedul
 m for GPipe, min(m, p - s) for 1F1B's stage s, torch's warm-up count for interleaved. A rank
 with several stages holds the most activations at the moment of that order when their sum
 is highest (`planner.schedules.held_peak`), not the sum of each stage's most.
+
+`plan_memory` gathers the terms of every rank of a plan; the step (`planner.cost.step`)
+says which of them its schedule decides (`StepMemory`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from planner.cost.plan_pricing import PlanPricing
+    from planner.cost.step import Step
+    from planner.schedules import Action
 
 
 def optimizer_temporaries(optimizer: str, weight_decay: float) -> int:
@@ -176,3 +186,71 @@ def rank_memory(
     )
     training_peak = trained.total - trained.overhead - trained.runtime
     return replace(trained, build=max(0, model_param_bytes - training_peak))
+
+
+class StepMemory(NamedTuple):
+    """The terms of one rank's memory that its step decides."""
+
+    in_flight: dict[int, int]
+    """Stage -> micro-batches whose activations are held at once."""
+    micro_batch_size: float
+    loss_output_per_sample: float
+    """Bytes the loss keeps per sample (0 off the last stage)."""
+    buffers: float
+    """Receive buffers (see `MemoryBreakdown.buffers`)."""
+    activations_held: float | None
+    """The activations' peak over the schedule's order, when known."""
+    runtime_strategy: str
+    """Which of the profile's runtime measurements applies ("dp" or "pp")."""
+
+
+def plan_memory(
+    pricing: PlanPricing, step: Step, actions: dict[int, Sequence[Action]]
+) -> list[MemoryBreakdown]:
+    """Every rank's memory, the ranks of mirrored replicas included."""
+    plan, opt, stages = pricing.plan, pricing.plan.training.optimizer, pricing.stages
+    per_param = optimizer_state_bytes(opt.name, opt.momentum, pricing.dtype)
+    temporaries = optimizer_temporaries(opt.name, opt.weight_decay)
+    model_bytes = round(pricing.pricer.sizes.model_param_bytes * pricing.scale)
+    last = len(stages) - 1
+    out = []
+    for r in plan.ranks:
+        device = pricing.cluster.device(r.device)
+        mine = [s for s in range(len(stages)) if s % pricing.pp_degree == r.pp_index]
+        held = step.held(r, mine, actions.get(r.rank, []))
+        overhead, runtime = _process_bytes(pricing, device.kind, held.runtime_strategy)
+        out.append(
+            rank_memory(
+                rank=r.rank,
+                device=r.device,
+                capacity=device.memory_bytes,
+                param_bytes=sum(stages[s].param_bytes for s in mine),
+                param_count=sum(stages[s].param_count for s in mine),
+                optimizer_bytes_per_param=per_param,
+                saved_per_sample={s: stages[s].saved_per_sample for s in mine},
+                in_flight=held.in_flight,
+                micro_batch_size=held.micro_batch_size,
+                loss_output_per_sample=held.loss_output_per_sample,
+                loss_in_flight=held.in_flight.get(last, 0),
+                overhead=overhead,
+                buffers=held.buffers,
+                largest_param_bytes=max(stages[s].largest_param_bytes for s in mine),
+                largest_op_bytes=max(stages[s].largest_op_per_sample * held.micro_batch_size for s in mine),
+                optimizer_temporaries=temporaries,
+                model_param_bytes=model_bytes,
+                runtime=runtime,
+                activations_held=held.activations_held,
+            )
+        )
+    return out
+
+
+def _process_bytes(pricing: PlanPricing, kind: str, strategy: str) -> tuple[int, int]:
+    """(overhead, runtime) of one process on a device kind: the profile's measurements,
+    else the cluster's overhead and no runtime."""
+    profile = pricing.profile
+    overhead = pricing.cluster.overhead_bytes.get(kind, 0)
+    if profile is not None and kind in profile.overhead_bytes:
+        overhead = profile.overhead_bytes[kind]
+    measured = profile.runtime_bytes.get(kind, {}) if profile is not None else {}
+    return overhead, measured.get(strategy, 0)

@@ -46,12 +46,48 @@ class Task:
     nbytes: int = 0
 
 
+class TaskList:
+    """The tasks of one step in the order they are made; a task's id is its position."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def add(
+        self,
+        *,
+        kind: TaskKind,
+        work: float,
+        rank: int,
+        deps: list[int] | None = None,
+        channel: str | None = None,
+        lanes: tuple[int, ...] = (),
+        stage: int | None = None,
+        micro_batch: int | None = None,
+        nbytes: int = 0,
+    ) -> Task:
+        task = Task(
+            len(self.tasks),
+            kind,
+            work,
+            rank,
+            [] if deps is None else deps,
+            channel,
+            lanes,
+            stage,
+            micro_batch,
+            nbytes,
+        )
+        self.tasks.append(task)
+        return task
+
+
 @dataclass(frozen=True, slots=True)
 class Interval:
     rank: int
     start: float
     end: float
     kind: str
+    """A TaskKind's value, or "idle"."""
     stage: int | None = None
     micro_batch: int | None = None
 
@@ -71,115 +107,177 @@ def simulate(
     every compute task on a shared node by ``1 + c`` while all its cores are busy, and in
     proportion while some are.
     """
-    n = len(tasks)
     if any(t.id != i for i, t in enumerate(tasks)):
         raise ValueError("task ids must be their positions in the list")
-    # Plain lists indexed by task id: this loop runs once per task, thousands per price.
-    waiting = [len(t.deps) for t in tasks]
-    dependents: list[list[int]] = [[] for _ in range(n)]
-    for t in tasks:
-        for d in t.deps:
-            dependents[d].append(t.id)
-    work = [t.work for t in tasks]
-    channel_of = [t.channel for t in tasks]
-    rank_of = [t.rank for t in tasks]
-    started = [0.0] * n
-    ended = [-1.0] * n
-    version = [0] * n
-    position = dict.fromkeys(programs, 0)
-    idle = set(programs)
-    queues: dict[str, deque[int]] = defaultdict(deque)
-    busy_channels: set[str] = set()
-    events: list[tuple[float, int, int]] = []  # (end time, version, task); stale versions skipped
-    # Compute tasks on nodes whose cores are shared: remaining work, rate, last update.
-    shared: dict[int, dict[int, list[float]]] = defaultdict(dict)
-    unshared = {node: math.isinf(c) for node, c in cores.items()}
-    push, pop = heapq.heappush, heapq.heappop
-    now = 0.0
-    done = 0
+    run = _Simulation(tasks, programs, node_of, cores, contention or {})
+    run.start()
+    run.run()
+    return run.times()
 
-    contention = contention or {}
 
-    def reshare(node: int) -> None:
+class _Simulation:
+    """The state of one simulated step, and the events that move it on."""
+
+    __slots__ = (
+        "busy_channels",
+        "channel_of",
+        "contention",
+        "cores",
+        "dependents",
+        "done",
+        "ended",
+        "events",
+        "idle",
+        "node_of",
+        "now",
+        "position",
+        "programs",
+        "queues",
+        "rank_of",
+        "shared",
+        "started",
+        "tasks",
+        "unshared",
+        "version",
+        "waiting",
+        "work",
+    )
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        programs: dict[int, list[int]],
+        node_of: dict[int, int],
+        cores: dict[int, float],
+        contention: dict[int, float],
+    ) -> None:
+        n = len(tasks)
+        self.tasks, self.programs, self.node_of = tasks, programs, node_of
+        self.cores, self.contention = cores, contention
+        # Plain lists indexed by task id: the loop runs once per task, thousands per price.
+        self.waiting = [len(t.deps) for t in tasks]
+        self.dependents: list[list[int]] = [[] for _ in range(n)]
+        for t in tasks:
+            for d in t.deps:
+                self.dependents[d].append(t.id)
+        self.work = [t.work for t in tasks]
+        self.channel_of = [t.channel for t in tasks]
+        self.rank_of = [t.rank for t in tasks]
+        self.started = [0.0] * n
+        self.ended = [-1.0] * n
+        self.version = [0] * n
+        self.position = dict.fromkeys(programs, 0)
+        self.idle = set(programs)
+        self.queues: dict[str, deque[int]] = defaultdict(deque)
+        self.busy_channels: set[str] = set()
+        self.events: list[tuple[float, int, int]] = []  # (end, version, task); stale versions skipped
+        # Compute tasks on nodes whose cores are shared: remaining work, rate, last update.
+        self.shared: dict[int, dict[int, list[float]]] = defaultdict(dict)
+        self.unshared = {node: math.isinf(c) for node, c in cores.items()}
+        self.now = 0.0
+        self.done = 0
+
+    def start(self) -> None:
+        """Queue the sends that wait for nothing; start every rank's first task."""
+        for t in self.tasks:
+            if t.channel is not None and self.waiting[t.id] == 0:
+                self.queues[t.channel].append(t.id)
+        for rank in self.programs:
+            self.try_rank(rank)
+        for channel in list(self.queues):
+            self.try_channel(channel)
+
+    def run(self) -> None:
+        """Take the next task to end, free its rank or channel, start what it unblocks."""
+        events, version, ended, channel_of = self.events, self.version, self.ended, self.channel_of
+        waiting, dependents, rank_of = self.waiting, self.dependents, self.rank_of
+        pop, end_compute, try_rank, try_channel = (
+            heapq.heappop,
+            self._end_compute,
+            self.try_rank,
+            self.try_channel,
+        )
+        while events:
+            end, ver, tid = pop(events)
+            if ver != version[tid] or ended[tid] >= 0:
+                continue
+            self.now = end
+            ended[tid] = end
+            self.done += 1
+            channel = channel_of[tid]
+            if channel is None:
+                end_compute(tid)
+            else:
+                self.busy_channels.discard(channel)
+                try_channel(channel)
+            for d in dependents[tid]:  # start what waited only for this task
+                waiting[d] -= 1
+                if waiting[d] == 0:
+                    dep_channel = channel_of[d]
+                    if dep_channel is not None:
+                        self.queues[dep_channel].append(d)
+                        try_channel(dep_channel)
+                    else:
+                        try_rank(rank_of[d])
+
+    def _end_compute(self, tid: int) -> None:
+        rank = self.rank_of[tid]
+        node = self.node_of[rank]
+        if not self.unshared[node] and tid in self.shared[node]:
+            del self.shared[node][tid]
+            self.reshare(node)
+        self.idle.add(rank)
+        self.position[rank] += 1
+        self.try_rank(rank)
+
+    def reshare(self, node: int) -> None:
         """Processor sharing: the node's running tasks split its cores evenly from now on,
         each slower by the node's contention for every other busy core."""
-        running = shared[node]
+        running, cores, now = self.shared[node], self.cores, self.now
         rate = min(1.0, cores[node] / len(running)) if running else 1.0
         busy = min(len(running), cores[node])
-        if busy > 1 and contention.get(node):
-            rate /= 1 + contention[node] * (busy - 1) / max(cores[node] - 1, 1)
+        if busy > 1 and self.contention.get(node):
+            rate /= 1 + self.contention[node] * (busy - 1) / max(cores[node] - 1, 1)
         for tid, state in running.items():
             state[0] -= state[1] * (now - state[2])
             state[1], state[2] = rate, now
-            version[tid] += 1
-            push(events, (now + state[0] / rate, version[tid], tid))
+            self.version[tid] += 1
+            heapq.heappush(self.events, (now + state[0] / rate, self.version[tid], tid))
 
-    def try_rank(rank: int) -> None:
-        program = programs[rank]
-        at = position[rank]
-        if rank not in idle or at >= len(program):
+    def try_rank(self, rank: int) -> None:
+        """Start the rank's next task if the rank is idle and the task's inputs are ready."""
+        program = self.programs[rank]
+        at = self.position[rank]
+        if rank not in self.idle or at >= len(program):
             return
         tid = program[at]
-        if waiting[tid]:
+        if self.waiting[tid]:
             return
-        idle.discard(rank)
-        started[tid] = now
-        node = node_of[rank]
-        if unshared[node]:
-            push(events, (now + work[tid], version[tid], tid))
+        self.idle.discard(rank)
+        now = self.now
+        self.started[tid] = now
+        node = self.node_of[rank]
+        if self.unshared[node]:
+            heapq.heappush(self.events, (now + self.work[tid], self.version[tid], tid))
         else:
-            shared[node][tid] = [work[tid], 1.0, now]
-            reshare(node)
+            self.shared[node][tid] = [self.work[tid], 1.0, now]
+            self.reshare(node)
 
-    def try_channel(channel: str) -> None:
-        queue = queues[channel]
-        if queue and channel not in busy_channels:
+    def try_channel(self, channel: str) -> None:
+        """Start the channel's next queued send if the channel is free."""
+        queue = self.queues[channel]
+        if queue and channel not in self.busy_channels:
             tid = queue.popleft()
-            busy_channels.add(channel)
-            started[tid] = now
-            push(events, (now + work[tid], version[tid], tid))
+            self.busy_channels.add(channel)
+            self.started[tid] = self.now
+            heapq.heappush(self.events, (self.now + self.work[tid], self.version[tid], tid))
 
-    for t in tasks:
-        if t.channel is not None and waiting[t.id] == 0:
-            queues[t.channel].append(t.id)
-    for rank in programs:
-        try_rank(rank)
-    for channel in list(queues):
-        try_channel(channel)
-
-    while events:
-        end, ver, tid = pop(events)
-        if ver != version[tid] or ended[tid] >= 0:
-            continue
-        now = end
-        ended[tid] = now
-        done += 1
-        channel = channel_of[tid]
-        if channel is None:
-            rank = rank_of[tid]
-            node = node_of[rank]
-            if not unshared[node] and tid in shared[node]:
-                del shared[node][tid]
-                reshare(node)
-            idle.add(rank)
-            position[rank] += 1
-            try_rank(rank)
-        else:
-            busy_channels.discard(channel)
-            try_channel(channel)
-        for d in dependents[tid]:
-            waiting[d] -= 1
-            if waiting[d] == 0:
-                dep_channel = channel_of[d]
-                if dep_channel is not None:
-                    queues[dep_channel].append(d)
-                    try_channel(dep_channel)
-                else:
-                    try_rank(rank_of[d])
-    if done < n:
-        stuck = [i for i in range(n) if ended[i] < 0][:5]
-        raise RuntimeError(f"simulation deadlock: tasks {stuck} can never start")
-    return {i: (started[i], ended[i]) for i in range(n)}, now
+    def times(self) -> tuple[dict[int, tuple[float, float]], float]:
+        n = len(self.tasks)
+        if self.done < n:
+            stuck = [i for i in range(n) if self.ended[i] < 0][:5]
+            raise RuntimeError(f"simulation deadlock: tasks {stuck} can never start")
+        return {i: (self.started[i], self.ended[i]) for i in range(n)}, self.now
 
 
 def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: float) -> list[Interval]:
@@ -188,12 +286,13 @@ def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: flo
     compute: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for t in tasks:
         start, end = times[t.id]
+        kind = str(t.kind)  # the plain word: figures and JSON show it, never the enum
         if t.kind in COMPUTE_KINDS:
-            out.append(Interval(t.rank, start, end, t.kind, t.stage, t.micro_batch))
+            out.append(Interval(t.rank, start, end, kind, t.stage, t.micro_batch))
             compute[t.rank].append((start, end))
         elif end > start:  # a zero-byte send is no event worth drawing
             for lane in t.lanes or (t.rank,):
-                out.append(Interval(lane, start, end, t.kind, t.stage, t.micro_batch))
+                out.append(Interval(lane, start, end, kind, t.stage, t.micro_batch))
     for rank, spans in compute.items():
         at = 0.0
         for start, end in sorted(spans):

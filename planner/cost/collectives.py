@@ -1,0 +1,41 @@
+"""Ring all-reduce over a group of devices: its time and the bytes it puts on each link.
+
+NCCL and gloo reduce a buffer around a ring: each of the d hops carries 2(d-1)/d of it
+(Patarasuk and Yuan 2009). Its time is a profile's measured fit for the link kind and
+group size where there is one, else the ring formula on the slowest hop
+(`planner.cost.timing.ring_all_reduce_time`).
+"""
+
+from __future__ import annotations
+
+from planner.cost.plan_pricing import PlanPricing
+from planner.cost.timing import ring_all_reduce_time
+
+
+def ring_hops(devices: list[int]) -> list[tuple[int, int]]:
+    """Each device to the next, the last back to the first."""
+    return list(zip(devices, devices[1:] + devices[:1], strict=True))
+
+
+def count_ring_bytes(pricing: PlanPricing, devices: list[int], nbytes: float) -> None:
+    """Add one all-reduce of ``nbytes`` over ``devices`` to the plan's bytes per link."""
+    d = len(devices)
+    for a, b in ring_hops(devices):
+        pricing.link_bytes[(a, b)] += 2 * (d - 1) / d * nbytes
+
+
+def all_reduce_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> float:
+    """One all-reduce of ``nbytes`` over ``devices``, its bytes counted on their links."""
+    d = len(devices)
+    if d < 2 or nbytes <= 0:
+        return 0.0
+    hops = ring_hops(devices)
+    count_ring_bytes(pricing, devices, nbytes)
+    measured = pricing.pricer.measured_all_reduce(hops, d)
+    if measured is not None:
+        pricing.sources_used["communication"].add("profile")
+        return measured.latency_s + nbytes / measured.bandwidth
+    links = [pricing.link(a, b) for a, b in hops]
+    latency = max(link.latency_s for link in links)
+    bandwidth = min(link.bandwidth for link in links)
+    return ring_all_reduce_time(nbytes, d, latency, bandwidth)

@@ -1,0 +1,186 @@
+"""The pipeline step: torch's schedules, their sends, then DDP's all-reduces.
+
+Every simulated replica runs its pipeline schedule's order (`planner.schedules.rank_actions`):
+a forward and a backward task for each stage and micro-batch, in torch's order per rank. A
+forward waits for the activation sent by the stage before; a backward waits for its own
+forward and the gradient sent back by the stage after. Every micro-batch crossing a stage
+boundary sends the same bytes over the same link, so each hop is priced once. A plan of one
+stage (data parallel) is a pipeline of one stage. The step ends with the reductions and
+optimizer steps (`planner.cost.reductions`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from planner.cost.memory import StepMemory
+from planner.cost.plan_pricing import PlanPricing
+from planner.cost.reductions import add_reductions
+from planner.cost.simulate import Task, TaskKind, TaskList
+from planner.cost.step import Step, StepTasks
+from planner.cost.timing import transfer_time
+from planner.plan import RankAssignment, Strategy
+from planner.schedules import Action, Schedule, held_peak, in_flight, rank_actions
+
+LOSS_COPIES = 2
+"""Copies of the last stage's output held per micro-batch until its backward: the output
+itself (the pipeline schedule keeps it for the loss) and the log-probabilities of the same
+size that cross-entropy saves. For a 16384-way LM head they are the largest activations."""
+
+
+class Hop(NamedTuple):
+    """One micro-batch's send across a stage boundary."""
+
+    sender: int
+    """The rank that sends."""
+    work: float
+    """Seconds on the link."""
+    channel: str
+    """The link's FIFO: one per device pair and direction."""
+    nbytes: int
+
+
+def price_hop(pricing: PlanPricing, ranks: list[int], src: int, dst: int, nbytes: float) -> Hop:
+    """One micro-batch's send of ``nbytes`` from stage src to dst of the pipeline on ``ranks``,
+    with its bytes for the whole step counted on every link it uses, the mirrored replicas' too."""
+    plan, pp = pricing.plan, pricing.pp_degree
+    a, b = ranks[src % pp], ranks[dst % pp]
+    da, db = plan.ranks[a].device, plan.ranks[b].device
+    latency, bandwidth = pricing.link(da, db)
+    per_step = nbytes * pricing.micro_batches
+    pricing.link_bytes[(da, db)] += per_step
+    for other in pricing.mirrors():  # identical replicas send the same, on their own links
+        oa = plan.rank_of(other, src % pp).device
+        ob = plan.rank_of(other, dst % pp).device
+        pricing.link_bytes[(oa, ob)] += per_step
+    return Hop(a, transfer_time(nbytes, latency, bandwidth), f"p2p:{da}->{db}", round(nbytes))
+
+
+def add_send(tasks: TaskList, hop: Hop, producer: Task, stage: int) -> int:
+    """The send of ``producer``'s output (or input gradient) over ``hop``; returns its task id."""
+    return tasks.add(
+        kind=TaskKind.SEND,
+        work=hop.work,
+        rank=hop.sender,
+        deps=[producer.id],
+        channel=hop.channel,
+        lanes=(hop.sender,),
+        stage=stage,
+        micro_batch=producer.micro_batch,
+        nbytes=hop.nbytes,
+    ).id
+
+
+ComputeTasks = dict[tuple[str, int, int], Task]
+"""(action kind "F"/"B", stage, micro-batch) -> its task, for one replica."""
+
+
+class PipelineStep(Step):
+    """torch's pipeline schedule on every replica, then the reductions and optimizer steps."""
+
+    def __init__(self, pricing: PlanPricing) -> None:
+        super().__init__(pricing)
+        self._held: dict[tuple[int, float], float] = {}  # replicas of a pipeline rank hold the same
+
+    def schedule(self) -> Schedule:
+        """The plan's schedule; a plan without one has one stage per rank and runs each
+        micro-batch's forward then its backward (data parallel: 1F1B's order)."""
+        plan = self.pricing.plan
+        return plan.schedule or (Schedule.ONE_F_ONE_B if plan.strategy == Strategy.DP else Schedule.GPIPE)
+
+    def tasks(self) -> StepTasks:
+        pricing, plan = self.pricing, self.pricing.plan
+        orders = rank_actions(self.schedule(), pricing.pp_degree, pricing.micro_batches, plan.virtual_stages)
+        tasks = TaskList()
+        programs: dict[int, list[int]] = defaultdict(list)
+        actions: dict[int, Sequence[Action]] = {}
+        last_backward: dict[tuple[int, int], int] = {}  # (rank, stage) -> task id
+        for dp in pricing.simulated:
+            ranks = [plan.rank_of(dp, q).rank for q in range(pricing.pp_degree)]
+            actions.update(zip(ranks, orders, strict=True))
+            compute = self._compute(tasks, ranks, orders, programs, last_backward)
+            self._connect(tasks, ranks, dp, compute)
+        add_reductions(pricing, self, tasks, programs, last_backward)
+        return StepTasks(tasks.tasks, dict(programs), actions)
+
+    def _compute(
+        self,
+        tasks: TaskList,
+        ranks: list[int],
+        orders: Sequence[Sequence[Action]],
+        programs: dict[int, list[int]],
+        last_backward: dict[tuple[int, int], int],
+    ) -> ComputeTasks:
+        """One replica's forwards and backwards, each rank's in its schedule's order."""
+        compute: ComputeTasks = {}
+        # Bound once: this runs once per micro-batch and stage (tens of thousands).
+        add, stage_time = tasks.add, self.stage_time
+        forward_kind, backward_kind = TaskKind.FORWARD, TaskKind.BACKWARD
+        for q, order in enumerate(orders):
+            rank = ranks[q]
+            program = programs[rank]
+            for a in order:
+                fwd, bwd = stage_time(rank, a.stage)
+                forward = a.kind == "F"
+                t = add(
+                    kind=forward_kind if forward else backward_kind,
+                    work=fwd if forward else bwd,
+                    rank=rank,
+                    stage=a.stage,
+                    micro_batch=a.micro_batch,
+                )
+                compute[(a.kind, a.stage, a.micro_batch)] = t
+                program.append(t.id)
+                if not forward:
+                    last_backward[(rank, a.stage)] = t.id
+        return compute
+
+    def _connect(self, tasks: TaskList, ranks: list[int], dp: int, compute: ComputeTasks) -> None:
+        """The sends between one replica's stages, and what each forward and backward waits for."""
+        pricing = self.pricing
+        samples = pricing.micro_batch_size(dp)
+        boundaries = range(len(pricing.stages) - 1)
+        forward = pricing.boundaries.forward
+        backward = pricing.boundaries.backward
+        fwd_hops = [price_hop(pricing, ranks, j, j + 1, forward[j] * samples) for j in boundaries]
+        bwd_hops = [price_hop(pricing, ranks, j + 1, j, backward[j] * samples) for j in boundaries]
+        last = len(pricing.stages) - 1
+        for (kind, s, i), t in compute.items():
+            if kind == "F" and s > 0:
+                t.deps.append(add_send(tasks, fwd_hops[s - 1], compute[("F", s - 1, i)], s - 1))
+            if kind == "B":
+                t.deps.append(compute[("F", s, i)].id)
+                if s < last:
+                    t.deps.append(add_send(tasks, bwd_hops[s], compute[("B", s + 1, i)], s + 1))
+
+    def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
+        """Activations at their peak over the schedule's order, the loss's outputs on the last
+        stage, and the receive buffers."""
+        pricing = self.pricing
+        samples = pricing.micro_batch_size(rank.dp_index)
+        key = (rank.pp_index, samples)
+        if key not in self._held:
+            saved = {s: pricing.stages[s].saved_per_sample * samples for s in stages}
+            self._held[key] = held_peak(actions, saved)
+        last = len(pricing.stages) - 1
+        loss = LOSS_COPIES * pricing.stages[last].out_per_sample if last in stages else 0.0
+        return StepMemory(
+            in_flight=in_flight(actions),
+            micro_batch_size=samples,
+            loss_output_per_sample=loss,
+            buffers=self._receive_buffers(stages, samples),
+            activations_held=self._held[key],
+            runtime_strategy=Strategy.PP if pricing.pp_degree > 1 else Strategy.DP,
+        )
+
+    def _receive_buffers(self, stages: list[int], samples: float) -> float:
+        """Bytes of the receive buffers of ``stages``: m per input activation (not on the
+        first stage) and m per output gradient (not on the last)."""
+        pricing = self.pricing
+        last = len(pricing.stages) - 1
+        activations = sum(pricing.boundaries.forward[s - 1] for s in stages if s > 0)
+        gradients = sum(pricing.boundaries.backward[s] for s in stages if s < last)
+        per_sample = activations + gradients
+        return pricing.micro_batches * samples * per_sample

@@ -1,0 +1,130 @@
+"""What the parts of the pricer share while they price one plan.
+
+The plan's figures in the pricer's units (micro-batch sizes, dtype scale, each stage's
+cost, the bytes crossing each stage boundary), which replicas are simulated and which
+copy them, and the tallies the prediction reports: bytes per link, stage times, and where
+each figure came from (a profile or the datasheet).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from planner.cost.stages import boundary_bytes, stage_cost
+from planner.cost.timing import DTYPE_BYTES
+from planner.plan import Plan
+from planner.topology import LinkCost
+
+if TYPE_CHECKING:
+    from planner.cost.price import Pricer
+
+
+class PlanPricing:
+    """Everything about pricing one plan."""
+
+    def __init__(self, pricer: Pricer, plan: Plan):
+        self.pricer, self.plan = pricer, plan
+        self.graph, self.cluster, self.profile, self.options = (
+            pricer.graph,
+            pricer.cluster,
+            pricer.profile,
+            pricer.options,
+        )
+        self.dtype = plan.training.dtype
+        traced = self.graph.graph.get("dtype", "float32")
+        self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[traced]
+        """Bytes per element in training / in the trace."""
+        self.trace_batch = int(self.graph.graph.get("batch_size", 1))
+        self.element_bytes = DTYPE_BYTES[traced]
+        self.micro_batches = plan.training.micro_batches
+        self.pp_degree = plan.pp_degree
+        self.batch_share = {r.dp_index: r.batch_share for r in plan.replicas}
+        self.sources_used: dict[str, set[str]] = defaultdict(set)
+        """"compute" or "communication" -> the sources ("profile", "datasheet") used."""
+        self.link_bytes: dict[tuple[int, int], float] = defaultdict(float)
+        self.stage_time_table: dict[tuple[int, int], tuple[float, float]] = {}
+        """(rank, stage) -> (forward, backward) seconds per micro-batch."""
+        stage_blocks = plan.stage_blocks()
+        self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
+        self.stages = [
+            stage_cost(
+                self.graph,
+                pricer.sizes,
+                blocks,
+                scale=self.scale,
+                element_bytes=self.element_bytes,
+                trace_batch=self.trace_batch,
+            )
+            for blocks in stage_blocks
+        ]
+        self.boundaries = boundary_bytes(
+            self.graph, self.stage_of, len(self.stages), scale=self.scale, trace_batch=self.trace_batch
+        )
+        self.simulated = self.replicas_to_simulate()
+
+    def micro_batch_size(self, dp_index: int) -> float:
+        """Samples per micro-batch of a replica."""
+        return self.batch_share[dp_index] / self.micro_batches
+
+    # -- replicas simulated once ----------------------------------------------------------
+    def replicas_to_simulate(self) -> list[int]:
+        """Replicas whose timelines must be simulated; identical replicas run identically.
+
+        Replicas are identical when they take equal shares on the same device kinds, with
+        the same links between consecutive stages, and no CPU cores are shared between
+        ranks (then replicas would slow each other down). One is simulated; the others'
+        timelines are copies (a 512-GPU plan simulates one pipeline, not 64).
+        """
+        plan = self.plan
+        if plan.dp_degree == 1 or any(self.cluster.device(r.device).kind == "cpu" for r in plan.ranks):
+            return list(range(plan.dp_degree))
+        first = self._replica_signature(0)
+        if all(self._replica_signature(dp) == first for dp in range(1, plan.dp_degree)):
+            return [0]
+        return list(range(plan.dp_degree))
+
+    def _replica_signature(self, dp: int) -> tuple:
+        """What makes a replica run as it does: its share, device kinds and links."""
+        devices = [self.plan.rank_of(dp, q).device for q in range(self.pp_degree)]
+        kinds = tuple(self.cluster.device(d).kind for d in devices)
+        pairs = zip(devices, devices[1:] + devices[:1], strict=True) if self.pp_degree > 1 else []
+        hops = tuple(self.pricer.link(a, b, "p2p").cost for a, b in pairs)
+        return self.batch_share[dp], kinds, hops
+
+    def mirrors(self) -> list[int]:
+        """Replicas not simulated because replica 0 stands for them."""
+        return [] if len(self.simulated) > 1 else list(range(1, self.plan.dp_degree))
+
+    def mirror_rank(self, rank: int) -> int:
+        """The simulated rank that a mirrored rank's timeline copies."""
+        r = self.plan.ranks[rank]
+        if r.dp_index in self.simulated:
+            return rank
+        return self.plan.rank_of(self.simulated[0], r.pp_index).rank
+
+    # -- links and sources ----------------------------------------------------------------
+    def link(self, a: int, b: int, op: str = "p2p") -> LinkCost:
+        """What a message from device a to b pays; the figure's source is recorded."""
+        priced = self.pricer.link(a, b, op)
+        self.sources_used["communication"].add(priced.source)
+        return priced.cost
+
+    def sources(self) -> dict[str, str]:
+        """Where each predicted figure comes from: the profile (by digest), the datasheet, or both."""
+        digest = self.pricer.profile_digest
+
+        def name(kinds: set[str]) -> str:
+            parts = [f"profile:{digest}"] if "profile" in kinds else []
+            if "datasheet" in kinds or not kinds:
+                parts.append("datasheet")
+            return "+".join(parts)
+
+        timing = name(self.sources_used["compute"] | self.sources_used["communication"])
+        return {
+            "step_time_s": timing,
+            "samples_per_s": timing,
+            "bubble_fraction": timing,
+            "bytes_sent_per_step": "trace",
+            "peak_memory": "trace",
+        }

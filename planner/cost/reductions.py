@@ -1,0 +1,131 @@
+"""The end of a pipeline step: gradients summed, then each rank's optimizer step.
+
+In the order torch runs them: the gradients of a tied weight held by several stages are
+summed across those stages once their last backward is done; then each stage's replicas
+all-reduce their gradients (DDP); then every rank steps its optimizer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from planner.cost.collectives import all_reduce_time, count_ring_bytes
+from planner.cost.plan_pricing import PlanPricing
+from planner.cost.simulate import TaskKind, TaskList
+from planner.cost.stages import tied_stages
+from planner.cost.timing import optimizer_time
+from planner.devices import device_kind
+
+if TYPE_CHECKING:
+    from planner.cost.step import Step
+
+TaskIds = dict[int, list[int]]
+"""Rank -> task ids."""
+
+
+def add_reductions(
+    pricing: PlanPricing,
+    step: Step,
+    tasks: TaskList,
+    programs: TaskIds,
+    last_backward: dict[tuple[int, int], int],
+) -> None:
+    """Tied-weight sums, then data-parallel all-reduces, then each rank's optimizer step.
+
+    ``last_backward`` maps (rank, stage) to the task id of that stage's last backward.
+    """
+    before_optimizer: TaskIds = defaultdict(list)
+    tied_of_stage = _tied_weight_sums(pricing, tasks, last_backward, before_optimizer)
+    _data_parallel_all_reduces(pricing, step, tasks, last_backward, tied_of_stage, before_optimizer)
+    _optimizer_steps(pricing, tasks, programs, before_optimizer)
+
+
+def _tied_weight_sums(
+    pricing: PlanPricing,
+    tasks: TaskList,
+    last_backward: dict[tuple[int, int], int],
+    before_optimizer: TaskIds,
+) -> dict[tuple[int, int], list[int]]:
+    """One all-reduce per tied weight and replica among the ranks holding it; returns
+    (dp index, stage) -> the sums that stage's gradients wait for."""
+    plan, pp = pricing.plan, pricing.pp_degree
+    tied_of_stage: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for fqn, stages in tied_stages(pricing.graph, pricing.stage_of).items():
+        nbytes = pricing.graph.graph.get("param_bytes", {}).get(fqn, 0) * pricing.scale
+        for dp in pricing.simulated:
+            ranks = sorted({plan.rank_of(dp, s % pp).rank for s in stages})
+            if len(ranks) < 2:
+                continue
+            devices = [plan.ranks[r].device for r in ranks]
+            for other in pricing.mirrors():
+                count_ring_bytes(
+                    pricing, [plan.rank_of(other, plan.ranks[r].pp_index).device for r in ranks], nbytes
+                )
+            t = tasks.add(
+                kind=TaskKind.ALL_REDUCE,
+                work=all_reduce_time(pricing, devices, nbytes),
+                rank=ranks[0],
+                deps=[last_backward[(plan.rank_of(dp, s % pp).rank, s)] for s in stages],
+                channel=f"tied:{dp}:{fqn}",
+                lanes=tuple(ranks),
+                nbytes=round(nbytes),
+            )
+            for s in stages:
+                tied_of_stage[(dp, s)].append(t.id)
+            for r in ranks:
+                before_optimizer[r].append(t.id)
+    return tied_of_stage
+
+
+def _data_parallel_all_reduces(
+    pricing: PlanPricing,
+    step: Step,
+    tasks: TaskList,
+    last_backward: dict[tuple[int, int], int],
+    tied_of_stage: dict[tuple[int, int], list[int]],
+    before_optimizer: TaskIds,
+) -> None:
+    """Each stage's gradients all-reduced across its replicas, once its backward and
+    tied sums are done (without replicas, the optimizer waits for those directly)."""
+    plan, pp = pricing.plan, pricing.pp_degree
+    for s, cost in enumerate(pricing.stages):
+        group = [plan.rank_of(dp, s % pp).rank for dp in range(plan.dp_degree)]
+        simulated = [plan.rank_of(dp, s % pp).rank for dp in pricing.simulated]
+        done = [last_backward[(r, s)] for r in simulated] + [
+            t for dp in pricing.simulated for t in tied_of_stage[(dp, s)]
+        ]
+        if plan.dp_degree > 1:
+            devices = [plan.ranks[r].device for r in group]
+            reduced = step.reduced_bytes(cost)
+            t = tasks.add(
+                kind=TaskKind.ALL_REDUCE,
+                work=sum(all_reduce_time(pricing, devices, nbytes) for nbytes in reduced),
+                rank=group[0],
+                deps=done,
+                channel=f"dp:{s % pp}",
+                lanes=tuple(simulated),
+                stage=s,
+                nbytes=round(sum(reduced)),
+            )
+            done = [t.id]
+        for r in simulated:
+            before_optimizer[r].extend(done)
+
+
+def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, before: TaskIds) -> None:
+    """Each simulated rank's optimizer step over its stages' parameters, last in its program."""
+    plan, opt = pricing.plan, pricing.plan.training.optimizer
+    for r in plan.ranks:
+        if r.dp_index not in pricing.simulated:
+            continue
+        params = sum(
+            pricing.stages[s].param_count
+            for s in range(len(pricing.stages))
+            if s % pricing.pp_degree == r.pp_index
+        )
+        kind = device_kind(pricing.cluster.device(r.device).kind)
+        work, src = optimizer_time(params, opt.name, opt.momentum, kind, pricing.options, pricing.profile)
+        pricing.sources_used["compute"].add(src)
+        t = tasks.add(kind=TaskKind.OPTIMIZER, work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
+        programs[r.rank].append(t.id)

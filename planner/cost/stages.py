@@ -1,0 +1,128 @@
+"""What each stage of a plan costs, whatever its step: sizes read off the traced graph.
+
+Per stage: the parameters it holds (a tied weight owned by another stage's block is a
+copy here), the activations it keeps for backward, its last output (what the loss keeps),
+and the sizes of its largest parameter and op (its temporaries). Per stage boundary: the
+bytes each sample sends forward and its gradient back. The trace measured ``trace_batch``
+samples in the traced dtype; everything here is per sample, in the training dtype
+(``scale`` converts).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import networkx as nx
+
+
+@dataclass(frozen=True)
+class GraphSizes:
+    """What every plan of one graph reads: computed once per graph, not once per plan."""
+
+    owners: dict[str, str]
+    """Parameter FQN -> the block that owns it."""
+    param_bytes: dict[str, int]
+    """Parameter FQN -> bytes in the traced dtype."""
+    largest_param: dict[str, int]
+    """Block -> its largest parameter's bytes."""
+    largest_op: dict[str, int]
+    """Block -> the most activation bytes one of its ops reads and writes (see planner.cost.memory)."""
+    model_param_bytes: int
+    """The whole model's parameters."""
+
+    @classmethod
+    def of(cls, graph: nx.DiGraph) -> GraphSizes:
+        sizes = graph.graph.get("param_bytes", {})
+        return cls(
+            owners={p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])},
+            param_bytes=sizes,
+            largest_param={
+                b: max((sizes.get(p, 0) for p in data.get("params", [])), default=0)
+                for b, data in graph.nodes(data=True)
+            },
+            largest_op={
+                b: max((op[1] for op in data.get("ops", [])), default=0) for b, data in graph.nodes(data=True)
+            },
+            model_param_bytes=sum(sizes.values()),
+        )
+
+
+@dataclass
+class StageCost:
+    blocks: list[str]
+    param_bytes: int  # training dtype, tied copies included
+    param_count: int
+    saved_per_sample: float  # own saved bytes + tensors also kept by earlier stages
+    out_per_sample: float  # the last block's output (what the loss keeps on the last stage)
+    largest_param_bytes: int = 0  # the largest single parameter (the size of its temporaries)
+    largest_op_per_sample: float = 0.0  # the most activation bytes one op reads and writes
+
+
+class Boundaries(NamedTuple):
+    """Per-sample bytes crossing each stage boundary k -> k+1."""
+
+    forward: list[float]
+    """Activations, sent from stage k to k+1."""
+    backward: list[float]
+    """Their gradients, sent back from stage k+1 to k."""
+
+
+def stage_cost(
+    graph: nx.DiGraph,
+    sizes: GraphSizes,
+    blocks: list[str],
+    *,
+    scale: float,
+    element_bytes: int,
+    trace_batch: int,
+) -> StageCost:
+    """The cost of the stage made of ``blocks``; ``scale`` is training / traced bytes per
+    element, ``element_bytes`` the traced dtype's."""
+    nodes, members = graph.nodes, set(blocks)
+    # A tied weight used here but owned by a block of another stage is a copy here.
+    copies = {
+        p for b in blocks for p in nodes[b].get("shared_params", []) if sizes.owners.get(p) not in members
+    }
+    tied = sizes.param_bytes
+    param_bytes = sum(nodes[b]["param_bytes"] for b in blocks) + sum(tied.get(p, 0) for p in copies)
+    largest = max([sizes.largest_param[b] for b in blocks] + [tied.get(p, 0) for p in copies])
+    saved = sum(nodes[b]["saved_bytes"] for b in blocks)
+    saved += sum(
+        n for b in blocks for src, n in nodes[b].get("resaved_from", {}).items() if src not in members
+    )
+    return StageCost(
+        blocks=blocks,
+        param_bytes=round(param_bytes * scale),
+        param_count=round(param_bytes / element_bytes),
+        saved_per_sample=saved / trace_batch * scale,
+        out_per_sample=nodes[blocks[-1]]["output_bytes"] / trace_batch * scale,
+        largest_param_bytes=round(largest * scale),
+        largest_op_per_sample=max(sizes.largest_op[b] for b in blocks) / trace_batch * scale,
+    )
+
+
+def boundary_bytes(
+    graph: nx.DiGraph, stage_of: dict[str, int], stages: int, *, scale: float, trace_batch: int
+) -> Boundaries:
+    """Per-sample bytes crossing each of the ``stages - 1`` boundaries, forward and backward.
+
+    A tensor that skips stages is sent across every boundary it crosses.
+    """
+    fwd, bwd = [0.0] * max(stages - 1, 0), [0.0] * max(stages - 1, 0)
+    for u, v, d in graph.edges(data=True):
+        su, sv = stage_of.get(u, 0), stage_of.get(v, 0)
+        for k in range(su, sv):
+            fwd[k] += d.get("bytes", 0) / trace_batch * scale
+            bwd[k] += d.get("grad_bytes", 0) / trace_batch * scale
+    return Boundaries(fwd, bwd)
+
+
+def tied_stages(graph: nx.DiGraph, stage_of: dict[str, int]) -> dict[str, list[int]]:
+    """Tied parameters held by more than one stage: their gradients are summed across them."""
+    held: dict[str, set[int]] = defaultdict(set)
+    for b, s in stage_of.items():
+        for p in graph.nodes[b].get("shared_params", []):
+            held[p].add(s)
+    return {p: sorted(s) for p, s in held.items() if len(s) > 1}
