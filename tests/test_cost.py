@@ -339,6 +339,7 @@ def test_identical_replicas_are_simulated_once_with_the_same_result():
         PlanPricing.replicas_to_simulate = every
     assert fast.step_time_s == slow.step_time_s
     assert fast.link_bytes == slow.link_bytes
+    assert fast.memory == slow.memory  # a mirrored rank holds what its simulated twin holds
     key = lambda p: sorted((i.rank, round(i.start, 12), round(i.end, 12), i.kind) for i in p.timeline)
     assert key(fast) == key(slow)
 

@@ -217,7 +217,8 @@ def plan_memory(
     for r in plan.ranks:
         device = pricing.cluster.device(r.device)
         mine = [s for s in range(len(stages)) if s % pricing.pp_degree == r.pp_index]
-        held = step.held(r, mine, actions.get(r.rank, []))
+        # A mirrored replica's rank runs its simulated twin's order (only that one was built).
+        held = step.held(r, mine, actions.get(pricing.mirror_rank(r.rank), []))
         overhead, runtime = _process_bytes(pricing, device.kind, held.runtime_strategy)
         out.append(
             rank_memory(
