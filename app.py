@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import messages, sidebar, state
+from dashboard import messages, shared, sidebar, state
 
 st.set_page_config(page_title="Stagecraft", layout="wide")
 page = st.navigation(
@@ -17,6 +17,7 @@ page = st.navigation(
 )
 state.start()  # this browser session's id (in the URL) and, on its first run, its saved choices
 sidebar.draw()  # a placeholder the pages redraw whenever they change the model, devices or plan
+shared.redraw_sidebar()
 try:
     page.run()
 except Exception as exc:  # each page says what went wrong in one line; this catches what they miss

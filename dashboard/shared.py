@@ -33,6 +33,11 @@ IMPORTED = "imported plan"
 
 
 # -- model and devices -----------------------------------------------------------------------
+def redraw_sidebar() -> None:
+    """Show the current model, devices and plan in the sidebar (after each change of them)."""
+    sidebar.refresh(current_model(), cluster_brief(current_cluster_json()), recorded_plan())
+
+
 def current_model() -> tuple[str, str]:
     """(source, overrides text) chosen on the Model page, or the default."""
     source, overrides = st.session_state.get("model", DEFAULT_MODEL)
@@ -43,7 +48,7 @@ def set_model(source: str, overrides: str) -> None:
     if st.session_state.get("model") != (source, overrides):
         st.session_state["model"] = (source, overrides)
         state.save()
-    sidebar.refresh()
+    redraw_sidebar()
 
 
 def current_cluster_json() -> str:
@@ -62,7 +67,7 @@ def set_cluster_json(text: str, spec: str | None = None) -> None:
         st.session_state["cluster_json"] = text
         st.session_state["devices_spec_text"] = spec
         state.save()
-    sidebar.refresh()
+    redraw_sidebar()
 
 
 @st.cache_data(show_spinner=False)
@@ -205,7 +210,7 @@ def set_current_plan(plan_json: str, name: str, changes: list[str] | None = None
     if st.session_state.get("current_plan") != record:
         st.session_state["current_plan"] = record
         state.save()
-    sidebar.refresh()
+    redraw_sidebar()
 
 
 def recorded_plan() -> CurrentPlan | None:
