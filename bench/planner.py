@@ -8,7 +8,7 @@
     blocks actually partitioned, wall time on one core, and whether the split of the chosen
     plan is proven optimal. Where the branch and bound gives up, the gap of the
     screening split to the exact split is printed at the largest size exact still runs.
-(b) A GPT with a large vocabulary (16384, d_model 256, 8 blocks; FACTS.md) on 4 and 8
+(b) A GPT with a large vocabulary (16384, d_model 256, 8 blocks; docs/facts.md) on 4 and 8
     devices: the predicted step time of the plan the search picks, against the same
     degrees with an even layer split (Megatron's default) and a parameter-balanced split
     (DeepSpeed's default), as ratios (> 1: the baseline is slower).

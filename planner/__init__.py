@@ -1,6 +1,21 @@
-"""Stagecraft's planner: model graphs with costs, device clusters, and (later) plans.
+"""Stagecraft's planner: from a model and a cluster to a priced, validated plan.
 
-Pure Python + networkx at import time. torch is imported only by the modules that trace or
-build models (`planner.capture.trace`, `planner.capture.source`, `planner.zoo`), inside the functions that
-need it, so the cluster and graph code can be used without torch installed.
+The contracts, at the top level. The documents the planner, the runtime and the dashboard share:
+- `plan`: the plan document (JSON, ``schema_version`` 1), written by the planner, trained by the runtime;
+- `cluster`, `topology`, `devices`: the devices and their links, which link joins two devices, the
+  catalog of device and link kinds with each figure's source;
+- `profile`: figures measured on real devices, which replace datasheet ones;
+- `schedules`: pipeline schedules as torch runs them; `networks`: the one place a GAN is recognised;
+- `limits`, `strict`, `errors`: input limits, strict document reading, one-line errors.
+The commands over them: `cli`, `cli_args`, `model_check` and `__main__` (``python -m planner``).
+
+Sub-packages: `capture` (build and trace a model into a layer graph), `cost` (price a plan),
+`search` (find the plans worth pricing), `zoo` (the built-in torch models).
+
+May import: the documents, the standard library, pydantic, networkx, one another and
+`planner.capture.overrides` (the syntax of a plan's overrides); the commands, the documents and,
+inside their functions, `capture` and `search`. torch only inside a function (`cluster` asks it
+for this machine's GPUs), so the contracts import without it. The planner never imports
+`runtime`, `dashboard` or `views`, nor plotly or streamlit (tests/test_layers.py,
+tests/test_imports.py; docs/architecture.md).
 """

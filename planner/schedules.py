@@ -202,8 +202,9 @@ def closed_form_step(stage_times: list[float], micro_batches: int) -> float:
 
     ``stage_times`` are forward + backward per micro-batch. Exact for GPipe without
     communication (GPipe, Huang et al. 2019); for 1F1B with uneven stages it is only an upper
-    bound, which is why `planner.cost.price.price` simulates the schedule instead. FACTS.md: p=4,
-    backward = 2x forward, forward [2, 1, 1, 1], m=8 simulates to 51, the closed form says 57.
+    bound, which is why `planner.cost.price.price` simulates the schedule instead. docs/facts.md
+    (Pipeline pricing): p=4, backward = 2x forward, forward [2, 1, 1, 1], m=8 simulates to 51,
+    the closed form says 57.
 
     >>> closed_form_step([6, 3, 3, 3], 8)
     57

@@ -10,8 +10,14 @@ from streamlit.testing.v1 import AppTest
 from runtime.supervise import store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-SMALL_LLAMA = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-               "num_key_value_heads": 4, "vocab_size": 128}  # fmt: skip
+SMALL_LLAMA = {
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 128,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -32,12 +38,38 @@ def sidebar(at) -> str:
     return plain(" ".join(m.value for m in at.sidebar.get("markdown")))
 
 
+def gpt_parameters(cfg) -> int:
+    """The zoo GPT's parameters, counted from its architecture (planner/zoo/gpt.py)."""
+    C, F, V, T = cfg.d_model, cfg.ff_width, cfg.vocab_size, cfg.seq_len  # width, MLP width, vocab, context
+    layer_norm = 2 * C  # weight and bias
+    attention = 3 * (C * C + C) + C * C  # q, v, proj with bias; k without
+    mlp = (C * F + F) + (F * C + C)
+    embeddings = V * C + T * C  # tokens, positions
+    head = 0 if cfg.tie_embeddings else V * C  # no bias
+    return embeddings + cfg.n_layer * (2 * layer_norm + attention + mlp) + layer_norm + head
+
+
+def gpt2_parameters(cfg) -> int:
+    """Hugging Face GPT-2's parameters, from its config: the head is tied to the token embedding."""
+    C, V, P = cfg.n_embd, cfg.vocab_size, cfg.n_positions
+    F = cfg.n_inner or 4 * C
+    layer_norm = 2 * C
+    attention = (C * 3 * C + 3 * C) + (C * C + C)  # fused q/k/v (c_attn), output (c_proj)
+    mlp = (C * F + F) + (F * C + C)
+    return V * C + P * C + cfg.n_layer * (2 * layer_norm + attention + mlp) + layer_norm
+
+
 def test_model_page_opens_with_a_worked_example():
+    from planner.zoo.gpt import GPTConfig
+
     at = _app()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Parameters"] == "136.8 k"  # the default gpt: 136,832
-    assert any("ops grouped into 7 blocks" in c.value for c in at.caption)
+    default = GPTConfig()  # the page opens on the zoo GPT without overrides
+    assert metrics["Parameters"] == f"{gpt_parameters(default) / 1e3:.1f} k"  # 136,832: "136.8 k"
+    # Blocks: the input, the token and position embeddings, every layer, the final norm, the head.
+    blocks = 1 + 2 + default.n_layer + 1 + 1
+    assert any(f"ops grouped into {blocks} blocks" in c.value for c in at.caption)  # 7
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     markers = next(t for t in spec["data"] if t.get("name") == "blocks")
     assert "blocks.0" in markers["text"]
@@ -53,12 +85,15 @@ def test_a_first_visit_says_where_to_start():
 
 
 def test_changing_the_model_retraces_it_and_the_sidebar_follows_at_once():
+    from transformers import GPT2Config
+
     at = _app()
     assert "gpt" in sidebar(at)
     at.text_input(key="model_source").set_value("hf:gpt2").run()
     at.text_input(key="model_overrides").set_value("n_layer=2 n_embd=64 n_head=4").run()
     assert not at.exception
-    assert {m.label: m.value for m in at.metric}["Parameters"] == "3.4 M"  # 3,382,080
+    parameters = gpt2_parameters(GPT2Config(n_layer=2, n_embd=64, n_head=4))
+    assert {m.label: m.value for m in at.metric}["Parameters"] == f"{parameters / 1e6:.1f} M"  # 3,382,080
     # The sidebar is drawn before the page runs; it still shows the model the page just set.
     assert "hf:gpt2 n_layer=2 n_embd=64 n_head=4" in sidebar(at)
 
@@ -140,8 +175,7 @@ def test_hf_llama_traces_with_export_while_other_sessions_trace():
     for t in threads:
         t.join()
     assert not failures
-    assert captured == {"llama": "torch.export", "gpt0": "torch.export", "gpt1": "torch.export",
-                        "gpt2": "torch.export"}  # fmt: skip
+    assert captured == dict.fromkeys(("llama", "gpt0", "gpt1", "gpt2"), "torch.export")
 
 
 def test_hf_llama_in_the_page_is_captured_by_export():

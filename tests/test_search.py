@@ -22,7 +22,8 @@ def _layers(blocks):
 
 
 def test_a_large_vocabulary_head_gets_fewer_blocks_than_the_embedding():
-    # Measured on cpu:2 (FACTS.md): the fastest 2-stage split was embedding + 6 or 7 blocks | the rest + head.
+    # Measured on cpu:2 (docs/facts.md, Where the time goes): the fastest 2-stage split was
+    # embedding + 6 or 7 blocks | the rest + head.
     graph = coarsen(trace("gpt", BIG_VOCAB))
     for schedule in ("gpipe", "1f1b"):
         result = search(

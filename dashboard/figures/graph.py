@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from dashboard import format as fmt
 from planner.capture.graph import block_order
 
-WEBGL_FROM = 2000  # points; past this, SVG scatter gets slow in the browser (FACTS.md)
+WEBGL_FROM = 2000  # points; past this, SVG scatter gets slow in the browser (docs/facts.md, Large graphs)
 
 
 def chain_layout(order: list[str], per_row: int = 8) -> dict[str, tuple[float, float]]:

@@ -1,7 +1,15 @@
 """The model zoo: the built-in models, each with its config, example input and data set.
 
+- `mlp`, `cnn`: classifiers of scikit-learn's 8x8 digits; `gan`: a generator and a
+  discriminator of the same digits; `gpt`: a GPT-style decoder with named sizes (toy to 70b);
+- `init`: weights that depend only on (seed, parameter FQN);
+- here: `ZOO`, each model's entry, and `make_config` (a config from ``key=value`` overrides).
+
 Every model is built so that parallel training can match one process exactly: no
 BatchNorm, dropout 0, and weights that depend only on (seed, parameter FQN).
+
+May import: torch, and the planner's documents; nothing else of the project (the capture
+builds zoo models, the zoo knows nothing of it).
 """
 
 from __future__ import annotations

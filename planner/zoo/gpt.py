@@ -1,7 +1,8 @@
 """A GPT-style decoder (nanoGPT's shape), byte-level by default, for pipeline and hybrid plans.
 
 Separate q/k/v projections rather than one fused qkv: a fused projection does not shard
-correctly under tensor-parallel column splitting (FACTS.md), and separate ones cost the same.
+correctly under tensor-parallel column splitting (docs/facts.md, Tensor parallel), and
+separate ones cost the same.
 """
 
 from __future__ import annotations
