@@ -16,7 +16,8 @@ from dashboard.naming import model_name, strategy_name
 from planner.plan import Plan, plan_from_json
 from runtime.supervise import store
 
-RESUMABLE = ("stopped", "failed")  # a finished run continues only with more steps: `runtime resume --steps`
+# A finished run continues only with more steps: `runtime resume --steps`.
+RESUMABLE = (store.RunState.STOPPED, store.RunState.FAILED)
 
 
 def read_plan(plan_json: str) -> tuple[Plan | None, str]:

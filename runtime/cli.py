@@ -40,9 +40,10 @@ def _runs_dir_option(p: argparse.ArgumentParser) -> None:
 def _start_options(p: argparse.ArgumentParser) -> None:
     allow_py_option(p)
     p.add_argument(
-        "--skip-model-check", action="store_true",
+        "--skip-model-check",
+        action="store_true",
         help="do not trace the plan's model first (for a model too large to trace here)",
-    )  # fmt: skip
+    )
     p.add_argument("--steps", type=int, help="optimizer steps in all; default: the plan's training.steps")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (default 1)")
     p.add_argument("--detach", action="store_true", help="start the run, print its id and return")
@@ -144,8 +145,10 @@ def write_profile(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: -o {args.output}: cannot write it ({exc.strerror})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"wrote {args.output}: {len(profile.blocks)} block timings, {len(profile.links)} links, "
-          f"sha256 {profile.digest()}")  # fmt: skip
+    print(
+        f"wrote {args.output}: {len(profile.blocks)} block timings, {len(profile.links)} links, "
+        f"sha256 {profile.digest()}"
+    )
     kept = save_profile(profile, args.runs_dir or store.default_runs_dir())
     print(f"kept a copy in {kept}: runs of this model are compared with it")
     return 0
@@ -168,9 +171,13 @@ def _main(args: argparse.Namespace) -> int:
         runs_dir = args.runs_dir or store.default_runs_dir()
         if args.command == "run":
             return launch.run(
-                args.plan, runs_dir=runs_dir, steps=args.steps, threads=args.threads, detach=args.detach,
+                args.plan,
+                runs_dir=runs_dir,
+                steps=args.steps,
+                threads=args.threads,
+                detach=args.detach,
                 check_model=not args.skip_model_check,
-            )  # fmt: skip
+            )
         if args.command == "resume":
             return launch.resume(
                 runs_dir,

@@ -7,12 +7,14 @@ import torch
 
 from planner.capture.source import build_model, parse_source
 from planner.errors import PlanError
+from planner.networks import is_adversarial
 from runtime.rank.task import task_for
 
 
 def zoo_task(source, overrides=None, global_batch=12, seed=0):
     built = build_model(parse_source(source, overrides or {}), device="cpu")
-    return built, task_for(source, built.config, built.dataset, global_batch, seed)
+    networks = is_adversarial(name for name, _ in built.module.named_children())
+    return built, task_for(source, built.config, built.dataset, global_batch, seed, adversarial=networks)
 
 
 def test_replica_slices_make_up_the_global_batch():
@@ -55,10 +57,10 @@ def test_every_zoo_model_takes_its_batches(source):
 @pytest.mark.usefixtures("allow_fixture_models")
 def test_a_py_factory_cannot_be_trained():
     with pytest.raises(PlanError, match="no objective"):
-        task_for("py:tests.fixtures.models:two_linear", {}, "none", 4, 0)
+        task_for("py:tests.fixtures.models:two_linear", {}, "none", 4, 0, adversarial=False)
 
 
 def test_a_wrong_data_set_is_named():
     built, _ = zoo_task("mlp")
     with pytest.raises(PlanError, match=r"training\.dataset"):
-        task_for("mlp", built.config, "bytes:stdlib", 4, 0)
+        task_for("mlp", built.config, "bytes:stdlib", 4, 0, adversarial=False)

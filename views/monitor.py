@@ -28,7 +28,7 @@ from dashboard.messages import md, one_line
 from dashboard.naming import plan_name, strategy_name
 from dashboard.run_compare import HELP, NAMES, RunView, error_text, run_view, show
 from dashboard.run_logs import Folded, fold_warnings, latest_attempt, rank_logs
-from dashboard.run_summary import read_plan, run_duration
+from dashboard.run_summary import RESUMABLE, read_plan, run_duration
 from dashboard.shared import current_plan_json, plan_graph_json
 from runtime.measure import compare
 from runtime.supervise import launch, store
@@ -137,8 +137,12 @@ def header(view: RunView) -> None:
             c, label = view.figure(name), NAMES[name]
             error = error_text(c) if c and c.error is not None else None
             with st.container(width="content"):
-                st.metric(f"{label} (measured)", show(name, c.measured if c else None), help=HELP[name],
-                          width="content")  # fmt: skip
+                st.metric(
+                    f"{label} (measured)",
+                    show(name, c.measured if c else None),
+                    help=HELP[name],
+                    width="content",
+                )
                 st.metric(
                     f"{label} (predicted)",
                     show(name, c.predicted if c else None),
@@ -237,7 +241,8 @@ def live(run_id: str, others: list[str]) -> None:
     done = max(loss, default=0)
     times = sorted(v[1] for v in loss.values())
     eta = (times[-1] - times[0]) / (len(times) - 1) * (run["steps"] - done) if len(times) > 1 else None
-    eta_text = f", about {format.elapsed(eta)} to go" if eta is not None and run["state"] == "running" else ""
+    running = run["state"] == store.RunState.RUNNING
+    eta_text = f", about {format.elapsed(eta)} to go" if eta is not None and running else ""
     st.progress(
         min(done / run["steps"], 1.0),
         text=f"{run['state']}: step {format.number(done)} of {format.number(run['steps'])}, "
@@ -248,7 +253,7 @@ def live(run_id: str, others: list[str]) -> None:
         reason.caption(md(run["reason"]))
     with st.container(horizontal=True, gap="small"):
         run_actions.stop_button(WHERE, run_id, run["state"] in store.ACTIVE, label="Stop run")
-        resumable = run["state"] in ("stopped", "failed")
+        resumable = run["state"] in RESUMABLE
         run_actions.resume_button(WHERE, run_id, resumable, runs_dir, label="Resume run")
     run_actions.stop_confirmation(WHERE, run_id, runs_dir)
     run_actions.show_notice(WHERE)
@@ -266,8 +271,10 @@ def live(run_id: str, others: list[str]) -> None:
     with right:
         # samples/s, as the header and the table: the same figure over time
         values = series.get((store.STEP_RANK, "samples_per_s"), {})
-        st.plotly_chart(rate_figure(sorted(values), [values[s][0] for s in sorted(values)], "samples/s"),
-                        key="monitor_rate")  # fmt: skip
+        st.plotly_chart(
+            rate_figure(sorted(values), [values[s][0] for s in sorted(values)], "samples/s"),
+            key="monitor_rate",
+        )
 
     st.subheader("Predicted vs measured")
     table = view.table()

@@ -49,6 +49,7 @@ import torch.distributed as dist
 from planner.cluster import kind_of_gpu
 from planner.devices import device_kind
 from planner.errors import ClusterError, PlanError
+from planner.plan import Strategy
 from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
 from runtime.rank.host_allocator import fix_malloc_thresholds
 
@@ -104,12 +105,17 @@ def _median_time(fn, repeats: int, device: torch.device = CPU) -> float:
     return statistics.median(_timed_tries(fn, repeats, device))
 
 
-def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *, repeats: int = 5,
-                  dtype: str = "float32", device: torch.device = CPU,
-                  kind: str = "cpu") -> tuple[str, list[BlockTiming]]:  # fmt: skip
+def block_timings(
+    source: str,
+    overrides: dict,
+    micro_batch_sizes: list[int],
+    *,
+    repeats: int = 5,
+    dtype: str = "float32",
+    device: torch.device = CPU,
+    kind: str = "cpu",
+) -> tuple[str, list[BlockTiming]]:
     """Per block and micro-batch size: (graph digest, timings on ``device``, filed as ``kind``)."""
-    from torch.distributed.pipelining import SplitPoint, pipeline
-
     from planner.capture.coarsen import coarsen
     from planner.capture.graph import graph_digest
     from planner.capture.trace import trace
@@ -122,40 +128,61 @@ def block_timings(source: str, overrides: dict, micro_batch_sizes: list[int], *,
         # A fresh model per size: pipeline() patches the modules' forward, and a second cut
         # of the same instance would nest those patches.
         model, example = _model_and_batch(source, overrides, size, dtype, device)
-        try:
-            pipe = pipeline(model, mb_args=example, split_spec={b: SplitPoint.BEGINNING for b in blocks[1:]})
-        except Exception as exc:
-            raise PlanError(f"model: cannot cut {source} at every block: {exc}") from exc
-        if pipe.num_stages != len(blocks):
-            raise PlanError(f"model: cutting at every block gave {pipe.num_stages} pieces, not {len(blocks)}")
+        pipe = _cut_at_blocks(source, model, example, blocks)
         inputs = example
         for i, block in enumerate(blocks):
-            module = pipe.get_stage_module(i)
-            args = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in inputs)
-            saved = [0]
-
-            def pack(t, saved=saved):
-                saved[0] += t.numel() * t.element_size()
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = module(*args)
-            outs = out if isinstance(out, tuple) else (out,)
-            grads = tuple(torch.ones_like(o) for o in outs)
-            forward_s = _median_time(lambda module=module, args=args: module(*args), repeats, device)
-
-            def backward(module=module, args=args, grads=grads):
-                out = module(*args)
-                torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
-
-            both = _median_time(backward, repeats, device)  # forward + backward: backward needs a fresh graph
+            forward_s, backward_s, saved_bytes, outs = _time_block(
+                pipe.get_stage_module(i), inputs, repeats, device
+            )
             timing = BlockTiming(
-                block=block, device_kind=kind, micro_batch_size=size, forward_s=forward_s,
-                backward_s=max(both - forward_s, 0.0), saved_bytes=saved[0],
-            )  # fmt: skip
+                block=block,
+                device_kind=kind,
+                micro_batch_size=size,
+                forward_s=forward_s,
+                backward_s=backward_s,
+                saved_bytes=saved_bytes,
+            )
             timings.append(timing)
-            inputs = tuple(o.detach() for o in outs)
+            inputs = tuple(o.detach() for o in outs)  # the next block's inputs
     return graph_digest(graph), timings
+
+
+def _cut_at_blocks(source: str, model: torch.nn.Module, example: tuple[torch.Tensor, ...], blocks: list[str]):
+    """`pipeline()` over the model, cut at every block (the runtime's cut at stage boundaries)."""
+    from torch.distributed.pipelining import SplitPoint, pipeline
+
+    try:
+        pipe = pipeline(model, mb_args=example, split_spec={b: SplitPoint.BEGINNING for b in blocks[1:]})
+    except Exception as exc:
+        raise PlanError(f"model: cannot cut {source} at every block: {exc}") from exc
+    if pipe.num_stages != len(blocks):
+        raise PlanError(f"model: cutting at every block gave {pipe.num_stages} pieces, not {len(blocks)}")
+    return pipe
+
+
+def _time_block(
+    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int, device: torch.device
+):
+    """(forward seconds, backward seconds, bytes saved for backward, outputs) of one block."""
+    args = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in inputs)
+    saved = [0]
+
+    def pack(t, saved=saved):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    grads = tuple(torch.ones_like(o) for o in outs)
+    forward_s = _median_time(lambda: module(*args), repeats, device)
+
+    def backward():
+        out = module(*args)
+        torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
+
+    both = _median_time(backward, repeats, device)  # forward + backward: backward needs a fresh graph
+    return forward_s, max(both - forward_s, 0.0), saved[0], outs
 
 
 def compute_for(seconds: float, device: torch.device = CPU):
@@ -291,8 +318,9 @@ def _training_step(source: str, overrides: dict, size: int, dtype: str = "float3
     return model, forward, step
 
 
-def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats: int = 5,
-                                device: torch.device = CPU) -> float:  # fmt: skip
+def optimizer_seconds_per_param(
+    source: str, overrides: dict, size: int, repeats: int = 5, device: torch.device = CPU
+) -> float:
     """AdamW's step time per parameter (foreach=False, as the runtime makes it): the median
     of ``repeats`` steps, each timed inside a training loop, after a forward and backward of
     a batch-mean objective, as the runtime steps it.
@@ -321,8 +349,14 @@ def optimizer_seconds_per_param(source: str, overrides: dict, size: int, repeats
     return statistics.median(times[1:]) / max(trained, 1)
 
 
-def whole_timings(source: str, overrides: dict, micro_batch_sizes: list[int], repeats: int = 5,
-                  device: torch.device = CPU, kind: str = "cpu") -> list[ModelTiming]:  # fmt: skip
+def whole_timings(
+    source: str,
+    overrides: dict,
+    micro_batch_sizes: list[int],
+    repeats: int = 5,
+    device: torch.device = CPU,
+    kind: str = "cpu",
+) -> list[ModelTiming]:
     """The uncut model's forward and backward per size, run eagerly as a DDP replica runs it."""
     out = []
     for size in micro_batch_sizes:
@@ -338,7 +372,7 @@ ACTION_M = 8  # micro-batches of the tiny pipeline that measures what the runtim
 
 
 def _tiny_run_worker(
-    rank: int, init: str, out: str, repeats: int, mode: str, device_type: str = "cpu"
+    rank: int, init: str, out: str, repeats: int, mode: Strategy, device_type: str = "cpu"
 ) -> None:
     """Train a model too small to compute or to hold, as the runtime trains: ``pp`` with
     torch's GPipe schedule over two stages, ``dp`` with DDP. Records the step time and how
@@ -352,7 +386,7 @@ def _tiny_run_worker(
     from runtime.rank.metrics import memory_peaks, reset_peak_memory
 
     device = _join(rank, init, 2, device_type)
-    if mode == "pp":
+    if mode == Strategy.PP:
         load_tracer()
     base = reset_peak_memory(device)  # as the runtime's worker measures it
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
@@ -361,7 +395,7 @@ def _tiny_run_worker(
     def loss_fn(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (y - target).pow(2).sum()
 
-    if mode == "pp":
+    if mode == Strategy.PP:
         pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
         stage = pipe.build_stage(rank, device)
         schedule = ScheduleGPipe(stage, n_microbatches=ACTION_M, loss_fn=loss_fn)
@@ -401,14 +435,16 @@ def runtime_costs(repeats: int = 5, device_type: str = "cpu") -> tuple[float, di
     2(m + p - 1) actions on its critical path; and how much a rank's peak memory grows to
     train, per ``pp`` and ``dp``)."""
     measured = {
-        mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode, device_type) for mode in ("pp", "dp")
+        mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode, device_type)
+        for mode in (Strategy.PP, Strategy.DP)
     }
-    action = measured["pp"]["step_s"] / (2 * (ACTION_M + 2 - 1))
-    return action, {mode: m["grown_bytes"] for mode, m in measured.items()}
+    action = measured[Strategy.PP]["step_s"] / (2 * (ACTION_M + 2 - 1))
+    return action, {mode.value: m["grown_bytes"] for mode, m in measured.items()}  # the document's words
 
 
-def _contention_worker(rank: int, init: str, out: str, world: int, source: str, overrides: dict, size: int,
-                       repeats: int) -> None:  # fmt: skip
+def _contention_worker(
+    rank: int, init: str, out: str, world: int, source: str, overrides: dict, size: int, repeats: int
+) -> None:
     import json
 
     _as_one_cpu_rank()
@@ -461,13 +497,23 @@ def measured_device(cluster) -> tuple[str, torch.device]:
     except ClusterError:  # not in the catalog
         found = None
     if found != device_kind(kind).id:
-        warnings.warn(f"profiling the cluster's {kind} on this machine's {gpu.name}: its timings will be "
-                      f"filed under {kind}", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"profiling the cluster's {kind} on this machine's {gpu.name}: its timings will be "
+            f"filed under {kind}",
+            stacklevel=2,
+        )
     return kind, torch.device("cuda", 0)
 
 
-def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[int], *, repeats: int = 5,
-                 optimizer: str = "adamw") -> Profile:  # fmt: skip
+def make_profile(
+    source: str,
+    overrides: dict,
+    cluster,
+    micro_batch_sizes: list[int],
+    *,
+    repeats: int = 5,
+    optimizer: str = "adamw",
+) -> Profile:
     """Measure ``source`` on this machine's devices of the cluster's kind (see the module's
     docstring); the timings are filed under the cluster's device and link kinds."""
     _as_one_cpu_rank()
@@ -477,9 +523,12 @@ def make_profile(source: str, overrides: dict, cluster, micro_batch_sizes: list[
     )
     per_param = optimizer_seconds_per_param(source, overrides, min(micro_batch_sizes), repeats, device)
     profile = Profile(
-        graph_digest=digest, host=socket.gethostname(), torch_version=torch.__version__, blocks=blocks,
+        graph_digest=digest,
+        host=socket.gethostname(),
+        torch_version=torch.__version__,
+        blocks=blocks,
         optimizers=[OptimizerTiming(device_kind=kind, optimizer=optimizer, seconds_per_param=per_param)],
-    )  # fmt: skip
+    )
     sizes = sorted(micro_batch_sizes)
     update = {}
     if device.type == "cpu":  # GPUs do not share their cores

@@ -13,7 +13,7 @@ import torch
 from planner.plan import Plan
 from runtime.parallel.gan import gan_step
 from runtime.rank.model import build_full_model, make_optimizer
-from runtime.rank.task import plan_task
+from runtime.rank.task import Objective, plan_task
 
 
 @dataclass
@@ -29,7 +29,7 @@ def train_single(plan: Plan, steps: int) -> ReferenceRun:
     model = full.module
     losses: list[float] = []
     extra: dict[str, list[float]] = {"loss_d": [], "loss_g": []}
-    if task.kind == "gan":
+    if task.kind == Objective.GAN:
         opt_g = make_optimizer(plan, list(model.generator.parameters()))
         opt_d = make_optimizer(plan, list(model.discriminator.parameters()))
         for step in range(steps):

@@ -5,8 +5,8 @@ Model and optimizer state go through `get_state_dict` / `set_state_dict` with fl
 optimizer state, so every entry is keyed by the full model's FQN ("blocks.3.mlp.fc.weight",
 "state.blocks.3.mlp.fc.weight.exp_avg"). That is what makes a checkpoint independent of the
 layout: a DP=2 checkpoint loads into PP=2 stages, each rank taking the keys it holds.
-(Saving raw per-stage optimizer state dicts mixed up the stages' states with no error:
-their integer keys collide, FACTS.md.)
+Saving raw per-stage optimizer state dicts instead mixed up the stages' states with no
+error: their integer keys collide (docs/facts.md).
 
 Layout of ``<run-dir>/checkpoints/step-000010/``: DCP's shards and ``.metadata``, one
 ``rank<r>.pt`` per rank (its RNG states), and ``complete.json``, written by rank 0 after

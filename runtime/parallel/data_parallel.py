@@ -12,12 +12,13 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import Plan
 from runtime.parallel.mesh import Placement
 from runtime.rank.clock import ComputeClock
-from runtime.rank.model import FullModel, make_optimizer
+from runtime.rank.model import FullModel, OptimizerFactory
 from runtime.rank.step import StepResult
 from runtime.rank.task import Task
 
@@ -49,6 +50,8 @@ def wrap_ddp(module: torch.nn.Module, where: Placement) -> DistributedDataParall
 
 
 class DataParallel:
+    """The whole model on every rank: DDP over the dp group, one optimizer."""
+
     def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
         share = plan.replicas[where.rank.dp_index].batch_share
         self.loss_scale = plan.dp_degree * share / plan.training.global_batch
@@ -56,10 +59,18 @@ class DataParallel:
         self.module = full.module.to(where.device)
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
+        self.model: nn.Module = self.module  # DDP around it, once replicated
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def replicate(self, where: Placement) -> None:
+        """DDP over the dp group (runtime.parallel.parallelize, step 5)."""
         self.model = wrap_ddp(self.module, where)
-        self.optimizer = make_optimizer(plan, list(self.module.parameters()))
         for p in self.module.parameters():
             p.register_post_accumulate_grad_hook(self.clock.grad_ready)
+
+    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
+        """One optimizer over the whole model (runtime.parallel.parallelize, step 6)."""
+        self.optimizer = make_optimizer(list(self.module.parameters()))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from planner.errors import PlanError
+from planner.networks import ADVERSARIAL, DISCRIMINATOR, GENERATOR
 from planner.plan import Plan
 from runtime.parallel.data_parallel import wrap_ddp
 from runtime.parallel.mesh import Placement
 from runtime.rank.clock import ComputeClock
-from runtime.rank.model import FullModel, keep_gradients, make_optimizer
+from runtime.rank.model import FullModel, OptimizerFactory, keep_gradients
 from runtime.rank.step import StepResult
-from runtime.rank.task import Task
 
 
 def discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class _TimedOptimizer:
 class DataParallelGAN:
     """Both networks on every rank, each wrapped in DDP; losses scaled as in data_parallel."""
 
-    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+    def __init__(self, plan: Plan, full: FullModel, where: Placement) -> None:
         share = plan.replicas[where.rank.dp_index].batch_share
         self.scale = plan.dp_degree * share / plan.training.global_batch
         gan = full.module.to(where.device)
@@ -96,10 +96,18 @@ class DataParallelGAN:
             self.clock.attach_forward(net)
             for p in net.parameters():
                 p.register_post_accumulate_grad_hook(self.clock.grad_ready)
-        self.G = wrap_ddp(gan.generator, where)
-        self.D = wrap_ddp(gan.discriminator, where)
-        self.opt_g = _TimedOptimizer(make_optimizer(plan, list(gan.generator.parameters())))
-        self.opt_d = _TimedOptimizer(make_optimizer(plan, list(gan.discriminator.parameters())))
+        self.G: nn.Module = gan.generator  # DDP around each network, once replicated
+        self.D: nn.Module = gan.discriminator
+
+    def replicate(self, where: Placement) -> None:
+        """DDP over the dp group around each network (runtime.parallel.parallelize, step 5)."""
+        self.G = wrap_ddp(self.module.generator, where)
+        self.D = wrap_ddp(self.module.discriminator, where)
+
+    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
+        """One optimizer per network: each player steps its own (runtime.parallel.parallelize, step 6)."""
+        self.opt_g = _TimedOptimizer(make_optimizer(list(self.module.generator.parameters())))
+        self.opt_d = _TimedOptimizer(make_optimizer(list(self.module.discriminator.parameters())))
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.clock.backward_started()
@@ -120,16 +128,16 @@ class DataParallelGAN:
 class ModelParallelGAN:
     """G on one rank, D on another; samples forward and their gradient back."""
 
-    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+    def __init__(self, plan: Plan, full: FullModel, where: Placement) -> None:
         roles = {stage.name: plan.rank_of(0, stage.pp_rank).rank for stage in plan.stages}
-        if set(roles) != {"generator", "discriminator"}:
+        if set(roles) != set(ADVERSARIAL):
             raise PlanError(
                 f"stages: the GAN's mp plan needs a generator and a discriminator stage, got {roles}"
             )
         self.device = where.device
-        self.role = "generator" if where.rank.rank == roles["generator"] else "discriminator"
-        self.peer = roles["discriminator" if self.role == "generator" else "generator"]
-        other = "discriminator" if self.role == "generator" else "generator"
+        self.role = GENERATOR if where.rank.rank == roles[GENERATOR] else DISCRIMINATOR
+        other = DISCRIMINATOR if self.role == GENERATOR else GENERATOR
+        self.peer = roles[other]
         self.gan = full.module
         # The other network is dropped; keeping the GAN as the parent keeps this half's
         # FQNs ("generator.net.0.weight") for checkpoints.
@@ -138,13 +146,20 @@ class ModelParallelGAN:
         self.params = list(self.module.parameters())
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
-        self.optimizer = make_optimizer(plan, self.params)
+        self.optimizer: torch.optim.Optimizer | None = None
         self.sample_shape = (plan.training.global_batch, int(full.config["image_features"]))
         self.dtype = next(self.module.parameters()).dtype
 
+    def replicate(self, where: Placement) -> None:
+        """Nothing: an mp plan has one replica (the plan checks dp_degree 1)."""
+
+    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
+        """One optimizer over this rank's network (runtime.parallel.parallelize, step 6)."""
+        self.optimizer = make_optimizer(self.params)
+
     def train_step(self, z: torch.Tensor, real: torch.Tensor) -> StepResult:
         keep_gradients(self.params)  # at the step, not here: see PipelineParallel
-        if self.role == "generator":
+        if self.role == GENERATOR:
             return self._generator_step(z)
         return self._discriminator_step(real)
 

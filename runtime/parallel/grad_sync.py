@@ -1,7 +1,7 @@
 """Gradient collectives the pipeline needs besides its own sends: dp averaging, tied weights.
 
 - Across replicas (hybrid): an explicit all-reduce over the dp group. DDP around a pipeline
-  stage crashed or was silently wrong with several schedules (FACTS.md); a flat all-reduce
+  stage crashed or was silently wrong with several schedules (docs/facts.md); a flat all-reduce
   was correct with all of them. Each replica's gradient is a mean over its b_i samples, so
   it is weighted by b_i / B and summed: the mean over the whole global batch.
 - Across stages (a tied embedding and head): `pipeline()` gives each stage its own copy,

@@ -1,33 +1,54 @@
-"""Apply a plan's parallelism to the full model: one function, one documented order.
+"""Apply a plan's parallelism to its model: one function, one documented order.
 
-1. Build the full model on this rank's device from source and seed (runtime.rank.model).
-2. By strategy:
-   - ``dp``: DDP over the dp group (runtime.parallel.data_parallel);
-   - ``pp`` and ``hybrid``: pipeline stages cut at the plan's FQNs with torch's schedule,
-     then tied-weight sums across stages and the explicit dp all-reduce across replicas
-     (runtime.parallel.pipeline_parallel, runtime.parallel.grad_sync);
-   - ``mp`` (GAN): generator and discriminator on their own ranks (runtime.parallel.gan).
-3. The optimizer over the parameters this rank holds.
+`parallelize` composes the techniques in a fixed order, each step working on what the one
+before it left, as torchtitan's ``parallelize_*`` functions do:
+
+1. Build the full model on this rank's device from source and seed (runtime.rank.model),
+   and the task it trains (runtime.rank.task).
+2. Tensor parallel: not yet (see the comment in `parallelize`).
+3. Pipeline stages, if pp > 1: the model cut at the plan's FQNs, this rank keeping its own
+   stages, with torch's schedule (runtime.parallel.pipeline_parallel); a GAN's stages are its
+   two networks, each on its own rank, with the hand-written adversarial step
+   (runtime.parallel.gan). With pp = 1 the rank holds the whole model.
+4. Recomputation: not yet (see the comment in `parallelize`).
+5. Data parallel over the dp group: DDP around a whole model (runtime.parallel.data_parallel),
+   or, after a pipeline's backward, an explicit all-reduce of its gradients across replicas
+   (runtime.parallel.grad_sync).
+6. The optimizer over the parameters this rank holds, built by one function
+   (`runtime.rank.model.make_optimizer`) that every engine is handed.
+
+A GAN is recognised by its plan (`Plan.adversarial`, planner.networks), whatever its source.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from planner.errors import PlanError
-from planner.plan import Plan
+from planner.plan import Plan, Strategy
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.gan import DataParallelGAN, ModelParallelGAN
 from runtime.parallel.mesh import Placement
 from runtime.parallel.pipeline_parallel import PipelineParallel
-from runtime.rank.model import FullModel
+from runtime.rank.model import OptimizerFactory, build_full_model, make_optimizer
 from runtime.rank.step import StepResult
-from runtime.rank.task import Task
+from runtime.rank.task import Task, plan_task
 
 
 class Engine(Protocol):
+    """One rank's share of the model, and how it takes a training step."""
+
+    def replicate(self, where: Placement) -> None:
+        """Data parallel over the dp group (step 5)."""
+
+    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
+        """The optimizers over the parameters this rank holds (step 6)."""
+
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult: ...
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]: ...
@@ -35,18 +56,63 @@ class Engine(Protocol):
     def state_parts(self) -> list[tuple[torch.nn.Module, list[torch.optim.Optimizer]]]: ...
 
 
-def parallelize(plan: Plan, full: FullModel, task: Task, where: Placement) -> Engine:
+@dataclass
+class Parallelized:
+    """What a rank trains with: its engine, and the task that gives it batches and losses."""
+
+    engine: Engine
+    task: Task
+
+
+def check_strategy(plan: Plan) -> None:
+    """The GAN trains with dp or mp, and only the GAN with mp (a `PlanError` otherwise)."""
     strategy = plan.strategy
-    if task.kind == "gan":
-        if strategy == "dp":
-            return DataParallelGAN(plan, full, task, where)
-        if strategy == "mp":
-            return ModelParallelGAN(plan, full, task, where)
+    if plan.adversarial and strategy not in (Strategy.DP, Strategy.MP):
         raise PlanError(f"strategy: the GAN trains with dp or mp, not {strategy}")
-    if strategy == "dp":
-        return DataParallel(plan, full, task, where)
-    if strategy in ("pp", "hybrid"):
-        return PipelineParallel(plan, full, task, where)
-    raise PlanError(
-        f"strategy: mp is the GAN's (generator and discriminator); {plan.model.source} has no such split"
-    )
+    if not plan.adversarial and strategy == Strategy.MP:
+        raise PlanError(
+            f"strategy: mp is the GAN's (generator and discriminator); {plan.model.source} has no such split"
+        )
+
+
+def parallelize(plan: Plan, where: Placement) -> Parallelized:
+    """Build this rank's part of the plan's model, parallelised in the module's order."""
+    # 1. The full model, on this rank's device: every rank builds the same weights from
+    #    (seed, FQN), so no broadcast is needed before the cut.
+    full = build_full_model(plan, where.device)
+    task = plan_task(plan, full.config)
+    check_strategy(plan)
+
+    # 2. Tensor parallel goes here: each block's weights sharded over a tp group, before the
+    #    pipeline cut, so that every stage is cut from sharded blocks and the dp group
+    #    replicates shards. Not implemented: plans have no tp axis yet.
+
+    # 3. Pipeline stages, if pp > 1: this rank keeps its own (a GAN's stages are its two
+    #    networks); with pp = 1 the whole model stays on this rank.
+    engine: Engine
+    if plan.pp_degree > 1 and plan.adversarial:
+        engine = ModelParallelGAN(plan, full, where)
+    elif plan.pp_degree > 1:
+        engine = PipelineParallel(plan, full, task, where)
+    elif plan.adversarial:
+        engine = DataParallelGAN(plan, full, where)
+    else:
+        engine = DataParallel(plan, full, task, where)
+
+    # 4. Recomputation goes here: each stage's blocks wrapped to recompute their activations
+    #    in backward, after the cut (a stage's blocks are known only then) and before data
+    #    parallel wraps them. Not implemented: plans do not ask for it yet.
+
+    # 5. Data parallel over the dp group.
+    engine.replicate(where)
+
+    # 6. The optimizer over the parameters this rank holds, from one function.
+    engine.build_optimizers(functools.partial(make_optimizer, plan))
+
+    # Only the engine keeps the model from here on: a pipeline rank needs its stages, not
+    # the whole model for the length of the run. torch's split graph is full of reference
+    # cycles, so the other stages are freed by the cycle collector, which otherwise may
+    # not run for the whole run (every rank held every stage's weights).
+    del full
+    gc.collect()
+    return Parallelized(engine, task)

@@ -24,20 +24,21 @@ from torch.distributed.pipelining import (
 
 from planner.errors import PlanError
 from planner.plan import Plan
+from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import (
     FullModel,
+    OptimizerFactory,
     flat_gradients,
     keep_gradients,
-    make_optimizer,
     shared_parameter_groups,
 )
 from runtime.rank.step import StepResult
 from runtime.rank.task import Task
 
-SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+SCHEDULES = {Schedule.GPIPE: ScheduleGPipe, Schedule.ONE_F_ONE_B: Schedule1F1B}  # one stage per rank
 
 
 def load_tracer() -> None:
@@ -71,7 +72,8 @@ class PipelineParallel:
         p, m = plan.pp_degree, plan.training.micro_batches
         share = plan.replicas[where.rank.dp_index].batch_share
         self.weight = share / plan.training.global_batch
-        self.dp_group = where.dp_group if plan.dp_degree > 1 else None
+        self.dp_degree = plan.dp_degree
+        self.dp_group = None  # set by `replicate` when there are replicas to average
         pipe = split_model(plan, full, share // m)
         num_stages = pipe.num_stages
         mine = [i for i in range(num_stages) if i % p == where.rank.pp_index]
@@ -84,22 +86,32 @@ class PipelineParallel:
             # posts those separately): the stage's backward compute.
             stage.backward_one_chunk = self.clock.wrap(stage.backward_one_chunk)
         loss_fn = self.clock.wrap(task.loss_fn)
-        if plan.schedule == "interleaved_1f1b":
+        if plan.schedule == Schedule.INTERLEAVED_1F1B:
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=m, loss_fn=loss_fn)
         else:
             self.schedule = SCHEDULES[plan.schedule](self.stages[0], n_microbatches=m, loss_fn=loss_fn)
         self.tied = _tied_copies(plan, pipe, full, self.stages, where)
         self.params = _distinct([param for stage in self.stages for param in stage.submod.parameters()])
         self.flat_grads: torch.Tensor | None = None  # the replicas' gradients, one buffer
-        # One optimizer per stage, so that a checkpoint pairs each stage module with its
-        # own state; a tensor two local stages share is stepped by the first one only.
-        self.optimizers, owned = [], set()
+        self.optimizers: list[torch.optim.Optimizer] = []
+        _release_other_stages(pipe, mine)
+        del pipe
+
+    def replicate(self, where: Placement) -> None:
+        """Average the replicas' gradients over the dp group after every backward, by an
+        explicit all-reduce (runtime.parallel.grad_sync; runtime.parallel.parallelize, step 5).
+        One replica (``pp``) has nothing to average."""
+        self.dp_group = where.dp_group if self.dp_degree > 1 else None
+
+    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
+        """One optimizer per stage, so that a checkpoint pairs each stage module with its
+        own state; a tensor two local stages share is stepped by the first one only
+        (runtime.parallel.parallelize, step 6)."""
+        owned: set[int] = set()
         for stage in self.stages:
             params = [p for p in stage.submod.parameters() if id(p) not in owned]
             owned.update(id(p) for p in params)
-            self.optimizers.append(make_optimizer(plan, params))
-        _release_other_stages(pipe, mine)
-        del pipe
+            self.optimizers.append(make_optimizer(params))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         # Here, not at construction: loading a checkpoint initialises the optimizer state only

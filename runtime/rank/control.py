@@ -7,8 +7,8 @@ SIGKILL keep their default meaning; under a supervisor SIGINT is ignored (runtim
 Ctrl-C is the supervisor's to turn into this stop.
 
 Death: a worker must not outlive its run. `PR_SET_PDEATHSIG` has the kernel kill it when
-torchrun dies, and a watchdog thread exits the process when the supervisor's PID is gone
-(killing torchrun with SIGKILL leaves its workers running otherwise: FACTS.md).
+torchrun dies, and a watchdog thread exits the process when the supervisor's PID is gone:
+killing torchrun with SIGKILL leaves its workers running otherwise (docs/facts.md).
 """
 
 from __future__ import annotations

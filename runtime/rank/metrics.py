@@ -211,7 +211,7 @@ class MetricsRecorder:
 
     def _rows(self, steps: list[int], table: torch.Tensor) -> list[Metric]:
         rows: list[Metric] = []
-        gan = self.plan.model.source == "gan"
+        gan = self.plan.adversarial  # its two losses are kept apart too (runtime.parallel.gan)
         batch = self.plan.training.global_batch
         for k, step in enumerate(steps):
             t = table[k]  # (ranks, F)

@@ -7,6 +7,7 @@ single-process reference get the same values without any broadcast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,13 @@ def flat_gradients(params: list[nn.Parameter], flat: torch.Tensor | None) -> tor
     return flat
 
 
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+"""The plan's optimizer over the parameters given (`make_optimizer` with the plan bound):
+what runtime.parallel.parallelize hands every engine, so it is built in one place."""
+
+
 def make_optimizer(plan: Plan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The plan's optimizer (``training.optimizer``) over ``params``."""
     o = plan.training.optimizer
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)

@@ -7,8 +7,9 @@ single-process training: the samples of step ``s`` depend only on (seed, s), and
 - ``classify`` (mlp, cnn): cross-entropy of the logits against the digit labels.
 - ``next_token`` (gpt, Hugging Face causal LMs): cross-entropy of every position's logits
   against the next byte, averaged over tokens.
-- ``gan``: real digits rescaled to [-1, 1], and latent vectors z drawn from (seed, step);
-  the adversarial losses are in ``runtime.parallel.gan``.
+- ``gan`` (a model whose blocks are a generator and a discriminator: `Plan.adversarial`):
+  real digits rescaled to [-1, 1], and latent vectors z drawn from (seed, step); the
+  adversarial losses are in ``runtime.parallel.gan``.
 """
 
 from __future__ import annotations
@@ -107,19 +108,36 @@ class Task:
         return z, inputs * 2 - 1  # digits in [0, 1] -> [-1, 1], the generator's tanh range
 
 
-def task_for(source: str, config: dict[str, Any], dataset: str, global_batch: int, seed: int) -> Task:
-    """The task of a model source with its resolved config; a `PlanError` if it cannot train."""
-    if source in ("mlp", "cnn"):
-        kind = Objective.CLASSIFY
-    elif source == "gan":
-        kind = Objective.GAN
-    elif source == "gpt" or source.startswith("hf:"):
-        kind = Objective.NEXT_TOKEN
-    else:
+TRAINED_ZOO_MODELS = ("mlp", "cnn", "gan", "gpt")
+"""The zoo's models that the runtime has a data set for (runtime.rank.data)."""
+
+
+def objective_of(source: str, *, adversarial: bool) -> Objective:
+    """What a model source is trained to do; a `PlanError` for one the runtime cannot train.
+
+    ``adversarial``: whether the model's blocks are a GAN's two networks (`Plan.adversarial`,
+    planner.networks, the one place a GAN is recognised).
+    """
+    if source not in TRAINED_ZOO_MODELS and not source.startswith("hf:"):
         raise PlanError(
             f"model.source {source!r}: the runtime trains zoo models and Hugging Face causal LMs; "
             "a py: factory has no objective or data set it could train on"
         )
+    if adversarial:
+        return Objective.GAN
+    if source == "gpt" or source.startswith("hf:"):
+        return Objective.NEXT_TOKEN
+    return Objective.CLASSIFY  # mlp, cnn
+
+
+def task_for(
+    source: str, config: dict[str, Any], dataset: str, global_batch: int, seed: int, *, adversarial: bool
+) -> Task:
+    """The task of a model source with its resolved config; a `PlanError` if it cannot train.
+
+    ``adversarial`` as in `objective_of`.
+    """
+    kind = objective_of(source, adversarial=adversarial)
     if kind == Objective.NEXT_TOKEN:
         vocab = config.get("vocab_size", 0)
         if vocab < 256:
@@ -145,4 +163,6 @@ def task_for(source: str, config: dict[str, Any], dataset: str, global_batch: in
 def plan_task(plan: Plan, config: dict[str, Any]) -> Task:
     """The task a plan trains, given its model's resolved config."""
     t = plan.training
-    return task_for(plan.model.source, config, t.dataset, t.global_batch, t.seed)
+    return task_for(
+        plan.model.source, config, t.dataset, t.global_batch, t.seed, adversarial=plan.adversarial
+    )

@@ -17,35 +17,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
+import functools
 import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from planner.errors import PlanError
-from planner.plan import Plan, load_plan
+from planner.plan import Plan, Strategy, load_plan
 from runtime.measure import compare
 from runtime.parallel import checkpoint
 from runtime.parallel.mesh import Placement, build_mesh
-from runtime.parallel.parallelize import parallelize
+from runtime.parallel.parallelize import Engine, Parallelized, parallelize
 from runtime.parallel.pipeline_parallel import load_tracer
 from runtime.rank.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.rank.data import preload
 from runtime.rank.host_allocator import fix_malloc_thresholds
 from runtime.rank.metrics import MetricsRecorder, reset_peak_memory
-from runtime.rank.model import build_full_model
-from runtime.rank.task import plan_task
 from runtime.rank.tensor_memory import EXPLAIN_ENV, TensorPeak
 from runtime.supervise import store
+from runtime.supervise.store import RunState
 
 HOST_BYTES = 64
 
@@ -95,6 +97,21 @@ def _supervisor_store(run_id: str, timeout: timedelta):
     return dist.PrefixStore(f"stagecraft/{run_id}/{attempt}/", client)
 
 
+@dataclass(frozen=True)
+class RankRun:
+    """This rank's place in its run: what the steps of `train` share."""
+
+    plan: Plan
+    run_id: str
+    run_dir: Path
+    rank: int
+    device: torch.device
+    cpu_group: Any
+    """A gloo group for CPU tensors (metrics, stop flags, barriers) on nccl; None on gloo."""
+    conn: sqlite3.Connection | None
+    """Rank 0's connection to the runs database; None on the other ranks."""
+
+
 def train(
     plan: Plan,
     *,
@@ -108,13 +125,47 @@ def train(
     resume_from: Path | None = None,
     save_parameters: Path | None = None,
     stop: StopFlag | None = None,
-) -> str:
-    """Train ``plan`` as rank ``rank``; returns "finished" or "stopped" (all ranks agree)."""
+) -> RunState:
+    """Train ``plan`` as rank ``rank``; returns finished or stopped (all ranks agree)."""
     if world_size != len(plan.ranks):
         raise PlanError(
             f"ranks: the plan has {len(plan.ranks)} ranks, but {world_size} processes were started"
         )
     device = pick_device(plan, rank, local_rank)
+    join_process_group(plan, run_id, rank, world_size, device, init_method)
+    try:
+        run = open_rank(plan, run_id, runs_dir, steps, rank, world_size, device)
+        stop = stop or StopFlag()
+        stop.group = run.cpu_group
+        base_memory, tensor_peak = start_memory_baseline(plan, device, rank)
+        where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
+        built = parallelize(plan, where)
+        done = restore(built.engine, resume_from, rank)
+        recorder = MetricsRecorder(
+            plan,
+            tokens_per_sample=built.task.tokens_per_sample,
+            device=device,
+            last_step=steps,
+            write=None if run.conn is None else functools.partial(store.insert_metrics, run.conn, run_id),
+            group=run.cpu_group,
+            base_memory_bytes=base_memory,
+            tensor_peak=tensor_peak,
+        )
+        last, outcome = step_loop(run, built, recorder, stop, first=done + 1, steps=steps)
+        finish(run, built.engine, recorder, last, save_parameters)
+        return outcome
+    except BaseException as exc:
+        write_error(runs_dir / run_id, rank, exc)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def join_process_group(
+    plan: Plan, run_id: str, rank: int, world_size: int, device: torch.device, init_method: str
+) -> None:
+    """Join the run's process group: nccl between GPUs, gloo between CPU ranks; on the
+    supervisor's store when a supervisor started this rank, else at ``init_method``."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -126,103 +177,115 @@ def train(
         dist.init_process_group(
             backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
         )
+
+
+def open_rank(
+    plan: Plan, run_id: str, runs_dir: Path, steps: int, rank: int, world_size: int, device: torch.device
+) -> RankRun:
+    """This rank's place in the run; rank 0 records the run's row (unless a launcher made
+    it) and every rank's PID and host. Collective."""
+    # Metrics, stop flags and barriers use CPU tensors: on nccl they need a gloo group.
+    cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None
     run_dir = runs_dir / run_id
-    try:
-        # Metrics, stop flags and barriers use CPU tensors: on nccl they need a gloo group.
-        cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
-        stop = stop or StopFlag()
-        stop.group = cpu_group
-        conn = store.connect(runs_dir) if rank == 0 else None
-        if conn is not None:  # started by hand or by `runtime command`: no row yet
-            plan_json = plan.to_json()
-            store.ensure_run(
-                conn,
-                run_id=run_id,
-                plan_json=plan_json,
-                world_size=world_size,
-                steps=steps,
-                run_dir=str(run_dir),
-            )
-        workers = _gather_workers(rank, world_size, cpu_group)
-        if conn is not None:
-            store.record_workers(conn, run_id, workers)
-        # What the process holds before the plan adds anything (the interpreter, torch,
-        # gloo, the data set, the pipeline tracer): the baseline of the memory compared
-        # with the prediction.
-        preload(plan.training.dataset)
-        if plan.strategy in ("pp", "hybrid") and plan.model.source != "gan":
-            load_tracer()
-        base_memory = reset_peak_memory(device)
-        explain = os.environ.get(EXPLAIN_ENV)
-        tensor_peak = TensorPeak(device, Path(explain) / f"rank{rank}.json" if explain else None)
-        tensor_peak.start()
-        where = Placement(plan.ranks[rank], build_mesh(plan, device.type), device)
-        full = build_full_model(plan, device)
-        task = plan_task(plan, full.config)
-        engine = parallelize(plan, full, task, where)
-        # Only the engine keeps the model from here on: a pipeline rank needs its stages,
-        # not the whole model for the length of the run. torch's split graph is full of
-        # reference cycles, so the other stages are freed by the cycle collector, which
-        # otherwise may not run for the whole run (every rank held every stage's weights).
-        del full
-        gc.collect()
-        done = 0  # optimizer steps already taken
-        if resume_from is not None:
-            latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)
-            checkpoint.load(latest, engine.state_parts(), rank=rank)
-            done = latest.step
-        start = sum(r.batch_share for r in plan.replicas if r.dp_index < where.rank.dp_index)
-        share = plan.replicas[where.rank.dp_index].batch_share
-        write = (lambda rows: store.insert_metrics(conn, run_id, rows)) if conn is not None else None
-        recorder = MetricsRecorder(
-            plan,
-            tokens_per_sample=task.tokens_per_sample,
-            device=device,
-            last_step=steps,
-            write=write,
-            group=cpu_group,
-            base_memory_bytes=base_memory,
-            tensor_peak=tensor_peak,
+    conn = store.connect(runs_dir) if rank == 0 else None
+    if conn is not None:  # started by hand or by `runtime command`: no row yet
+        store.ensure_run(
+            conn,
+            run_id=run_id,
+            plan_json=plan.to_json(),
+            world_size=world_size,
+            steps=steps,
+            run_dir=str(run_dir),
         )
-        every = plan.training.checkpoint_every
-        saved = last = done
-        outcome = "finished"
-        for step in range(done + 1, steps + 1):
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            inputs, targets = task.batch(step - 1, start, share)  # the data index is 0-based
-            result = engine.train_step(inputs.to(device), targets.to(device))
-            flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
-            last = step
-            # Checked where the ranks meet anyway, not every step: a metrics flush (about
-            # once a second) or a checkpoint. A checkpoint flushes the metrics too, so with
-            # checkpoints more often than flushes the flush point alone never came.
-            at_checkpoint = bool(every) and step % every == 0
-            stopping = (flushed or at_checkpoint) and step < steps and stop.agreed()
-            if at_checkpoint or (stopping and saved < step):
-                recorder.flush()  # the metrics of every step a checkpoint covers are stored
-                checkpoint.save(run_dir, step, engine.state_parts(), rank=rank, group=cpu_group)
-                saved = step
-            if stopping:
-                recorder.flush()
-                outcome = "stopped"
-                if rank == 0:
-                    (run_dir / "stopped.json").write_text(json.dumps({"step": step}))
-                break
-        if save_parameters is not None:
-            save_parameters.mkdir(parents=True, exist_ok=True)
-            params = {fqn: p.detach().cpu() for fqn, p in engine.local_parameters().items()}
-            torch.save(params, save_parameters / f"rank{rank}.pt")
-        if conn is not None:
-            fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
-            metric = store.Metric(last, store.STEP_RANK, "logging_fraction", fraction, time.time())
-            store.insert_metrics(conn, run_id, [metric])
-        dist.barrier(group=cpu_group)
-        return outcome
-    except BaseException as exc:
-        write_error(run_dir, rank, exc)
-        raise
-    finally:
-        dist.destroy_process_group()
+    workers = _gather_workers(rank, world_size, cpu_group)
+    if conn is not None:
+        store.record_workers(conn, run_id, workers)
+    return RankRun(plan, run_id, run_dir, rank, device, cpu_group, conn)
+
+
+def start_memory_baseline(plan: Plan, device: torch.device, rank: int) -> tuple[float, TensorPeak]:
+    """Load what the process holds before the plan adds anything (the interpreter, torch,
+    gloo, the data set, the pipeline tracer), then measure memory from there: the baseline
+    of the memory compared with the prediction. Returns it, and the tensor peak counting."""
+    preload(plan.training.dataset)
+    if plan.strategy in (Strategy.PP, Strategy.HYBRID) and not plan.adversarial:
+        load_tracer()  # the stages are cut by torch's tracer (a GAN's mp stages are not)
+    base_memory = reset_peak_memory(device)
+    explain = os.environ.get(EXPLAIN_ENV)
+    tensor_peak = TensorPeak(device, Path(explain) / f"rank{rank}.json" if explain else None)
+    tensor_peak.start()
+    return base_memory, tensor_peak
+
+
+def restore(engine: Engine, resume_from: Path | None, rank: int) -> int:
+    """Load a checkpoint into the engine; returns the optimizer steps already taken."""
+    if resume_from is None:
+        return 0
+    latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)
+    checkpoint.load(latest, engine.state_parts(), rank=rank)
+    return latest.step
+
+
+def step_loop(
+    run: RankRun, built: Parallelized, recorder: MetricsRecorder, stop: StopFlag, *, first: int, steps: int
+) -> tuple[int, RunState]:
+    """Steps ``first`` to ``steps`` (1-based); returns the last step taken and how it ended."""
+    replica = run.plan.ranks[run.rank].dp_index
+    start = sum(r.batch_share for r in run.plan.replicas if r.dp_index < replica)
+    share = run.plan.replicas[replica].batch_share  # this replica's samples: [start, start + share)
+    last = first - 1
+    for step in range(first, steps + 1):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        inputs, targets = built.task.batch(step - 1, start, share)  # the data index is 0-based
+        result = built.engine.train_step(inputs.to(run.device), targets.to(run.device))
+        flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+        last = step
+        if checkpoint_or_stop(run, built.engine, recorder, stop, step=step, steps=steps, flushed=flushed):
+            return last, RunState.STOPPED
+    return last, RunState.FINISHED
+
+
+def checkpoint_or_stop(
+    run: RankRun,
+    engine: Engine,
+    recorder: MetricsRecorder,
+    stop: StopFlag,
+    *,
+    step: int,
+    steps: int,
+    flushed: bool,
+) -> bool:
+    """After ``step``: save a checkpoint when one is due or the ranks agree to stop (the
+    stop's checkpoint); True when they stop. Collective."""
+    every = run.plan.training.checkpoint_every
+    # Checked where the ranks meet anyway, not every step: a metrics flush (about once a
+    # second) or a checkpoint. A checkpoint flushes the metrics too, so with checkpoints
+    # more often than flushes the flush point alone never came.
+    at_checkpoint = bool(every) and step % every == 0
+    stopping = (flushed or at_checkpoint) and step < steps and stop.agreed()
+    if at_checkpoint or stopping:
+        recorder.flush()  # the metrics of every step a checkpoint covers are stored
+        checkpoint.save(run.run_dir, step, engine.state_parts(), rank=run.rank, group=run.cpu_group)
+    if stopping and run.rank == 0:
+        # The supervisor's word that the ranks stopped, saved and flushed (runtime.supervise.supervisor).
+        (run.run_dir / "stopped.json").write_text(json.dumps({"step": step}))
+    return stopping
+
+
+def finish(
+    run: RankRun, engine: Engine, recorder: MetricsRecorder, last: int, save_parameters: Path | None
+) -> None:
+    """The end of a rank: its final parameters (when asked for), the share of the step time
+    spent logging (rank 0), and a barrier that every rank reaches before any leaves."""
+    if save_parameters is not None:
+        save_parameters.mkdir(parents=True, exist_ok=True)
+        params = {fqn: p.detach().cpu() for fqn, p in engine.local_parameters().items()}
+        torch.save(params, save_parameters / f"rank{run.rank}.pt")
+    if run.conn is not None:
+        fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
+        metric = store.Metric(last, store.STEP_RANK, "logging_fraction", fraction, time.time())
+        store.insert_metrics(run.conn, run.run_id, [metric])
+    dist.barrier(group=run.cpu_group)
 
 
 def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
@@ -257,7 +320,7 @@ def plan_rank(plan: Plan, node: int, local_rank: int) -> int:
     return on_node[local_rank]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime.rank.worker", description=__doc__.splitlines()[0]
     )
@@ -274,20 +337,42 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="this machine's node index in the plan (multi-machine runs; see runtime command)",
     )
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    stop = StopFlag()  # first: a stop request during start-up must not kill the rank
+    return parser
+
+
+def set_up_process(threads: int) -> int:
+    """What a rank's process needs before anything else runs; returns when it started (ns)."""
     if os.environ.get(SUPERVISOR_ENV):
         # The supervisor turns Ctrl-C into a stop (SIGUSR1); a SIGINT that reaches a rank
         # anyway (torchrun passes its own on) must not end it in the middle of a step.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     started_ns = time.time_ns()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     fix_malloc_thresholds()  # before the model: steady step times (runtime.rank.host_allocator)
     die_with_parent()
     watch_supervisor()
+    return started_ns
+
+
+def report_failure(run_dir: Path, rank: int, exc: BaseException, started_ns: int) -> None:
+    """The rank's error file (unless `train` wrote it when it was raised), and its line on stderr."""
+    written = run_dir / f"error-rank{rank}.txt"
+    with contextlib.suppress(OSError):
+        if written.stat().st_mtime_ns >= started_ns:  # `train` wrote it when it was raised
+            written = None
+    if written is not None:
+        write_error(run_dir, rank, exc)
+    with contextlib.suppress(OSError):
+        print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    stop = StopFlag()  # first: a stop request during start-up must not kill the rank
+    started_ns = set_up_process(args.threads)
     run_dir = args.runs_dir / args.run_id
     try:
         plan = load_plan(args.plan)
@@ -295,12 +380,11 @@ def main(argv: list[str] | None = None) -> int:
             # torchrun numbers nodes in the order they join; the plan says which ranks
             # live on which node, so the rank comes from the plan.
             rank = plan_rank(plan, args.plan_node, local_rank)
-        steps = args.steps or plan.training.steps
         outcome = train(
             plan,
             run_id=args.run_id,
             runs_dir=args.runs_dir,
-            steps=steps,
+            steps=args.steps or plan.training.steps,
             rank=rank,
             world_size=world_size,
             local_rank=local_rank,
@@ -314,14 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             store.finish_once(conn, args.run_id, outcome)  # nobody else will
             compare.record_after_run(conn, args.run_id, args.runs_dir, sys.stderr)
     except BaseException as exc:
-        written = run_dir / f"error-rank{rank}.txt"
-        with contextlib.suppress(OSError):
-            if written.stat().st_mtime_ns >= started_ns:  # `train` wrote it when it was raised
-                written = None
-        if written is not None:
-            write_error(run_dir, rank, exc)
-        with contextlib.suppress(OSError):
-            print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        report_failure(run_dir, rank, exc, started_ns)
         return 1
     finally:
         # A stop request that comes late must not kill the exiting process: Python puts

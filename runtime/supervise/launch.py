@@ -32,6 +32,7 @@ from runtime.rank.control import pid_alive
 from runtime.rank.model import build_full_model
 from runtime.rank.task import plan_task
 from runtime.supervise import store
+from runtime.supervise.store import RunState
 from runtime.supervise.supervisor import (
     EXIT_BAD_INPUT,
     ROOT,
@@ -122,9 +123,14 @@ def prepare(
         owner = RunOwner.claim(run_dir, run_id)
         (run_dir / "plan.json").write_text(plan_json + "\n")
         store.create_run(
-            conn, run_id=run_id, plan_json=plan_json, world_size=len(plan.ranks),
-            steps=steps or plan.training.steps, run_dir=str(run_dir), supervisor_pid=os.getpid(),
-        )  # fmt: skip
+            conn,
+            run_id=run_id,
+            plan_json=plan_json,
+            world_size=len(plan.ranks),
+            steps=steps or plan.training.steps,
+            run_dir=str(run_dir),
+            supervisor_pid=os.getpid(),
+        )
     except BaseException as exc:  # a full disk, a read-only folder, Ctrl-C: no half-made run
         if owner is not None:
             owner.release()
@@ -137,9 +143,16 @@ def prepare(
 
 
 def start(
-    runs_dir: Path, run_id: str, *, detach: bool, threads: int, resume_from: Path | None, out: TextIO,
+    runs_dir: Path,
+    run_id: str,
+    *,
+    detach: bool,
+    threads: int,
+    resume_from: Path | None,
+    out: TextIO,
     owner: RunOwner,
-) -> int:  # fmt: skip
+) -> int:
+    """Hand a prepared run to its supervisor: here, with a progress bar, or detached."""
     conn = store.connect(runs_dir)
     run = store.run_row(conn, run_id)
     plan = plan_from_json(run["plan_json"])
@@ -151,12 +164,28 @@ def start(
     )
     if not detach:
         return supervise(runs_dir, run_id, threads=threads, resume_from=resume_from, out=out, owner=owner)
+    try:
+        pid = _start_detached(run, runs_dir, threads, resume_from, owner)
+        # The owner's PID from now on (before this process exits, so `reconcile` never
+        # sees the run without a live supervisor).
+        owner.record(pid)
+        store.update_run(conn, run_id, supervisor_pid=pid)
+    finally:
+        owner.release()  # this process's copy; the child's keeps the lock
+    print(run_id, file=sys.stdout, flush=True)
+    return 0
+
+
+def _start_detached(
+    run: dict, runs_dir: Path, threads: int, resume_from: Path | None, owner: RunOwner
+) -> int:
+    """Start ``python -m runtime supervise`` for the run as a new session; its PID."""
     cmd = [
         sys.executable,
         "-m",
         "runtime",
         "supervise",
-        run_id,
+        run["run_id"],
         "--runs-dir",
         str(runs_dir),
         "--threads",
@@ -170,29 +199,33 @@ def start(
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    try:
-        with open(Path(run["run_dir"]) / "supervisor.log", "ab") as log:
-            # A new session, no terminal; this process exits next, so the supervisor is
-            # re-parented to init and nobody has to wait() for it. It inherits the run's
-            # lock: the run is never without an owner.
-            child = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                start_new_session=True, pass_fds=(owner.fd,),
-            )  # fmt: skip
-        # The owner's PID from now on (before this process exits, so `reconcile` never
-        # sees the run without a live supervisor).
-        owner.record(child.pid)
-        store.update_run(conn, run_id, supervisor_pid=child.pid)
-    finally:
-        owner.release()  # this process's copy; the child's keeps the lock
-    print(run_id, file=sys.stdout, flush=True)
-    return 0
+    with open(Path(run["run_dir"]) / "supervisor.log", "ab") as log:
+        # A new session, no terminal; this process exits next, so the supervisor is
+        # re-parented to init and nobody has to wait() for it. It inherits the run's
+        # lock: the run is never without an owner.
+        child = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            pass_fds=(owner.fd,),
+        )
+    return child.pid
 
 
 def run(
-    plan_path: Path, *, runs_dir: Path, steps: int | None = None, threads: int = 1, detach: bool = False,
-    out: TextIO | None = None, check_model: bool = True,
-) -> int:  # fmt: skip
+    plan_path: Path,
+    *,
+    runs_dir: Path,
+    steps: int | None = None,
+    threads: int = 1,
+    detach: bool = False,
+    out: TextIO | None = None,
+    check_model: bool = True,
+) -> int:
     out = out or sys.stderr
     try:
         check_start_options(steps, threads)
@@ -207,9 +240,16 @@ def run(
 
 
 def resume(
-    runs_dir: Path, run_id: str, *, plan_path: Path | None = None, steps: int | None = None, threads: int = 1,
-    detach: bool = False, out: TextIO | None = None, check_model: bool = True,
-) -> int:  # fmt: skip
+    runs_dir: Path,
+    run_id: str,
+    *,
+    plan_path: Path | None = None,
+    steps: int | None = None,
+    threads: int = 1,
+    detach: bool = False,
+    out: TextIO | None = None,
+    check_model: bool = True,
+) -> int:
     """Continue a run from its last complete checkpoint (a stopped or failed one, or a
     finished one for more steps), under the same plan or another plan of the same model:
     the checkpoint is resharded by FQN."""
@@ -230,9 +270,17 @@ def resume(
         (Path(run["run_dir"]) / "plan.json").write_text(plan_json + "\n")
         store.drop_metrics_after(conn, run_id, latest.step)
         store.update_run(
-            conn, run_id, state="queued", reason="", plan_json=plan_json, world_size=len(plan.ranks),
-            steps=total, stop_requested=None, ended=None, supervisor_pid=os.getpid(),
-        )  # fmt: skip
+            conn,
+            run_id,
+            state=RunState.QUEUED,
+            reason="",
+            plan_json=plan_json,
+            world_size=len(plan.ranks),
+            steps=total,
+            stop_requested=None,
+            ended=None,
+            supervisor_pid=os.getpid(),
+        )
     except BaseException:
         owner.release()
         raise
@@ -297,7 +345,7 @@ def stop(runs_dir: Path, run_id: str, *, wait_s: float = 60.0, out: TextIO | Non
             # Nobody supervises it: give the ranks the grace period, then clean up here.
             time.sleep(STOP_GRACE_S)
             kill_all([run["torchrun_pid"], *store.worker_pids(conn, run_id).values()])
-            store.finish_once(conn, run_id, "stopped", "stopped; its supervisor was gone")
+            store.finish_once(conn, run_id, RunState.STOPPED, "stopped; its supervisor was gone")
             break
         time.sleep(0.25)
     run = store.run_row(conn, run_id)

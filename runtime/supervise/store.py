@@ -1,7 +1,7 @@
 """The runs database: one SQLite file, `<runs-dir>/runs.sqlite`, written while it is read.
 
 WAL mode, a 5 s busy timeout and `BEGIN IMMEDIATE` for every write: with them, 8 writers
-and a polling reader saw no "database is locked" (FACTS.md). Only rank 0 of a run and the
+and a polling reader saw no "database is locked" (docs/facts.md). Only rank 0 of a run and the
 launcher write; the dashboard reads.
 
 Metrics are long rows `(run_id, step, rank, name, value, special, time)`; rank -1 holds the
@@ -252,7 +252,7 @@ def create_run(
     world_size: int,
     steps: int,
     run_dir: str,
-    state: str = "queued",
+    state: RunState = RunState.QUEUED,
     supervisor_pid: int | None = None,
 ) -> None:
     now = time.time()
@@ -260,9 +260,19 @@ def create_run(
         conn.execute(
             "INSERT INTO runs (run_id, created, state, plan_sha256, plan_json, world_size, steps,"
             " run_dir, started, supervisor_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, now, state, plan_sha256(plan_json), plan_json, world_size, steps, run_dir, now,
-             supervisor_pid),
-        )  # fmt: skip
+            (
+                run_id,
+                now,
+                state,
+                plan_sha256(plan_json),
+                plan_json,
+                world_size,
+                steps,
+                run_dir,
+                now,
+                supervisor_pid,
+            ),
+        )
 
 
 def ensure_run(
@@ -273,10 +283,11 @@ def ensure_run(
     with write(conn):
         conn.execute(
             "INSERT OR IGNORE INTO runs (run_id, created, state, plan_sha256, plan_json, world_size, steps,"
-            " run_dir, started) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            " run_dir, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
                 now,
+                RunState.RUNNING,
                 plan_sha256(plan_json),
                 plan_json,
                 world_size,
@@ -287,7 +298,7 @@ def ensure_run(
         )
 
 
-def finish_once(conn: sqlite3.Connection, run_id: str, state: str, reason: str = "") -> bool:
+def finish_once(conn: sqlite3.Connection, run_id: str, state: RunState, reason: str = "") -> bool:
     """Move an active run to a final state unless someone else already did; True if we did."""
     with write(conn):
         cur = conn.execute(
@@ -298,8 +309,19 @@ def finish_once(conn: sqlite3.Connection, run_id: str, state: str, reason: str =
 
 
 def update_run(conn: sqlite3.Connection, run_id: str, **columns) -> None:
-    allowed = {"state", "reason", "started", "supervisor_pid", "torchrun_pid", "stop_requested",
-               "plan_json", "plan_sha256", "steps", "world_size", "ended"}  # fmt: skip
+    allowed = {
+        "state",
+        "reason",
+        "started",
+        "supervisor_pid",
+        "torchrun_pid",
+        "stop_requested",
+        "plan_json",
+        "plan_sha256",
+        "steps",
+        "world_size",
+        "ended",
+    }
     if not columns or set(columns) - allowed:
         raise ValueError(f"cannot update {sorted(set(columns) - allowed)}")
     assignments = ", ".join(f"{name} = ?" for name in columns)

@@ -40,8 +40,9 @@ from runtime.measure import compare
 from runtime.rank.control import STORE_ENV, SUPERVISOR_ENV, die_with_parent, pid_alive
 from runtime.supervise import store
 from runtime.supervise.progress import ProgressLine, render
+from runtime.supervise.store import RunState
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (runtime/supervise/supervisor.py)
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
 POLL_S = 0.5
 STOP_GRACE_S = 5.0  # after a stop request (plus two steps): ranks agree at a flush (~1 s) or checkpoint
@@ -126,7 +127,7 @@ def loopback_store():
     """A rendezvous store that listens on 127.0.0.1 only, and its port.
 
     torchrun's own store (``--standalone``) listens on every interface, without
-    authentication (FACTS.md). TCPStore binds to whatever socket it is given, so the
+    authentication (docs/facts.md). TCPStore binds to whatever socket it is given, so the
     supervisor binds one to loopback, hosts the store on it, and points torchrun at it
     as a client (``is_host=false``); the workers reuse torchrun's store.
     """
@@ -318,15 +319,21 @@ def reconcile(conn) -> None:
         if run["state"] not in store.ACTIVE or not pid or pid_alive(pid):
             continue
         kill_all([run["torchrun_pid"], *store.worker_pids(conn, run["run_id"]).values()])
-        store.finish_once(conn, run["run_id"], "failed", f"supervisor (pid {pid}) died")
+        store.finish_once(conn, run["run_id"], RunState.FAILED, f"supervisor (pid {pid}) died")
         with contextlib.suppress(OSError):
             (Path(run["run_dir"]) / DISK_RESERVE).unlink(missing_ok=True)
 
 
 def supervise(
-    runs_dir: Path, run_id: str, *, threads: int = 1, resume_from: Path | None = None, out=None,
-    owner: RunOwner | None = None, owner_fd: int | None = None,
-) -> int:  # fmt: skip
+    runs_dir: Path,
+    run_id: str,
+    *,
+    threads: int = 1,
+    resume_from: Path | None = None,
+    out=None,
+    owner: RunOwner | None = None,
+    owner_fd: int | None = None,
+) -> int:
     """Run torchrun for an already prepared (queued) run and return the exit code.
 
     ``owner`` is the run's lock when the caller took it (``owner_fd``: its descriptor,
@@ -344,7 +351,7 @@ def supervise(
     owner = owner or RunOwner.claim(run_dir, run_id)
     try:
         owner.record(os.getpid())
-        if run["state"] != "queued":
+        if run["state"] != RunState.QUEUED:
             raise RunError(f"run {run_id} is {run['state']}, not queued; `runtime resume` it")
         store.update_run(conn, run_id, supervisor_pid=os.getpid())
         return _supervise(conn, runs_dir, run, threads, resume_from, out)
@@ -360,19 +367,6 @@ def _supervise(conn, runs_dir: Path, run: dict, threads: int, resume_from: Path 
         old.unlink(missing_ok=True)
     reserve = _reserve_disk(run_dir)
     rendezvous, port = loopback_store()  # kept alive until torchrun has exited
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        SUPERVISOR_ENV: str(os.getpid()),
-        # Nothing of the run listens beyond loopback: the workers meet on the supervisor's
-        # store, torchrun makes no store of its own for them, and the collectives' own
-        # sockets are on loopback (every rank is on this machine).
-        STORE_ENV: f"127.0.0.1:{port}",
-        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "NCCL_SOCKET_IFNAME": "lo",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
     # What the signal handler needs: it may run between any two lines below.
     state = {"asked": False, "kill": False, "pids": set()}
 
@@ -386,23 +380,15 @@ def _supervise(conn, runs_dir: Path, run: dict, threads: int, resume_from: Path 
     proc = None
     ending, stuck = "exited", set()
     try:
-        with open(run_dir / "torchrun.log", "ab") as log:
-            # A session of its own: a terminal's Ctrl-C reaches the supervisor only (torchrun
-            # would pass SIGINT on to the workers). It still dies with the supervisor, and
-            # its workers with it; the supervisor has no threads, so a preexec function is
-            # safe here.
-            proc = subprocess.Popen(
-                torchrun_command(run, plan, threads, resume_from, port), stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=ROOT, preexec_fn=die_with_parent, start_new_session=True,
-            )  # fmt: skip
+        proc = _start_torchrun(run, plan, threads, resume_from, port)
         state["pids"].add(proc.pid)
         if state["kill"]:
             kill_all(state["pids"])
-        store.update_run(conn, run_id, state="running", started=time.time(), torchrun_pid=proc.pid)
+        store.update_run(conn, run_id, state=RunState.RUNNING, started=time.time(), torchrun_pid=proc.pid)
         ending, stuck = _follow(conn, run, plan, proc, state, ProgressLine(run["steps"], out))
     except Exception as exc:  # the supervisor's own failure: the run must not stay `running`
         with contextlib.suppress(sqlite3.Error):
-            store.finish_once(conn, run_id, "failed", f"supervisor: {type(exc).__name__}: {exc}")
+            store.finish_once(conn, run_id, RunState.FAILED, f"supervisor: {type(exc).__name__}: {exc}")
         raise
     finally:
         if proc is not None and proc.poll() is None:  # an error here: leave nothing running
@@ -413,34 +399,82 @@ def _supervise(conn, runs_dir: Path, run: dict, threads: int, resume_from: Path 
             signal.signal(s, handler)
         del rendezvous
     kill_all(store.worker_pids(conn, run_id).values())  # none should be left; make sure
-    step = _stopped_at(run_dir)
-    if step is not None:
-        # The ranks agreed, saved and flushed: a stop, also when exiting took them past the
-        # grace period (a loaded machine) or one crashed on its way out.
-        code, state_, reason = EXIT_STOPPED, "stopped", f"stopped after step {step:,}, checkpoint saved"
-        said = f"stopped after step {step:,}"
-    elif state["kill"] or ending == "killed to stop":
-        code, state_, reason = EXIT_STOPPED, "stopped", "stop requested; killed after the grace period"
-        if state["kill"]:
-            reason = "stop requested twice; killed"
-        said = "stopped (killed)"
-    elif proc.returncode == 0:
-        code, state_, reason, said = EXIT_FINISHED, "finished", "", "finished"
-    else:
-        # Torn down by us after a rank died: the rank's failure is the reason, not our SIGKILL.
-        returncode = 1 if ending == "torn down" else proc.returncode
-        reason = failure_reason(run_dir, returncode, run["world_size"], stuck)
-        code, state_, said = EXIT_FAILED, "failed", f"failed: {reason}"
+    end = _final_state(run, proc.returncode, killed=state["kill"], ending=ending, stuck=stuck)
     if reserve is not None:  # every process of the run is gone: the room is for the record
         reserve.unlink(missing_ok=True)
-    store.finish_once(conn, run_id, state_, reason)
+    store.finish_once(conn, run_id, end.state, end.reason)
     with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP), the log's disk full
-        print(f"run {run_id}: {said}", file=out)
+        print(f"run {run_id}: {end.said}", file=out)
         try:
             compare.record_after_run(conn, run_id, runs_dir, out)
         except sqlite3.Error as exc:  # a full disk: the run's state is what matters
             print(f"run {run_id}: not compared with its plan: {exc}", file=out)
-    return code
+    return end.exit_code
+
+
+def worker_env(threads: int, port: int) -> dict[str, str]:
+    """The environment torchrun and its workers run in."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        SUPERVISOR_ENV: str(os.getpid()),
+        # Nothing of the run listens beyond loopback: the workers meet on the supervisor's
+        # store, torchrun makes no store of its own for them, and the collectives' own
+        # sockets are on loopback (every rank is on this machine).
+        STORE_ENV: f"127.0.0.1:{port}",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_SOCKET_IFNAME": "lo",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def _start_torchrun(run: dict, plan: Plan, threads: int, resume_from: Path | None, port: int):
+    """torchrun for the run, its output appended to ``<run-dir>/torchrun.log``."""
+    with open(Path(run["run_dir"]) / "torchrun.log", "ab") as log:
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor only (torchrun
+        # would pass SIGINT on to the workers). It still dies with the supervisor, and its
+        # workers with it; the supervisor has no threads, so a preexec function is safe here.
+        return subprocess.Popen(
+            torchrun_command(run, plan, threads, resume_from, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=worker_env(threads, port),
+            cwd=ROOT,
+            preexec_fn=die_with_parent,
+            start_new_session=True,
+        )
+
+
+@dataclass(frozen=True)
+class FinalState:
+    """How a run ended: its exit code, its state and reason in the runs database, and what
+    the supervisor says of it."""
+
+    exit_code: int
+    state: RunState
+    reason: str
+    said: str
+
+
+def _final_state(run: dict, returncode: int, *, killed: bool, ending: str, stuck: set[int]) -> FinalState:
+    """The run's final state once torchrun has exited (``killed``: a second stop request)."""
+    run_dir = Path(run["run_dir"])
+    step = _stopped_at(run_dir)
+    if step is not None:
+        # The ranks agreed, saved and flushed: a stop, also when exiting took them past the
+        # grace period (a loaded machine) or one crashed on its way out.
+        reason = f"stopped after step {step:,}, checkpoint saved"
+        return FinalState(EXIT_STOPPED, RunState.STOPPED, reason, f"stopped after step {step:,}")
+    if killed or ending == "killed to stop":
+        reason = "stop requested twice; killed" if killed else "stop requested; killed after the grace period"
+        return FinalState(EXIT_STOPPED, RunState.STOPPED, reason, "stopped (killed)")
+    if returncode == 0:
+        return FinalState(EXIT_FINISHED, RunState.FINISHED, "", "finished")
+    # Torn down by us after a rank died: the rank's failure is the reason, not our SIGKILL.
+    returncode = 1 if ending == "torn down" else returncode
+    reason = failure_reason(run_dir, returncode, run["world_size"], stuck)
+    return FinalState(EXIT_FAILED, RunState.FAILED, reason, f"failed: {reason}")
 
 
 def _stopped_at(run_dir: Path) -> int | None:
@@ -470,37 +504,52 @@ def _reserve_disk(run_dir: Path) -> Path | None:
     return path
 
 
+class _Progress:
+    """The progress bar of a run, redrawn from the step rows rank 0 writes."""
+
+    def __init__(self, run: dict, plan: Plan, bar: ProgressLine) -> None:
+        self.run_id, self.steps, self.bar = run["run_id"], run["steps"], bar
+        lm = plan.model.source == "gpt" or plan.model.source.startswith("hf:")
+        self.unit, self.rate_name = ("tokens/s", "tokens_per_s") if lm else ("samples/s", "samples_per_s")
+        self.after, self.latest, self.first = 0, {}, None
+        self.began = time.time()  # a resumed run has older rows: they are shown, not used for the ETA
+
+    def redraw(self, conn, final: bool) -> None:
+        rows, self.after = store.read_metrics(
+            conn, self.run_id, after_rowid=self.after, names=("loss", self.rate_name, "step_time_s")
+        )
+        for m in rows:
+            if m.rank == store.STEP_RANK:
+                self.latest[m.name] = m
+                if m.time >= self.began:
+                    self.first = self.first or (m.step, m.time)
+        if "loss" not in self.latest:
+            return
+        step, steps = self.latest["loss"].step, self.steps
+        eta = None
+        if self.first and step > self.first[0]:
+            eta = (self.latest["loss"].time - self.first[1]) / (step - self.first[0]) * (steps - step)
+        rate = self.latest[self.rate_name].value if self.rate_name in self.latest else None
+        line = render(step, steps, loss=self.latest["loss"].value, rate=rate, unit=self.unit, eta_s=eta)
+        self.bar.update(line, final=final)
+
+    def step_time(self) -> float:
+        """The last step's time (0 before the first is known)."""
+        return self.latest["step_time_s"].value if "step_time_s" in self.latest else 0.0
+
+
 def _follow(conn, run: dict, plan: Plan, proc, state: dict, bar: ProgressLine) -> tuple[str, set[int]]:
     """Poll until torchrun exits, passing stop requests on. Returns how the run ended and
     the ranks that had to be killed: "exited" (torchrun's own exit), "killed to stop" (past
     the stop grace period), or "torn down" (a rank was gone and torchrun did not end the
     others in time: a rank stopped with SIGSTOP ignores torchrun's SIGTERM, and torchrun
     then waited for ever; the ranks still alive then are the ones that stopped answering)."""
-    run_id, steps = run["run_id"], run["steps"]
-    lm = plan.model.source == "gpt" or plan.model.source.startswith("hf:")
-    unit, rate_name = ("tokens/s", "tokens_per_s") if lm else ("samples/s", "samples_per_s")
-    after, latest, first = 0, {}, None
-    began = time.time()  # a resumed run has older rows: they are shown, not used for the ETA
+    run_id = run["run_id"]
+    progress = _Progress(run, plan, bar)
     deadline = teardown = None
     while True:
         done = proc.poll() is not None
-        rows, after = store.read_metrics(
-            conn, run_id, after_rowid=after, names=("loss", rate_name, "step_time_s")
-        )
-        for m in rows:
-            if m.rank == store.STEP_RANK:
-                latest[m.name] = m
-                if m.time >= began:
-                    first = first or (m.step, m.time)
-        if "loss" in latest:
-            step = latest["loss"].step
-            eta = None
-            if first and step > first[0]:
-                eta = (latest["loss"].time - first[1]) / (step - first[0]) * (steps - step)
-            rate = latest[rate_name].value if rate_name in latest else None
-            bar.update(
-                render(step, steps, loss=latest["loss"].value, rate=rate, unit=unit, eta_s=eta), final=done
-            )
+        progress.redraw(conn, final=done)
         if done:
             return "exited", set()
         workers = store.worker_pids(conn, run_id)
@@ -513,8 +562,7 @@ def _follow(conn, run: dict, plan: Plan, proc, state: dict, bar: ProgressLine) -
         if deadline is None and (state["asked"] or requested):
             if not requested:
                 store.update_run(conn, run_id, stop_requested=time.time())
-            step_time = latest["step_time_s"].value if "step_time_s" in latest else 0.0
-            deadline = time.time() + STOP_GRACE_S + 2 * step_time
+            deadline = time.time() + STOP_GRACE_S + 2 * progress.step_time()
         if deadline is not None:
             # Again at every poll: a worker that reported its PID late gets it too.
             signal_workers(conn, run_id, signal.SIGUSR1)
