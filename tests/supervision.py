@@ -20,9 +20,13 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 def runtime_cli(*args, timeout=300, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "runtime", *map(str, args)], capture_output=True, text=True, env=env or ENV,
-        timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def run_command(plan: Plan, tmp: Path, *args, runs: Path | None = None) -> list[str]:
@@ -36,9 +40,14 @@ def run_command(plan: Plan, tmp: Path, *args, runs: Path | None = None) -> list[
 def start_run(plan: Plan, tmp: Path, *args, **popen) -> subprocess.Popen:
     """`python -m runtime run` in the foreground (the supervisor is this child)."""
     return subprocess.Popen(
-        run_command(plan, tmp, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-        cwd=ROOT, **popen,
-    )  # fmt: skip
+        run_command(plan, tmp, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        **popen,
+    )
 
 
 def wait_for(predicate, timeout: float, what: str, period: float = 0.2):
@@ -97,9 +106,15 @@ class Terminal:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         self.proc = subprocess.Popen(
-            cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=take_terminal,
-            env=ENV, cwd=ROOT,
-        )  # fmt: skip
+            cmd,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=take_terminal,
+            env=ENV,
+            cwd=ROOT,
+        )
         os.close(slave)
         self._seen = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True)  # a full pty would block it

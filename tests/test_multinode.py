@@ -21,9 +21,15 @@ pytestmark = pytest.mark.slow
 
 def two_node_plan():
     return make_plan(
-        graph_of("gpt", '{"size": "toy"}'), parse_short_form("cpu:1x2"), strategy="pp", global_batch=8,
-        pp_degree=2, schedule="gpipe", micro_batches=2, training={"steps": 6},
-    )  # fmt: skip
+        graph_of("gpt", '{"size": "toy"}'),
+        parse_short_form("cpu:1x2"),
+        strategy="pp",
+        global_batch=8,
+        pp_degree=2,
+        schedule="gpipe",
+        micro_batches=2,
+        training={"steps": 6},
+    )
 
 
 def free_port() -> int:

@@ -150,12 +150,26 @@ def test_gan_data_parallel(tmp_path):
 def test_hugging_face_gpt2_pipeline_with_tied_head(tmp_path):
     # Dropout off (GPT-2's default is 0.1); SGD because c_attn's key bias has a zero true
     # gradient, which Adam would turn into noise-driven updates (docs/runtime.md).
-    tiny = {"n_layer": 2, "n_embd": 64, "n_head": 2, "seq_len": 32, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0}  # fmt: skip
+    tiny = {
+        "n_layer": 2,
+        "n_embd": 64,
+        "n_head": 2,
+        "seq_len": 32,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
     plan = zoo_plan(
-        "hf:gpt2", tiny, ranks=2, strategy="pp", global_batch=4, pp_degree=2, schedule="1f1b",
-        micro_batches=2, training=SGD,
-    )  # fmt: skip
+        "hf:gpt2",
+        tiny,
+        ranks=2,
+        strategy="pp",
+        global_batch=4,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+        training=SGD,
+    )
     assert plan.training.dataset == "bytes:stdlib"
     per_rank = assert_parity(plan, tmp_path)
     assert "lm_head.weight" in per_rank[0] and "lm_head.weight" in per_rank[1]  # tied to wte

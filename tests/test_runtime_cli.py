@@ -78,9 +78,13 @@ def test_gpu_plan_is_refused_on_a_machine_without_cuda(tmp_path):
 
 def test_diverged_loss_is_stored_as_nan_not_as_a_gap(tmp_path):
     plan = zoo_plan(
-        "mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2,
+        "mlp",
+        ranks=2,
+        strategy="dp",
+        global_batch=32,
+        dp_degree=2,
         training={"optimizer": {"name": "sgd", "lr": 1e6}},
-    )  # fmt: skip
+    )
     losses = step_losses(run_ranks(plan, tmp_path, steps=8))
     assert len(losses) == 8
     assert any(math.isnan(x) or math.isinf(x) for x in losses), losses

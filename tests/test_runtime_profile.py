@@ -19,9 +19,23 @@ pytestmark = pytest.mark.slow
 
 def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     out = tmp_path / "profile.json"
-    done = runtime_cli("profile", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2",
-                       "--micro-batch-sizes", "1,2", "--repeats", "2", "-o", out,
-                       "--runs-dir", tmp_path / "runs")  # fmt: skip
+    done = runtime_cli(
+        "profile",
+        "--model",
+        "gpt",
+        "--set",
+        "size=toy",
+        "--cluster",
+        "cpu:2",
+        "--micro-batch-sizes",
+        "1,2",
+        "--repeats",
+        "2",
+        "-o",
+        out,
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert done.returncode == 0, done.stderr
     profile = load_profile(out)
     # A copy where runs look for it, under its own digest (runtime.measure.compare.find_profile).
@@ -44,23 +58,43 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     assert profile.digest() in done.stdout
 
     plan_path = tmp_path / "plan.json"
-    planned = runtime_cli_planner("plan", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2",
-                                  "--global-batch", "8", "--profile", out, "-o", plan_path)  # fmt: skip
+    planned = runtime_cli_planner(
+        "plan",
+        "--model",
+        "gpt",
+        "--set",
+        "size=toy",
+        "--cluster",
+        "cpu:2",
+        "--global-batch",
+        "8",
+        "--profile",
+        out,
+        "-o",
+        plan_path,
+    )
     assert planned.returncode == 0, planned.stderr
     sources = json.loads(plan_path.read_text())["predicted"]["sources"]
     assert any(f"profile:{profile.digest()}" in v for v in sources.values()), sources
 
 
 def test_profile_refuses_a_cluster_it_cannot_measure(tmp_path):
-    done = runtime_cli("profile", "--model", "gpt", "--set", "size=toy", "--cluster", "h100:2", "-o",
-                       tmp_path / "p.json")  # fmt: skip
+    done = runtime_cli(
+        "profile", "--model", "gpt", "--set", "size=toy", "--cluster", "h100:2", "-o", tmp_path / "p.json"
+    )
     assert done.returncode == 2 and "h100-80gb GPUs, and this machine has no CUDA" in done.stderr
     assert not (tmp_path / "p.json").exists()
 
 
 def runtime_cli_planner(*args):
-    return subprocess.run([sys.executable, "-m", "planner", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=ROOT, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "planner", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_an_all_reduce_is_timed_after_compute_and_averaged(monkeypatch):

@@ -103,8 +103,17 @@ def test_a_hung_rank_fails_the_run_within_the_timeout(tmp_path):
 
 
 def test_stop_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
-    plan = zoo_plan("gpt", GPT_1M, ranks=2, strategy="pp", global_batch=16, pp_degree=2, schedule="1f1b",
-                    micro_batches=4, training={"steps": STOP_STEPS, "checkpoint_every": 5})  # fmt: skip
+    plan = zoo_plan(
+        "gpt",
+        GPT_1M,
+        ranks=2,
+        strategy="pp",
+        global_batch=16,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=4,
+        training={"steps": STOP_STEPS, "checkpoint_every": 5},
+    )
     straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=STOP_STEPS))
     runs = tmp_path / "runs"
     launcher = start_run(plan, tmp_path)
@@ -137,8 +146,17 @@ def test_a_stop_is_honoured_when_checkpoints_come_more_often_than_metrics_flushe
 
 
 def test_pipeline_resume_after_kill_9_matches_the_uninterrupted_run(tmp_path):
-    plan = zoo_plan("gpt", GPT_1M, ranks=2, strategy="pp", global_batch=16, pp_degree=2, schedule="gpipe",
-                    micro_batches=4, training={"steps": 12, "checkpoint_every": 4})  # fmt: skip
+    plan = zoo_plan(
+        "gpt",
+        GPT_1M,
+        ranks=2,
+        strategy="pp",
+        global_batch=16,
+        pp_degree=2,
+        schedule="gpipe",
+        micro_batches=4,
+        training={"steps": 12, "checkpoint_every": 4},
+    )
     straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=12))
     runs = tmp_path / "runs"
     launcher = start_run(plan, tmp_path)
@@ -153,8 +171,14 @@ def test_pipeline_resume_after_kill_9_matches_the_uninterrupted_run(tmp_path):
 
 
 def test_an_interrupted_checkpoint_is_never_loaded(tmp_path):
-    plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2,
-                    training={"steps": 8, "checkpoint_every": 4})  # fmt: skip
+    plan = zoo_plan(
+        "mlp",
+        ranks=2,
+        strategy="dp",
+        global_batch=32,
+        dp_degree=2,
+        training={"steps": 8, "checkpoint_every": 4},
+    )
     runs = run_ranks(plan, tmp_path, steps=8)
     run_dir = runs / "test"
     assert [c.step for c in checkpoint.complete_checkpoints(run_dir)] == [4, 8]
@@ -201,18 +225,22 @@ def test_resume_refuses_another_model(tmp_path):
         "mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2, training={"checkpoint_every": 2}
     )
     save_plan(plan, tmp_path / "mlp.json")
-    save_plan(zoo_plan("gpt", {"size": "toy"}, ranks=2, strategy="dp", global_batch=8, dp_degree=2),
-              tmp_path / "gpt.json")  # fmt: skip
+    save_plan(
+        zoo_plan("gpt", {"size": "toy"}, ranks=2, strategy="dp", global_batch=8, dp_degree=2),
+        tmp_path / "gpt.json",
+    )
     runs = tmp_path / "runs"
     assert runtime_cli("run", tmp_path / "mlp.json", "--steps", 2, "--runs-dir", runs).returncode == 0
-    refused = runtime_cli("resume", the_run(runs)["run_id"], "--plan", tmp_path / "gpt.json", "--steps", 4,
-                          "--runs-dir", runs)  # fmt: skip
+    refused = runtime_cli(
+        "resume", the_run(runs)["run_id"], "--plan", tmp_path / "gpt.json", "--steps", 4, "--runs-dir", runs
+    )
     assert refused.returncode == 2 and "another model" in refused.stderr
 
 
 def test_two_detached_runs_at_once_and_a_polling_reader(tmp_path):
-    plan = zoo_plan("gpt", {"size": "toy"}, ranks=2, strategy="dp", global_batch=8, dp_degree=2,
-                    training={"steps": 150})  # fmt: skip
+    plan = zoo_plan(
+        "gpt", {"size": "toy"}, ranks=2, strategy="dp", global_batch=8, dp_degree=2, training={"steps": 150}
+    )
     save_plan(plan, tmp_path / "plan.json")
     runs = tmp_path / "runs"
     ids = []
@@ -233,8 +261,9 @@ def test_two_detached_runs_at_once_and_a_polling_reader(tmp_path):
         while not stop.is_set():
             try:
                 for run_id in ids:
-                    rows, cursors[run_id] = store.read_metrics(conn, run_id, after_rowid=cursors[run_id],
-                                                                names=["loss"])  # fmt: skip
+                    rows, cursors[run_id] = store.read_metrics(
+                        conn, run_id, after_rowid=cursors[run_id], names=["loss"]
+                    )
                     seen[run_id].update(m.step for m in rows if m.rank == store.STEP_RANK)
             except Exception as exc:  # a lock error would land here
                 errors.append(exc)
@@ -261,8 +290,15 @@ def test_two_detached_runs_at_once_and_a_polling_reader(tmp_path):
 def test_kill_9_during_a_checkpoint_save_resumes_from_the_previous_one(tmp_path):
     # 12.7M parameters: params + Adam's two moments are ~150 MB a checkpoint, a save
     # takes a good fraction of a second, long enough to be caught in the middle of one.
-    plan = zoo_plan("mlp", {"hidden": [2048] * 4}, ranks=2, strategy="dp", global_batch=32, dp_degree=2,
-                    training={"steps": 8, "checkpoint_every": 1})  # fmt: skip
+    plan = zoo_plan(
+        "mlp",
+        {"hidden": [2048] * 4},
+        ranks=2,
+        strategy="dp",
+        global_batch=32,
+        dp_degree=2,
+        training={"steps": 8, "checkpoint_every": 1},
+    )
     straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=8))
     runs = tmp_path / "runs"
     launcher = start_run(plan, tmp_path)
@@ -293,9 +329,18 @@ def test_kill_9_during_a_checkpoint_save_resumes_from_the_previous_one(tmp_path)
 def test_hybrid_resume_matches_the_uninterrupted_run(tmp_path):
     # The replicas' gradients are views of one flat buffer, made at the first step; the
     # optimizer state loaded from the checkpoint must pair with the gradients in it.
-    plan = zoo_plan("gpt", {"size": "toy"}, ranks=4, strategy="hybrid", global_batch=8, dp_degree=2,
-                    pp_degree=2, schedule="1f1b", micro_batches=2,
-                    training={"steps": 8, "checkpoint_every": 4})  # fmt: skip
+    plan = zoo_plan(
+        "gpt",
+        {"size": "toy"},
+        ranks=4,
+        strategy="hybrid",
+        global_batch=8,
+        dp_degree=2,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+        training={"steps": 8, "checkpoint_every": 4},
+    )
     straight = step_losses(run_ranks(plan, tmp_path / "straight", steps=8))
     first = run_ranks(plan, tmp_path / "first", steps=4)
     saved = checkpoint.latest_checkpoint(first / "test")
@@ -305,21 +350,31 @@ def test_hybrid_resume_matches_the_uninterrupted_run(tmp_path):
 
 
 def test_two_resumes_of_one_run_at_once_train_it_once(tmp_path):
-    plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2,
-                    training={"steps": 20, "checkpoint_every": 10})  # fmt: skip
+    plan = zoo_plan(
+        "mlp",
+        ranks=2,
+        strategy="dp",
+        global_batch=32,
+        dp_degree=2,
+        training={"steps": 20, "checkpoint_every": 10},
+    )
     save_plan(plan, tmp_path / "plan.json")
     runs = tmp_path / "runs"
     assert runtime_cli("run", tmp_path / "plan.json", "--runs-dir", runs).returncode == 0
     run_id = the_run(runs)["run_id"]
     resume = [sys.executable, "-m", "runtime", "resume", run_id, "--steps", "300", "--runs-dir", str(runs)]
-    both = [subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                             cwd=ROOT) for _ in range(2)]  # fmt: skip
+    both = [
+        subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        for _ in range(2)
+    ]
     ends = [(p.pid, p.returncode, err) for p in both for _, err in [p.communicate(timeout=180)]]
     (winner,) = [e for e in ends if e[1] == 0]
     (refused,) = [e for e in ends if e[1] != 0]
     assert refused[1] == 2
-    assert refused[2] == f"error: run {run_id} is already supervised by pid {winner[0]}; wait for it or " \
-        "`runtime stop` it\n"  # fmt: skip
+    assert (
+        refused[2] == f"error: run {run_id} is already supervised by pid {winner[0]}; wait for it or "
+        "`runtime stop` it\n"
+    )
     assert the_run(runs)["state"] == "finished"
     rows, _ = store.read_metrics(store.connect(runs), run_id, names=["loss"])
     assert sorted(m.step for m in rows if m.rank == store.STEP_RANK) == list(range(1, 301))  # each once
@@ -351,13 +406,24 @@ def test_a_second_launcher_of_a_detached_run_is_refused_with_the_owners_pid(tmp_
 def test_a_full_disk_fails_the_run_with_that_reason_and_leaves_nothing_running(tmp_path):
     # A checkpoint of this MLP (parameters and Adam's two moments) is ~13 MB: the second
     # one does not fit on a 16 MB disk.
-    plan = zoo_plan("mlp", {"hidden": [1024] * 2}, ranks=2, strategy="dp", global_batch=32, dp_degree=2,
-                    training={"steps": 100_000, "checkpoint_every": 10})  # fmt: skip
+    plan = zoo_plan(
+        "mlp",
+        {"hidden": [1024] * 2},
+        ranks=2,
+        strategy="dp",
+        global_batch=32,
+        dp_degree=2,
+        training={"steps": 100_000, "checkpoint_every": 10},
+    )
     with small_disk(tmp_path / "disk", "16m") as disk:
         launcher = subprocess.Popen(
             run_command(plan, tmp_path, runs=disk / "runs"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
         runs = disk / "runs"
         pids = wait_for(lambda: (runs / store.DB_NAME).exists() and run_pids(runs), 90, "the workers")
         _, err = launcher.communicate(timeout=180)

@@ -25,8 +25,15 @@ def endless_mlp():
 def slow_gpt():
     # About 0.1 s a step, and a checkpoint of ~15 MB: a stop takes a while to complete, so
     # a second Ctrl-C right after the first lands before the ranks are done.
-    return zoo_plan("gpt", {"size": "1m"}, ranks=2, strategy="dp", global_batch=16, dp_degree=2,
-                    training={"steps": 100_000})  # fmt: skip
+    return zoo_plan(
+        "gpt",
+        {"size": "1m"},
+        ranks=2,
+        strategy="dp",
+        global_batch=16,
+        dp_degree=2,
+        training={"steps": 100_000},
+    )
 
 
 def training(runs) -> list[int]:
