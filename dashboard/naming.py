@@ -6,9 +6,14 @@ same wherever it is shown: ``gpt: pipeline × 2, 1F1B, 8 micro-batches``.
 
 from __future__ import annotations
 
-from planner.plan import Plan
+from planner.plan import Plan, Strategy
+from planner.schedules import Schedule
 
-SCHEDULE_NAMES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved_1f1b": "interleaved 1F1B"}
+SCHEDULE_NAMES = {
+    Schedule.GPIPE: "GPipe",
+    Schedule.ONE_F_ONE_B: "1F1B",
+    Schedule.INTERLEAVED_1F1B: "interleaved 1F1B",
+}
 
 
 def layout_name(
@@ -29,15 +34,15 @@ def layout_name(
     >>> layout_name("dp", 2, 1, None, 1, 1), layout_name("dp", 1, 1, None, 1, 1)
     ('data parallel × 2', 'one device')
     """
-    if strategy == "dp":
+    if strategy == Strategy.DP:
         text = f"data parallel × {dp}" if dp > 1 else "one device"
-    elif strategy == "mp":
+    elif strategy == Strategy.MP:
         text = f"model parallel, {pp} sub-networks on their own ranks"
     else:
         name = SCHEDULE_NAMES.get(schedule or "", schedule or "no schedule")
         if virtual_stages > 1:
             name += f" ({virtual_stages} stages per rank)"
-        split = f"pipeline × {pp}" if strategy == "pp" else f"dp {dp} × pp {pp}"
+        split = f"pipeline × {pp}" if strategy == Strategy.PP else f"dp {dp} × pp {pp}"
         batches = f"{micro_batches} micro-batch{'es' if micro_batches != 1 else ''}"
         text = f"{split}, {name}, {batches}"
     return f"{text}, {mesh}" if mesh else text

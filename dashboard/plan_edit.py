@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import networkx as nx
 
 from dashboard.naming import SCHEDULE_NAMES
-from planner.plan import Plan
-from planner.schedules import SCHEDULES, schedule_error
+from planner.plan import Plan, Strategy
+from planner.schedules import SCHEDULES, Schedule, schedule_error
 from planner.search.build import make_plan
 
 
@@ -32,7 +32,7 @@ class Edits:
 
 def editable(plan: Plan) -> bool:
     """Pipelines are edited; data parallel (one stage) and mp (one network per rank) are not."""
-    return plan.strategy in ("pp", "hybrid")
+    return plan.strategy in (Strategy.PP, Strategy.HYBRID)
 
 
 def edits_of(plan: Plan) -> Edits:
@@ -51,7 +51,7 @@ def micro_batch_options(plan: Plan, schedule: str) -> list[int]:
     [1, 3]
     """
     common = math.gcd(*(r.batch_share for r in plan.replicas))
-    virtual = 2 if schedule == "interleaved_1f1b" else 1
+    virtual = 2 if schedule == Schedule.INTERLEAVED_1F1B else 1
     return [m for m in _divisors(common) if schedule_error(schedule, plan.pp_degree, m, virtual) is None]
 
 
@@ -67,7 +67,7 @@ def _divisors(n: int) -> list[int]:
 
 def schedule_options(plan: Plan) -> list[str]:
     """Schedules that keep the plan's stage count and accept at least one micro-batch count."""
-    keeps_stages = [s for s in SCHEDULES if (s == "interleaved_1f1b") == (plan.virtual_stages > 1)]
+    keeps_stages = [s for s in SCHEDULES if (s == Schedule.INTERLEAVED_1F1B) == (plan.virtual_stages > 1)]
     return [s for s in keeps_stages if micro_batch_options(plan, s)]
 
 
@@ -141,8 +141,8 @@ def _example(shares: tuple[int, ...], pp: int) -> Plan:
         model=ModelRef(source="x", graph_digest="0" * 64, blocks=blocks, input_shapes=[[1]]),
         cluster=parse_short_form(f"cpu:{dp * pp}"),
         training=Training(global_batch=sum(shares), micro_batches=1, dataset="none"),
-        strategy="pp" if dp == 1 else "hybrid",
-        schedule="gpipe",
+        strategy=Strategy.PP if dp == 1 else Strategy.HYBRID,
+        schedule=Schedule.GPIPE,
         dp_degree=dp,
         pp_degree=pp,
         stages=[Stage(index=i, first=b, last=b, pp_rank=i) for i, b in enumerate(blocks)],

@@ -23,7 +23,8 @@ from typing import Any
 from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent, positive
 from planner.limits import MAX_GLOBAL_BATCH, MAX_OVERRIDE_INT, MAX_STEPS
 from planner.model_check import SKIPPED
-from planner.plan import check_writable
+from planner.plan import Strategy, check_writable
+from planner.schedules import SCHEDULES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--global-batch", type=positive(MAX_GLOBAL_BATCH), required=True, help="samples per optimizer step"
     )
-    p.add_argument("--strategy", default="auto", choices=["auto", "dp", "pp", "hybrid", "mp"])
-    p.add_argument("--schedule", choices=["gpipe", "1f1b", "interleaved_1f1b"], help="pin the schedule")
+    p.add_argument("--strategy", default="auto", choices=["auto", *Strategy])
+    p.add_argument("--schedule", choices=SCHEDULES, help="pin the schedule")
     p.add_argument("--micro-batches", type=positive(MAX_OVERRIDE_INT), help="pin the micro-batch count")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--steps", type=positive(MAX_STEPS), default=100, help="training steps the plan runs")

@@ -193,15 +193,15 @@ class Plan(StrictModel):
     def _check_strategy(self) -> None:
         s, dp, pp = self.strategy, self.dp_degree, self.pp_degree
         needs = {
-            "dp": (pp == 1, "dp needs pp_degree 1"),
-            "pp": (dp == 1 and pp >= 2, "pp needs dp_degree 1 and pp_degree >= 2"),
-            "hybrid": (dp >= 2 and pp >= 2, "hybrid needs dp_degree >= 2 and pp_degree >= 2"),
-            "mp": (dp == 1 and pp >= 2, "mp needs dp_degree 1 and one pipeline rank per sub-network"),
+            Strategy.DP: (pp == 1, "dp needs pp_degree 1"),
+            Strategy.PP: (dp == 1 and pp >= 2, "pp needs dp_degree 1 and pp_degree >= 2"),
+            Strategy.HYBRID: (dp >= 2 and pp >= 2, "hybrid needs dp_degree >= 2 and pp_degree >= 2"),
+            Strategy.MP: (dp == 1 and pp >= 2, "mp needs dp_degree 1 and one pipeline rank per sub-network"),
         }
         ok, message = needs[s]
         if not ok:
             raise ValueError(f"strategy: {message} (got dp_degree {dp}, pp_degree {pp})")
-        if s in ("pp", "hybrid"):
+        if s in (Strategy.PP, Strategy.HYBRID):
             if self.schedule is None:
                 raise ValueError(f"schedule: {s} needs a schedule (gpipe, 1f1b or interleaved_1f1b)")
             error = schedule_error(self.schedule, pp, self.training.micro_batches, self.virtual_stages)
@@ -296,7 +296,7 @@ class Plan(StrictModel):
             next_block = last + 1
         if next_block != len(blocks):
             raise ValueError(f"stages: blocks from {blocks[next_block]!r} on are in no stage")
-        if self.strategy == "mp" and any(not st.name for st in self.stages):
+        if self.strategy == Strategy.MP and any(not st.name for st in self.stages):
             raise ValueError("stages: mp stages need the name of their sub-network")
 
     def _check_replicas(self) -> None:

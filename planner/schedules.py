@@ -54,9 +54,9 @@ def schedule_error(schedule: str, pp_degree: int, micro_batches: int, virtual_st
         return f"pp_degree and micro_batches must be >= 1 (got {pp_degree}, {micro_batches})"
     if schedule != "interleaved_1f1b" and virtual_stages != 1:
         return f"{schedule} runs one stage per rank: virtual_stages must be 1, got {virtual_stages}"
-    if schedule == "1f1b" and micro_batches < pp_degree:
+    if schedule == Schedule.ONE_F_ONE_B and micro_batches < pp_degree:
         return f"1f1b needs micro_batches >= stages ({micro_batches} < {pp_degree})"
-    if schedule == "interleaved_1f1b":
+    if schedule == Schedule.INTERLEAVED_1F1B:
         if virtual_stages < 2:
             return f"interleaved_1f1b needs virtual_stages >= 2, got {virtual_stages}"
         rounds = max(1, micro_batches // pp_degree)
@@ -87,11 +87,11 @@ def rank_actions(
 
 
 def _orders(schedule: str, p: int, m: int, virtual_stages: int) -> list[list[Action]]:
-    if schedule == "gpipe":
+    if schedule == Schedule.GPIPE:
         return [
             [Action(r, "F", i) for i in range(m)] + [Action(r, "B", i) for i in range(m)] for r in range(p)
         ]
-    if schedule == "1f1b":
+    if schedule == Schedule.ONE_F_ONE_B:
         return [_one_f_one_b(s, p, m) for s in range(p)]
     return [_interleaved(r, p, m, virtual_stages) for r in range(p)]
 

@@ -46,16 +46,16 @@ from planner.capture.graph import from_json
 from planner.cluster import cluster_from_json
 from planner.cost.price import Prediction, Pricer
 from planner.limits import MAX_GLOBAL_BATCH
-from planner.plan import plan_from_json
+from planner.plan import Strategy, plan_from_json
 from planner.search.build import model_blocks
 from planner.search.search import STRATEGIES
 
 STRATEGY_NAMES = {
     "auto": "any (fastest that fits)",
-    "dp": "data parallel",
-    "pp": "pipeline parallel",
-    "hybrid": "hybrid (data × pipeline)",
-    "mp": "sub-networks on their own devices (GAN)",
+    Strategy.DP: "data parallel",
+    Strategy.PP: "pipeline parallel",
+    Strategy.HYBRID: "hybrid (data × pipeline)",
+    Strategy.MP: "sub-networks on their own devices (GAN)",
 }
 CUTS_PER_ROW = 4
 ss = st.session_state
