@@ -77,6 +77,9 @@ def timed_rerun(action, page) -> float:
     observer installed before the action sees it turn to running however short the run
     (Streamlit's running indicator shows only once a run has lasted a while).
     """
+    # A run still going when the observer is installed (a reload's second run) would never
+    # turn to running again, and the wait below would never end: wait for it first.
+    page.wait_for_function(_SETTLED, timeout=LIMIT_MS, polling=20)
     page.evaluate(_WATCH_RUNS)
     started = time.perf_counter()
     action()
