@@ -6,7 +6,7 @@ threshold to that block's size (the "dynamic" threshold, up to 32 MiB here) and 
 threshold to twice that. So whether a step's activations land in reused heap pages or in
 freshly mapped, zeroed ones depends on what the process freed before. The same small
 model's forward and backward varied by up to 1.5x between fresh processes, and its forward
-ran about twice as fast with the thresholds fixed (`python bench/allocator.py` prints both).
+ran up to about twice as fast with the thresholds fixed (`python bench/allocator.py` prints both).
 The profile and the runs it predicts would each land somewhere in that range.
 
 Fixing both thresholds, as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would,

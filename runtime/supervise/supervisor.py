@@ -38,6 +38,7 @@ from pathlib import Path
 from planner.plan import Plan, plan_from_json
 from runtime.measure import compare
 from runtime.rank.control import STORE_ENV, SUPERVISOR_ENV, die_with_parent, pid_alive
+from runtime.rank.task import Objective, objective_of
 from runtime.supervise import store
 from runtime.supervise.progress import ProgressLine, render
 from runtime.supervise.store import RunState
@@ -509,7 +510,8 @@ class _Progress:
 
     def __init__(self, run: dict, plan: Plan, bar: ProgressLine) -> None:
         self.run_id, self.steps, self.bar = run["run_id"], run["steps"], bar
-        lm = plan.model.source == "gpt" or plan.model.source.startswith("hf:")
+        # Language models report tokens/s; the plan passed preflight, so its objective is known.
+        lm = objective_of(plan.model.source, adversarial=plan.adversarial) == Objective.NEXT_TOKEN
         self.unit, self.rate_name = ("tokens/s", "tokens_per_s") if lm else ("samples/s", "samples_per_s")
         self.after, self.latest, self.first = 0, {}, None
         self.began = time.time()  # a resumed run has older rows: they are shown, not used for the ETA
