@@ -151,7 +151,8 @@ def heuristic_gap(sizes, spec: str, pp: int, m: int) -> None:
 def part_b(devices_list) -> None:
     from planner.capture.coarsen import coarsen
     from planner.capture.trace import trace
-    from planner.search.build import make_plan, model_blocks
+    from planner.search.build import model_blocks
+    from planner.search.pricing import candidate_plan
 
     print("\n(b) GPT, vocab 16384, d_model 256, 8 blocks, global batch 32: baseline step / chosen step")
     graph = coarsen(
@@ -167,22 +168,7 @@ def part_b(devices_list) -> None:
         pricer = Pricer(graph, cluster)
 
         def step(cuts, best=best, cluster=cluster, pricer=pricer):
-            plan = make_plan(
-                graph,
-                cluster,
-                strategy=best.strategy,
-                global_batch=sum(best.shares),
-                dp_degree=best.dp_degree,
-                pp_degree=best.pp_degree,
-                schedule=best.schedule,
-                micro_batches=best.micro_batches,
-                virtual_stages=best.virtual_stages,
-                devices=best.devices,
-                coords=best.coords,
-                shares=best.shares,
-                cuts=cuts,
-            )
-            return pricer(plan).step_time_s
+            return pricer(candidate_plan(graph, cluster, best, cuts=cuts)).step_time_s
 
         chosen = best.prediction.step_time_s
         even = step(_even_layers(blocks, k))

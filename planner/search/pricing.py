@@ -56,9 +56,9 @@ def price_candidate(
         c.plan = c.plan.model_copy(update={"predicted": c.prediction.to_predicted()})
 
 
-def template_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, training, digest: str) -> Plan:
-    """The candidate as a plan, its stages split evenly (a split to be chosen)."""
-    unused = {d.id for d in cluster.devices} - set(c.devices)
+def candidate_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, **choices: Any) -> Plan:
+    """The candidate's layout as a plan; ``choices`` are what else `make_plan` takes (the
+    cuts, the training settings...): without cuts, its stages split evenly."""
     return make_plan(
         graph,
         cluster,
@@ -72,6 +72,17 @@ def template_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, training, d
         devices=c.devices,
         coords=c.coords,
         shares=c.shares,
+        **choices,
+    )
+
+
+def template_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, training, digest: str) -> Plan:
+    """The candidate as a plan, its stages split evenly (a split to be chosen)."""
+    unused = {d.id for d in cluster.devices} - set(c.devices)
+    return candidate_plan(
+        graph,
+        cluster,
+        c,
         stage_names=c.names or None,
         training=training,
         unused_reason="not used by this plan" if unused else "",
