@@ -9,6 +9,7 @@ schedule's actions where they apply.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ class StepTasks(NamedTuple):
     """Rank -> its schedule's actions (what memory reads the micro-batches in flight from)."""
 
 
-class Step:
+class Step(ABC):
     """One optimizer step of a plan, as the runtime runs it."""
 
     uses_profiled_loops = True
@@ -40,12 +41,13 @@ class Step:
     def __init__(self, pricing: PlanPricing) -> None:
         self.pricing = pricing
 
+    @abstractmethod
     def tasks(self) -> StepTasks:
-        raise NotImplementedError
+        """The step's task graph."""
 
+    @abstractmethod
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """The memory terms of ``rank`` (holding ``stages``) that the step decides."""
-        raise NotImplementedError
 
     def passes(self, block: str, stage_blocks: list[str]) -> tuple[int, ...]:
         """Each run of ``block`` in one micro-batch, as a multiple of its samples: once."""
