@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--global-batch", type=positive(MAX_GLOBAL_BATCH), required=True, help="samples per optimizer step"
     )
-    p.add_argument("--strategy", default="auto", choices=["auto", *Strategy])
-    p.add_argument("--schedule", choices=SCHEDULES, help="pin the schedule")
+    p.add_argument("--strategy", default="auto", choices=["auto", *(s.value for s in Strategy)])
+    p.add_argument("--schedule", choices=[s.value for s in SCHEDULES], help="pin the schedule")
     p.add_argument("--micro-batches", type=positive(MAX_OVERRIDE_INT), help="pin the micro-batch count")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--steps", type=positive(MAX_STEPS), default=100, help="training steps the plan runs")

@@ -68,6 +68,14 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback():
             "folder '/no/such' does not exist",
         ),
         (["graph", "--model", "gpt", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
+        (
+            ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--strategy", "zero"],
+            "(choose from 'auto', 'dp', 'pp', 'hybrid', 'mp')",
+        ),
+        (
+            ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--schedule", "x"],
+            "(choose from 'gpipe', '1f1b', 'interleaved_1f1b')",
+        ),
     ]:
         out = planner(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
