@@ -20,10 +20,11 @@ import json
 import sys
 from typing import Any
 
-from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent, positive
+from planner.cli_args import OneLineParser, allow_py_option, answer, dtype_alias, grant_consent, positive
 from planner.limits import MAX_GLOBAL_BATCH, MAX_OVERRIDE_INT, MAX_STEPS
 from planner.model_check import SKIPPED
 from planner.plan import Strategy, check_writable
+from planner.precision import Precision
 from planner.schedules import SCHEDULES
 
 
@@ -75,7 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto", choices=["auto", *(s.value for s in Strategy)])
     p.add_argument("--schedule", choices=[s.value for s in SCHEDULES], help="pin the schedule")
     p.add_argument("--micro-batches", type=positive(MAX_OVERRIDE_INT), help="pin the micro-batch count")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--precision",
+        default=Precision.FP32.value,
+        choices=[p.value for p in Precision],
+        help="fp32; bf16-mixed or fp16-mixed (fp32 weights and optimizer state, 16-bit compute under "
+        "torch.autocast; fp16 with loss scaling); bf16 (everything in bf16: small updates are lost)",
+    )
+    p.add_argument(
+        "--dtype",
+        dest="precision",
+        type=dtype_alias,
+        metavar="{float32,bfloat16,float16}",
+        help="the older name of --precision: float32 is fp32, bfloat16 bf16-mixed, float16 fp16-mixed",
+    )
     p.add_argument("--steps", type=positive(MAX_STEPS), default=100, help="training steps the plan runs")
     p.add_argument("--profile", help="a measured profile.json to use instead of datasheet figures")
     p.add_argument("--top", type=positive(10_000), default=10, help="rows of the candidates table")
@@ -169,12 +183,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         schedule=args.schedule,
         micro_batches=args.micro_batches,
-        training={"dtype": args.dtype, "steps": args.steps},
+        training={"precision": args.precision, "steps": args.steps},
         profile=profile,
     )
+    tokens = graph.graph.get("config", {}).get("seq_len")
     print(
         f"{graph.graph['source']} ({len(model_blocks(graph))} blocks, "
-        f"{result.units} partitioned) on {cluster.name} ({len(cluster.devices)} devices): "
+        f"{result.units} partitioned{f', {tokens:,} tokens per sample' if tokens else ''}) "
+        f"on {cluster.name} ({len(cluster.devices)} devices): "
         f"{result.screened} layouts screened, {len(result.candidates)} priced"
     )
     header = (

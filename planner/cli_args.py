@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from planner.errors import PlannerError
+from planner.precision import FROM_DTYPE
 
 EXIT_BAD_INPUT = 2
 
@@ -45,6 +46,17 @@ def positive(limit: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def dtype_alias(text: str) -> str:
+    """An argparse type for ``--dtype``: the precision its dtype names (`planner.precision`).
+
+    >>> dtype_alias("bfloat16")
+    'bf16-mixed'
+    """
+    if text not in FROM_DTYPE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(FROM_DTYPE)}")
+    return FROM_DTYPE[text].value
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,10 +1,11 @@
 """The catalog: device kinds and link kinds, every figure with its source.
 
-Peak FLOP/s are dense (no structured sparsity). Link bandwidths are per direction, in
-bytes/s; latencies are order-of-magnitude figures for a small message through the
-collective library, to be replaced by a measured profile (`runtime profile`) where one
-exists. GPU memory is the datasheet's GB taken as GiB, which is what the driver reports
-to within a few percent.
+Peak FLOP/s are dense (no structured sparsity), per dtype: every GPU kind states its fp32,
+tf32, bf16 and fp16 peaks, or says why it has none (the V100 has no bf16 tensor cores).
+Link bandwidths are per direction, in bytes/s; latencies are order-of-magnitude figures
+for a small message through the collective library, to be replaced by a measured profile
+(`runtime profile`) where one exists. GPU memory is the datasheet's GB taken as GiB, which
+is what the driver reports to within a few percent.
 """
 
 from __future__ import annotations
@@ -49,8 +50,16 @@ class LinkKind:
 
 
 _H100 = "NVIDIA H100 Tensor Core GPU datasheet, SXM5 column (sparsity figures halved)"
+_H200 = (
+    "NVIDIA H200 Tensor Core GPU datasheet, SXM column: 141 GB HBM3e, 4.8 TB/s, "
+    "BF16/FP16 1,979 TFLOPS and TF32 989 TFLOPS with sparsity (halved here), FP32 67 TFLOPS"
+)
 _A100 = "NVIDIA A100 Tensor Core GPU datasheet, SXM4 column (sparsity figures halved)"
 _V100 = "NVIDIA Tesla V100 datasheet, SXM2 column"
+_V100_PEAKS = (
+    f"{_V100}; Volta has no TF32 (fp32 matrix products run at the fp32 rate) and no bf16 "
+    "tensor cores (bf16 plans are refused: use fp16-mixed)"
+)
 _L4 = "NVIDIA L4 Tensor Core GPU datasheet (sparsity figures halved)"
 _ADA = "NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090 (FP16/BF16 with FP32 accumulate)"
 _CPU = (
@@ -119,22 +128,22 @@ DEVICE_KINDS: dict[str, DeviceKind] = {
             "NVIDIA V100 16GB SXM2",
             16 * GiB,
             900e9,
-            {"float32": 15.7 * TFLOPS, "float16": 125 * TFLOPS},
+            {"float32": 15.7 * TFLOPS, "tf32": 15.7 * TFLOPS, "float16": 125 * TFLOPS},
             "nvlink2",
             "pcie3",
             "infiniband-hdr",
-            _gpu_sources(_V100),
+            {**_gpu_sources(_V100), "peak_flops": _V100_PEAKS},
         ),
         DeviceKind(
             "v100-32gb",
             "NVIDIA V100 32GB SXM2",
             32 * GiB,
             900e9,
-            {"float32": 15.7 * TFLOPS, "float16": 125 * TFLOPS},
+            {"float32": 15.7 * TFLOPS, "tf32": 15.7 * TFLOPS, "float16": 125 * TFLOPS},
             "nvlink2",
             "pcie3",
             "infiniband-hdr",
-            _gpu_sources(_V100),
+            {**_gpu_sources(_V100), "peak_flops": _V100_PEAKS},
         ),
         DeviceKind(
             "l4",
@@ -182,6 +191,22 @@ DEVICE_KINDS: dict[str, DeviceKind] = {
                 "memory_bandwidth": "nominal share of one core of DDR4 bandwidth; measure it",
                 "peak_flops": _CPU,
             },
+        ),
+        DeviceKind(
+            "h200",
+            "NVIDIA H200 141GB SXM",
+            141 * GiB,
+            4.8e12,
+            {
+                "float32": 67 * TFLOPS,
+                "tf32": 494.5 * TFLOPS,
+                "bfloat16": 989.5 * TFLOPS,
+                "float16": 989.5 * TFLOPS,
+            },
+            "nvlink4",
+            "pcie5",
+            "infiniband-ndr",
+            _gpu_sources(_H200),
         ),
     ]
 }

@@ -9,6 +9,10 @@ class SourceError(PlannerError):
     """A model source string or its size overrides cannot be used."""
 
 
+class MetaBuildError(SourceError):
+    """A ``py:`` factory's own code fails on the meta device (it reads a weight's value)."""
+
+
 class TraceError(PlannerError):
     """A model could not be captured into a layer graph by any method."""
 

@@ -13,11 +13,8 @@ import networkx as nx
 
 from planner.errors import PlanError, SourceError
 from planner.plan import Plan
+from planner.precision import model_state_bytes
 
-# Weights, their gradients and AdamW's two moments, in the training dtype: the least any
-# training step holds, whatever the activations.
-STATE_COPIES = 4
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SKIPPED = (
     "the model was not traced: its source, overrides, block list and graph digest are unchecked, "
     "and a stage too large for its device fails only when the workers build it"
@@ -79,7 +76,10 @@ def _check_weights_fit(plan: Plan, graph: nx.DiGraph) -> None:
     for rank in plan.ranks:
         stages = [s for s in plan.stages if s.pp_rank == rank.pp_index]
         params = sum(graph.nodes[b]["param_count"] for s in stages for b in blocks_of[s.index])
-        need = params * DTYPE_BYTES[plan.training.dtype] * STATE_COPIES
+        # Weights, gradients and optimizer state: the least any step holds, whatever the
+        # activations.
+        opt = plan.training.optimizer
+        need = params * model_state_bytes(opt.name, opt.momentum, plan.training.precision)
         device = plan.cluster.device(rank.device)
         if need > device.memory_bytes:
             have = device.memory_bytes / 2**30

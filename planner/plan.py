@@ -1,10 +1,12 @@
 """The plan: the contract between the planner, the runtime and the dashboard.
 
-A versioned JSON document (``schema_version`` 1; the JSON Schema is committed as
-``planner/plan.schema.json``). Loading is strict: unknown keys, NaN, negative ids, devices
-that do not exist, stages that do not cover the model once and in order, degrees that do
-not multiply to the ranks, shares that do not sum to the batch, and schedules torch would
-refuse are errors that name the field. No pickle anywhere.
+A versioned JSON document (``schema_version`` 2; the JSON Schema is committed as
+``planner/plan.schema.json``). A version-1 document still loads: its ``training.dtype``
+becomes a precision (`planner.precision`), and it is written back as version 2. Loading is
+strict: unknown keys, NaN, negative ids, devices that do not exist, stages that do not cover
+the model once and in order, degrees that do not multiply to the ranks, shares that do not
+sum to the batch, and schedules torch would refuse are errors that name the field. No
+pickle anywhere.
 
 Rank layout: every global rank has coordinates ``(dp_index, pp_index)``. Ranks with the same
 ``dp_index`` form one pipeline (a replica of the model); ranks with the same ``pp_index``
@@ -34,10 +36,11 @@ from planner.limits import (
     MIN_PG_TIMEOUT_S,
 )
 from planner.networks import is_adversarial
+from planner.precision import FROM_DTYPE, Precision
 from planner.schedules import Schedule, schedule_error
 from planner.strict import StrictModel, parse_document, read_document
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
 
 
@@ -67,6 +70,13 @@ class ModelRef(StrictModel):
     trace_batch_size: int = Field(
         default=1, ge=1, le=MAX_OVERRIDE_INT, description="Samples in the traced input."
     )
+    seq_len: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_OVERRIDE_INT,
+        description="Tokens per sample the model was traced and planned at (a Hugging Face model: "
+        "its context length unless overridden); none for models without a sequence.",
+    )
 
     @field_validator("overrides")
     @classmethod
@@ -94,7 +104,12 @@ class Training(StrictModel):
     )
     micro_batches: int = Field(default=1, ge=1, description="Micro-batches per step in each replica.")
     optimizer: Optimizer = Field(default_factory=Optimizer)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Lax: a Python caller may pass the value ("bf16-mixed"); JSON documents carry the value.
+    precision: Precision = Field(
+        default=Precision.FP32,
+        strict=False,
+        description="fp32, bf16-mixed (fp32 weights, bf16 compute), fp16-mixed (with loss scaling) or bf16.",
+    )
     dataset: str = Field(min_length=1, description="Data set id, e.g. digits or bytes:stdlib.")
     steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     checkpoint_every: int = Field(
@@ -150,6 +165,21 @@ class Predicted(StrictModel):
     )
 
 
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 document as version 2: ``training.dtype`` named what ``precision`` names
+    now (bfloat16 and float16 plans were priced as mixed precision)."""
+    data = {**data, "schema_version": SCHEMA_VERSION}
+    training = data.get("training")
+    if isinstance(training, dict) and "dtype" in training:
+        training = dict(training)
+        dtype = training.pop("dtype")
+        if dtype not in FROM_DTYPE:
+            raise ValueError(f"training.dtype: {dtype!r} is not one of {', '.join(FROM_DTYPE)}")
+        training["precision"] = FROM_DTYPE[dtype].value
+        data["training"] = training
+    return data
+
+
 class Plan(StrictModel):
     schema_version: int = SCHEMA_VERSION
     model: ModelRef
@@ -177,6 +207,8 @@ class Plan(StrictModel):
                 raise ValueError(
                     f"schema_version {version} is newer than this planner supports ({SCHEMA_VERSION})"
                 )
+            if version == 1:
+                return _from_version_1(data)
         return data
 
     @model_validator(mode="after")
@@ -184,12 +216,20 @@ class Plan(StrictModel):
         if self.schema_version < 1:
             raise ValueError(f"schema_version: {self.schema_version} is not a version")
         self._check_strategy()
+        self._check_precision()
         self._check_ranks()
         self._check_stages()
         self._check_replicas()
         return self
 
     # -- the checks, each naming the field ------------------------------------------------
+    def _check_precision(self) -> None:
+        if self.adversarial and self.training.precision == Precision.FP16_MIXED:
+            raise ValueError(
+                "training.precision: the GAN trains in fp32, bf16-mixed or bf16; fp16-mixed's loss "
+                "scale would have to be shared by its two players' separate steps"
+            )
+
     def _check_strategy(self) -> None:
         s, dp, pp = self.strategy, self.dp_degree, self.pp_degree
         needs = {

@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import Field
 
 from planner.errors import PlannerError
+from planner.precision import Precision
 from planner.strict import StrictModel, parse_document, read_document
 from planner.topology import LinkCost
 
@@ -73,6 +74,13 @@ class Profile(StrictModel):
     overhead_bytes: dict[str, int] = Field(
         default_factory=dict, description="Per device kind: memory a rank's process holds before the model."
     )
+    # Lax: a Python caller may pass the value ("bf16-mixed"); JSON documents carry the value.
+    precision: Precision = Field(
+        default=Precision.FP32,
+        strict=False,
+        description="The precision blocks, the whole model and the optimizer were timed in: their "
+        "figures price only plans that compute in its dtype.",
+    )
     whole: list[ModelTiming] = Field(
         default_factory=list,
         description="The uncut model run eagerly, as a data-parallel replica runs it (blocks are "
@@ -99,6 +107,11 @@ class Profile(StrictModel):
         """sha256 of the canonical JSON: what a plan cites as its figures' source."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def timed_in(self, compute_dtype: str) -> bool:
+        """Whether its compute figures were timed computing in ``compute_dtype`` (a bf16 plan
+        is not priced with fp32 timings)."""
+        return self.precision.recipe.compute == compute_dtype
 
     def block_time(self, block: str, device_kind: str, micro_batch_size: float) -> tuple[float, float] | None:
         """(forward, backward) seconds per micro-batch, or None if this block was not measured.

@@ -33,6 +33,7 @@ def test_catalog_has_every_kind_with_sources():
         "v100-32gb",
         "l4",
         "rtx4090",
+        "h200",
         "cpu",
     ]:
         k = device_kind(kind)
@@ -40,6 +41,11 @@ def test_catalog_has_every_kind_with_sources():
         assert set(k.sources) == {"memory_bytes", "memory_bandwidth", "peak_flops"}
         assert all(k.sources.values())
     assert device_kind("h100").memory_bytes == 80 * 2**30
+    assert device_kind("h200").memory_bytes == 141 * 2**30 and device_kind("h200").memory_bandwidth == 4.8e12
+    for k in DEVICE_KINDS.values():  # every GPU states each dtype's peak, or why it has none
+        if k.id != "cpu":
+            assert {"float32", "tf32", "float16"} <= set(k.peak_flops), k.id
+            assert "bfloat16" in k.peak_flops or "no bf16" in k.sources["peak_flops"], k.id
     assert all(link.source and link.bandwidth > 0 for link in LINK_KINDS.values())
     assert set(catalog()["device_kinds"]) == set(DEVICE_KINDS)
 

@@ -7,6 +7,7 @@ from planner.capture.graph import graph_digest
 from planner.cluster import Cluster
 from planner.cost.price import price
 from planner.cost.timing import CostOptions, ring_all_reduce_time
+from planner.devices import device_kind
 from planner.errors import PlanError
 from planner.profile import Profile
 from planner.schedules import closed_form_step
@@ -124,16 +125,15 @@ def test_pipeline_stages_hold_a_receive_buffer_per_micro_batch():
     assert [m.buffers for m in dp.memory] == [0, 0]
 
 
-def test_a_rank_with_a_small_share_is_held_up_by_building_the_whole_model():
-    # Every rank builds the whole model before it keeps its stages: a last stage far
-    # smaller than the first peaks while it builds.
+def test_a_rank_with_a_small_share_holds_only_its_own_share():
+    # Ranks build the model on the meta device and make only their own stages real: a last
+    # stage far smaller than the first is priced for its own parameters, never the whole model.
     graph = chain([1, 1], params=[10**6, 10], saved=[0, 0])
     pred = _pp(graph, gpus(2), "gpipe", 2, batch=8)
     first, last = pred.memory
-    assert first.build == 0
-    trained = last.total - last.build - last.overhead - last.runtime
-    assert last.build == 4 * (10**6 + 10) - trained > 0
-    assert last.total - last.overhead - last.runtime == 4 * (10**6 + 10)
+    assert "build" not in last.terms()
+    assert last.parameters == 4 * 10 and first.parameters == 4 * 10**6
+    assert last.total - last.overhead - last.runtime < 4 * 10**6 // 100
 
 
 def test_memory_terms_follow_the_formula():
@@ -147,13 +147,13 @@ def test_memory_terms_follow_the_formula():
         "parameters": 4 * 3000,
         "gradients": 4 * 3000,
         "optimizer": 8 * 3000,  # AdamW: two fp32 moments
+        "casts": 0,  # fp32: no autocast copies of the weights
         "activations": 80 * 4 * 2,  # saved per sample x micro-batch of 4 x 2 in flight (GPipe)
         "loss_outputs": 2 * 12 * 4 * 2,  # the output and cross-entropy's log-probabilities
         "buffers": 0,  # the chain's edges carry no bytes
         # AdamW's step holds two temporaries of the largest parameter; the activations are
         # freed by then, so this is how far the step rises above them.
         "temporaries": 2 * 4 * 3000 - (80 * 4 * 2 + 2 * 12 * 4 * 2),
-        "build": 0,  # the whole model (16 KB) is less than this rank's training peak
         "runtime": 0,  # measured by a profile only
         "overhead": 0,
     }
@@ -165,12 +165,51 @@ def test_memory_terms_follow_the_formula():
         schedule="gpipe",
         micro_batches=2,
         global_batch=8,
-        training={"dtype": "bfloat16"},
+        training={"precision": "bf16-mixed"},
     )
     m = price(graph, cluster, mixed, options=EXACT).memory[1]
-    # 16 B/param in all: bf16 parameter and gradient, fp32 master weights and two moments.
-    assert (m.parameters + m.gradients + m.optimizer) / 3000 == 16
-    assert m.activations == 80 * 4 * 2 // 2
+    # 16 B/param in all, as autocast holds them: fp32 weights (4), gradients (4), two moments (8)...
+    assert (m.parameters, m.gradients, m.optimizer) == (4 * 3000, 4 * 3000, 8 * 3000)
+    # ...and a bf16 copy of the weights per micro-batch in flight, kept for its backward.
+    assert m.casts == 2 * 3000 * 2
+    assert m.activations == 80 * 4 * 2 // 2  # bf16 activations
+    # The output in bf16, cross-entropy's log-probabilities in fp32 (on autocast's fp32 list).
+    assert m.loss_outputs == (12 // 2 + 12) * 4 * 2
+    pure = make_plan(
+        graph,
+        cluster,
+        strategy="pp",
+        pp_degree=2,
+        schedule="gpipe",
+        micro_batches=2,
+        global_batch=8,
+        training={"precision": "bf16"},
+    )
+    p = price(graph, cluster, pure, options=EXACT).memory[1]
+    assert (p.parameters + p.gradients + p.optimizer) / 3000 == 8 and p.casts == 0
+    assert p.loss_outputs == 2 * 12 // 2 * 4 * 2
+
+
+def test_each_precision_prices_compute_at_its_own_peak():
+    graph = chain([1, 1], params=[1000, 3000], saved=[40, 80])
+    cluster = gpus(2)
+    times = {}
+    for precision in ("fp32", "bf16-mixed", "bf16"):
+        plan = make_plan(
+            graph,
+            cluster,
+            strategy="pp",
+            pp_degree=2,
+            schedule="gpipe",
+            micro_batches=2,
+            global_batch=8,
+            training={"precision": precision},
+        )
+        times[precision] = price(graph, cluster, plan, options=EXACT).step_time_s
+    kind = device_kind(cluster.devices[0].kind)
+    ratio = kind.peak_flops["bfloat16"] / kind.peak_flops["float32"]
+    assert times["fp32"] / times["bf16-mixed"] == pytest.approx(ratio, rel=0.01)
+    assert times["bf16"] == pytest.approx(times["bf16-mixed"], rel=0.01)
 
 
 def test_backward_holds_an_ops_gradients_and_a_weights_gradient_at_once():

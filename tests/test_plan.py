@@ -88,7 +88,9 @@ def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
     doc = _doc(hybrid)
     _refused({**doc, "colour": "red"}, "colour: unknown key")
     _refused({**doc, "training": {**doc["training"], "lr": 0.1}}, r"training.lr: unknown key")
-    _refused({**doc, "schema_version": 2}, r"schema_version 2 is newer than this planner supports \(1\)")
+    _refused({**doc, "schema_version": 3}, r"schema_version 3 is newer than this planner supports \(2\)")
+    _refused({**doc, "training": {**doc["training"], "dtype": "float32"}}, r"training.dtype: unknown key")
+    _refused({**doc, "training": {**doc["training"], "precision": "fp8"}}, r"training.precision")
     bad = _doc(hybrid)
     bad["ranks"][1]["device"] = -1
     _refused(bad, r"ranks.1.device: Input should be greater than or equal to 0")
@@ -97,6 +99,26 @@ def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
         plan_from_json(text)
     with pytest.raises(PlanError, match="not valid JSON"):
         plan_from_json("{")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "precision"), [("float32", "fp32"), ("bfloat16", "bf16-mixed"), ("float16", "fp16-mixed")]
+)
+def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_version_2(
+    hybrid, tmp_path, dtype, precision
+):
+    doc = _doc(hybrid)
+    doc["schema_version"] = 1
+    doc["training"] = {k: v for k, v in doc["training"].items() if k != "precision"} | {"dtype": dtype}
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    plan = load_plan(tmp_path / "old.json")
+    assert plan.schema_version == 2 and plan.training.precision == precision
+    save_plan(plan, tmp_path / "new.json")
+    written = json.loads((tmp_path / "new.json").read_text())
+    assert written["schema_version"] == 2 and written["training"]["precision"] == precision
+    assert "dtype" not in written["training"]
+    doc["training"]["dtype"] = "float64"
+    _refused(doc, r"training.dtype: 'float64' is not one of float32, bfloat16, float16")
 
 
 def _mutated(plan, change):

@@ -8,6 +8,7 @@ from planner.capture.graph import graph_digest
 from planner.cost.price import price
 from planner.cost.timing import CostOptions
 from planner.errors import PlannerError
+from planner.precision import Precision
 from planner.profile import load_profile, profile_from_json
 from planner.search.build import make_plan
 from tests.handmade import chain, gpus
@@ -51,6 +52,30 @@ def test_measured_numbers_drive_the_price_and_the_plan_cites_the_profile():
             make_plan(chain([2, 1]), cluster, strategy="pp", pp_degree=2, schedule="gpipe", global_batch=1),
             profile=profile,
         )
+
+
+def test_a_profile_prices_only_plans_that_compute_in_its_dtype():
+    graph, cluster = profiled_graph(), gpus(2)
+    fp32 = load_profile(FIXTURE)
+    bf16 = fp32.model_copy(update={"precision": Precision.BF16_MIXED})
+    for precision, profile, timed in (
+        ("fp32", fp32, True),
+        ("bf16-mixed", fp32, False),  # fp32 timings would price bf16 compute 15x too slow on an H100
+        ("bf16-mixed", bf16, True),
+        ("bf16", bf16, True),  # the same compute dtype
+    ):
+        plan = make_plan(
+            graph,
+            cluster,
+            strategy="pp",
+            pp_degree=2,
+            schedule="gpipe",
+            global_batch=1,
+            training={"precision": precision},
+        )
+        pred = price(graph, cluster, plan, profile=profile)
+        forward = next(i for i in pred.timeline if i.kind == "forward")
+        assert (forward.end - forward.start == pytest.approx(0.003)) == timed, (precision, profile.precision)
 
 
 def test_bad_profiles_name_the_field():

@@ -61,9 +61,8 @@ def test_a_device_twice_as_fast_gets_about_twice_the_layers():
 def test_a100s_get_more_layers_than_v100s():
     # fp16 peaks: A100 312 TFLOP/s, V100 125.
     graph = coarsen(trace("gpt", {"n_layer": 16, "d_model": 512, "seq_len": 128, "n_head": 8}))
-    result = search(
-        graph, resolve_cluster("a100-80gb:4+v100-32gb:4"), global_batch=64, training={"dtype": "float16"}
-    )
+    cluster = resolve_cluster("a100-80gb:4+v100-32gb:4")
+    result = search(graph, cluster, global_batch=64, training={"precision": "fp16-mixed"})
     best = result.best
     per_kind = {"a100-80gb": [], "v100-32gb": []}
     for s, blocks in zip(best.plan.stages, best.plan.stage_blocks(), strict=True):

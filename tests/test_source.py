@@ -92,6 +92,28 @@ def test_hf_model_is_built_without_download_and_without_cache(monkeypatch):
     assert built.kwargs == {"use_cache": False}
 
 
+TINY_GPT2 = {"n_layer": 1, "n_embd": 32, "n_head": 2}
+TINY_LLAMA = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.mark.parametrize(
+    ("source", "overrides", "tokens"),
+    [
+        ("hf:gpt2", TINY_GPT2, 1024),  # its n_positions
+        ("hf:gpt2", {**TINY_GPT2, "n_positions": 4096}, 4096),
+        ("hf:llama", {**TINY_LLAMA, "max_position_embeddings": 8192}, 8192),
+        ("hf:llama", {**TINY_LLAMA, "seq_len": 64}, 64),  # unless seq_len says otherwise
+    ],
+)
+def test_a_hugging_face_model_is_planned_at_its_context_length(source, overrides, tokens):
+    from tests.runs import zoo_plan
+
+    built = build_model(parse_source(source, overrides))
+    assert built.args[0].shape == (1, tokens) and built.config["seq_len"] == tokens
+    plan = zoo_plan(source, overrides, ranks=1, strategy="dp", global_batch=1)
+    assert plan.model.seq_len == tokens and plan.model.input_shapes == [[1, tokens]]
+
+
 def test_a_py_source_imports_nothing_without_consent(tmp_path, monkeypatch):
     """The module's code would run at import: without consent it is never imported."""
     marker = tmp_path / "imported"

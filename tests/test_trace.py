@@ -196,3 +196,10 @@ def test_data_dependent_model_falls_back_to_module_hooks_and_names_the_module():
 def test_untraceable_model_raises_one_clear_error():
     with pytest.raises(TraceError, match=r"module 'inner'.*not implemented for positive inputs"):
         trace("py:tests.fixtures.models:broken")
+
+
+def test_the_weights_autocast_would_copy_are_those_matrix_products_read():
+    graph = trace("gpt", {"size": "toy"})
+    cast = set(graph.graph["cast_params"])
+    assert {"blocks.0.attn.q.weight", "blocks.0.mlp.fc.weight", "head.weight"} <= cast
+    assert not cast & {"tok_emb.weight", "pos_emb.weight", "blocks.0.ln1.weight", "ln_f.weight"}

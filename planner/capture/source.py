@@ -3,7 +3,9 @@
 A source is one of
 - a zoo name: ``mlp``, ``cnn``, ``gan``, ``gpt``;
 - ``hf:<model_type>``: a Hugging Face architecture built from its config class with the
-  overrides, randomly initialised; nothing is downloaded and remote code is never trusted;
+  overrides, randomly initialised; nothing is downloaded and remote code is never trusted.
+  Its samples are as long as its context (the config's maximum positions) unless the
+  ``seq_len`` override says otherwise;
 - ``py:package.module:factory``: any importable function returning an ``nn.Module``, called
   with the overrides as keyword arguments. The module must define
   ``example_inputs(batch_size) -> tuple[Tensor, ...]`` (created on the default device).
@@ -29,13 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.capture.overrides import check_overrides
-from planner.errors import SourceError
+from planner.errors import MetaBuildError, SourceError
 from planner.limits import MAX_MODULES, MAX_TEXT_CHARS
 
 ZOO_NAMES = ("mlp", "cnn", "gan", "gpt")
 _HF_TYPE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _PY_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_HF_SEQ_LEN = 1024
+"""Tokens per sample of a Hugging Face model whose config names no maximum position."""
 PY_ALLOW_ENV = "STAGECRAFT_ALLOWED_PY"
 
 
@@ -249,8 +253,10 @@ def _build_hf(source: ModelSource, batch_size: int, device: Any) -> BuiltModel:
         raise SourceError(
             f"{source}: takes {model.main_input_name!r}; only text models taking input_ids are supported"
         )
-    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 128)
-    seq = int(seq_len) if seq_len is not None else min(128, int(max_pos))
+    # Planned at the model's context length unless seq_len says otherwise: a 4k-context
+    # model priced for 128 tokens would be priced for a sequence 32x shorter.
+    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    seq = int(seq_len) if seq_len is not None else int(max_pos or DEFAULT_HF_SEQ_LEN)
     ids = torch.zeros(batch_size, seq, dtype=torch.long, device=device)
     kwargs = {"use_cache": False} if hasattr(cfg, "use_cache") else {}
     # A causal LM trains on next-byte prediction over the bundled corpus (token ids < 256).
@@ -275,6 +281,14 @@ def _build_py(source: ModelSource, batch_size: int, device: Any) -> BuiltModel:
         model = factory(**source.overrides)
     except TypeError as exc:
         raise SourceError(f"{source}: calling {factory_name}(**overrides) failed: {exc}") from None
+    except Exception as exc:
+        if device.type != "meta":
+            raise
+        raise MetaBuildError(
+            f"{source}: {factory_name}() fails on the meta device, where models are traced and "
+            f"built without memory ({type(exc).__name__}: {exc}); a factory must not read its "
+            "weights' values while it builds"
+        ) from None
     if not isinstance(model, nn.Module):
         raise SourceError(f"{source}: {factory_name}() returned {type(model).__name__}, not nn.Module")
     example = getattr(model, "example_inputs", None)

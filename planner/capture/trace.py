@@ -218,6 +218,8 @@ class _OpByOp:
         self.graph = nx.DiGraph()
         self.values: dict[str, Any] = {}
         self.counted_buffers: set[str] = set()  # buffers and constants, counted at their first user
+        self.param_views: dict[str, str] = {}  # node -> the parameter it is a view of (a transpose)
+        self.cast_params: set[str] = set()  # read by an op autocast runs in 16 bits
         self.output_node: Any = None
 
     def visit(self, node: Any) -> None:
@@ -251,10 +253,27 @@ class _OpByOp:
             return  # assertions and other ops without a value
         in_tensors = tensors([fn_args, fn_kwargs])
         out_tensors = tensors(out)
-        self.graph.add_node(node.name, **self._op_attrs(node, in_tensors, out_tensors, flops, saved, resaved))
+        attrs = self._op_attrs(node, in_tensors, out_tensors, flops, saved, resaved)
+        self.graph.add_node(node.name, **attrs)
         for t in out_tensors:
             self.saved.producer_of.setdefault(storage_key(t), node.name)
+        self._note_casts(node, is_view=attrs["read_bytes"] == 0 and attrs["write_bytes"] == 0)
         self._link_inputs(node)
+
+    def _note_casts(self, node: Any, *, is_view: bool) -> None:
+        """Which parameters autocast would copy to 16 bits: those an op on its lower-precision
+        list reads, directly or through a view (the transpose before a matrix product)."""
+        params = {
+            self.kinds[inp.name][1] if inp.name in self.kinds else self.param_views[inp.name]
+            for inp in node.all_input_nodes
+            if self.kinds.get(inp.name, ("",))[0] == "param" or inp.name in self.param_views
+        }
+        if not params:
+            return
+        if _op_name(node.target) in AUTOCAST_OPS:
+            self.cast_params.update(self.params.canonical(p) for p in params)
+        elif is_view and len(params) == 1:
+            self.param_views[node.name] = params.pop()
 
     def _run_op(self, node: Any, fn_args: Any, fn_kwargs: Any) -> tuple[Any, int, int, list]:
         """``(output, FLOPs, bytes newly saved for backward, tensors saved again)`` of one op."""
@@ -329,6 +348,7 @@ class _OpByOp:
         graph = self.graph
         self.params.mark_shared(graph)
         graph.graph["param_bytes"] = self.params.param_bytes()
+        graph.graph["cast_params"] = sorted(self.cast_params)
         returned = self.output_node.all_input_nodes if self.output_node else []
         graph.graph["outputs"] = [n.name for n in returned if n.name in graph]
         graph.graph["order"] = list(graph.nodes)  # insertion order = execution order
@@ -341,6 +361,13 @@ def _fetch_attr(gm: Any, target: str) -> Any:
     for part in target.split("."):
         value = getattr(value, part)
     return value
+
+
+AUTOCAST_OPS = frozenset(
+    {"linear", "addmm", "mm", "matmul", "bmm", "baddbmm", "addbmm", "conv1d", "conv2d", "conv3d",
+     "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "prelu"}
+)  # fmt: skip
+"""ATen ops on torch.autocast's lower-precision list (CPU and CUDA alike) that read weights."""
 
 
 def _op_name(target: Any) -> str:

@@ -47,7 +47,7 @@ class GanReplicaStep(PipelineStep):
         """D's gradients after D's loss, then G's and D's again after G's loss (DDP
         reduces every backward; D's second gradients are cleared unused)."""
         if is_adversarial(cost.blocks):
-            d_bytes = self.pricing.graph.nodes[DISCRIMINATOR]["param_bytes"] * self.pricing.scale
+            d_bytes = self.pricing.graph.nodes[DISCRIMINATOR]["param_bytes"] * self.pricing.weight_scale
             return [d_bytes, cost.param_bytes]
         return [cost.param_bytes]
 
@@ -170,7 +170,15 @@ class GanStep(Step):
         opt = pricing.plan.training.optimizer
         kind = device_kind(pricing.cluster.device(pricing.plan.ranks[rank].device).kind)
         params = pricing.stages[stage].param_count
-        return optimizer_time(params, opt.name, opt.momentum, kind, pricing.options, pricing.profile)[0]
+        return optimizer_time(
+            params,
+            opt.name,
+            opt.momentum,
+            kind,
+            pricing.options,
+            pricing.profile,
+            pricing.precision.weight_bytes,
+        )[0]
 
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """The whole batch at once; D's loss holds the real and the fake half of its batch

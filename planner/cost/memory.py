@@ -1,6 +1,10 @@
 """Memory per device: the terms of the model, each kept separately so it can be shown.
 
-    total = parameters + gradients + optimizer state
+    total = parameters + gradients + optimizer state (per parameter: planner.precision)
+          + under mixed precision, the compute-dtype copies of the weights autocast makes in
+            each micro-batch's forward and autograd keeps for its backward (the weights of
+            matrix products and convolutions, as the trace saw them read: not embeddings
+            or norms)
           + saved activations x micro-batch size x micro-batches in flight
           + the last stage's outputs kept for the loss (and the loss's log-probabilities)
           + the pipeline schedule's receive buffers
@@ -8,8 +12,6 @@
             of its weight (parameter-sized, before it is added to .grad), held at once: at
             most the largest op's activations plus the largest parameter; in the optimizer
             step (activations freed), its parameter-sized temporaries; whichever is higher
-          + build: how far the whole model, which every rank builds before it keeps its
-            stages, rises above all of the above (0 unless the rank's share is small)
           + what the runtime itself adds to train a model of no size (measured, per strategy)
           + a fixed per-process overhead
 
@@ -25,8 +27,10 @@ says which of them its schedule decides (`StepMemory`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
+
+from planner.precision import optimizer_state_bytes
 
 if TYPE_CHECKING:
     from planner.cost.plan_pricing import PlanPricing
@@ -45,22 +49,6 @@ def optimizer_temporaries(optimizer: str, weight_decay: float) -> int:
     """
     decay = 1 if weight_decay and optimizer in ("adam", "sgd") else 0
     return (2 if optimizer in ("adam", "adamw") else 0) + decay
-
-
-def optimizer_state_bytes(optimizer: str, momentum: float, dtype: str) -> int:
-    """Optimizer bytes per parameter beyond the parameter and its gradient.
-
-    Adam keeps two fp32 moments (8 B/param). Mixed precision (bf16/fp16 parameters) adds an
-    fp32 master copy: 12 B, so 2 + 2 + 12 = 16 B/param in all (ZeRO, Rajbhandari et al.
-    2020, section 3.1). SGD keeps a momentum buffer only when momentum > 0.
-
-    >>> optimizer_state_bytes("adamw", 0, "float32"), optimizer_state_bytes("adamw", 0, "bfloat16")
-    (8, 12)
-    """
-    master = 4 if dtype in ("bfloat16", "float16") else 0
-    if optimizer in ("adam", "adamw"):
-        return 8 + master
-    return (4 if momentum > 0 else 0) + master
 
 
 @dataclass(frozen=True)
@@ -82,8 +70,8 @@ class MemoryBreakdown:
     """Stage -> bytes kept for backward per sample."""
     temporaries: int = 0
     """Parameter-sized tensors that exist for a moment (see the module docstring)."""
-    build: int = 0
-    """How far building the whole model rises above the training peak (see the module docstring)."""
+    casts: int = 0
+    """Mixed precision: the weights' compute-dtype copies, one per micro-batch in flight."""
     buffers: int = 0
     """The pipeline schedule's receive buffers: torch's stages allocate, once, one buffer per
     micro-batch for each activation a stage receives and each gradient it receives back."""
@@ -97,11 +85,11 @@ class MemoryBreakdown:
             self.parameters
             + self.gradients
             + self.optimizer
+            + self.casts
             + self.activations
             + self.loss_outputs
             + self.buffers
             + self.temporaries
-            + self.build
             + self.runtime
             + self.overhead
         )
@@ -119,11 +107,11 @@ class MemoryBreakdown:
             "parameters": self.parameters,
             "gradients": self.gradients,
             "optimizer": self.optimizer,
+            "casts": self.casts,
             "activations": self.activations,
             "loss_outputs": self.loss_outputs,
             "buffers": self.buffers,
             "temporaries": self.temporaries,
-            "build": self.build,
             "runtime": self.runtime,
             "overhead": self.overhead,
         }
@@ -147,23 +135,24 @@ def rank_memory(
     largest_param_bytes: int = 0,
     largest_op_bytes: float = 0.0,
     optimizer_temporaries: int = 0,
-    model_param_bytes: int = 0,
+    cast_bytes: float = 0.0,
     runtime: int = 0,
     activations_held: float | None = None,
 ) -> MemoryBreakdown:
     """Combine one rank's terms. Gradients are the size of the parameters they belong to.
 
     ``largest_param_bytes`` is the rank's largest parameter, ``largest_op_bytes`` the most
-    activation bytes one of its ops reads and writes at its micro-batch size,
-    ``model_param_bytes`` the whole model's parameters (what the rank holds while it builds
-    the model). ``activations_held`` is the activations' peak over the schedule's order, when
-    known; else every stage is taken at its most micro-batches in flight at once."""
+    activation bytes one of its ops reads and writes at its micro-batch size.
+    Nothing counts the whole model: a rank makes only its own part real (the runtime builds
+    the model on the meta device). ``activations_held`` is the activations' peak over the
+    schedule's order, when known; else every stage is taken at its most micro-batches in
+    flight at once. ``cast_bytes``: the weights' compute-dtype copies (mixed precision)."""
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
     if activations_held is not None:
         activations = activations_held
     loss_outputs = round(loss_output_per_sample * micro_batch_size * loss_in_flight)
     held = round(activations) + loss_outputs
-    trained = MemoryBreakdown(
+    return MemoryBreakdown(
         rank=rank,
         device=device,
         capacity=capacity,
@@ -178,14 +167,13 @@ def rank_memory(
         in_flight=dict(in_flight),
         saved_per_sample=dict(saved_per_sample),
         buffers=round(buffers),
+        casts=round(cast_bytes),
         temporaries=max(
             largest_param_bytes + round(largest_op_bytes),
             optimizer_temporaries * largest_param_bytes - held,
         ),
         runtime=runtime,
     )
-    training_peak = trained.total - trained.overhead - trained.runtime
-    return replace(trained, build=max(0, model_param_bytes - training_peak))
 
 
 class StepMemory(NamedTuple):
@@ -209,9 +197,10 @@ def plan_memory(
 ) -> list[MemoryBreakdown]:
     """Every rank's memory, the ranks of mirrored replicas included."""
     plan, opt, stages = pricing.plan, pricing.plan.training.optimizer, pricing.stages
-    per_param = optimizer_state_bytes(opt.name, opt.momentum, pricing.dtype)
+    per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.precision)
+    recipe = pricing.precision
+    cast = recipe.compute_bytes if recipe.mixed else 0
     temporaries = optimizer_temporaries(opt.name, opt.weight_decay)
-    model_bytes = round(pricing.pricer.sizes.model_param_bytes * pricing.scale)
     last = len(stages) - 1
     out = []
     for r in plan.ranks:
@@ -238,7 +227,7 @@ def plan_memory(
                 largest_param_bytes=max(stages[s].largest_param_bytes for s in mine),
                 largest_op_bytes=max(stages[s].largest_op_per_sample * held.micro_batch_size for s in mine),
                 optimizer_temporaries=temporaries,
-                model_param_bytes=model_bytes,
+                cast_bytes=sum(cast * stages[s].cast_param_count * held.in_flight.get(s, 0) for s in mine),
                 runtime=runtime,
                 activations_held=held.activations_held,
             )

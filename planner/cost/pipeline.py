@@ -24,11 +24,6 @@ from planner.cost.timing import transfer_time
 from planner.plan import RankAssignment, Strategy
 from planner.schedules import Action, Schedule, held_peak, in_flight, rank_actions
 
-LOSS_COPIES = 2
-"""Copies of the last stage's output held per micro-batch until its backward: the output
-itself (the pipeline schedule keeps it for the loss) and the log-probabilities of the same
-size that cross-entropy saves. For a 16384-way LM head they are the largest activations."""
-
 
 class Hop(NamedTuple):
     """One micro-batch's send across a stage boundary."""
@@ -165,7 +160,7 @@ class PipelineStep(Step):
             saved = {s: pricing.stages[s].saved_per_sample * samples for s in stages}
             self._held[key] = held_peak(actions, saved)
         last = len(pricing.stages) - 1
-        loss = LOSS_COPIES * pricing.stages[last].out_per_sample if last in stages else 0.0
+        loss = pricing.loss_copies * pricing.stages[last].out_per_sample if last in stages else 0.0
         return StepMemory(
             in_flight=in_flight(actions),
             micro_batch_size=samples,

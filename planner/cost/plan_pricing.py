@@ -12,12 +12,17 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from planner.cost.stages import boundary_bytes, stage_cost
-from planner.cost.timing import DTYPE_BYTES
 from planner.plan import Plan
+from planner.precision import DTYPE_BYTES
 from planner.topology import LinkCost
 
 if TYPE_CHECKING:
     from planner.cost.price import Pricer
+
+LOSS_COPIES = 2
+"""Copies of the last stage's output held per micro-batch until its backward: the output
+itself (the pipeline schedule keeps it for the loss) and the log-probabilities of the same
+size that cross-entropy saves. For a 16384-way LM head they are the largest activations."""
 
 
 class PlanPricing:
@@ -31,12 +36,21 @@ class PlanPricing:
             pricer.profile,
             pricer.options,
         )
-        self.dtype = plan.training.dtype
-        traced = self.graph.graph.get("dtype", "float32")
-        self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[traced]
-        """Bytes per element in training / in the trace."""
+        self.precision = plan.training.precision.recipe
+        self.dtype = self.precision.compute
+        """The dtype matrix products run in: the devices' peak for it."""
+        traced = DTYPE_BYTES[self.graph.graph.get("dtype", "float32")]
+        self.weight_scale = self.precision.weight_bytes / traced
+        """Bytes per element of weights and gradients in training / in the trace."""
+        self.scale = self.precision.compute_bytes / traced
+        """Bytes per element of activations in training / in the trace."""
+        # The loss keeps the last output and its log-probabilities; under autocast the loss
+        # (cross-entropy, on its float32 list) computes those in float32.
+        compute = self.precision.compute_bytes
+        self.loss_copies = 1 + DTYPE_BYTES["float32"] / compute if self.precision.mixed else LOSS_COPIES
+        """Bytes the loss keeps per byte of the last stage's output."""
         self.trace_batch = int(self.graph.graph.get("batch_size", 1))
-        self.element_bytes = DTYPE_BYTES[traced]
+        self.element_bytes = traced
         self.micro_batches = plan.training.micro_batches
         self.pp_degree = plan.pp_degree
         self.batch_share = {r.dp_index: r.batch_share for r in plan.replicas}
@@ -52,6 +66,7 @@ class PlanPricing:
                 self.graph,
                 pricer.sizes,
                 blocks,
+                weight_scale=self.weight_scale,
                 scale=self.scale,
                 element_bytes=self.element_bytes,
                 trace_batch=self.trace_batch,

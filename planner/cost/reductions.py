@@ -52,7 +52,7 @@ def _tied_weight_sums(
     plan, pp = pricing.plan, pricing.pp_degree
     tied_of_stage: dict[tuple[int, int], list[int]] = defaultdict(list)
     for fqn, stages in tied_stages(pricing.graph, pricing.stage_of).items():
-        nbytes = pricing.graph.graph.get("param_bytes", {}).get(fqn, 0) * pricing.scale
+        nbytes = pricing.graph.graph.get("param_bytes", {}).get(fqn, 0) * pricing.weight_scale
         for dp in pricing.simulated:
             ranks = sorted({plan.rank_of(dp, s % pp).rank for s in stages})
             if len(ranks) < 2:
@@ -125,7 +125,15 @@ def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, b
             if s % pricing.pp_degree == r.pp_index
         )
         kind = device_kind(pricing.cluster.device(r.device).kind)
-        work, src = optimizer_time(params, opt.name, opt.momentum, kind, pricing.options, pricing.profile)
+        work, src = optimizer_time(
+            params,
+            opt.name,
+            opt.momentum,
+            kind,
+            pricing.options,
+            pricing.profile,
+            pricing.precision.weight_bytes,
+        )
         pricing.sources_used["compute"].add(src)
         t = tasks.add(kind=TaskKind.OPTIMIZER, work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
         programs[r.rank].append(t.id)

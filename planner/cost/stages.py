@@ -4,8 +4,9 @@ Per stage: the parameters it holds (a tied weight owned by another stage's block
 copy here), the activations it keeps for backward, its last output (what the loss keeps),
 and the sizes of its largest parameter and op (its temporaries). Per stage boundary: the
 bytes each sample sends forward and its gradient back. The trace measured ``trace_batch``
-samples in the traced dtype; everything here is per sample, in the training dtype
-(``scale`` converts).
+samples in the traced dtype; everything here is per sample, weights in the training
+precision's weight dtype and activations in its compute dtype (``weight_scale`` and
+``scale`` convert).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class GraphSizes:
     """Block -> its largest parameter's bytes."""
     largest_op: dict[str, int]
     """Block -> the most activation bytes one of its ops reads and writes (see planner.cost.memory)."""
-    model_param_bytes: int
-    """The whole model's parameters."""
+    cast_params: frozenset[str] | None
+    """Parameters an op on autocast's lower-precision list reads (None: not traced op by op)."""
 
     @classmethod
     def of(cls, graph: nx.DiGraph) -> GraphSizes:
@@ -45,19 +46,20 @@ class GraphSizes:
             largest_op={
                 b: max((op[1] for op in data.get("ops", [])), default=0) for b, data in graph.nodes(data=True)
             },
-            model_param_bytes=sum(sizes.values()),
+            cast_params=frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None,
         )
 
 
 @dataclass
 class StageCost:
     blocks: list[str]
-    param_bytes: int  # training dtype, tied copies included
+    param_bytes: int  # the weights' training dtype, tied copies included
     param_count: int
     saved_per_sample: float  # own saved bytes + tensors also kept by earlier stages
     out_per_sample: float  # the last block's output (what the loss keeps on the last stage)
     largest_param_bytes: int = 0  # the largest single parameter (the size of its temporaries)
     largest_op_per_sample: float = 0.0  # the most activation bytes one op reads and writes
+    cast_param_count: int = 0  # parameters autocast copies to 16 bits (mixed precision)
 
 
 class Boundaries(NamedTuple):
@@ -74,12 +76,14 @@ def stage_cost(
     sizes: GraphSizes,
     blocks: list[str],
     *,
+    weight_scale: float,
     scale: float,
     element_bytes: int,
     trace_batch: int,
 ) -> StageCost:
-    """The cost of the stage made of ``blocks``; ``scale`` is training / traced bytes per
-    element, ``element_bytes`` the traced dtype's."""
+    """The cost of the stage made of ``blocks``; ``weight_scale`` and ``scale`` are training /
+    traced bytes per element of weights and of activations, ``element_bytes`` the traced
+    dtype's."""
     nodes, members = graph.nodes, set(blocks)
     # A tied weight used here but owned by a block of another stage is a copy here.
     copies = {
@@ -88,18 +92,22 @@ def stage_cost(
     tied = sizes.param_bytes
     param_bytes = sum(nodes[b]["param_bytes"] for b in blocks) + sum(tied.get(p, 0) for p in copies)
     largest = max([sizes.largest_param[b] for b in blocks] + [tied.get(p, 0) for p in copies])
+    held = [p for b in blocks for p in nodes[b].get("params", [])] + sorted(copies)
+    cast = sizes.cast_params
+    cast_bytes = param_bytes if cast is None else sum(tied.get(p, 0) for p in held if p in cast)
     saved = sum(nodes[b]["saved_bytes"] for b in blocks)
     saved += sum(
         n for b in blocks for src, n in nodes[b].get("resaved_from", {}).items() if src not in members
     )
     return StageCost(
         blocks=blocks,
-        param_bytes=round(param_bytes * scale),
+        param_bytes=round(param_bytes * weight_scale),
         param_count=round(param_bytes / element_bytes),
         saved_per_sample=saved / trace_batch * scale,
         out_per_sample=nodes[blocks[-1]]["output_bytes"] / trace_batch * scale,
-        largest_param_bytes=round(largest * scale),
+        largest_param_bytes=round(largest * weight_scale),
         largest_op_per_sample=max(sizes.largest_op[b] for b in blocks) / trace_batch * scale,
+        cast_param_count=round(cast_bytes / element_bytes),
     )
 
 

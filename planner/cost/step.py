@@ -74,7 +74,8 @@ class Step(ABC):
         one_stage = len(pricing.stages) == 1
         # A replica of the whole model runs it uncut and eagerly; a pipeline stage runs
         # the pieces pipeline() cuts, which the block timings measured.
-        whole = profile.whole_time(kind, samples) if profile is not None and one_stage else None
+        timed = profile is not None and one_stage and profile.timed_in(pricing.dtype)
+        whole = profile.whole_time(kind, samples) if timed else None
         if whole is not None and self.uses_profiled_loops:
             fwd, bwd = whole
             pricing.sources_used["compute"].add("profile")

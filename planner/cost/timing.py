@@ -11,10 +11,9 @@ from planner.devices import DeviceKind
 from planner.errors import PlannerError
 from planner.profile import Profile
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-# Bytes an optimizer step reads and writes per parameter (fp32 state): AdamW reads the
-# parameter, its gradient and both moments (16 B) and writes the parameter and moments (12 B).
+# Bytes an optimizer step reads and writes per parameter (fp32 state; half in pure bf16):
+# AdamW reads the parameter, its gradient and both moments (16 B) and writes the parameter
+# and moments (12 B).
 OPTIMIZER_TRAFFIC = {"adamw": 28, "adam": 28, "sgd": 12, "sgd_momentum": 20}
 
 
@@ -75,8 +74,9 @@ def block_times(
     opts: CostOptions,
     profile: Profile | None,
 ) -> tuple[float, float, str]:
-    """(forward, backward, source) seconds of one block on one device kind."""
-    if profile is not None:
+    """(forward, backward, source) seconds of one block on one device kind; a profile's
+    figures where it timed the block computing in ``dtype``."""
+    if profile is not None and profile.timed_in(dtype):
         measured = profile.block_time(block, kind.id, samples)
         if measured is not None:
             return measured[0], measured[1], "profile"
@@ -101,12 +101,20 @@ def ring_all_reduce_time(nbytes: float, members: int, latency: float, bandwidth:
 
 
 def optimizer_time(
-    params: int, optimizer: str, momentum: float, kind: DeviceKind, opts: CostOptions, profile: Profile | None
+    params: int,
+    optimizer: str,
+    momentum: float,
+    kind: DeviceKind,
+    opts: CostOptions,
+    profile: Profile | None,
+    weight_bytes: int = 4,
 ) -> tuple[float, str]:
-    """One optimizer step over ``params`` parameters: memory-bound streaming of its state."""
-    if profile is not None:
+    """One optimizer step over ``params`` parameters: memory-bound streaming of its state,
+    held in ``weight_bytes`` per element."""
+    if profile is not None and profile.precision.recipe.weight_bytes == weight_bytes:
         measured = profile.optimizer_seconds_per_param(kind.id, optimizer)
         if measured is not None:
             return measured * params, "profile"
     key = "sgd_momentum" if optimizer == "sgd" and momentum > 0 else optimizer
-    return params * OPTIMIZER_TRAFFIC[key] / (kind.memory_bandwidth * opts.memory_efficiency), "datasheet"
+    traffic = OPTIMIZER_TRAFFIC[key] * weight_bytes / 4
+    return params * traffic / (kind.memory_bandwidth * opts.memory_efficiency), "datasheet"

@@ -170,4 +170,5 @@ def _model_ref(graph: nx.DiGraph, blocks: list[str], digest: str | None) -> Mode
         blocks=blocks,
         input_shapes=graph.graph.get("input_shapes", []),
         trace_batch_size=graph.graph.get("batch_size", 1),
+        seq_len=(graph.graph.get("config") or {}).get("seq_len"),
     )

@@ -60,7 +60,7 @@ def device_speeds(
     """
     kinds = {d.kind for d in cluster.devices}
     measured: dict[str, float] = {}
-    if profile is not None:
+    if profile is not None and profile.timed_in(dtype):
         for kind in kinds:
             times = [profile.block_time(b, kind, 1) for b in blocks]
             if all(t is not None for t in times) and sum(f + b for f, b in times) > 0:

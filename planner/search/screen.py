@@ -16,8 +16,8 @@ import networkx as nx
 
 from planner.cluster import Cluster
 from planner.cost.price import Pricer
-from planner.cost.timing import DTYPE_BYTES
 from planner.plan import Strategy
+from planner.precision import DTYPE_BYTES, Precision
 from planner.search.candidate import Candidate
 
 
@@ -26,10 +26,13 @@ class Screen:
 
     def __init__(self, pricer: Pricer, graph: nx.DiGraph, blocks: list[str], training: dict[str, Any]):
         self.pricer, self.blocks = pricer, blocks
-        self.dtype = training.get("dtype", "float32")
-        self.scale = DTYPE_BYTES[self.dtype] / DTYPE_BYTES[graph.graph.get("dtype", "float32")]
+        recipe = Precision(training.get("precision", Precision.FP32)).recipe
+        traced = DTYPE_BYTES[graph.graph.get("dtype", "float32")]
+        self.dtype = recipe.compute
+        self.scale = recipe.compute_bytes / traced
         self.trace_batch = int(graph.graph.get("batch_size", 1))
-        self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * self.scale
+        weight_scale = recipe.weight_bytes / traced
+        self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * weight_scale
         self._totals: dict[tuple[str, float], tuple[float, float]] = {}
         self._links: dict[tuple[int, ...], float] = {}
 

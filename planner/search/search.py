@@ -23,6 +23,7 @@ from planner.cost.price import Pricer
 from planner.cost.timing import CostOptions
 from planner.errors import PlannerError
 from planner.plan import Strategy
+from planner.precision import Precision
 from planner.profile import Profile
 from planner.search.build import model_blocks
 from planner.search.candidate import Candidate
@@ -97,7 +98,8 @@ def search(
     pricer = Pricer(graph, cluster, profile, options)
     blocks = model_blocks(graph)
     training = dict(training or {})
-    speeds = device_speeds(cluster, profile, blocks, training.get("dtype", "float32"))
+    precision = Precision(training.get("precision", Precision.FP32))
+    speeds = device_speeds(cluster, profile, blocks, precision.recipe.compute)
     wanted = None if strategy == AUTO else Strategy(strategy)
     candidates = layout_candidates(cluster, speeds, blocks, global_batch, wanted, schedule, micro_batches)
     if not candidates:

@@ -12,10 +12,9 @@ import math
 
 import networkx as nx
 
-from planner.cost.memory import optimizer_state_bytes
 from planner.cost.price import Pricer
-from planner.cost.timing import DTYPE_BYTES
 from planner.plan import Plan, Strategy
+from planner.precision import DTYPE_BYTES, optimizer_state_bytes
 from planner.schedules import Schedule, in_flight, rank_actions
 from planner.search.build import stages_for
 from planner.search.partition import SplitResult, best_split
@@ -48,8 +47,11 @@ class StageProblem:
         self.blocks = list(plan.model.blocks)
         self.units = units
         self.k = len(plan.stages)
-        traced = graph.graph.get("dtype", "float32")
-        self.scale = DTYPE_BYTES[plan.training.dtype] / DTYPE_BYTES[traced]
+        self.recipe = plan.training.precision.recipe
+        traced = DTYPE_BYTES[graph.graph.get("dtype", "float32")]
+        self.scale = self.recipe.compute_bytes / traced
+        """Activations' bytes per element in training / in the trace."""
+        self.weight_scale = self.recipe.weight_bytes / traced
         self.trace_batch = int(graph.graph.get("batch_size", 1))
         m, p = plan.training.micro_batches, plan.pp_degree
         shares = {r.dp_index: r.batch_share for r in plan.replicas}
@@ -68,7 +70,7 @@ class StageProblem:
     def _work(self) -> list[list[float]]:
         """Per stage position, each block's forward + backward seconds per micro-batch."""
         kinds = {d.id: d.kind for d in self.pricer.cluster.devices}
-        dtype = self.template.training.dtype
+        dtype = self.recipe.compute
         rows: dict[tuple, list[float]] = {}  # one row per distinct (kind, micro-batch) set
         work = []
         for j in range(self.k):
@@ -92,11 +94,11 @@ class StageProblem:
         in flight per stage, and each device's capacity."""
         plan, graph, scale = self.template, self.pricer.graph, self.scale
         opt = plan.training.optimizer
-        per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.dtype)
-        traced = graph.graph.get("dtype", "float32")
+        per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.precision)
+        traced = DTYPE_BYTES[graph.graph.get("dtype", "float32")]
         nodes = graph.nodes
         fixed = [
-            2 * nodes[b]["param_bytes"] * scale + nodes[b]["param_bytes"] / DTYPE_BYTES[traced] * per_param
+            2 * nodes[b]["param_bytes"] * self.weight_scale + nodes[b]["param_bytes"] / traced * per_param
             for b in self.blocks
         ]
         saved = [nodes[b]["saved_bytes"] / self.trace_batch * scale for b in self.blocks]

@@ -1,8 +1,9 @@
 """Weights that depend only on (seed, parameter FQN).
 
-Every rank builds the full model and keeps its stage, so a parameter must get the same
-value whichever process builds it and whatever else that process built before: one
-generator per parameter, seeded from a stable hash of (seed, FQN), not a global RNG stream.
+Every rank makes real only the parameters of its own stages (runtime.rank.materialise), so
+a parameter must get the same value whichever process makes it and whatever else that
+process made before: one generator per parameter, seeded from a stable hash of (seed, FQN),
+not a global RNG stream.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def init_weights(model: nn.Module, seed: int) -> None:
 
     Linear and conv weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default bound);
     embeddings: N(0, 0.02) as in GPT-2; norm weights one, every bias zero. Tied parameters
-    are initialised once, under their first FQN.
+    are initialised once, under their first FQN. Parameters on the meta device (the parts
+    of the model another rank holds) are left alone.
     """
     seen: set[int] = set()
     for module_fqn, module in model.named_modules():
@@ -36,19 +38,21 @@ def init_weights(model: nn.Module, seed: int) -> None:
             if id(param) in seen:
                 continue
             seen.add(id(param))
+            if param.is_meta:
+                continue
             fqn = f"{module_fqn}.{name}" if module_fqn else name
             gen = torch.Generator(device="cpu").manual_seed(parameter_seed(seed, fqn))
             # Drawn in place: a float32 CPU parameter is its own buffer, anything else gets one
             # float32 CPU buffer. Out-of-place arithmetic held three temporaries the size of
-            # the parameter, and every rank builds the whole model (4 MB weights: 12 MB more).
+            # the parameter (4 MB weights: 12 MB more).
             direct = param.device.type == "cpu" and param.dtype == torch.float32
             value = param.detach() if direct else torch.empty(param.shape)
-            _draw_initial_value(module, name, value, gen)
+            draw_initial_value(module, name, value, gen)
             if not direct:
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
 
 
-def _draw_initial_value(module: nn.Module, name: str, out: torch.Tensor, gen: torch.Generator) -> None:
+def draw_initial_value(module: nn.Module, name: str, out: torch.Tensor, gen: torch.Generator) -> None:
     shape = out.shape
     if name == "bias":
         out.zero_()
