@@ -24,6 +24,7 @@ from pathlib import Path
 from planner.cli_args import OneLineParser, allow_py_option, answer, grant_consent
 from planner.errors import PlanError
 from planner.plan import load_plan
+from planner.precision import Precision
 from runtime.supervise import launch, multinode, store
 from runtime.supervise.supervisor import EXIT_BAD_INPUT, supervise
 
@@ -77,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default="local", help="its devices, all of one kind here (default: local)")
     p.add_argument("--micro-batch-sizes", default="1,2,4,8", help="samples per micro-batch to time")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure (the median is kept)")
+    p.add_argument(
+        "--precision",
+        default=Precision.FP32.value,
+        choices=[p.value for p in Precision],
+        help="compute as plans of this precision do (their figures price only those plans)",
+    )
     p.add_argument("-o", "--output", type=Path, default=Path("profile.json"))
     _runs_dir_option(p)  # a copy is kept there, for comparing runs with calibrated predictions
     p = commands.add_parser("supervise", help=argparse.SUPPRESS)  # what --detach starts
@@ -138,7 +145,12 @@ def write_profile(args: argparse.Namespace) -> int:
         print(f"error: -o {args.output}: the folder {args.output.parent} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
     profile = make_profile(
-        args.model, parse_overrides(args.set), resolve_cluster(args.cluster), sizes, repeats=args.repeats
+        args.model,
+        parse_overrides(args.set),
+        resolve_cluster(args.cluster),
+        sizes,
+        repeats=args.repeats,
+        precision=Precision(args.precision),
     )
     try:
         args.output.write_text(profile.model_dump_json(indent=2) + "\n")

@@ -126,8 +126,9 @@ def measured_figures(metrics: list[store.Metric], warmup: int = WARMUP) -> dict[
 
 
 def find_profile(plan: Plan, runs_dir: Path) -> Profile | None:
-    """The profile the plan cites (``profile:<sha256>``), else the newest one of its graph.
-    A file in the profiles folder that does not load as a profile is passed over."""
+    """The profile the plan cites (``profile:<sha256>``), else the newest one of its graph
+    timed in the plan's compute dtype, else the newest one of its graph. A file in the
+    profiles folder that does not load as a profile is passed over."""
     folder = Path(runs_dir) / PROFILES
     sources = plan.predicted.sources.values() if plan.predicted else ()
     cited = [
@@ -135,14 +136,17 @@ def find_profile(plan: Plan, runs_dir: Path) -> Profile | None:
     ]
     candidates = [folder / f"{sha}.json" for sha in dict.fromkeys(cited)]
     candidates += sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
+    found = []
+    for path in dict.fromkeys(candidates):
         try:
             profile = load_profile(path)
         except PlannerError:
             continue
         if profile.graph_digest == plan.model.graph_digest:
-            return profile
-    return None
+            if path.stem in cited or profile.timed_in(plan.training.precision.recipe.compute):
+                return profile
+            found.append(profile)
+    return found[0] if found else None
 
 
 def save_profile(profile: Profile, runs_dir: Path) -> Path:
@@ -181,7 +185,7 @@ def compare(
     plan: Plan, metrics: list[store.Metric], profile: Profile | None, graph=None, warmup: int = WARMUP
 ) -> list[Comparison]:
     """Every figure: datasheet and calibrated predictions, and the measurement."""
-    graph = graph if graph is not None else plan_graph(plan.model, plan.training.dtype)
+    graph = graph if graph is not None else plan_graph(plan.model, plan.training.precision.recipe.weights)
     return combine(plan, *predictions(plan, graph, profile), measured_figures(metrics, warmup))
 
 

@@ -50,7 +50,9 @@ from planner.cluster import kind_of_gpu
 from planner.devices import device_kind
 from planner.errors import ClusterError, PlanError
 from planner.plan import Strategy
+from planner.precision import Precision
 from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
+from runtime.rank.amp import Amp
 from runtime.rank.host_allocator import fix_malloc_thresholds
 
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
@@ -111,11 +113,14 @@ def block_timings(
     micro_batch_sizes: list[int],
     *,
     repeats: int = 5,
-    dtype: str = "float32",
+    precision: Precision = Precision.FP32,
     device: torch.device = CPU,
     kind: str = "cpu",
 ) -> tuple[str, list[BlockTiming]]:
-    """Per block and micro-batch size: (graph digest, timings on ``device``, filed as ``kind``)."""
+    """Per block and micro-batch size: (graph digest, timings on ``device``, filed as ``kind``),
+    each block computing in ``precision`` as the runtime's stages do (runtime.rank.amp)."""
+    dtype = precision.recipe.weights
+    amp = Amp(precision, device)
     from planner.capture.coarsen import coarsen
     from planner.capture.graph import graph_digest
     from planner.capture.trace import trace
@@ -132,7 +137,7 @@ def block_timings(
         inputs = example
         for i, block in enumerate(blocks):
             forward_s, backward_s, saved_bytes, outs = _time_block(
-                pipe.get_stage_module(i), inputs, repeats, device
+                pipe.get_stage_module(i), inputs, repeats, device, amp
             )
             timing = BlockTiming(
                 block=block,
@@ -161,9 +166,15 @@ def _cut_at_blocks(source: str, model: torch.nn.Module, example: tuple[torch.Ten
 
 
 def _time_block(
-    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int, device: torch.device
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    repeats: int,
+    device: torch.device,
+    amp: Amp | None = None,
 ):
-    """(forward seconds, backward seconds, bytes saved for backward, outputs) of one block."""
+    """(forward seconds, backward seconds, bytes saved for backward, outputs) of one block,
+    its forward in ``amp``'s precision (fp32 without one)."""
+    forward = amp.wrap(module) if amp is not None else module
     args = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in inputs)
     saved = [0]
 
@@ -172,13 +183,13 @@ def _time_block(
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(*args)
+        out = forward(*args)
     outs = out if isinstance(out, tuple) else (out,)
     grads = tuple(torch.ones_like(o) for o in outs)
-    forward_s = _median_time(lambda: module(*args), repeats, device)
+    forward_s = _median_time(lambda: forward(*args), repeats, device)
 
     def backward():
-        out = module(*args)
+        out = forward(*args)
         torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
 
     both = _median_time(backward, repeats, device)  # forward + backward: backward needs a fresh graph
@@ -303,12 +314,17 @@ def link_timings(link_kind: str, repeats: int = 5, device_type: str = "cpu") -> 
     return links, int(measured["overhead"])
 
 
-def _training_step(source: str, overrides: dict, size: int, dtype: str = "float32", device=CPU):
-    """(model, forward, forward and backward) of the whole, uncut model on ``size`` samples."""
-    model, example = _model_and_batch(source, overrides, size, dtype, device)
+def _training_step(
+    source: str, overrides: dict, size: int, precision: Precision = Precision.FP32, device=CPU
+):
+    """(model, forward, forward and backward) of the whole, uncut model on ``size`` samples,
+    its forward in ``precision`` (runtime.rank.amp)."""
+    model, example = _model_and_batch(source, overrides, size, precision.recipe.weights, device)
+    amp = Amp(precision, device)
 
     def forward():
-        return model(*example)
+        with amp.autocast():
+            return model(*example)
 
     def step() -> None:
         out = forward()
@@ -319,7 +335,12 @@ def _training_step(source: str, overrides: dict, size: int, dtype: str = "float3
 
 
 def optimizer_seconds_per_param(
-    source: str, overrides: dict, size: int, repeats: int = 5, device: torch.device = CPU
+    source: str,
+    overrides: dict,
+    size: int,
+    repeats: int = 5,
+    device: torch.device = CPU,
+    precision: Precision = Precision.FP32,
 ) -> float:
     """AdamW's step time per parameter (foreach=False, as the runtime makes it): the median
     of ``repeats`` steps, each timed inside a training loop, after a forward and backward of
@@ -331,7 +352,7 @@ def optimizer_seconds_per_param(
     MLP's step took nearly twice as long as in the loop and the CNN's half as long (measured
     by hand, once, while choosing this).
     """
-    model, forward, _ = _training_step(source, overrides, size, device=device)
+    model, forward, _ = _training_step(source, overrides, size, precision, device)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
     times = []
@@ -356,11 +377,12 @@ def whole_timings(
     repeats: int = 5,
     device: torch.device = CPU,
     kind: str = "cpu",
+    precision: Precision = Precision.FP32,
 ) -> list[ModelTiming]:
     """The uncut model's forward and backward per size, run eagerly as a DDP replica runs it."""
     out = []
     for size in micro_batch_sizes:
-        _, forward, step = _training_step(source, overrides, size, device=device)
+        _, forward, step = _training_step(source, overrides, size, precision, device)
         f, both = _median_time(forward, repeats, device), _median_time(step, repeats, device)
         out.append(
             ModelTiming(device_kind=kind, micro_batch_size=size, forward_s=f, backward_s=max(both - f, 0.0))
@@ -513,16 +535,21 @@ def make_profile(
     *,
     repeats: int = 5,
     optimizer: str = "adamw",
+    precision: Precision = Precision.FP32,
 ) -> Profile:
     """Measure ``source`` on this machine's devices of the cluster's kind (see the module's
-    docstring); the timings are filed under the cluster's device and link kinds."""
+    docstring), computing in ``precision``; the timings are filed under the cluster's
+    device and link kinds."""
     _as_one_cpu_rank()
     kind, device = measured_device(cluster)
     digest, blocks = block_timings(
-        source, overrides, micro_batch_sizes, repeats=repeats, device=device, kind=kind
+        source, overrides, micro_batch_sizes, repeats=repeats, device=device, kind=kind, precision=precision
     )
-    per_param = optimizer_seconds_per_param(source, overrides, min(micro_batch_sizes), repeats, device)
+    per_param = optimizer_seconds_per_param(
+        source, overrides, min(micro_batch_sizes), repeats, device, precision
+    )
     profile = Profile(
+        precision=precision,
         graph_digest=digest,
         host=socket.gethostname(),
         torch_version=torch.__version__,
@@ -535,7 +562,7 @@ def make_profile(
         # Ranks that compute at once on this machine: the cluster's, up to the cores there are.
         busy = min(len(cluster.devices), os.cpu_count() or 1)
         update["contention"] = {"cpu": contention(source, overrides, sizes[len(sizes) // 2], busy, repeats)}
-    update["whole"] = whole_timings(source, overrides, sizes, repeats, device, kind)
+    update["whole"] = whole_timings(source, overrides, sizes, repeats, device, kind, precision)
     profile = profile.model_copy(update=update)
     if len(cluster.devices) >= 2:
         a, b = cluster.devices[0].id, cluster.devices[1].id

@@ -9,7 +9,8 @@ Saving raw per-stage optimizer state dicts instead mixed up the stages' states w
 error: their integer keys collide (docs/facts.md).
 
 Layout of ``<run-dir>/checkpoints/step-000010/``: DCP's shards and ``.metadata``, one
-``rank<r>.pt`` per rank (its RNG states), and ``complete.json``, written by rank 0 after
+``rank<r>.pt`` per rank (its RNG states and its loss scaler's state, the same on every
+rank), and ``complete.json``, written by rank 0 after
 every rank has finished, last. A folder without ``complete.json`` is never loaded; older
 complete checkpoints are deleted only after a newer one is complete.
 """
@@ -78,15 +79,16 @@ def _state(parts: list[tuple[nn.Module, list[torch.optim.Optimizer]]]) -> dict:
     return state
 
 
-def save(run_dir: Path, step: int, parts, *, rank: int, group=None) -> Checkpoint:
-    """Save the state of ``step`` (the number of optimizer steps taken); collective."""
+def save(run_dir: Path, step: int, parts, *, rank: int, group=None, scaler: dict | None = None) -> Checkpoint:
+    """Save the state of ``step`` (the number of optimizer steps taken); collective.
+    ``scaler``: the loss scaler's state (fp16-mixed), kept with the RNG states."""
     path = checkpoints_dir(run_dir) / f"step-{step:06d}"
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # an incomplete attempt at this step (no complete.json)
     dist.barrier(group=group)
     path.mkdir(parents=True, exist_ok=True)
     dcp.save(_state(parts), checkpoint_id=path)
-    rng = {"cpu": torch.get_rng_state()}
+    rng = {"cpu": torch.get_rng_state(), "scaler": scaler or {}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, path / f"rank{rank}.pt")
@@ -102,8 +104,9 @@ def save(run_dir: Path, step: int, parts, *, rank: int, group=None) -> Checkpoin
     return Checkpoint(step, path)
 
 
-def load(checkpoint: Checkpoint, parts, *, rank: int) -> None:
-    """Load model and optimizer state into this rank's parts (any layout of the same model)."""
+def load(checkpoint: Checkpoint, parts, *, rank: int) -> dict:
+    """Load model and optimizer state into this rank's parts (any layout of the same model);
+    returns the loss scaler's state saved with it (empty if none)."""
     state = _state(parts)
     dcp.load(state, checkpoint_id=checkpoint.path)
     for module, optimizers in parts:
@@ -121,3 +124,5 @@ def load(checkpoint: Checkpoint, parts, *, rank: int) -> None:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
+    first = checkpoint.path / "rank0.pt"  # every rank saved the same scale
+    return torch.load(first, weights_only=True).get("scaler", {}) if first.exists() else {}

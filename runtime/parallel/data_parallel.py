@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import Plan
 from runtime.parallel.mesh import Placement
+from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import FullModel, OptimizerFactory
 from runtime.rank.step import StepResult
@@ -56,7 +57,8 @@ class DataParallel:
         share = plan.replicas[where.rank.dp_index].batch_share
         self.loss_scale = plan.dp_degree * share / plan.training.global_batch
         self.task = task
-        self.module = full.module.to(where.device)
+        self.amp = Amp(plan.training.precision, where.device)
+        self.module = full.materialise(full.module, where.device)
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
         self.model: nn.Module = self.module  # DDP around it, once replicated
@@ -74,16 +76,17 @@ class DataParallel:
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
-        output = self.model(inputs)
-        with self.clock.span():
-            loss = self.task.loss_fn(output, targets)
+        with self.amp.autocast():
+            output = self.model(inputs)
+            with self.clock.span():
+                loss = self.task.loss_fn(output, targets)
         # Backward compute ends when the last gradient is accumulated; DDP's all-reduce
         # of the final buckets after that is communication, not compute.
         self.clock.backward_started()
-        (loss * self.loss_scale).backward()
+        self.amp.scale(loss * self.loss_scale).backward()
         self.clock.backward_finished()
         t = time.perf_counter()
-        self.optimizer.step()
+        self.amp.step([self.optimizer])
         optimizer_s = time.perf_counter() - t
         return StepResult(loss.item(), self.clock.take(), optimizer_s)
 

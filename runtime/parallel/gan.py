@@ -15,6 +15,7 @@ G's rank finishes the backward through G with it. D's parameters never exist on 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -27,6 +28,7 @@ from planner.networks import ADVERSARIAL, DISCRIMINATOR, GENERATOR
 from planner.plan import Plan
 from runtime.parallel.data_parallel import wrap_ddp
 from runtime.parallel.mesh import Placement
+from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import FullModel, OptimizerFactory, keep_gradients
 from runtime.rank.step import StepResult
@@ -45,15 +47,21 @@ def generator_loss(D: nn.Module, fake: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
-def gan_step(G, D, opt_g, opt_d, z, real, backward=torch.Tensor.backward) -> tuple[float, float]:
-    """One adversarial step on modules that each hold a whole network (or DDP replicas)."""
-    fake = G(z)
+def gan_step(
+    G, D, opt_g, opt_d, z, real, backward=torch.Tensor.backward, autocast=contextlib.nullcontext
+) -> tuple[float, float]:
+    """One adversarial step on modules that each hold a whole network (or DDP replicas);
+    forwards and losses under ``autocast`` (runtime.rank.amp), backwards outside it."""
+    with autocast():
+        fake = G(z)
     opt_d.zero_grad(set_to_none=True)
-    loss_d = discriminator_loss(D, real, fake.detach())
+    with autocast():
+        loss_d = discriminator_loss(D, real, fake.detach())
     backward(loss_d)
     opt_d.step()
     opt_g.zero_grad(set_to_none=True)
-    loss_g = generator_loss(D, fake)
+    with autocast():
+        loss_g = generator_loss(D, fake)
     backward(loss_g)  # also leaves gradients in D; opt_d clears them before its next backward
     opt_g.step()
     return loss_d.item(), loss_g.item()
@@ -89,8 +97,9 @@ class DataParallelGAN:
     def __init__(self, plan: Plan, full: FullModel, where: Placement) -> None:
         share = plan.replicas[where.rank.dp_index].batch_share
         self.scale = plan.dp_degree * share / plan.training.global_batch
-        gan = full.module.to(where.device)
+        gan = full.materialise(full.module, where.device)
         self.module = gan
+        self.amp = Amp(plan.training.precision, where.device)
         self.clock = ComputeClock(where.device)
         for net in (gan.generator, gan.discriminator):
             self.clock.attach_forward(net)
@@ -115,7 +124,9 @@ class DataParallelGAN:
         self.clock.backward_finished()
 
     def train_step(self, z: torch.Tensor, real: torch.Tensor) -> StepResult:
-        loss_d, loss_g = gan_step(self.G, self.D, self.opt_g, self.opt_d, z, real, self._backward)
+        loss_d, loss_g = gan_step(
+            self.G, self.D, self.opt_g, self.opt_d, z, real, self._backward, self.amp.autocast
+        )
         return _result(loss_d, loss_g, self.clock.take(), self.opt_g.take() + self.opt_d.take())
 
     def local_parameters(self) -> dict[str, nn.Parameter]:
@@ -142,13 +153,16 @@ class ModelParallelGAN:
         # The other network is dropped; keeping the GAN as the parent keeps this half's
         # FQNs ("generator.net.0.weight") for checkpoints.
         setattr(self.gan, other, nn.Module())
-        self.module = getattr(self.gan, self.role).to(where.device)
+        self.module = getattr(full.materialise(self.gan, where.device), self.role)
         self.params = list(self.module.parameters())
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
         self.optimizer: torch.optim.Optimizer | None = None
         self.sample_shape = (plan.training.global_batch, int(full.config["image_features"]))
+        # Samples cross in the weights' dtype: under autocast G's output is bf16, and one
+        # process's D, concatenating it with the real samples, promotes it to float32.
         self.dtype = next(self.module.parameters()).dtype
+        self.amp = Amp(plan.training.precision, where.device)
 
     def replicate(self, where: Placement) -> None:
         """Nothing: an mp plan has one replica (the plan checks dp_degree 1)."""
@@ -165,9 +179,10 @@ class ModelParallelGAN:
 
     def _generator_step(self, z: torch.Tensor) -> StepResult:
         self.optimizer.zero_grad(set_to_none=False)
-        fake = self.module(z)
-        dist.send(fake.detach().contiguous(), self.peer)
-        grad = torch.empty_like(fake)
+        with self.amp.autocast():
+            fake = self.module(z)
+        dist.send(fake.detach().to(self.dtype).contiguous(), self.peer)
+        grad = torch.empty_like(fake, dtype=self.dtype)  # sent back as the samples were sent
         dist.recv(grad, self.peer)
         with self.clock.span():
             fake.backward(grad)
@@ -181,14 +196,16 @@ class ModelParallelGAN:
         dist.recv(fake, self.peer)
         optimizer_s = 0.0
         self.optimizer.zero_grad(set_to_none=False)
-        loss_d = discriminator_loss(self.module, real, fake)
+        with self.amp.autocast():
+            loss_d = discriminator_loss(self.module, real, fake)
         with self.clock.span():
             loss_d.backward()
         t = time.perf_counter()
         self.optimizer.step()
         optimizer_s += time.perf_counter() - t
         fake.requires_grad_(True)
-        loss_g = generator_loss(self.module, fake)
+        with self.amp.autocast():
+            loss_g = generator_loss(self.module, fake)
         with self.clock.span():
             loss_g.backward()  # D's gradients from this pass are cleared before the next D step
         dist.send(fake.grad.contiguous(), self.peer)

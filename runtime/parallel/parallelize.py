@@ -3,8 +3,9 @@
 `parallelize` composes the techniques in a fixed order, each step working on what the one
 before it left, as torchtitan's ``parallelize_*`` functions do:
 
-1. Build the full model on this rank's device from source and seed (runtime.rank.model),
-   and the task it trains (runtime.rank.task).
+1. Build the full model on the meta device from source and seed (runtime.rank.model), and
+   the task it trains (runtime.rank.task). Each engine below makes real only the part this
+   rank holds (runtime.rank.materialise).
 2. Tensor parallel: not yet (see the comment in `parallelize`).
 3. Pipeline stages, if pp > 1: the model cut at the plan's FQNs, this rank keeping its own
    stages, with torch's schedule (runtime.parallel.pipeline_parallel); a GAN's stages are its
@@ -35,6 +36,7 @@ from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.gan import DataParallelGAN, ModelParallelGAN
 from runtime.parallel.mesh import Placement
 from runtime.parallel.pipeline_parallel import PipelineParallel
+from runtime.rank.amp import Amp
 from runtime.rank.model import OptimizerFactory, build_full_model, make_optimizer
 from runtime.rank.step import StepResult
 from runtime.rank.task import Task, plan_task
@@ -42,6 +44,9 @@ from runtime.rank.task import Task, plan_task
 
 class Engine(Protocol):
     """One rank's share of the model, and how it takes a training step."""
+
+    amp: Amp
+    """The plan's precision: autocast and loss scaling (runtime.rank.amp)."""
 
     def replicate(self, where: Placement) -> None:
         """Data parallel over the dp group (step 5)."""
@@ -77,9 +82,9 @@ def check_strategy(plan: Plan) -> None:
 
 def parallelize(plan: Plan, where: Placement) -> Parallelized:
     """Build this rank's part of the plan's model, parallelised in the module's order."""
-    # 1. The full model, on this rank's device: every rank builds the same weights from
-    #    (seed, FQN), so no broadcast is needed before the cut.
-    full = build_full_model(plan, where.device)
+    # 1. The full model on the meta device; each engine makes its own part real, with
+    #    values from (seed, FQN) alone, so no broadcast is needed before the cut.
+    full = build_full_model(plan)
     task = plan_task(plan, full.config)
     check_strategy(plan)
 

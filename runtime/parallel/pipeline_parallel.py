@@ -27,6 +27,7 @@ from planner.plan import Plan
 from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
+from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import (
     FullModel,
@@ -79,13 +80,19 @@ class PipelineParallel:
         mine = [i for i in range(num_stages) if i % p == where.rank.pp_index]
         self.holds_first, self.holds_last = 0 in mine, num_stages - 1 in mine
         self.clock = ComputeClock(where.device)
+        self.amp = Amp(plan.training.precision, where.device)
+        for i in mine:  # only this rank's stages become real; the others stay on meta
+            full.materialise(pipe.get_stage_module(i), where.device)
         self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
         for stage in self.stages:
+            stage.submod.forward = self.amp.wrap_stage(stage.submod.forward, last=stage.is_last)
             self.clock.attach_forward(stage.submod)
             # Backward of one micro-batch, without its sends and receives (the schedule
             # posts those separately): the stage's backward compute.
             stage.backward_one_chunk = self.clock.wrap(stage.backward_one_chunk)
-        loss_fn = self.clock.wrap(task.loss_fn)
+        loss_fn = self.clock.wrap(
+            self.amp.wrap(lambda out, target: self.amp.scale(task.loss_fn(out, target)))
+        )
         if plan.schedule == Schedule.INTERLEAVED_1F1B:
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=m, loss_fn=loss_fn)
         else:
@@ -131,10 +138,9 @@ class PipelineParallel:
         if self.dp_group is not None:
             average_replicas(self.flat_grads, self.weight, self.dp_group)
         t = time.perf_counter()
-        for optimizer in self.optimizers:
-            optimizer.step()
+        self.amp.step(self.optimizers)
         optimizer_s = time.perf_counter() - t
-        loss = torch.stack(losses).mean().item() if losses else None
+        loss = self.amp.unscaled(torch.stack(losses).mean().item()) if losses else None
         return StepResult(loss, self.clock.take(), optimizer_s)
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:

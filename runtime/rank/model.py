@@ -1,12 +1,16 @@
-"""Build a plan's full model on a real device, and find its shared (tied) parameters.
+"""A plan's model on the meta device, the part a rank holds made real; its tied parameters
+and its optimizer.
 
-Every rank builds the whole model from the plan's source, overrides and seed, then keeps
-the part its stage holds. Zoo weights depend only on (seed, FQN), so every rank and the
-single-process reference get the same values without any broadcast.
+Every rank builds the whole model from the plan's source and overrides on ``meta`` (no
+memory for weights), cuts its part there, and makes only that part real
+(runtime.rank.materialise): initial values depend only on (seed, FQN), so every rank and
+the single-process reference get the same values without any broadcast. A model that
+cannot be built faithfully on meta is built whole on the CPU once, with a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from planner.capture.source import build_model, parse_source
-from planner.errors import PlanError, SourceError
+from planner.capture.source import BuiltModel, ModelSource, build_model, parse_source
+from planner.errors import MetaBuildError, PlanError, SourceError
 from planner.plan import Plan
+from runtime.rank.materialise import Initialiser, materialise, why_not_meta
 
 
 def return_logits(model: nn.Module) -> nn.Module:
@@ -37,27 +42,75 @@ def return_logits(model: nn.Module) -> nn.Module:
 @dataclass
 class FullModel:
     module: nn.Module
+    """The whole model in train mode: on meta, unless it could not be built there."""
     config: dict[str, Any]
     example_args: tuple[torch.Tensor, ...]
     """One sample's example inputs (batch 1), for tracing the pipeline split."""
+    init: Initialiser
+
+    @property
+    def on_meta(self) -> bool:
+        return all(p.is_meta for p in self.module.parameters())
+
+    def materialise(self, part: nn.Module, device: torch.device | str) -> nn.Module:
+        """``part`` (the whole module, or one cut from it keeping its FQNs) real on
+        ``device``, with its initial values."""
+        return materialise(part, self.init, device)
 
 
-def build_full_model(plan: Plan, device: torch.device | str = "cpu") -> FullModel:
-    """The plan's model with its training weights, in the plan's dtype, in train mode."""
+def build_full_model(plan: Plan) -> FullModel:
+    """The plan's whole model on the meta device (on the CPU if it cannot be built there,
+    with a warning), in train mode; `FullModel.materialise` makes a part of it real."""
     source = parse_source(plan.model.source, plan.model.overrides)
-    try:
-        built = build_model(
-            source, device=str(device), batch_size=1, seed=plan.training.seed, dtype=plan.training.dtype
-        )
-    except SourceError as exc:
-        raise PlanError(f"model.source: {exc}") from None
+    seed = plan.training.seed
+    built, reason = _build_on_meta(source, seed)
+    if reason is not None:
+        built = _build_on_cpu(source, seed, reason)
     module = built.module
     if source.kind == "hf":
         if built.dataset is None:
             raise PlanError(f"model.source {source}: only causal language models can be trained")
         module = return_logits(module)
     module.train()
-    return FullModel(module, built.config, tuple(built.args))
+    init = Initialiser(source.kind, module, seed)
+    if reason is not None and source.kind != "zoo":  # the zoo's build already applies its rule
+        init(module)
+    args = tuple(built.args)
+    dtype = getattr(torch, plan.training.precision.recipe.weights)
+    if dtype != torch.float32:  # pure bf16; on meta, free; the pipeline's split traces this dtype
+        module.to(dtype)
+        args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+    return FullModel(module, built.config, args, init)
+
+
+def model_config(plan: Plan) -> dict[str, Any]:
+    """The model's resolved configuration, from a build on the meta device (no memory)."""
+    source = parse_source(plan.model.source, plan.model.overrides)
+    built, _ = _build_on_meta(source, plan.training.seed)
+    return built.config if built is not None else dict(source.overrides)
+
+
+def _build_on_meta(source: ModelSource, seed: int) -> tuple[BuiltModel | None, str | None]:
+    """The model on meta, and why it cannot be made real from there (None: it can)."""
+    try:
+        built = build_model(source, device="meta", batch_size=1, seed=seed)
+    except MetaBuildError as exc:
+        return None, str(exc).partition(": ")[2]
+    except SourceError as exc:
+        raise PlanError(f"model.source: {exc}") from None
+    return built, why_not_meta(source.kind, built.module)
+
+
+def _build_on_cpu(source: ModelSource, seed: int, reason: str) -> BuiltModel:
+    built = build_model(source, device="cpu", batch_size=1, seed=seed)
+    params = {id(p): p for p in built.module.parameters()}.values()
+    count, nbytes = sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+    warnings.warn(
+        f"{source} is built whole on the CPU, not on the meta device: {reason}. Every rank holds "
+        f"all {count:,} parameters ({nbytes / 2**20:,.1f} MiB) while it builds, before it keeps its part.",
+        stacklevel=2,
+    )
+    return built
 
 
 def shared_parameter_groups(module: nn.Module) -> list[list[str]]:

@@ -14,6 +14,7 @@ single-process training: the samples of step ``s`` depend only on (seed, s), and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -61,6 +62,8 @@ class Task:
     sample_shape: tuple[int, ...] | None = None
     """Shape of one input sample when the model wants other than the data set's (the CNN's
     1 x 8 x 8 image of a 64-pixel row)."""
+    input_dtype: torch.dtype = torch.float32
+    """The dtype of floating inputs (and a GAN's real samples): the weights' (pure bf16)."""
 
     @property
     def tokens_per_sample(self) -> int:
@@ -101,11 +104,14 @@ class Task:
         inputs, targets = self.data.batch(indices)
         if self.sample_shape is not None:
             inputs = inputs.reshape(size, *self.sample_shape)
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.input_dtype)
         if self.kind != Objective.GAN:
             return inputs, targets
         gen = torch.Generator().manual_seed(stream_seed(self.seed, "latent", step))
         z = torch.randn(self.global_batch, self.latent_dim, generator=gen)[start : start + size]
-        return z, inputs * 2 - 1  # digits in [0, 1] -> [-1, 1], the generator's tanh range
+        # digits in [0, 1] -> [-1, 1], the generator's tanh range
+        return z.to(self.input_dtype), inputs * 2 - 1
 
 
 TRAINED_ZOO_MODELS = ("mlp", "cnn", "gan", "gpt")
@@ -163,6 +169,7 @@ def task_for(
 def plan_task(plan: Plan, config: dict[str, Any]) -> Task:
     """The task a plan trains, given its model's resolved config."""
     t = plan.training
-    return task_for(
+    task = task_for(
         plan.model.source, config, t.dataset, t.global_batch, t.seed, adversarial=plan.adversarial
     )
+    return dataclasses.replace(task, input_dtype=getattr(torch, t.precision.recipe.weights))

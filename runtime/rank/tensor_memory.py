@@ -14,6 +14,11 @@ Both count tensors, not the process: on CPU the private memory of the process
 (`runtime.rank.metrics.memory_peaks`) is higher by glibc's freed-but-kept heap pages and the
 Python objects of the runtime (15-40 MB per rank here).
 
+The model states are checked term by term on every run (`check_model_states`, after the
+first steps, when gradients and optimizer state exist): the bytes per parameter a rank
+holds in weights, gradients and optimizer state against the terms its plan's precision
+prices (`planner.precision`), a warning in the rank's log naming the term that differs.
+
 Why is a rank's peak what it is? With ``explain`` set to a file (the worker sets it from
 ``STAGECRAFT_EXPLAIN_MEMORY``, a folder), a CPU rank also records shapes and stacks, and
 writes there, as JSON, what its tensors held at the peak by torch's category (parameter,
@@ -29,6 +34,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from planner.precision import Precision, optimizer_state_bytes
 
 PROBE_STEPS = 2
 EXPLAIN_ENV = "STAGECRAFT_EXPLAIN_MEMORY"
@@ -102,6 +109,44 @@ class TensorPeak:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) - self._base
         return self._peak
+
+
+def held_model_states(
+    params: dict[str, torch.nn.Parameter], optimizers: list[torch.optim.Optimizer]
+) -> dict[str, int]:
+    """Bytes this rank holds in weights, their gradients and optimizer state (each tensor
+    once; an optimizer's step counters, 0-d tensors, are not state the price counts)."""
+    unique = {id(p): p for p in params.values()}.values()
+    state = {
+        id(t): t
+        for optimizer in optimizers
+        for per_param in optimizer.state.values()
+        for t in per_param.values()
+        if isinstance(t, torch.Tensor) and t.dim() > 0
+    }.values()
+    return {
+        "parameters": sum(p.numel() * p.element_size() for p in unique),
+        "gradients": sum(p.grad.numel() * p.grad.element_size() for p in unique if p.grad is not None),
+        "optimizer": sum(t.numel() * t.element_size() for t in state),
+    }
+
+
+def check_model_states(
+    precision: Precision, optimizer: str, momentum: float, held: dict[str, int], count: int
+) -> list[str]:
+    """Where ``held`` (for ``count`` parameters) differs from what ``precision`` prices."""
+    weight = precision.recipe.weight_bytes
+    priced = {
+        "parameters": weight * count,
+        "gradients": weight * count,
+        "optimizer": optimizer_state_bytes(optimizer, momentum, precision) * count,
+    }
+    return [
+        f"{term}: holds {held[term] / max(count, 1):.2f} B/param, the {precision} plan prices "
+        f"{priced[term] / max(count, 1):.2f}"
+        for term in priced
+        if held[term] != priced[term]
+    ]
 
 
 def _name(event) -> str:

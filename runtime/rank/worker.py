@@ -45,7 +45,13 @@ from runtime.rank.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_p
 from runtime.rank.data import preload
 from runtime.rank.host_allocator import fix_malloc_thresholds
 from runtime.rank.metrics import MetricsRecorder, reset_peak_memory
-from runtime.rank.tensor_memory import EXPLAIN_ENV, TensorPeak
+from runtime.rank.tensor_memory import (
+    EXPLAIN_ENV,
+    PROBE_STEPS,
+    TensorPeak,
+    check_model_states,
+    held_model_states,
+)
 from runtime.supervise import store
 from runtime.supervise.store import RunState
 
@@ -222,7 +228,7 @@ def restore(engine: Engine, resume_from: Path | None, rank: int) -> int:
     if resume_from is None:
         return 0
     latest = checkpoint.Checkpoint(checkpoint.step_of(resume_from), resume_from)
-    checkpoint.load(latest, engine.state_parts(), rank=rank)
+    engine.amp.load_state_dict(checkpoint.load(latest, engine.state_parts(), rank=rank))
     return latest.step
 
 
@@ -239,10 +245,24 @@ def step_loop(
         inputs, targets = built.task.batch(step - 1, start, share)  # the data index is 0-based
         result = built.engine.train_step(inputs.to(run.device), targets.to(run.device))
         flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+        if step == first + PROBE_STEPS - 1:  # gradients and optimizer state exist from here
+            report_model_states(run, built.engine)
         last = step
         if checkpoint_or_stop(run, built.engine, recorder, stop, step=step, steps=steps, flushed=flushed):
             return last, RunState.STOPPED
     return last, RunState.FINISHED
+
+
+def report_model_states(run: RankRun, engine: Engine) -> None:
+    """Warn, in this rank's log, where the bytes per parameter it holds in weights,
+    gradients and optimizer state differ from its plan's precision's terms."""
+    params = engine.local_parameters()
+    count = sum(p.numel() for p in {id(p): p for p in params.values()}.values())
+    optimizers = [o for _, opts in engine.state_parts() for o in opts]
+    opt = run.plan.training.optimizer
+    held = held_model_states(params, optimizers)
+    for problem in check_model_states(run.plan.training.precision, opt.name, opt.momentum, held, count):
+        print(f"warning: rank {run.rank}: model states differ from the price: {problem}", file=sys.stderr)
 
 
 def checkpoint_or_stop(
@@ -265,7 +285,14 @@ def checkpoint_or_stop(
     stopping = (flushed or at_checkpoint) and step < steps and stop.agreed()
     if at_checkpoint or stopping:
         recorder.flush()  # the metrics of every step a checkpoint covers are stored
-        checkpoint.save(run.run_dir, step, engine.state_parts(), rank=run.rank, group=run.cpu_group)
+        checkpoint.save(
+            run.run_dir,
+            step,
+            engine.state_parts(),
+            rank=run.rank,
+            group=run.cpu_group,
+            scaler=engine.amp.state_dict(),
+        )
     if stopping and run.rank == 0:
         # The supervisor's word that the ranks stopped, saved and flushed (runtime.supervise.supervisor).
         (run.run_dir / "stopped.json").write_text(json.dumps({"step": step}))

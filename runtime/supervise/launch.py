@@ -29,7 +29,7 @@ from planner.model_check import SKIPPED, check_against_model
 from planner.plan import Plan, load_plan, plan_from_json
 from runtime.parallel import checkpoint
 from runtime.rank.control import pid_alive
-from runtime.rank.model import build_full_model
+from runtime.rank.model import model_config
 from runtime.rank.task import plan_task
 from runtime.supervise import store
 from runtime.supervise.store import RunState
@@ -103,7 +103,7 @@ def preflight(plan: Plan, *, check_model: bool = True, out: TextIO | None = None
     else:
         print(f"warning: --skip-model-check: {SKIPPED}", file=out or sys.stderr)
     # The model's config on the meta device (no memory), then its objective and data set.
-    plan_task(plan, build_full_model(plan, "meta").config)
+    plan_task(plan, model_config(plan))
 
 
 def prepare(
