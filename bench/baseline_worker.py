@@ -46,6 +46,7 @@ def main() -> None:
         "gloo", init_method=args.init_method, rank=rank, world_size=world, timeout=timedelta(seconds=60)
     )
     full = build_full_model(plan)
+    full.materialise(full.module, "cpu")
     task = plan_task(plan, full.config)
     B = plan.training.global_batch
     ends = []
@@ -61,7 +62,9 @@ def main() -> None:
             ends.append(time.time())
     else:
         m = plan.training.micro_batches
-        example = tuple(a.expand(B // m, *a.shape[1:]).contiguous() for a in full.example_args)
+        example = tuple(
+            torch.zeros(B // m, *a.shape[1:], dtype=a.dtype) for a in full.example_args
+        )  # real, not meta
         pipe = pipeline(full.module, mb_args=example, split_spec={plan.stages[1].first: SplitPoint.BEGINNING})
         stage = pipe.build_stage(rank, torch.device("cpu"))
         cls = ScheduleGPipe if plan.schedule == "gpipe" else Schedule1F1B

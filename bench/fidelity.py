@@ -41,6 +41,7 @@ from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer
 from planner.plan import Plan, save_plan
+from planner.precision import Precision
 from planner.search.build import make_plan, model_blocks
 from planner.search.partition import min_bottleneck_cuts
 from planner.search.search import search
@@ -68,6 +69,7 @@ class Case:
     dp: int
     pp: int
     choices: dict = field(default_factory=dict)  # strategy, schedule, micro_batches
+    precision: str = "fp32"
 
 
 # A table, one plan per line, aligned by hand.
@@ -82,6 +84,9 @@ CASES = [
     Case("GPT PP2 1F1B m8", "gpt", "cpu:2", 1, 2, dict(strategy="pp", schedule="1f1b", micro_batches=8)),
     Case("GPT PP2 interleaved v2 m4", "gpt", "cpu:2", 1, 2,
          dict(strategy="pp", schedule="interleaved_1f1b", micro_batches=4)),
+    Case("GPT DP x2 bf16-mixed", "gpt", "cpu:2", 2, 1, dict(strategy="dp"), "bf16-mixed"),
+    Case("GPT PP2 1F1B m4 bf16-mixed", "gpt", "cpu:2", 1, 2,
+         dict(strategy="pp", schedule="1f1b", micro_batches=4), "bf16-mixed"),
     Case("GAN G|D", "gan", "cpu:2", 1, 2, dict(strategy="mp")),
     Case("GAN DP x2", "gan", "cpu:2", 2, 1, dict(strategy="dp")),
     Case("GPT DP2 x PP2 1F1B m4", "gpt", "cpu:4", 2, 2,
@@ -109,12 +114,13 @@ def plan_for(case: Case, graph, profile) -> Plan:
     """The planner's best plan of the case's family, made with the measured profile."""
     cluster = resolve_cluster(case.cluster)
     batch = MODELS[case.model][1]
+    training = {**TRAINING, "precision": case.precision}
     if case.choices["strategy"] == "dp":  # nothing to split; search would also offer 1 rank
         plan = make_plan(
-            graph, cluster, strategy="dp", dp_degree=case.dp, global_batch=batch, training=TRAINING
+            graph, cluster, strategy="dp", dp_degree=case.dp, global_batch=batch, training=training
         )
         return plan.model_copy(update={"predicted": Pricer(graph, cluster, profile)(plan).to_predicted()})
-    result = search(graph, cluster, global_batch=batch, training=TRAINING, profile=profile, **case.choices)
+    result = search(graph, cluster, global_batch=batch, training=training, profile=profile, **case.choices)
     for c in result.candidates:
         if c.feasible and c.plan.dp_degree == case.dp and c.plan.pp_degree == case.pp:
             return c.plan
@@ -177,23 +183,27 @@ def ms(x: float | None) -> str:
 def fidelity(args, runs_dir: Path, work: Path) -> None:
     profiles, graphs = {}, {}
     print("profiles (made before any run; nothing is fitted to the runs below):")
-    for model, (overrides, _) in MODELS.items():
-        if not any(c.model == model for c in CASES if args.cases in c.name):
-            continue
+    cases = [c for c in CASES if args.cases in c.name]
+    for model, precision in dict.fromkeys((c.model, c.precision) for c in cases):
+        overrides = MODELS[model][0]
         graphs[model] = graph_of(model, overrides)
         t = time.perf_counter()
         profile = make_profile(
-            model, overrides, resolve_cluster("cpu:2"), micro_batch_sizes(model), repeats=15
+            model,
+            overrides,
+            resolve_cluster("cpu:2"),
+            micro_batch_sizes(model),
+            repeats=15,
+            precision=Precision(precision),
         )
         compare.save_profile(profile, runs_dir)
-        profiles[model] = profile
+        profiles[model, precision] = profile
         print(
-            f"  {model:4s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
+            f"  {model:4s} {precision:10s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
             f"({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
-    cases = [c for c in CASES if args.cases in c.name]
-    plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model]) for c in cases}
+    plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model, c.precision]) for c in cases}
     runs: dict[str, list[str]] = {c.name: [] for c in cases}
     for r in range(args.rounds):
         for c in cases:
@@ -201,7 +211,9 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
             print(f"  round {r + 1}/{args.rounds}: {c.name} done", file=sys.stderr, flush=True)
     results = {}
     for c in cases:
-        datasheet, calibrated = compare.predictions(plans[c.name], graphs[c.model], profiles[c.model])
+        datasheet, calibrated = compare.predictions(
+            plans[c.name], graphs[c.model], profiles[c.model, c.precision]
+        )
         measured = pooled(runs_dir, runs[c.name])
         results[c.name] = compare.combine(plans[c.name], datasheet, calibrated, measured)
     for title, cores in (

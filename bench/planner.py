@@ -106,7 +106,7 @@ def part_a(sizes, clusters) -> None:
             cluster = resolve_cluster(spec)
             t0 = time.perf_counter()
             batch = max(64, 2 * len(cluster.devices))
-            result = search(graph, cluster, global_batch=batch, training={"dtype": "bfloat16"})
+            result = search(graph, cluster, global_batch=batch, training={"precision": "bf16-mixed"})
             dt = time.perf_counter() - t0
             best = result.best
             label = best.label if best else "none fits"
@@ -134,7 +134,7 @@ def heuristic_gap(sizes, spec: str, pp: int, m: int) -> None:
             micro_batches=m,
             global_batch=m,
             devices=[d.id for d in cluster.devices[:pp]],
-            training={"dtype": "bfloat16"},
+            training={"precision": "bf16-mixed"},
         )
         problem = StageProblem(Pricer(graph, cluster), template)
         quick = problem.evaluate(min_bottleneck_cuts(problem.work))

@@ -132,7 +132,7 @@ def priced(plan_json: str, runs_dir: str, profiles: tuple[str, ...]) -> tuple[di
     from planner.capture.graph import from_json
 
     plan = plan_from_json(plan_json)
-    graph = from_json(plan_graph_json(plan.model.model_dump_json(), plan.training.dtype))
+    graph = from_json(plan_graph_json(plan.model.model_dump_json(), plan.training.precision.recipe.weights))
     profile = compare.find_profile(plan, Path(runs_dir))
     datasheet, calibrated = compare.predictions(plan, graph, profile)
     return datasheet, calibrated, profile.digest() if profile else None

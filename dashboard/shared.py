@@ -29,6 +29,7 @@ from dashboard.naming import candidate_name
 DEFAULT_MODEL = ("gpt", "")
 DEFAULT_BATCH = 8
 DEFAULT_STRATEGY = "auto"
+DEFAULT_PRECISION = "fp32"
 IMPORTED = "imported plan"
 
 
@@ -140,14 +141,20 @@ def plan_graph_json(model_json: str, dtype: str) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def searched(graph_data: dict, cluster_json: str, global_batch: int, strategy: str) -> list[dict]:
+def searched(
+    graph_data: dict, cluster_json: str, global_batch: int, strategy: str, precision: str = DEFAULT_PRECISION
+) -> list[dict]:
     """Candidates as rows, each with its label and its plan's JSON when it has one (cached)."""
     from planner.capture.graph import from_json
     from planner.cluster import cluster_from_json
     from planner.search.search import search
 
     result = search(
-        from_json(graph_data), cluster_from_json(cluster_json), global_batch=global_batch, strategy=strategy
+        from_json(graph_data),
+        cluster_from_json(cluster_json),
+        global_batch=global_batch,
+        strategy=strategy,
+        training={"precision": precision},
     )
     rows = []
     for c in result.candidates:
@@ -164,22 +171,28 @@ def current_search() -> list[dict]:
     source, overrides = current_model()
     inputs = plan_inputs()
     graph = coarse_graph_json(source, tuple(overrides.split()))
-    return searched(graph, current_cluster_json(), inputs["global_batch"], inputs["strategy"])
+    return searched(
+        graph, current_cluster_json(), inputs["global_batch"], inputs["strategy"], inputs["precision"]
+    )
 
 
 # -- the plan ----------------------------------------------------------------------------------
 def plan_inputs() -> dict:
-    """``{"global_batch", "strategy", "choice"}`` from the Plan page (choice None: the fastest)."""
+    """``{"global_batch", "strategy", "precision", "choice"}`` from the Plan page (choice None:
+    the fastest)."""
     saved = st.session_state.get("plan_inputs") or {}
     return {
         "global_batch": saved.get("global_batch", DEFAULT_BATCH),
         "strategy": saved.get("strategy", DEFAULT_STRATEGY),
+        "precision": saved.get("precision", DEFAULT_PRECISION),
         "choice": saved.get("choice"),
     }
 
 
-def set_plan_inputs(global_batch: int, strategy: str, choice: str | None) -> None:
-    inputs = {"global_batch": global_batch, "strategy": strategy, "choice": choice}
+def set_plan_inputs(
+    global_batch: int, strategy: str, choice: str | None, precision: str = DEFAULT_PRECISION
+) -> None:
+    inputs = {"global_batch": global_batch, "strategy": strategy, "precision": precision, "choice": choice}
     if st.session_state.get("plan_inputs") != inputs:
         st.session_state["plan_inputs"] = inputs
         state.save()
@@ -348,6 +361,7 @@ def import_plan(text: str, plan, file_name: str) -> None:
     st.session_state["plan_inputs"] = {
         **inputs,
         "global_batch": plan.training.global_batch,
+        "precision": plan.training.precision.value,
         "choice": IMPORTED,
     }
     set_current_plan(text, imported_plan_name())  # saves the session and redraws the sidebar

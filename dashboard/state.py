@@ -113,12 +113,21 @@ def _spec(value: Any) -> str | None:
 
 
 def _inputs(value: Any) -> dict[str, Any]:
+    from planner.precision import Precision
     from planner.search.search import STRATEGIES
 
     batch, strategy, choice = value["global_batch"], value["strategy"], value["choice"]
+    precision = value.get("precision", Precision.FP32.value)  # absent in sessions saved before it
     if type(batch) is not int or not 1 <= batch <= MAX_GLOBAL_BATCH or strategy not in STRATEGIES:
         raise ValueError("global batch or strategy out of range")
-    return {"global_batch": batch, "strategy": strategy, "choice": None if choice is None else _str(choice)}
+    if precision not in {p.value for p in Precision}:
+        raise ValueError("precision out of range")
+    return {
+        "global_batch": batch,
+        "strategy": strategy,
+        "precision": precision,
+        "choice": None if choice is None else _str(choice),
+    }
 
 
 def _edits(value: Any) -> dict[str, Any]:

@@ -59,13 +59,15 @@ def offered(monkeypatch) -> dict[str, bytes]:
 
 @pytest.fixture
 def candidates(monkeypatch) -> dict[tuple[int, str], list[dict]]:
-    """The candidates the Plan page was given, per (global batch, strategy)."""
-    seen: dict[tuple[int, str], list[dict]] = {}
+    """The candidates the Plan page was given, per (global batch, strategy), and per (global
+    batch, strategy, precision) for a precision other than fp32."""
+    seen: dict[tuple, list[dict]] = {}
     original = dashboard.shared.searched
 
-    def recorded(graph_data, cluster_json, global_batch, strategy):
-        rows = original(graph_data, cluster_json, global_batch, strategy)
-        seen[(global_batch, strategy)] = rows
+    def recorded(graph_data, cluster_json, global_batch, strategy, precision="fp32"):
+        rows = original(graph_data, cluster_json, global_batch, strategy, precision)
+        key = (global_batch, strategy) if precision == "fp32" else (global_batch, strategy, precision)
+        seen[key] = rows
         return rows
 
     monkeypatch.setattr(dashboard.shared, "searched", recorded)
@@ -190,6 +192,20 @@ def test_each_candidate_in_turn_is_what_export_downloads(offered, candidates):
         assert downloaded(at, "export_download", offered) == plan_json
         assert title(plan_json) in plain(at.subheader[0].value)
         assert metrics(at)["Step time"] == fmt.duration(plan_from_json(plan_json).predicted.step_time_s)
+
+
+def test_a_precision_is_searched_priced_and_exported(offered, candidates):
+    at = open_page("views/plan.py")
+    at.selectbox(key="plan_strategy").set_value("pp").run()
+    at.selectbox(key="plan_micro_batches").set_value(2).run()
+    assert at.info  # edited
+    at.selectbox(key="plan_precision").set_value("bf16-mixed").run()
+    assert not at.exception and not at.info  # a new search: the edits start again
+    chosen = feasible(candidates[(8, "pp", "bf16-mixed")])[at.selectbox(key="plan_choice").value]
+    plan = plan_from_json(downloaded(at, "plan_download", offered))
+    assert downloaded(at, "plan_download", offered) == chosen and plan.training.precision == "bf16-mixed"
+    at.switch_page("views/export.py").run()
+    assert downloaded(at, "export_download", offered) == chosen
 
 
 def test_a_change_of_batch_or_strategy_starts_the_edits_again(offered, candidates):

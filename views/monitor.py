@@ -62,7 +62,9 @@ def predicted_only() -> None:
         return
     st.markdown(f"Current plan: **{md(plan_name(plan))}**")
     try:
-        graph = from_json(plan_graph_json(plan.model.model_dump_json(), plan.training.dtype))
+        graph = from_json(
+            plan_graph_json(plan.model.model_dump_json(), plan.training.precision.recipe.weights)
+        )
         prediction = Pricer(graph, plan.cluster, compare.find_profile(plan, runs_dir))(plan)
     except Exception as exc:  # tracing runs model code: one line, never a traceback
         st.error(md(f"no prediction: {one_line(exc)}"))

@@ -47,9 +47,16 @@ from planner.cluster import cluster_from_json
 from planner.cost.price import Prediction, Pricer
 from planner.limits import MAX_GLOBAL_BATCH
 from planner.plan import Strategy, plan_from_json
+from planner.precision import Precision
 from planner.search.build import model_blocks
 from planner.search.search import STRATEGIES
 
+PRECISION_NAMES = {
+    "fp32": "fp32",
+    "bf16-mixed": "bf16 mixed (autocast)",
+    "fp16-mixed": "fp16 mixed (loss scaling)",
+    "bf16": "bf16 (pure)",
+}
 STRATEGY_NAMES = {
     "auto": "any (fastest that fits)",
     Strategy.DP: "data parallel",
@@ -105,7 +112,8 @@ st.caption(
 # -- what the search depends on ---------------------------------------------------------------
 inputs = plan_inputs()
 ss["plan_global_batch"], ss["plan_strategy"] = inputs["global_batch"], inputs["strategy"]
-left, right = st.columns(2)
+ss["plan_precision"] = inputs["precision"]
+left, right, third = st.columns(3)
 batch = int(
     left.number_input(
         "Global batch (samples per step)",
@@ -125,11 +133,24 @@ strategy = right.selectbox(
     on_change=keep_input,
     args=("strategy", "plan_strategy"),
 )
+precision = third.selectbox(
+    "Precision",
+    [p.value for p in Precision],
+    key="plan_precision",
+    format_func=PRECISION_NAMES.get,
+    on_change=keep_input,
+    args=("precision", "plan_precision"),
+    help="Mixed: fp32 weights and optimizer state, 16-bit matrix products (torch.autocast). "
+    "bf16: everything in bf16, 8 B a parameter, and updates smaller than a weight's bf16 spacing are lost.",
+)
 with st.spinner("Tracing and searching..."), guarded("Searching for plans"):
     graph_data = coarse_graph_json(source, tuple(overrides.split()))
-    rows = searched(graph_data, cluster_json, batch, strategy)
+    rows = searched(graph_data, cluster_json, batch, strategy, precision)
 
 st.subheader("Candidates")
+tokens = graph_data.get("graph", {}).get("config", {}).get("seq_len")
+if tokens:  # what every figure below is for: a sample of this many tokens
+    st.caption(f"Planned for samples of {fmt.count(tokens)} tokens (the model's seq_len).")
 st.dataframe(
     [
         {
@@ -193,7 +214,7 @@ choice = st.selectbox(
     on_change=keep_input,
     args=("choice", "plan_choice"),
 )
-set_plan_inputs(batch, strategy, choice)
+set_plan_inputs(batch, strategy, choice, precision)
 name = imported_plan_name() if choice == IMPORTED else feasible[choice]["title"]
 base_json = imported if choice == IMPORTED else feasible[choice]["plan_json"]
 base = plan_from_json(base_json)

@@ -21,11 +21,11 @@ MEMORY_TERMS = {  # term -> what the legend calls it, bottom of the bar first
     "parameters": "parameters",
     "gradients": "gradients",
     "optimizer": "optimizer state",
+    "casts": "16-bit copies of weights (autocast)",
     "activations": "activations kept for backward",
     "loss_outputs": "loss outputs",
     "buffers": "pipeline receive buffers",
     "temporaries": "temporaries",
-    "build": "model build",
     "runtime": "runtime",
     "overhead": "framework overhead",
 }
