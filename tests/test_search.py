@@ -155,6 +155,53 @@ def test_plan_command_prints_the_table_and_writes_the_best(tmp_path):
     plan = load_plan(out)
     assert plan.predicted is not None and plan.predicted.step_time_s > 0
     assert plan.model.source == "gpt" and plan.model.overrides == {"n_layer": 4}
+    assert f"{plan.model.seq_len:,} tokens per sample" in run.stdout  # what the table is for
+    assert plan.training.precision == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision"),
+    [(["--precision", "bf16-mixed"], "bf16-mixed"), (["--dtype", "bfloat16"], "bf16-mixed"), ([], "fp32")],
+)
+def test_the_plan_command_takes_a_precision_and_the_older_dtype(tmp_path, flags, precision):
+    out = tmp_path / "plan.json"
+    command = [
+        "plan",
+        "--model",
+        "gpt",
+        "--set",
+        "size=toy",
+        "--cluster",
+        "cpu:2",
+        "--global-batch",
+        "8",
+        "-o",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "planner", *command, str(out), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert load_plan(out).training.precision == precision
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--precision", "fp8"],
+            "invalid choice: 'fp8' (choose from 'fp32', 'bf16-mixed', 'fp16-mixed', 'bf16')",
+        ),
+        (["--dtype", "float64"], "'float64' is not one of float32, bfloat16, float16"),
+        (["--precision", "fp16-mixed"], "cpu has no float16 peak; it supports float32, bfloat16"),
+    ],
+)
+def test_an_unknown_precision_is_one_line_naming_the_choices(flags, message):
+    command = ["plan", "--model", "gpt", "--set", "size=toy", "--cluster", "cpu:2", "--global-batch", "8"]
+    run = subprocess.run([sys.executable, "-m", "planner", *command, *flags], capture_output=True, text=True)
+    assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
 
 
 def test_data_parallel_replicas_of_different_speeds_take_unequal_shares():

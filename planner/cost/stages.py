@@ -32,10 +32,13 @@ class GraphSizes:
     """Block -> the most activation bytes one of its ops reads and writes (see planner.cost.memory)."""
     cast_params: frozenset[str] | None
     """Parameters an op on autocast's lower-precision list reads (None: not traced op by op)."""
+    cast_bytes: dict[str, int]
+    """Block -> bytes of its parameters in `cast_params` (all of them when that is None)."""
 
     @classmethod
     def of(cls, graph: nx.DiGraph) -> GraphSizes:
         sizes = graph.graph.get("param_bytes", {})
+        cast = frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None
         return cls(
             owners={p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])},
             param_bytes=sizes,
@@ -46,7 +49,13 @@ class GraphSizes:
             largest_op={
                 b: max((op[1] for op in data.get("ops", [])), default=0) for b, data in graph.nodes(data=True)
             },
-            cast_params=frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None,
+            cast_params=cast,
+            cast_bytes={
+                b: data.get("param_bytes", 0)
+                if cast is None
+                else sum(sizes.get(p, 0) for p in data.get("params", []) if p in cast)
+                for b, data in graph.nodes(data=True)
+            },
         )
 
 
@@ -92,9 +101,9 @@ def stage_cost(
     tied = sizes.param_bytes
     param_bytes = sum(nodes[b]["param_bytes"] for b in blocks) + sum(tied.get(p, 0) for p in copies)
     largest = max([sizes.largest_param[b] for b in blocks] + [tied.get(p, 0) for p in copies])
-    held = [p for b in blocks for p in nodes[b].get("params", [])] + sorted(copies)
     cast = sizes.cast_params
-    cast_bytes = param_bytes if cast is None else sum(tied.get(p, 0) for p in held if p in cast)
+    cast_bytes = sum(sizes.cast_bytes[b] for b in blocks)
+    cast_bytes += sum(tied.get(p, 0) for p in copies if cast is None or p in cast)
     saved = sum(nodes[b]["saved_bytes"] for b in blocks)
     saved += sum(
         n for b in blocks for src, n in nodes[b].get("resaved_from", {}).items() if src not in members

@@ -119,13 +119,13 @@ def block_timings(
 ) -> tuple[str, list[BlockTiming]]:
     """Per block and micro-batch size: (graph digest, timings on ``device``, filed as ``kind``),
     each block computing in ``precision`` as the runtime's stages do (runtime.rank.amp)."""
-    dtype = precision.recipe.weights
-    amp = Amp(precision, device)
     from planner.capture.coarsen import coarsen
     from planner.capture.graph import graph_digest
     from planner.capture.trace import trace
     from planner.search.build import model_blocks
 
+    dtype = precision.recipe.weights
+    amp = Amp(precision, device)
     graph = coarsen(trace(source, overrides, dtype=dtype))
     blocks = model_blocks(graph)
     timings: list[BlockTiming] = []

@@ -10,9 +10,9 @@ error: their integer keys collide (docs/facts.md).
 
 Layout of ``<run-dir>/checkpoints/step-000010/``: DCP's shards and ``.metadata``, one
 ``rank<r>.pt`` per rank (its RNG states and its loss scaler's state, the same on every
-rank), and ``complete.json``, written by rank 0 after
-every rank has finished, last. A folder without ``complete.json`` is never loaded; older
-complete checkpoints are deleted only after a newer one is complete.
+rank), and ``complete.json``, written by rank 0 after every rank has finished, last. A
+folder without ``complete.json`` is never loaded; older complete checkpoints are deleted
+only after a newer one is complete.
 """
 
 from __future__ import annotations
