@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.run_plan import run_plan
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer
-from planner.plan import Plan, save_plan
+from planner.plan import Plan
 from planner.precision import Precision
 from planner.search.build import make_plan, model_blocks
 from planner.search.partition import min_bottleneck_cuts
@@ -129,30 +128,7 @@ def plan_for(case: Case, graph, profile) -> Plan:
 
 def train(plan: Plan, steps: int, runs_dir: Path, work: Path) -> str:
     """Train for real with the runtime; return the run id."""
-    path = work / f"plan-{time.monotonic_ns()}.json"
-    save_plan(plan, path)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runtime",
-            "run",
-            str(path),
-            "--steps",
-            str(steps),
-            "--runs-dir",
-            str(runs_dir),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-    )
-    match = re.search(r"run (\S+): finished", done.stderr)
-    if done.returncode != 0 or match is None:
-        raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return match.group(1)
+    return run_plan(plan, steps, runs_dir, work)[0]
 
 
 def pooled(runs_dir: Path, run_ids: list[str]) -> dict:

@@ -13,9 +13,6 @@ there is no GPU.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.run_plan import run_plan
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
@@ -62,30 +60,9 @@ def main() -> None:
     training = {"precision": "bf16-mixed", "steps": args.steps, "optimizer": {"name": "adamw", "lr": 1e-4}}
     plan = make_plan(graph, cluster, strategy="dp", dp_degree=1, global_batch=args.batch, training=training)
     with tempfile.TemporaryDirectory() as tmp:
-        path, runs = Path(tmp) / "plan.json", Path(tmp) / "runs"
-        path.write_text(plan.to_json())
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "runtime",
-                "run",
-                str(path),
-                "--steps",
-                str(args.steps),
-                "--runs-dir",
-                str(runs),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        match = re.search(r"run (\S+): finished", done.stderr)
-        if done.returncode != 0 or match is None:
-            raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        metrics, _ = store.read_metrics(store.connect(runs), match.group(1))
+        runs = Path(tmp) / "runs"
+        run_id, _ = run_plan(plan, args.steps, runs, Path(tmp), timeout=600, one_thread=False)
+        metrics, _ = store.read_metrics(store.connect(runs), run_id)
     rows = {(c.rank, c.name): c for c in compare.compare(plan, metrics, None, graph)}
     print(
         f"{torch.cuda.get_device_name(0)} as {kind}; torch {torch.__version__}; zoo GPT 125m "

@@ -19,20 +19,18 @@ stages real: runtime.rank.materialise).
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.run_plan import run_plan
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
 from planner.cost.price import price
-from planner.plan import Plan, save_plan
+from planner.plan import Plan
 from planner.search.build import make_plan
 from runtime.supervise import store
 
@@ -46,24 +44,12 @@ ACTIVATIONS = ("activations", "loss_outputs", "buffers", "temporaries")
 
 def run(plan: Plan, steps: int, work: Path) -> dict[int, dict[str, float]]:
     """Train ``plan`` with the runtime; per rank, its highest tensor and private peaks."""
-    path = work / f"plan-{len(plan.ranks)}-{plan.strategy}.json"
-    save_plan(plan, path)
     runs = work / "runs"
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime", "run", str(path), "--steps", str(steps), "--runs-dir", str(runs)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-    )
-    match = re.search(r"run (\S+): finished", done.stderr)
-    if done.returncode != 0 or match is None:
-        raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    warnings = [line for line in done.stderr.splitlines() if "model states differ" in line]
+    run_id, stderr = run_plan(plan, steps, runs, work, timeout=3600)
+    warnings = [line for line in stderr.splitlines() if "model states differ" in line]
     for line in warnings:
         print(f"  {line}")
-    rows, _ = store.read_metrics(store.connect(runs), match.group(1))
+    rows, _ = store.read_metrics(store.connect(runs), run_id)
     out: dict[int, dict[str, float]] = {}
     for m in rows:
         if m.rank >= 0 and m.name in ("tensor_memory_bytes", "dynamic_memory_bytes"):

@@ -157,17 +157,7 @@ def test_memory_terms_follow_the_formula():
         "runtime": 0,  # measured by a profile only
         "overhead": 0,
     }
-    mixed = make_plan(
-        graph,
-        cluster,
-        strategy="pp",
-        pp_degree=2,
-        schedule="gpipe",
-        micro_batches=2,
-        global_batch=8,
-        training={"precision": "bf16-mixed"},
-    )
-    m = price(graph, cluster, mixed, options=EXACT).memory[1]
+    m = _pp(graph, cluster, "gpipe", 2, batch=8, training={"precision": "bf16-mixed"}).memory[1]
     # 16 B/param in all, as autocast holds them: fp32 weights (4), gradients (4), two moments (8)...
     assert (m.parameters, m.gradients, m.optimizer) == (4 * 3000, 4 * 3000, 8 * 3000)
     # ...and a bf16 copy of the weights per micro-batch in flight, kept for its backward.
@@ -175,17 +165,7 @@ def test_memory_terms_follow_the_formula():
     assert m.activations == 80 * 4 * 2 // 2  # bf16 activations
     # The output in bf16, cross-entropy's log-probabilities in fp32 (on autocast's fp32 list).
     assert m.loss_outputs == (12 // 2 + 12) * 4 * 2
-    pure = make_plan(
-        graph,
-        cluster,
-        strategy="pp",
-        pp_degree=2,
-        schedule="gpipe",
-        micro_batches=2,
-        global_batch=8,
-        training={"precision": "bf16"},
-    )
-    p = price(graph, cluster, pure, options=EXACT).memory[1]
+    p = _pp(graph, cluster, "gpipe", 2, batch=8, training={"precision": "bf16"}).memory[1]
     assert (p.parameters + p.gradients + p.optimizer) / 3000 == 8 and p.casts == 0
     assert p.loss_outputs == 2 * 12 // 2 * 4 * 2
 
@@ -193,19 +173,10 @@ def test_memory_terms_follow_the_formula():
 def test_each_precision_prices_compute_at_its_own_peak():
     graph = chain([1, 1], params=[1000, 3000], saved=[40, 80])
     cluster = gpus(2)
-    times = {}
-    for precision in ("fp32", "bf16-mixed", "bf16"):
-        plan = make_plan(
-            graph,
-            cluster,
-            strategy="pp",
-            pp_degree=2,
-            schedule="gpipe",
-            micro_batches=2,
-            global_batch=8,
-            training={"precision": precision},
-        )
-        times[precision] = price(graph, cluster, plan, options=EXACT).step_time_s
+    times = {
+        precision: _pp(graph, cluster, "gpipe", 2, batch=8, training={"precision": precision}).step_time_s
+        for precision in ("fp32", "bf16-mixed", "bf16")
+    }
     kind = device_kind(cluster.devices[0].kind)
     ratio = kind.peak_flops["bfloat16"] / kind.peak_flops["float32"]
     assert times["fp32"] / times["bf16-mixed"] == pytest.approx(ratio, rel=0.01)

@@ -24,8 +24,6 @@ from planner.cost.pipeline import PipelineStep, add_send, price_hop
 from planner.cost.simulate import Task, TaskKind, TaskList
 from planner.cost.stages import StageCost
 from planner.cost.step import Step, StepTasks
-from planner.cost.timing import optimizer_time
-from planner.devices import device_kind
 from planner.errors import PlanError
 from planner.networks import ADVERSARIAL, DISCRIMINATOR, GENERATOR, is_adversarial
 from planner.plan import RankAssignment, Strategy
@@ -167,18 +165,7 @@ class GanStep(Step):
 
     def _optimizer_time(self, stage: int, rank: int) -> float:
         pricing = self.pricing
-        opt = pricing.plan.training.optimizer
-        kind = device_kind(pricing.cluster.device(pricing.plan.ranks[rank].device).kind)
-        params = pricing.stages[stage].param_count
-        return optimizer_time(
-            params,
-            opt.name,
-            opt.momentum,
-            kind,
-            pricing.options,
-            pricing.profile,
-            pricing.precision.weight_bytes,
-        )[0]
+        return pricing.optimizer_time(pricing.stages[stage].param_count, pricing.plan.ranks[rank].device)
 
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """The whole batch at once; D's loss holds the real and the fake half of its batch

@@ -12,6 +12,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from planner.cost.stages import boundary_bytes, stage_cost
+from planner.cost.timing import optimizer_time
+from planner.devices import device_kind
 from planner.plan import Plan
 from planner.precision import DTYPE_BYTES
 from planner.topology import LinkCost
@@ -77,6 +79,16 @@ class PlanPricing:
             self.graph, self.stage_of, len(self.stages), scale=self.scale, trace_batch=self.trace_batch
         )
         self.simulated = self.replicas_to_simulate()
+
+    def optimizer_time(self, params: int, device: int) -> float:
+        """One optimizer step over ``params`` parameters on ``device`` (its source tallied)."""
+        opt = self.plan.training.optimizer
+        kind = device_kind(self.cluster.device(device).kind)
+        seconds, source = optimizer_time(
+            params, opt.name, opt.momentum, kind, self.options, self.profile, self.precision.weight_bytes
+        )
+        self.sources_used["compute"].add(source)
+        return seconds
 
     def micro_batch_size(self, dp_index: int) -> float:
         """Samples per micro-batch of a replica."""

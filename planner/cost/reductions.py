@@ -14,8 +14,6 @@ from planner.cost.collectives import all_reduce_time, count_ring_bytes
 from planner.cost.plan_pricing import PlanPricing
 from planner.cost.simulate import TaskKind, TaskList
 from planner.cost.stages import tied_stages
-from planner.cost.timing import optimizer_time
-from planner.devices import device_kind
 
 if TYPE_CHECKING:
     from planner.cost.step import Step
@@ -115,8 +113,7 @@ def _data_parallel_all_reduces(
 
 def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, before: TaskIds) -> None:
     """Each simulated rank's optimizer step over its stages' parameters, last in its program."""
-    plan, opt = pricing.plan, pricing.plan.training.optimizer
-    for r in plan.ranks:
+    for r in pricing.plan.ranks:
         if r.dp_index not in pricing.simulated:
             continue
         params = sum(
@@ -124,16 +121,6 @@ def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, b
             for s in range(len(pricing.stages))
             if s % pricing.pp_degree == r.pp_index
         )
-        kind = device_kind(pricing.cluster.device(r.device).kind)
-        work, src = optimizer_time(
-            params,
-            opt.name,
-            opt.momentum,
-            kind,
-            pricing.options,
-            pricing.profile,
-            pricing.precision.weight_bytes,
-        )
-        pricing.sources_used["compute"].add(src)
+        work = pricing.optimizer_time(params, r.device)
         t = tasks.add(kind=TaskKind.OPTIMIZER, work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
         programs[r.rank].append(t.id)
