@@ -173,8 +173,8 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(training, dict) and "dtype" in training:
         training = dict(training)
         dtype = training.pop("dtype")
-        if dtype not in FROM_DTYPE:
-            raise ValueError(f"training.dtype: {dtype!r} is not one of {', '.join(FROM_DTYPE)}")
+        if not isinstance(dtype, str) or dtype not in FROM_DTYPE:  # a list is not hashable
+            raise ValueError(f"training.dtype: {dtype!r:.60} is not one of {', '.join(FROM_DTYPE)}")
         training["precision"] = FROM_DTYPE[dtype].value
         data["training"] = training
     return data

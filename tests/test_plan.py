@@ -119,6 +119,8 @@ def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_versi
     assert "dtype" not in written["training"]
     doc["training"]["dtype"] = "float64"
     _refused(doc, r"training.dtype: 'float64' is not one of float32, bfloat16, float16")
+    doc["training"]["dtype"] = [["float32"] * 1000]  # hostile: not even a word
+    _refused(doc, r"training.dtype: \[\['float32', .* is not one of float32, bfloat16, float16")
 
 
 def _mutated(plan, change):
