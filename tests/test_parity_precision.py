@@ -76,9 +76,9 @@ def test_data_parallel(tmp_path):
     assert_16bit_parity(plan, tmp_path)
 
 
-@pytest.mark.parametrize(("schedule", "virtual"), [("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2)])
-def test_pipeline_each_schedule(tmp_path, schedule, virtual):
-    plan = zoo_plan(
+def gpt_pipeline(schedule: str, training: dict, virtual: int = 1):
+    """The toy GPT in 2 stages (2v with interleaving) on 2 ranks, 4 micro-batches of 2."""
+    return zoo_plan(
         "gpt",
         TOY_GPT,
         ranks=2,
@@ -88,9 +88,13 @@ def test_pipeline_each_schedule(tmp_path, schedule, virtual):
         schedule=schedule,
         micro_batches=4,
         virtual_stages=virtual,
-        training=TRAINING,
+        training=training,
     )
-    assert_16bit_parity(plan, tmp_path)
+
+
+@pytest.mark.parametrize(("schedule", "virtual"), [("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2)])
+def test_pipeline_each_schedule(tmp_path, schedule, virtual):
+    assert_16bit_parity(gpt_pipeline(schedule, TRAINING, virtual), tmp_path)
 
 
 def test_hybrid_dp2_pp2(tmp_path):
@@ -121,18 +125,7 @@ def test_gan(tmp_path, strategy):
 
 
 def test_fp16_mixed_pipeline_scales_the_loss_on_every_rank_alike(tmp_path):
-    plan = zoo_plan(
-        "gpt",
-        TOY_GPT,
-        ranks=2,
-        strategy="pp",
-        global_batch=8,
-        pp_degree=2,
-        schedule="1f1b",
-        micro_batches=4,
-        training={"precision": "fp16-mixed", **SGD},
-    )
-    assert_16bit_parity(plan, tmp_path)
+    assert_16bit_parity(gpt_pipeline("1f1b", {"precision": "fp16-mixed", **SGD}), tmp_path)
 
 
 @pytest.mark.parametrize("strategy", ["dp", "pp"])
@@ -141,17 +134,7 @@ def test_pure_bf16_weights_and_state(tmp_path, strategy):
     if strategy == "dp":
         plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2, training=training)
     else:
-        plan = zoo_plan(
-            "gpt",
-            TOY_GPT,
-            ranks=2,
-            strategy="pp",
-            global_batch=8,
-            pp_degree=2,
-            schedule="gpipe",
-            micro_batches=4,
-            training=training,
-        )
+        plan = gpt_pipeline("gpipe", training)
     assert_16bit_parity(plan, tmp_path)
     params = rank_parameters(tmp_path / "runs", 0)
     assert {p.dtype for p in params.values()} == {torch.bfloat16}
