@@ -29,6 +29,10 @@ NAMES = {
     "compute_s": "Compute",
     "optimizer_s": "Optimizer",
     "wait_s": "Communication + wait",
+    "peer_wait_s": "  waiting for a peer",
+    "communication_s": "  communication not hidden",
+    "idle_end_s": "  idle at the end",
+    "host_s": "  host work",
     "tensor_memory_bytes": "Tensor memory",
 }
 HELP = {
@@ -39,6 +43,11 @@ HELP = {
     "compute_s": "Forward, loss and backward of the rank's stages.",
     "optimizer_s": "The rank's optimizer step.",
     "wait_s": "The rest of the step: communication that compute did not hide, and idle time.",
+    "peer_wait_s": "Part of the wait: blocked on a receive, the peer's data not there yet.",
+    "communication_s": "Part of the wait: blocked on the rank's own sends and gradient reductions.",
+    "idle_end_s": "Part of the wait: done before the step's last rank.",
+    "host_s": "Part of the wait: the step's host work outside compute (posting messages, the "
+    "schedule's bookkeeping, loading the batch).",
     "tensor_memory_bytes": "Peak tensor memory since before the model was built: what the plan moves.",
 }
 

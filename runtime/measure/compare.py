@@ -9,8 +9,11 @@ Figures, with the measured definitions of `runtime.rank.metrics` (rank -1 is the
 - ``step_time_s``, ``samples_per_s`` and ``bubble_fraction`` (rank -1). The predicted bubble
   is taken the way the runtime measures it: 1 - forward and backward time / (ranks x step);
 - per rank ``compute_s`` (forward, loss, backward), ``optimizer_s``, ``wait_s`` (the rest of
-  the step: communication that compute did not hide, and idle time; on gloo a rank cannot
-  tell the two apart) and ``tensor_memory_bytes`` (the tensor allocator's peak since the
+  the step), the wait's parts: ``peer_wait_s`` (waiting for a peer's data),
+  ``communication_s`` (communication compute did not hide), ``idle_end_s`` (done before the
+  step's last rank) and ``host_s`` (the step's host work outside compute: posting messages,
+  the schedule's bookkeeping; predicted from the profile's cost per pipeline action), and
+  ``tensor_memory_bytes`` (the tensor allocator's peak since the
   process group was up and the data set loaded: what the plan moves, and what the
   prediction counts, less the fixed per-process overhead and the runtime's own measured
   bytes). The process's private pages (``dynamic_memory_bytes``) are stored with the
@@ -38,7 +41,10 @@ WARMUP = 2
 PROFILES = "profiles"
 STEP_FIGURES = ("step_time_s", "samples_per_s", "bubble_fraction")
 MEMORY_FIGURES = ("tensor_memory_bytes",)
-RANK_FIGURES = ("compute_s", "optimizer_s", "wait_s", *MEMORY_FIGURES)
+WAIT_PARTS = ("peer_wait_s", "communication_s", "idle_end_s", "host_s")
+"""A rank's wait split by cause (`runtime.rank.metrics`; predicted: `planner.cost.simulate.IDLE_CAUSES`
+and the schedule's host work per action)."""
+RANK_FIGURES = ("compute_s", "optimizer_s", "wait_s", *WAIT_PARTS, *MEMORY_FIGURES)
 FRACTIONS = ("bubble_fraction",)  # compared by difference: a relative error of a small bubble says little
 
 
@@ -79,14 +85,23 @@ def predicted_figures(plan: Plan, prediction) -> dict[tuple[int, str], float]:
         (store.STEP_RANK, "step_time_s"): step,
         (store.STEP_RANK, "samples_per_s"): prediction.samples_per_s,
     }
+    idle: dict[int, dict[str | None, float]] = defaultdict(lambda: defaultdict(float))
+    for i in prediction.timeline:
+        if i.kind == "idle":
+            idle[i.rank][i.waiting_for] += i.end - i.start
     compute_all = 0.0
     for r in plan.ranks:
-        compute = busy[r.rank]["forward"] + busy[r.rank]["backward"]
+        host = prediction.host_s.get(r.rank, 0.0)  # inside the forwards and backwards
+        compute = busy[r.rank]["forward"] + busy[r.rank]["backward"] - host
+        compute_all += compute  # as the runtime measures it: its clock times compute only
         optimizer = busy[r.rank]["optimizer"]
-        compute_all += compute
         out[(r.rank, "compute_s")] = compute
         out[(r.rank, "optimizer_s")] = optimizer
         out[(r.rank, "wait_s")] = max(step - compute - optimizer, 0.0)
+        out[(r.rank, "peer_wait_s")] = idle[r.rank]["peer"]
+        out[(r.rank, "communication_s")] = idle[r.rank]["communication"]
+        out[(r.rank, "idle_end_s")] = idle[r.rank]["end"]
+        out[(r.rank, "host_s")] = host
     out[(store.STEP_RANK, "bubble_fraction")] = 1 - compute_all / (len(plan.ranks) * step) if step else 0.0
     for m in prediction.memory:
         out[(m.rank, "tensor_memory_bytes")] = float(m.total - m.overhead - m.runtime)

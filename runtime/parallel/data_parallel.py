@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import Plan
 from runtime.parallel.mesh import Placement
+from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import FullModel, OptimizerFactory
@@ -88,7 +89,8 @@ class DataParallel:
         t = time.perf_counter()
         self.amp.step([self.optimizer])
         optimizer_s = time.perf_counter() - t
-        return StepResult(loss.item(), self.clock.take(), optimizer_s)
+        timeline.mark("optimizer", t, t + optimizer_s)
+        return StepResult(loss.item(), self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:
         return dict(self.module.named_parameters())

@@ -28,6 +28,7 @@ from planner.networks import ADVERSARIAL, DISCRIMINATOR, GENERATOR
 from planner.plan import Plan
 from runtime.parallel.data_parallel import wrap_ddp
 from runtime.parallel.mesh import Placement
+from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import FullModel, OptimizerFactory, keep_gradients
@@ -189,6 +190,7 @@ class ModelParallelGAN:
         t = time.perf_counter()
         self.optimizer.step()
         optimizer_s = time.perf_counter() - t
+        timeline.mark("optimizer", t, t + optimizer_s)
         return StepResult(None, self.clock.take(), optimizer_s)
 
     def _discriminator_step(self, real: torch.Tensor) -> StepResult:

@@ -27,6 +27,7 @@ from planner.plan import Plan
 from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
+from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
 from runtime.rank.model import (
@@ -84,6 +85,7 @@ class PipelineParallel:
         for i in mine:  # only this rank's stages become real; the others stay on meta
             full.materialise(pipe.get_stage_module(i), where.device)
         self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
+        timeline.watch_pipeline_p2p()  # which waits are for a peer's data, which for sends
         for stage in self.stages:
             stage.submod.forward = self.amp.wrap_stage(stage.submod.forward, last=stage.is_last)
             self.clock.attach_forward(stage.submod)
@@ -133,15 +135,19 @@ class PipelineParallel:
         args = (inputs,) if self.holds_first else ()
         kwargs = {"target": targets, "losses": losses} if self.holds_last else {}
         self.schedule.step(*args, return_outputs=False, **kwargs)
+        t = time.perf_counter()
         for copies, group in self.tied:
             sum_tied(copies, group)
         if self.dp_group is not None:
             average_replicas(self.flat_grads, self.weight, self.dp_group)
+        if self.tied or self.dp_group is not None:
+            timeline.waited("communication", t, time.perf_counter(), desc="tied and replica gradients")
         t = time.perf_counter()
         self.amp.step(self.optimizers)
         optimizer_s = time.perf_counter() - t
+        timeline.mark("optimizer", t, t + optimizer_s)
         loss = self.amp.unscaled(torch.stack(losses).mean().item()) if losses else None
-        return StepResult(loss, self.clock.take(), optimizer_s)
+        return StepResult(loss, self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:
         out: dict[str, torch.nn.Parameter] = {}

@@ -8,6 +8,8 @@
 - `data`: the zoo's data sets (8x8 digits, a byte corpus), never downloaded;
 - `step`: what one training step of one rank reports, whatever the parallelism;
 - `clock`: compute time, inside forward, loss and backward only;
+- `timeline`: what a rank waits for (a peer's data, its own communication), every step;
+  and, when asked, each event of its steps (`bench/waits.py`);
 - `metrics`: per-step figures gathered to rank 0 and written to the runs database;
 - `tensor_memory`: the tensor allocator's peak, and the model states checked against the price;
   `host_allocator`: glibc's malloc thresholds fixed;

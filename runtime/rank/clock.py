@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from runtime.rank import timeline
+
 
 class ComputeClock:
     """Accumulates the time spent computing within one step; `take()` reads and resets."""
@@ -44,7 +46,9 @@ class ComputeClock:
             end.record()
             self._events.append((begun, end))
         else:
-            self._seconds += time.perf_counter() - begun
+            end = time.perf_counter()
+            self._seconds += end - begun
+            timeline.mark("compute", begun, end)
 
     def _now(self) -> Any:
         if self.cuda:
@@ -69,6 +73,10 @@ class ComputeClock:
             self._events.append((begun, last))
         else:
             self._seconds += last - begun
+            timeline.mark("compute", begun, last)
+            # DDP's all-reduce of the buckets still in flight when the last gradient was made
+            # (on CUDA that wait is the stream's, and counts as the rest of the step).
+            timeline.waited("communication", last, time.perf_counter(), desc="gradients reduced")
 
     @contextmanager
     def span(self):

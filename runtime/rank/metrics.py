@@ -6,6 +6,9 @@ Per rank and step (names as stored):
 - ``compute_s``: wall time inside the stage's forward, loss and backward (runtime.rank.clock);
 - ``optimizer_s``: the optimizer step;
 - ``comm_wait_s``: step - compute - optimizer: sends, receives, all-reduces, and waiting;
+  split (pipeline and data-parallel ranks) into ``peer_wait_s`` (blocked on a receive),
+  ``communication_s`` (blocked on its own sends and gradient reductions), ``idle_end_s``
+  (done before the step's last rank) and ``host_s`` (the rest: the step's host work);
 - ``peak_memory_bytes``: process peak RSS on CPU (since the baseline, and on CPU again
   since the end of the tensor count's window, see below), the allocator's peak on CUDA;
 - ``dynamic_memory_bytes``: the peak of the process's private memory minus the same figure
@@ -59,6 +62,8 @@ FIELDS = (
     "step_time_s",
     "compute_s",
     "optimizer_s",
+    "peer_wait_s",
+    "communication_s",
     "peak_memory_bytes",
     "peak_private_bytes",
     "base_memory_bytes",
@@ -152,6 +157,7 @@ class MetricsRecorder:
         self.pending: list[tuple[int, list[float]]] = []
         self.logging_s = 0.0
         self.step_s = 0.0
+        self.idle_end = [0.0] * self.world_size  # each rank's idle at the end of the last step
 
     def record(self, step: int, result: StepResult, step_time_s: float, cpu_s: float) -> bool:
         """Keep this rank's figures of ``step`` (1-based); every rank calls it every step.
@@ -168,6 +174,8 @@ class MetricsRecorder:
         row[COL["step_time_s"]] = step_time_s
         row[COL["compute_s"]] = result.compute_s
         row[COL["optimizer_s"]] = result.optimizer_s
+        row[COL["peer_wait_s"]] = result.waits.get("peer", math.nan)
+        row[COL["communication_s"]] = result.waits.get("communication", math.nan)
         row[COL["peak_memory_bytes"]], row[COL["peak_private_bytes"]] = memory_peaks(self.device)
         row[COL["base_memory_bytes"]] = self.base_memory_bytes
         row[COL["tensor_memory_bytes"]] = self._tensor_memory(step)
@@ -221,11 +229,13 @@ class MetricsRecorder:
                 step_time, compute, opt = (
                     float(r[COL[n]]) for n in ("step_time_s", "compute_s", "optimizer_s")
                 )
+                wait = max(step_time - compute - opt, 0.0)
                 figures = {
                     "step_time_s": step_time,
                     "compute_s": compute,
                     "optimizer_s": opt,
-                    "comm_wait_s": max(step_time - compute - opt, 0.0),
+                    "comm_wait_s": wait,
+                    **self._wait_parts(rank, r, wait, now),
                     "peak_memory_bytes": float(r[COL["peak_memory_bytes"]]),
                     "dynamic_memory_bytes": float(r[COL["peak_private_bytes"]] - r[COL["base_memory_bytes"]]),
                     "cpu_percent": float(r[COL["cpu_percent"]]),
@@ -252,6 +262,28 @@ class MetricsRecorder:
                 whole["loss_g"] = self._weighted(t[:, COL["loss_g"]], has)
             rows += [Metric(step, STEP_RANK, name, value, now) for name, value in whole.items()]
         return rows
+
+    def _wait_parts(self, rank: int, r: torch.Tensor, wait: float, end: float) -> dict[str, float]:
+        """A rank's wait split by cause, where its engine tells them apart.
+
+        ``idle_end_s``: from this rank's end of the step to the last rank's (their clocks:
+        one machine's, or as well synchronised as the machines' are). A rank that ends early
+        starts its next step at once and spends that time waiting for its first data, so
+        the previous step's idle at the end is taken out of ``peer_wait_s``. ``host_s``: the
+        rest, the step's own work outside compute and waits (posting messages, the
+        schedule's bookkeeping, loading the batch)."""
+        idle_end = end - float(r[COL["time"]])
+        idle_before, self.idle_end[rank] = self.idle_end[rank], idle_end
+        peer, communication = float(r[COL["peer_wait_s"]]), float(r[COL["communication_s"]])
+        if math.isnan(peer) or math.isnan(communication):
+            return {"idle_end_s": idle_end}
+        peer = max(peer - idle_before, 0.0)
+        return {
+            "peer_wait_s": peer,
+            "communication_s": communication,
+            "idle_end_s": idle_end,
+            "host_s": max(wait - peer - communication - idle_before, 0.0),
+        }
 
     def _weighted(self, values: torch.Tensor, has: torch.Tensor) -> float:
         # One rank per replica computes its loss; weighting by share gives the global mean.

@@ -13,3 +13,6 @@ class StepResult:
     optimizer_s: float
     extra: dict[str, float] = field(default_factory=dict)
     """Further losses (the GAN's loss_d and loss_g)."""
+    waits: dict[str, float] = field(default_factory=dict)
+    """Seconds blocked by cause, "peer" and "communication" (`runtime.rank.timeline.Waits`);
+    empty where the engine does not tell them apart."""

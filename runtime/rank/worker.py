@@ -41,6 +41,7 @@ from runtime.parallel import checkpoint
 from runtime.parallel.mesh import Placement, build_mesh
 from runtime.parallel.parallelize import Engine, Parallelized, parallelize
 from runtime.parallel.pipeline_parallel import load_tracer
+from runtime.rank import timeline
 from runtime.rank.control import STORE_ENV, SUPERVISOR_ENV, StopFlag, die_with_parent, watch_supervisor
 from runtime.rank.data import preload
 from runtime.rank.host_allocator import fix_malloc_thresholds
@@ -240,17 +241,26 @@ def step_loop(
     start = sum(r.batch_share for r in run.plan.replicas if r.dp_index < replica)
     share = run.plan.replicas[replica].batch_share  # this replica's samples: [start, start + share)
     last = first - 1
-    for step in range(first, steps + 1):
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        inputs, targets = built.task.batch(step - 1, start, share)  # the data index is 0-based
-        result = built.engine.train_step(inputs.to(run.device), targets.to(run.device))
-        flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
-        if step == first + PROBE_STEPS - 1:  # gradients and optimizer state exist from here
-            report_model_states(run, built.engine)
-        last = step
-        if checkpoint_or_stop(run, built.engine, recorder, stop, step=step, steps=steps, flushed=flushed):
-            return last, RunState.STOPPED
-    return last, RunState.FINISHED
+    events = timeline.start(run.rank)  # None unless STAGECRAFT_TIMELINE names a folder
+    try:
+        for step in range(first, steps + 1):
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            if events is not None:
+                events.begin_step(step)
+            inputs, targets = built.task.batch(step - 1, start, share)  # the data index is 0-based
+            result = built.engine.train_step(inputs.to(run.device), targets.to(run.device))
+            if events is not None:
+                events.end_step()
+            flushed = recorder.record(step, result, time.perf_counter() - t0, time.process_time() - cpu0)
+            if step == first + PROBE_STEPS - 1:  # gradients and optimizer state exist from here
+                report_model_states(run, built.engine)
+            last = step
+            if checkpoint_or_stop(run, built.engine, recorder, stop, step=step, steps=steps, flushed=flushed):
+                return last, RunState.STOPPED
+        return last, RunState.FINISHED
+    finally:
+        if events is not None:
+            events.save()
 
 
 def report_model_states(run: RankRun, engine: Engine) -> None:
