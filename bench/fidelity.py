@@ -3,9 +3,12 @@
     python bench/fidelity.py [--rounds 3] [--steps 12] [--split-steps 8] [--only fidelity|split]
 
 1. Fidelity. Each model is profiled first (`runtime.measure.profiling`: its blocks at the micro-batch
-   sizes the plans use, the optimizer, this machine's links), and nothing else feeds the
-   predictions: no step time of the runs below is used to fit anything. Then the planner
-   makes each plan with that profile (`search(..., profile=...)`, the family pinned), the
+   sizes the plans use, the optimizer, this machine's links, the schedules' host work), and
+   again before every round; the predictions are priced with the median of those profiles
+   (`merge_profiles`: this machine's speed drifts by 10-30% over minutes, and one profile
+   prices the moment it caught). Nothing else feeds the predictions: no step time of the
+   runs below is used to fit anything. The planner
+   makes each plan with the first profile (`search(..., profile=...)`, the family pinned), the
    runtime trains it (`python -m runtime run`, 1 thread per rank, gloo) and the measured
    figures (`runtime.measure.compare`: medians over the steps after the warm-up, pooled over the
    rounds, which run the plans in turn so that a slow spell of the machine spreads over
@@ -26,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +43,12 @@ from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer
 from planner.plan import Plan
 from planner.precision import Precision
+from planner.profile import Profile
 from planner.search.build import make_plan, model_blocks
 from planner.search.partition import min_bottleneck_cuts
 from planner.search.search import search
 from runtime.measure import compare
-from runtime.measure.profiling import make_profile
+from runtime.measure.profiling import make_profile, merge_profiles
 from runtime.supervise import store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,35 +159,44 @@ def ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:8.1f}"
 
 
+def measure(model: str, precision: str) -> Profile:
+    """A profile of the model on this machine (`runtime.measure.profiling`)."""
+    sizes = micro_batch_sizes(model)
+    cluster = resolve_cluster("cpu:2")
+    return make_profile(model, MODELS[model][0], cluster, sizes, repeats=15, precision=Precision(precision))
+
+
 def fidelity(args, runs_dir: Path, work: Path) -> None:
-    profiles, graphs = {}, {}
-    print("profiles (made before any run; nothing is fitted to the runs below):")
+    graphs: dict[str, object] = {}
+    measured: dict[tuple[str, str], list[Profile]] = {}
+    print(
+        "profiles: measured before the runs (the planner picks the plans with these) and again "
+        "before every round; each figure priced is the median of those, since this machine's "
+        "speed drifts by 10-30% over minutes. Nothing is fitted to the runs."
+    )
     cases = [c for c in CASES if args.cases in c.name]
-    for model, precision in dict.fromkeys((c.model, c.precision) for c in cases):
-        overrides = MODELS[model][0]
-        graphs[model] = graph_of(model, overrides)
-        t = time.perf_counter()
-        profile = make_profile(
-            model,
-            overrides,
-            resolve_cluster("cpu:2"),
-            micro_batch_sizes(model),
-            repeats=15,
-            precision=Precision(precision),
-        )
-        compare.save_profile(profile, runs_dir)
-        profiles[model, precision] = profile
-        print(
-            f"  {model:4s} {precision:10s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
-            f"({time.perf_counter() - t:.0f} s)",
-            flush=True,
-        )
-    plans = {c.name: plan_for(c, graphs[c.model], profiles[c.model, c.precision]) for c in cases}
+    keys = list(dict.fromkeys((c.model, c.precision) for c in cases))
+    for model, _ in keys:
+        graphs[model] = graph_of(model, MODELS[model][0])
+    for key in keys:
+        measured[key] = [measure(*key)]
+    plans = {c.name: plan_for(c, graphs[c.model], measured[c.model, c.precision][0]) for c in cases}
     runs: dict[str, list[str]] = {c.name: [] for c in cases}
     for r in range(args.rounds):
+        for key in keys:
+            measured[key].append(measure(*key))
         for c in cases:
             runs[c.name].append(train(plans[c.name], args.steps, runs_dir, work))
             print(f"  round {r + 1}/{args.rounds}: {c.name} done", file=sys.stderr, flush=True)
+    profiles = {key: merge_profiles(found) for key, found in measured.items()}
+    for (model, precision), profile in profiles.items():
+        compare.save_profile(profile, runs_dir)
+        steps = [sum(b.forward_s + b.backward_s for b in p.blocks) for p in measured[model, precision]]
+        spread = max(steps) / min(steps) - 1
+        print(
+            f"  {model:4s} {precision:10s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
+            f"blocks' time spread {spread:.0%} over {len(steps)} profiles"
+        )
     results = {}
     for c in cases:
         datasheet, calibrated = compare.predictions(
@@ -234,18 +246,36 @@ def table(title: str, cases: list[Case], results: dict) -> None:
     )
 
 
+PER_RANK = {
+    "compute_s": "compute",
+    "optimizer_s": "optimizer",
+    "wait_s": "wait",
+    "peer_wait_s": "peer",
+    "communication_s": "comm",
+    "idle_end_s": "end",
+    "host_s": "host",
+}
+
+
 def per_rank(cases: list[Case], results: dict) -> None:
     """Where each plan's step goes, rank by rank: predicted (calibrated) and measured."""
     print(
         "\nPer rank, ms a step, predicted / measured: compute (forward, loss, backward), optimizer, "
-        "wait (communication not hidden, and idle)"
+        "wait = peer (waiting for a peer's data) + comm (communication not hidden) + end (idle at "
+        "the step's end) + host (the step's host work: posting, the schedule's bookkeeping)"
     )
+    print(f"  {'plan':28s} rank " + "".join(f"{label:>14s}" for label in PER_RANK.values()))
     for c in cases:
         by = {(x.rank, x.name): x for x in results[c.name]}
         for rank in sorted({r for r, _ in by if r >= 0}):
-            figures = [by[(rank, name)] for name in ("compute_s", "optimizer_s", "wait_s")]
-            cells = "".join(f"  {x.name[:-2]} {ms(x.predicted):>8s} / {ms(x.measured):>8s}" for x in figures)
-            print(f"  {c.name:28s} rank {rank}{cells}")
+            cells = "".join(f"{cell(by[(rank, name)]):>14s}" for name in PER_RANK)
+            print(f"  {c.name:28s} {rank:4d} {cells}")
+
+
+def cell(x) -> str:
+    """predicted/measured in ms, one decimal."""
+    short = [("-" if v is None else f"{v * 1e3:.1f}") for v in (x.predicted, x.measured)]
+    return "/".join(short)
 
 
 def ranking(cases: list[Case], results: dict) -> None:

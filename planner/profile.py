@@ -63,6 +63,10 @@ class OptimizerTiming(StrictModel):
     seconds_per_param: float = Field(ge=0)
 
 
+DDP_STEP = "ddp"
+"""`Profile.schedule_action_s`'s key for a data-parallel replica's step."""
+
+
 class Profile(StrictModel):
     schema_version: int = SCHEMA_VERSION
     graph_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -92,6 +96,13 @@ class Profile(StrictModel):
         "costs beyond its compute (torch's schedule bookkeeping, posting and waiting for its "
         "sends and receives), from a 2-stage pipeline of a model too small to compute.",
     )
+    schedule_action_s: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per device kind, then per pipeline schedule ('gpipe', '1f1b', "
+        "'interleaved_1f1b'): pipeline_action_s measured under that schedule, which posts and "
+        "waits in its own way (a schedule not here is priced at pipeline_action_s); and 'ddp': "
+        "the same for a data-parallel replica's step of one forward and one backward.",
+    )
     runtime_bytes: dict[str, dict[str, int]] = Field(
         default_factory=dict,
         description="Per device kind, then 'pp' (torch's pipeline schedule) or 'dp' (DDP): how much "
@@ -102,6 +113,14 @@ class Profile(StrictModel):
         description="Per device kind that shares a node's cores (CPU ranks): how much slower a rank "
         "computes when every core of its node computes at once, minus 1 (0.3: 30% slower).",
     )
+
+    def action_s(self, kind: str, schedule: str) -> float:
+        """Host seconds per forward or backward action of ``schedule`` (a pipeline schedule,
+        or `DDP_STEP`) on ``kind``; 0 unmeasured."""
+        by_schedule = self.schedule_action_s.get(kind, {})
+        if schedule in by_schedule:
+            return by_schedule[schedule]
+        return 0.0 if schedule == DDP_STEP else self.pipeline_action_s.get(kind, 0.0)
 
     def digest(self) -> str:
         """sha256 of the canonical JSON: what a plan cites as its figures' source."""
@@ -146,11 +165,25 @@ class Profile(StrictModel):
 
     def all_reduce(self, link_kind: str, ranks: int) -> LinkCost | None:
         """The fit of a whole all-reduce of ``ranks`` over ``link_kind``: its time
-        is latency + bytes / bandwidth. None unless measured with that group size."""
-        for t in self.links:
-            if t.link_kind == link_kind and t.op == "all_reduce" and t.ranks == ranks:
-                return LinkCost(t.latency_s, t.bandwidth)
-        return None
+        is latency + bytes / bandwidth. None unless measured over that link kind.
+
+        A group size not measured is scaled from the nearest one measured as a ring scales
+        (`planner.cost.timing.ring_all_reduce_time`): 2(d - 1) steps, each rank sending
+        2(d - 1)/d of the buffer. A measurement with 2 ranks thus prices 4 at 3x its
+        latency and 1.5x its bytes.
+
+        >>> p = Profile(graph_digest="0" * 64, links=[LinkTiming(link_kind="shm", op="all_reduce",
+        ...     latency_s=1e-4, bandwidth=1e9)])
+        >>> p.all_reduce("shm", 4)
+        LinkCost(latency_s=0.00030000000000000003, bandwidth=666666666.6666666)
+        """
+        measured = [t for t in self.links if t.link_kind == link_kind and t.op == "all_reduce"]
+        if not measured:
+            return None
+        t = min(measured, key=lambda t: (abs(t.ranks - ranks), t.ranks))
+        steps = (ranks - 1) / (t.ranks - 1)
+        sent = (2 * (ranks - 1) / ranks) / (2 * (t.ranks - 1) / t.ranks)
+        return LinkCost(t.latency_s * steps, t.bandwidth / sent)
 
     def optimizer_seconds_per_param(self, device_kind: str, optimizer: str) -> float | None:
         for t in self.optimizers:

@@ -103,8 +103,14 @@ def test_a_measured_all_reduce_replaces_the_ring_formula():
     reduce = next(i for i in pred.timeline if i.kind == "all-reduce")
     assert reduce.end - reduce.start == pytest.approx(0.001 + 4 * 10**6 / 5e8)
     assert pred.sources["step_time_s"].startswith(f"profile:{profile.digest()}")
-    # Measured with another group size: the ring formula on the datasheet links instead.
+    # Measured with 4 ranks, priced for 2 as a ring scales: 2(d - 1) steps, 2(d - 1)/d of
+    # the buffer sent per rank; so a third of the latency and two thirds of the bytes' time.
     other = profile.model_copy(update={"links": [profile.links[0].model_copy(update={"ranks": 4})]})
+    pred = price(graph, cluster, plan, profile=other, options=CostOptions(compute_efficiency=1.0))
+    reduce = next(i for i in pred.timeline if i.kind == "all-reduce")
+    assert reduce.end - reduce.start == pytest.approx(0.001 / 3 + 4 * 10**6 / 5e8 * (1.0 / 1.5))
+    # Measured over another kind of link: the ring formula on the datasheet links instead.
+    other = profile.model_copy(update={"links": [profile.links[0].model_copy(update={"link_kind": "pcie4"})]})
     pred = price(graph, cluster, plan, profile=other, options=CostOptions(compute_efficiency=1.0))
     ring = max((i.end - i.start for i in pred.timeline if i.kind == "all-reduce"), default=0.0)
     assert ring < 1e-6  # the handmade links: no latency, unbounded bandwidth

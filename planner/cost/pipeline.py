@@ -22,6 +22,7 @@ from planner.cost.simulate import Task, TaskKind, TaskList
 from planner.cost.step import Step, StepTasks
 from planner.cost.timing import transfer_time
 from planner.plan import RankAssignment, Strategy
+from planner.profile import DDP_STEP
 from planner.schedules import Action, Schedule, held_peak, in_flight, rank_actions
 
 
@@ -30,6 +31,7 @@ class Hop(NamedTuple):
 
     sender: int
     """The rank that sends."""
+    receiver: int
     work: float
     """Seconds on the link."""
     channel: str
@@ -50,18 +52,20 @@ def price_hop(pricing: PlanPricing, ranks: list[int], src: int, dst: int, nbytes
         oa = plan.rank_of(other, src % pp).device
         ob = plan.rank_of(other, dst % pp).device
         pricing.link_bytes[(oa, ob)] += per_step
-    return Hop(a, transfer_time(nbytes, latency, bandwidth), f"p2p:{da}->{db}", round(nbytes))
+    return Hop(a, b, transfer_time(nbytes, latency, bandwidth), f"p2p:{da}->{db}", round(nbytes))
 
 
-def add_send(tasks: TaskList, hop: Hop, producer: Task, stage: int) -> int:
-    """The send of ``producer``'s output (or input gradient) over ``hop``; returns its task id."""
+def add_send(tasks: TaskList, hop: Hop, producer: Task, stage: int, posted: list[int] | None = None) -> int:
+    """The send of ``producer``'s output (or input gradient) over ``hop``, once the tasks in
+    ``posted`` (after which the receiver posts its receive) are done; returns its task id."""
     return tasks.add(
         kind=TaskKind.SEND,
         work=hop.work,
         rank=hop.sender,
-        deps=[producer.id],
+        deps=[producer.id, *(posted or ())],
         channel=hop.channel,
         lanes=(hop.sender,),
+        peers=(hop.sender, hop.receiver),
         stage=stage,
         micro_batch=producer.micro_batch,
         nbytes=hop.nbytes,
@@ -70,6 +74,9 @@ def add_send(tasks: TaskList, hop: Hop, producer: Task, stage: int) -> int:
 
 ComputeTasks = dict[tuple[str, int, int], Task]
 """(action kind "F"/"B", stage, micro-batch) -> its task, for one replica."""
+
+Previous = dict[int, int]
+"""A compute task's id -> the id of the task before it in its rank's program."""
 
 
 class PipelineStep(Step):
@@ -85,6 +92,10 @@ class PipelineStep(Step):
         plan = self.pricing.plan
         return plan.schedule or (Schedule.ONE_F_ONE_B if plan.strategy == Strategy.DP else Schedule.GPIPE)
 
+    def host_loop(self) -> str:
+        """torch's schedule; DDP's step for a plan of one stage."""
+        return DDP_STEP if len(self.pricing.stages) == 1 else self.schedule().value
+
     def tasks(self) -> StepTasks:
         pricing, plan = self.pricing, self.pricing.plan
         orders = rank_actions(self.schedule(), pricing.pp_degree, pricing.micro_batches, plan.virtual_stages)
@@ -92,11 +103,12 @@ class PipelineStep(Step):
         programs: dict[int, list[int]] = defaultdict(list)
         actions: dict[int, Sequence[Action]] = {}
         last_backward: dict[tuple[int, int], int] = {}  # (rank, stage) -> task id
+        previous: Previous = {}
         for dp in pricing.simulated:
             ranks = [plan.rank_of(dp, q).rank for q in range(pricing.pp_degree)]
             actions.update(zip(ranks, orders, strict=True))
-            compute = self._compute(tasks, ranks, orders, programs, last_backward)
-            self._connect(tasks, ranks, dp, compute)
+            compute = self._compute(tasks, ranks, orders, programs, last_backward, previous)
+            self._connect(tasks, ranks, dp, compute, previous)
         add_reductions(pricing, self, tasks, programs, last_backward)
         return StepTasks(tasks.tasks, dict(programs), actions)
 
@@ -107,6 +119,7 @@ class PipelineStep(Step):
         orders: Sequence[Sequence[Action]],
         programs: dict[int, list[int]],
         last_backward: dict[tuple[int, int], int],
+        previous: Previous,
     ) -> ComputeTasks:
         """One replica's forwards and backwards, each rank's in its schedule's order."""
         compute: ComputeTasks = {}
@@ -127,13 +140,25 @@ class PipelineStep(Step):
                     micro_batch=a.micro_batch,
                 )
                 compute[(a.kind, a.stage, a.micro_batch)] = t
+                if program:
+                    previous[t.id] = program[-1]
                 program.append(t.id)
                 if not forward:
                     last_backward[(rank, a.stage)] = t.id
         return compute
 
-    def _connect(self, tasks: TaskList, ranks: list[int], dp: int, compute: ComputeTasks) -> None:
-        """The sends between one replica's stages, and what each forward and backward waits for."""
+    def _connect(
+        self, tasks: TaskList, ranks: list[int], dp: int, compute: ComputeTasks, previous: Previous
+    ) -> None:
+        """The sends between one replica's stages, and what each forward and backward waits for.
+
+        A send moves its bytes only once the receiver has posted the matching receive (gloo's
+        point-to-point waits for the receiver's notice; NCCL's send kernel for its peer's
+        receive kernel), and torch's schedules post a receive when the receiving rank is done
+        with the action before the one that needs it. So a send starts when both its
+        producer and the receiver's previous action have ended: on a rank that is busy until
+        then, the transfer is not hidden behind its compute.
+        """
         pricing = self.pricing
         samples = pricing.micro_batch_size(dp)
         boundaries = range(len(pricing.stages) - 1)
@@ -143,12 +168,14 @@ class PipelineStep(Step):
         bwd_hops = [price_hop(pricing, ranks, j + 1, j, backward[j] * samples) for j in boundaries]
         last = len(pricing.stages) - 1
         for (kind, s, i), t in compute.items():
+            posted = [previous[t.id]] if t.id in previous else []  # the receiver is ready for it
             if kind == "F" and s > 0:
-                t.deps.append(add_send(tasks, fwd_hops[s - 1], compute[("F", s - 1, i)], s - 1))
+                send = add_send(tasks, fwd_hops[s - 1], compute[("F", s - 1, i)], s - 1, posted)
+                t.deps.append(send)
             if kind == "B":
                 t.deps.append(compute[("F", s, i)].id)
                 if s < last:
-                    t.deps.append(add_send(tasks, bwd_hops[s], compute[("B", s + 1, i)], s + 1))
+                    t.deps.append(add_send(tasks, bwd_hops[s], compute[("B", s + 1, i)], s + 1, posted))
 
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """Activations at their peak over the schedule's order, the loss's outputs on the last

@@ -26,7 +26,7 @@ from planner.cost.gan import GanReplicaStep, GanStep
 from planner.cost.memory import MemoryBreakdown, plan_memory
 from planner.cost.pipeline import PipelineStep
 from planner.cost.plan_pricing import PlanPricing
-from planner.cost.simulate import COMPUTE_KINDS, Interval, simulate, timeline
+from planner.cost.simulate import COMPUTE_KINDS, Interval, TaskKind, simulate, timeline
 from planner.cost.stages import GraphSizes
 from planner.cost.step import Step
 from planner.cost.timing import CostOptions, block_times
@@ -52,6 +52,9 @@ class Prediction:
     stage_times: dict[tuple[int, int], tuple[float, float]]
     """(rank, stage) -> (forward, backward) seconds per micro-batch."""
     sources: dict[str, str] = field(default_factory=dict)
+    host_s: dict[int, float] = field(default_factory=dict)
+    """Rank -> seconds of its forward and backward intervals that are the pipeline
+    schedule's own host work (`planner.profile.Profile.pipeline_action_s`), not compute."""
 
     @property
     def bytes_sent(self) -> int:
@@ -158,6 +161,10 @@ class Pricer:
         copies = plan.dp_degree / len(pricing.simulated)
         busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
         intervals = _with_mirrors(pricing, timeline(tasks, times, step_s)) if with_timeline else []
+        host: dict[int, float] = defaultdict(float)  # the schedule's own work, per action
+        for t in tasks:
+            if t.kind in (TaskKind.FORWARD, TaskKind.BACKWARD):
+                host[t.rank] += pricing.host_per_action.get(t.rank, 0.0)
         return Prediction(
             step_time_s=step_s,
             samples_per_s=plan.training.global_batch / step_s if step_s > 0 else math.inf,
@@ -167,6 +174,7 @@ class Pricer:
             memory=plan_memory(pricing, step, actions),
             stage_times=pricing.stage_time_table,
             sources=pricing.sources(),
+            host_s={r.rank: host.get(pricing.mirror_rank(r.rank), 0.0) for r in plan.ranks},
         )
 
     def block_times(

@@ -7,7 +7,12 @@ free, and run beside compute: torch posts sends and collectives asynchronously.
 
 Ranks that share CPU cores (``cpu:N`` with N above the core count) share them: the compute
 tasks running on a node at one moment split its cores evenly (processor sharing), so a rank
-alone runs at full speed and four ranks on two cores at half.
+alone runs at full speed and four ranks on two cores at half. Communication between the
+ranks of such a node is CPU work too (gloo copies through the kernel, and reduces, on the
+ranks' own cores): a transfer or collective there runs at the share of the cores its
+processes get next to the compute running, so four ranks all-reducing on two cores take
+twice as long as the profile's figure, measured with a core per rank. Compute is not slowed
+by communication in turn: most of a message's time is latency, not work.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Task:
     deps: list[int] = field(default_factory=list)
     channel: str | None = None  # comm tasks: a FIFO resource (a link, a group)
     lanes: tuple[int, ...] = ()  # comm tasks: ranks whose timeline shows it
+    peers: tuple[int, ...] = ()  # comm tasks: ranks whose processes work on it (default: lanes)
     stage: int | None = None
     micro_batch: int | None = None
     nbytes: int = 0
@@ -61,6 +67,7 @@ class TaskList:
         deps: list[int] | None = None,
         channel: str | None = None,
         lanes: tuple[int, ...] = (),
+        peers: tuple[int, ...] = (),
         stage: int | None = None,
         micro_batch: int | None = None,
         nbytes: int = 0,
@@ -73,6 +80,7 @@ class TaskList:
             [] if deps is None else deps,
             channel,
             lanes,
+            peers,
             stage,
             micro_batch,
             nbytes,
@@ -90,6 +98,14 @@ class Interval:
     """A TaskKind's value, or "idle"."""
     stage: int | None = None
     micro_batch: int | None = None
+    waiting_for: str | None = None
+    """An idle interval's cause: one of `IDLE_CAUSES`."""
+
+
+IDLE_CAUSES = ("peer", "communication", "end")
+"""Why a rank idles: it waits for a peer's data (a transfer that ends after the peer
+computed it), for a collective to finish (communication its compute did not hide), or it is
+done and waits for the step's end (the other ranks' work)."""
 
 
 def simulate(
@@ -121,6 +137,7 @@ class _Simulation:
     __slots__ = (
         "busy_channels",
         "channel_of",
+        "comm_node",
         "contention",
         "cores",
         "dependents",
@@ -140,6 +157,7 @@ class _Simulation:
         "unshared",
         "version",
         "waiting",
+        "weight",
         "work",
     )
 
@@ -174,6 +192,17 @@ class _Simulation:
         # Compute tasks on nodes whose cores are shared: remaining work, rate, last update.
         self.shared: dict[int, dict[int, list[float]]] = defaultdict(dict)
         self.unshared = {node: math.isinf(c) for node, c in cores.items()}
+        # Communication on one shared node: that node, and how many processes work on it.
+        self.comm_node: list[int | None] = [None] * n
+        self.weight = [1.0] * n
+        for t in tasks:
+            if t.channel is None:
+                continue
+            procs = t.peers or t.lanes or (t.rank,)
+            nodes = {node_of[r] for r in procs}
+            if len(nodes) == 1 and not self.unshared[next(iter(nodes))]:
+                self.comm_node[t.id] = nodes.pop()
+                self.weight[t.id] = float(len(set(procs)))
         self.now = 0.0
         self.done = 0
 
@@ -209,6 +238,10 @@ class _Simulation:
                 end_compute(tid)
             else:
                 self.busy_channels.discard(channel)
+                node = self.comm_node[tid]
+                if node is not None:
+                    del self.shared[node][tid]
+                    self.reshare(node)
                 try_channel(channel)
             for d in dependents[tid]:  # start what waited only for this task
                 waiting[d] -= 1
@@ -231,18 +264,24 @@ class _Simulation:
         self.try_rank(rank)
 
     def reshare(self, node: int) -> None:
-        """Processor sharing: the node's running tasks split its cores evenly from now on,
-        each slower by the node's contention for every other busy core."""
-        running, cores, now = self.shared[node], self.cores, self.now
-        rate = min(1.0, cores[node] / len(running)) if running else 1.0
-        busy = min(len(running), cores[node])
+        """Processor sharing: the node's running compute tasks split its cores evenly from
+        now on, each slower by the node's contention for every other busy core; its running
+        communication gets the share of its processes next to them."""
+        running, cores, now = self.shared[node], self.cores[node], self.now
+        comm_node, weight = self.comm_node, self.weight
+        computing = sum(1 for tid in running if comm_node[tid] is None)
+        processes = computing + sum(weight[tid] for tid in running if comm_node[tid] is not None)
+        rate = min(1.0, cores / computing) if computing else 1.0
+        busy = min(computing, cores)
         if busy > 1 and self.contention.get(node):
-            rate /= 1 + self.contention[node] * (busy - 1) / max(cores[node] - 1, 1)
+            rate /= 1 + self.contention[node] * (busy - 1) / max(cores - 1, 1)
+        comm_rate = min(1.0, cores / processes) if processes else 1.0
         for tid, state in running.items():
+            r = rate if comm_node[tid] is None else comm_rate
             state[0] -= state[1] * (now - state[2])
-            state[1], state[2] = rate, now
+            state[1], state[2] = r, now
             self.version[tid] += 1
-            heapq.heappush(self.events, (now + state[0] / rate, self.version[tid], tid))
+            heapq.heappush(self.events, (now + state[0] / r, self.version[tid], tid))
 
     def try_rank(self, rank: int) -> None:
         """Start the rank's next task if the rank is idle and the task's inputs are ready."""
@@ -270,7 +309,12 @@ class _Simulation:
             tid = queue.popleft()
             self.busy_channels.add(channel)
             self.started[tid] = self.now
-            heapq.heappush(self.events, (self.now + self.work[tid], self.version[tid], tid))
+            node = self.comm_node[tid]
+            if node is None:
+                heapq.heappush(self.events, (self.now + self.work[tid], self.version[tid], tid))
+            else:
+                self.shared[node][tid] = [self.work[tid], 1.0, self.now]
+                self.reshare(node)
 
     def times(self) -> tuple[dict[int, tuple[float, float]], float]:
         n = len(self.tasks)
@@ -283,22 +327,32 @@ class _Simulation:
 def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: float) -> list[Interval]:
     """Intervals per rank, idle gaps in the compute lane included (the Gantt chart's data)."""
     out: list[Interval] = []
-    compute: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    compute: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
     for t in tasks:
         start, end = times[t.id]
         kind = str(t.kind)  # the plain word: figures and JSON show it, never the enum
         if t.kind in COMPUTE_KINDS:
             out.append(Interval(t.rank, start, end, kind, t.stage, t.micro_batch))
-            compute[t.rank].append((start, end))
+            compute[t.rank].append((start, end, t.id))
         elif end > start:  # a zero-byte send is no event worth drawing
             for lane in t.lanes or (t.rank,):
                 out.append(Interval(lane, start, end, kind, t.stage, t.micro_batch))
     for rank, spans in compute.items():
         at = 0.0
-        for start, end in sorted(spans):
+        for start, end, tid in sorted(spans):
             if start > at + 1e-15:
-                out.append(Interval(rank, at, start, "idle"))
+                out.append(Interval(rank, at, start, "idle", waiting_for=_blocker(tasks, times, tid)))
             at = max(at, end)
         if step > at + 1e-15:
-            out.append(Interval(rank, at, step, "idle"))
+            out.append(Interval(rank, at, step, "idle", waiting_for="end"))
     return sorted(out, key=lambda i: (i.rank, i.start, i.kind))
+
+
+def _blocker(tasks: list[Task], times: dict[int, tuple[float, float]], tid: int) -> str:
+    """What the compute task ``tid`` waited for last: a collective ("communication"), else
+    a transfer or another rank's compute ("peer")."""
+    deps = tasks[tid].deps
+    if not deps:
+        return "peer"
+    last = tasks[max(deps, key=lambda d: times[d][1])]
+    return "communication" if last.kind == TaskKind.ALL_REDUCE else "peer"

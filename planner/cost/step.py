@@ -49,6 +49,11 @@ class Step(ABC):
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """The memory terms of ``rank`` (holding ``stages``) that the step decides."""
 
+    def host_loop(self) -> str | None:
+        """The loop whose host work per action the profile measured for this step
+        (`planner.profile.Profile.schedule_action_s`); None where none applies."""
+        return None
+
     def passes(self, block: str, stage_blocks: list[str]) -> tuple[int, ...]:
         """Each run of ``block`` in one micro-batch, as a multiple of its samples: once."""
         return (1,)
@@ -81,9 +86,11 @@ class Step(ABC):
             pricing.sources_used["compute"].add("profile")
         else:
             fwd, bwd = self._blocks_time(kind, samples, pricing.stages[stage].blocks)
-        action = profile.pipeline_action_s.get(kind, 0.0) if profile is not None and not one_stage else 0.0
-        if action and self.uses_profiled_loops:  # torch's schedule, per action
+        loop = self.host_loop()
+        action = profile.action_s(kind, loop) if profile is not None and loop is not None else 0.0
+        if action:
             fwd, bwd = fwd + action, bwd + action
+            pricing.host_per_action[rank] = action
         return fwd, bwd
 
     def _blocks_time(self, kind: str, samples: float, blocks: list[str]) -> tuple[float, float]:

@@ -51,7 +51,8 @@ from planner.devices import device_kind
 from planner.errors import ClusterError, PlanError
 from planner.plan import Strategy
 from planner.precision import Precision
-from planner.profile import BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
+from planner.profile import DDP_STEP, BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
+from planner.schedules import Schedule
 from runtime.rank.amp import Amp
 from runtime.rank.host_allocator import fix_malloc_thresholds
 
@@ -394,14 +395,27 @@ ACTION_M = 8  # micro-batches of the tiny pipeline that measures what the runtim
 
 
 def _tiny_run_worker(
-    rank: int, init: str, out: str, repeats: int, mode: Strategy, device_type: str = "cpu"
+    rank: int,
+    init: str,
+    out: str,
+    repeats: int,
+    mode: Strategy,
+    device_type: str = "cpu",
+    schedule_name: Schedule = Schedule.GPIPE,
 ) -> None:
     """Train a model too small to compute or to hold, as the runtime trains: ``pp`` with
-    torch's GPipe schedule over two stages, ``dp`` with DDP. Records the step time and how
-    much the peak memory grew from the moment the process group was up."""
+    torch's ``schedule_name`` over two ranks (two stages each when interleaved), ``dp`` with
+    DDP. Records the step time and how much the peak memory grew from the moment the
+    process group was up."""
     import json
 
-    from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+    from torch.distributed.pipelining import (
+        Schedule1F1B,
+        ScheduleGPipe,
+        ScheduleInterleaved1F1B,
+        SplitPoint,
+        pipeline,
+    )
     from torch.nn.parallel import DistributedDataParallel
 
     from runtime.parallel.pipeline_parallel import load_tracer
@@ -411,24 +425,29 @@ def _tiny_run_worker(
     if mode == Strategy.PP:
         load_tracer()
     base = reset_peak_memory(device)  # as the runtime's worker measures it
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    stages = 4 if schedule_name == Schedule.INTERLEAVED_1F1B else 2
+    model = torch.nn.Sequential(*(torch.nn.Linear(8, 8) for _ in range(stages)))
     x, target = torch.randn(ACTION_M, 8, device=device), torch.randn(ACTION_M, 8, device=device)
 
     def loss_fn(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (y - target).pow(2).sum()
 
     if mode == Strategy.PP:
-        pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec={"1": SplitPoint.BEGINNING})
-        stage = pipe.build_stage(rank, device)
-        schedule = ScheduleGPipe(stage, n_microbatches=ACTION_M, loss_fn=loss_fn)
-        optimizer = torch.optim.AdamW(stage.submod.parameters(), foreach=False)
+        split = {str(i): SplitPoint.BEGINNING for i in range(1, stages)}
+        pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec=split)
+        mine = [pipe.build_stage(i, device) for i in range(rank, stages, 2)]
+        if schedule_name == Schedule.INTERLEAVED_1F1B:
+            schedule = ScheduleInterleaved1F1B(mine, n_microbatches=ACTION_M, loss_fn=loss_fn)
+        else:
+            kinds = {Schedule.GPIPE: ScheduleGPipe, Schedule.ONE_F_ONE_B: Schedule1F1B}
+            schedule = kinds[schedule_name](mine[0], n_microbatches=ACTION_M, loss_fn=loss_fn)
+        holds_last = rank == (stages - 1) % 2
+        optimizer = torch.optim.AdamW([p for s in mine for p in s.submod.parameters()], foreach=False)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            if rank == 0:
-                schedule.step(x)
-            else:
-                schedule.step(target=target, losses=[])
+            args = (x,) if rank == 0 else ()
+            schedule.step(*args, **({"target": target, "losses": []} if holds_last else {}))
             optimizer.step()
     else:
         model = model.to(device)
@@ -450,18 +469,29 @@ def _tiny_run_worker(
     _leave()
 
 
-def runtime_costs(repeats: int = 5, device_type: str = "cpu") -> tuple[float, dict[str, int]]:
+def runtime_costs(repeats: int = 5, device_type: str = "cpu") -> tuple[dict[str, float], dict[str, int]]:
     """What the runtime itself costs between two ranks here (gloo between CPU ranks, nccl
-    between GPUs), from a model too small to count: (seconds one forward or backward action
-    of torch's pipeline schedule takes beyond its compute, i.e. a GPipe step over the
-    2(m + p - 1) actions on its critical path; and how much a rank's peak memory grows to
-    train, per ``pp`` and ``dp``)."""
-    measured = {
-        mode: _spawned(_tiny_run_worker, 2, max(repeats, 10), mode, device_type)
-        for mode in (Strategy.PP, Strategy.DP)
-    }
-    action = measured[Strategy.PP]["step_s"] / (2 * (ACTION_M + 2 - 1))
-    return action, {mode.value: m["grown_bytes"] for mode, m in measured.items()}  # the document's words
+    between GPUs), from a model too small to count: (per torch schedule, the seconds one
+    forward or backward action takes beyond its compute; and how much a rank's peak memory
+    grows to train, per ``pp`` and ``dp``).
+
+    A schedule's step of such a model is its host work alone: the actions of one rank (2m
+    per stage it holds) and the p - 1 forwards and backwards of the fill and drain that
+    the other rank's wait for. Each schedule posts and waits in its own way (interleaved
+    posts a rank's sends and receives apart, and more of them), so each is timed. A
+    data-parallel replica's step (DDP's, ``"ddp"``) is timed the same way, over its two
+    actions: loading the batch, DDP's hooks, zeroing and reading the loss."""
+    workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
+    action: dict[str, float] = {}
+    for schedule in (Schedule.GPIPE, Schedule.ONE_F_ONE_B, Schedule.INTERLEAVED_1F1B):
+        run = _spawned(_tiny_run_worker, 2, workers, Strategy.PP, device_type, schedule)
+        per_rank = 2 * ACTION_M * (2 if schedule == Schedule.INTERLEAVED_1F1B else 1)
+        action[schedule.value] = run["step_s"] / (per_rank + 2 * (2 - 1))
+        if schedule == Schedule.GPIPE:
+            pp = run
+    dp = _spawned(_tiny_run_worker, 2, workers, Strategy.DP, device_type)
+    action[DDP_STEP] = dp["step_s"] / 2  # its forward and its backward
+    return action, {"pp": pp["grown_bytes"], "dp": dp["grown_bytes"]}  # the document's words
 
 
 def _contention_worker(
@@ -571,8 +601,40 @@ def make_profile(
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
             action, grown = runtime_costs(repeats, device.type)
-            update = {"links": links, "pipeline_action_s": {kind: action}, "runtime_bytes": {kind: grown}}
+            update = {
+                "links": links,
+                "pipeline_action_s": {kind: action[Schedule.GPIPE.value]},
+                "schedule_action_s": {kind: action},
+                "runtime_bytes": {kind: grown},
+            }
             if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages
                 update["overhead_bytes"] = {"cpu": overhead}
             profile = profile.model_copy(update=update)
     return profile
+
+
+def merge_profiles(profiles: list[Profile]) -> Profile:
+    """One profile from several of the same model and machine, measured at different
+    times: each figure the median of theirs. A machine whose speed drifts over minutes
+    (a shared one: 10-30% here, `bench/fidelity.py`) is then priced at its typical speed
+    over that span, not at the moment one profile happened to catch."""
+    if not profiles:
+        raise ValueError("no profiles to merge")
+    return Profile.model_validate(_median_of([p.model_dump(mode="json") for p in profiles]))
+
+
+def _median_of(values: list):
+    first = values[0]
+    if isinstance(first, bool | str) or first is None:
+        if any(v != first for v in values):
+            raise ValueError(f"profiles differ where they must agree: {sorted(set(map(str, values)))}")
+        return first
+    if isinstance(first, int | float):
+        return type(first)(statistics.median(values))
+    if isinstance(first, dict):
+        if any(v.keys() != first.keys() for v in values):
+            raise ValueError("profiles measured different things: their keys differ")
+        return {k: _median_of([v[k] for v in values]) for k in first}
+    if any(len(v) != len(first) for v in values):
+        raise ValueError("profiles measured different things: their lists differ in length")
+    return [_median_of(list(items)) for items in zip(*values, strict=True)]
