@@ -225,14 +225,24 @@ def test_tied_weights_on_two_stages_are_summed_between_them():
     assert pred.memory[1].parameters == 400  # the copy of the tied weight on stage 1
 
 
+def _cpus(n, cores, *, latency=0.0, bandwidth=1e30):
+    """n CPU ranks on one node of ``cores`` cores, every pair linked by loopback."""
+    return Cluster(
+        devices=[
+            {"id": i, "kind": "cpu", "node": 0, "memory_bytes": 2**30, "compute_share": cores / n}
+            for i in range(n)
+        ],
+        links=[
+            {"a": a, "b": b, "kind": "loopback", "latency": latency, "bandwidth": bandwidth}
+            for a in range(n)
+            for b in range(a + 1, n)
+        ],
+    )
+
+
 def test_cores_shared_by_more_ranks_than_there_are_run_at_their_share():
     graph = chain([1])
-    cluster = Cluster(
-        devices=[
-            {"id": i, "kind": "cpu", "node": 0, "memory_bytes": 2**30, "compute_share": 0.5} for i in range(4)
-        ],
-        links=[{"a": a, "b": b, "kind": "loopback"} for a in range(4) for b in range(a + 1, 4)],
-    )
+    cluster = _cpus(4, 2)
     alone = make_plan(graph, cluster, strategy="dp", global_batch=4)
     four = make_plan(graph, cluster, strategy="dp", dp_degree=4, global_batch=16)
     t_alone = price(graph, cluster, alone, options=EXACT)
@@ -242,6 +252,80 @@ def test_cores_shared_by_more_ranks_than_there_are_run_at_their_share():
     )
     # Same per-rank batch (4 samples); four ranks on two cores each run at half speed.
     assert compute(t_four) == pytest.approx(2 * compute(t_alone))
+
+
+def test_communication_between_ranks_sharing_cores_runs_at_their_share():
+    graph = chain([1], params=[10**6])
+    bw = 4e6 / UNIT  # 4 MB per ms
+
+    def all_reduce(cores):
+        cluster = _cpus(4, cores, bandwidth=bw)
+        plan = make_plan(graph, cluster, strategy="dp", dp_degree=4, global_batch=4)
+        pred = price(graph, cluster, plan, options=EXACT)
+        return next(i.end - i.start for i in pred.timeline if i.kind == "all-reduce")
+
+    ring = ring_all_reduce_time(4e6, 4, 0.0, bw)
+    assert all_reduce(4) == pytest.approx(ring)  # a core per rank: the link's figure
+    # Four processes reducing on two cores get half a core each: twice as long.
+    assert all_reduce(2) == pytest.approx(2 * ring)
+
+
+def test_a_send_moves_once_its_receiver_has_posted_the_receive():
+    # GPipe, p = 2, m = 2, forward [1, 2], a 0.5 ms hop. Stage 1 posts micro-batch 1's
+    # receive when its forward of micro-batch 0 ends (at 3.5), so the send made ready at 2
+    # starts then, and its forward waits for the whole transfer: 4.0, not 3.5.
+    pred = _pp(chain([1, 2], edge_bytes=1), gpus(2, latency=0.5 * UNIT), "gpipe", 2)
+    at = lambda kind, rank, mb: next(
+        (round(i.start / UNIT, 9), round(i.end / UNIT, 9))
+        for i in pred.timeline
+        if i.kind == kind and i.rank == rank and i.micro_batch == mb
+    )
+    assert at("send", 0, 0) == (1.0, 1.5)
+    assert at("forward", 1, 0) == (1.5, 3.5)
+    assert at("send", 0, 1) == (3.5, 4.0)
+    assert at("forward", 1, 1) == (4.0, 6.0)
+
+
+def test_idle_time_carries_its_cause():
+    # Data parallel: the gap before the optimizer is the all-reduce; a pipeline's last
+    # stage waits for its peer's data first, and its first stage idles at the step's end.
+    graph = chain([1], params=[10**6])
+    cluster = gpus(2, latency=0.1 * UNIT, bandwidth=4e6 / UNIT)
+    dp = price(graph, cluster, make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2))
+    assert {i.waiting_for for i in dp.timeline if i.kind == "idle"} == {"communication"}
+    pp = _pp(chain([1, 1], edge_bytes=1), gpus(2, latency=0.5 * UNIT), "gpipe", 2)
+    idle = {(i.rank, i.waiting_for) for i in pp.timeline if i.kind == "idle"}
+    # Stage 0 waits for gradients, stage 1 for activations, then idles once its last
+    # backward is done while stage 0 still computes.
+    assert idle == {(0, "peer"), (1, "peer"), (1, "end")}
+
+
+def test_a_profile_prices_each_schedules_host_work_per_action():
+    graph = chain([1, 1])
+    cluster = gpus(2)
+    base = _pp(graph, cluster, "gpipe", 2)
+    profile = Profile(
+        graph_digest=graph_digest(graph),
+        pipeline_action_s={"h100-80gb": 0.5 * UNIT},
+        schedule_action_s={"h100-80gb": {"1f1b": 0.25 * UNIT, "ddp": 0.125 * UNIT}},
+    )
+
+    def host(schedule):
+        plan = make_plan(
+            graph, cluster, strategy="pp", pp_degree=2, schedule=schedule, micro_batches=2, global_batch=2
+        )
+        return price(graph, cluster, plan, profile, options=EXACT).host_s
+
+    # Four actions a rank (two forwards, two backwards), each its schedule's figure; a
+    # schedule the profile did not time takes the pipeline's figure.
+    assert host("1f1b") == {0: pytest.approx(1.0 * UNIT), 1: pytest.approx(1.0 * UNIT)}
+    assert host("gpipe") == {0: pytest.approx(2.0 * UNIT), 1: pytest.approx(2.0 * UNIT)}
+    assert base.host_s == {0: 0.0, 1: 0.0}  # datasheet only: no host work priced
+    dp = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2)
+    assert price(graph, cluster, dp, profile, options=EXACT).host_s == {
+        0: pytest.approx(0.25 * UNIT),
+        1: pytest.approx(0.25 * UNIT),
+    }
 
 
 def test_gan_is_priced_as_its_phases():

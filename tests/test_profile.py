@@ -114,3 +114,32 @@ def test_a_measured_all_reduce_replaces_the_ring_formula():
     pred = price(graph, cluster, plan, profile=other, options=CostOptions(compute_efficiency=1.0))
     ring = max((i.end - i.start for i in pred.timeline if i.kind == "all-reduce"), default=0.0)
     assert ring < 1e-6  # the handmade links: no latency, unbounded bandwidth
+
+
+def test_profiles_taken_at_different_times_merge_to_the_median_of_each_figure():
+    from planner.profile import BlockTiming, Profile
+    from runtime.measure.profiling import merge_profiles
+
+    def profile(forward_s, contention):
+        return Profile(
+            graph_digest="0" * 64,
+            blocks=[
+                BlockTiming(
+                    block="b0",
+                    device_kind="cpu",
+                    micro_batch_size=2,
+                    forward_s=forward_s,
+                    backward_s=2 * forward_s,
+                    saved_bytes=100,
+                )
+            ],
+            contention={"cpu": contention},
+        )
+
+    merged = merge_profiles([profile(1.0, 0.1), profile(3.0, 0.0), profile(2.0, 0.5)])
+    assert merged.blocks[0].forward_s == 2.0 and merged.blocks[0].backward_s == 4.0
+    assert merged.blocks[0].saved_bytes == 100 and merged.contention == {"cpu": 0.1}
+    with pytest.raises(ValueError, match="differ"):
+        merge_profiles([profile(1.0, 0.1), profile(1.0, 0.1).model_copy(update={"host": "elsewhere"})])
+    with pytest.raises(ValueError, match="measured different things"):
+        merge_profiles([profile(1.0, 0.1), profile(1.0, 0.1).model_copy(update={"blocks": []})])

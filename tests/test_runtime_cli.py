@@ -50,6 +50,39 @@ def test_run_trains_and_records_every_step(tmp_path):
         assert by[(step, -1, "samples_per_s")] == pytest.approx(32 / by[(step, -1, "step_time_s")])
 
 
+def test_a_pipeline_rank_splits_its_wait_by_cause_and_can_record_its_timeline(tmp_path):
+    plan = zoo_plan(
+        "mlp", ranks=2, strategy="pp", pp_degree=2, schedule="1f1b", micro_batches=4, global_batch=32
+    )
+    save_plan(plan, tmp_path / "plan.json")
+    env = {**ENV, "STAGECRAFT_TIMELINE": str(tmp_path / "timeline")}
+    done = runtime_cli("run", tmp_path / "plan.json", "--steps", 5, "--runs-dir", tmp_path / "runs", env=env)
+    assert done.returncode == 0, done.stderr
+    conn, run_id, _ = only_run(tmp_path / "runs")
+    by = {(m.step, m.rank, m.name): m.value for m in store.read_metrics(conn, run_id)[0]}
+    for step in range(2, 6):
+        for rank in (0, 1):
+            parts = [by[(step, rank, n)] for n in ("peer_wait_s", "communication_s", "idle_end_s", "host_s")]
+            assert all(x >= 0 for x in parts)
+            assert parts[0] + parts[1] + parts[3] <= by[(step, rank, "comm_wait_s")] + 1e-9
+    # The last stage waits for every micro-batch's activations; the first for gradients.
+    assert all(by[(s, 1, "peer_wait_s")] > 0 for s in range(2, 6))
+
+    moved = {}
+    for rank, peer in ((0, 1), (1, 0)):
+        steps = json.loads((tmp_path / "timeline" / f"rank{rank}.json").read_text())["steps"]
+        assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+        events = steps[-1]["events"]
+        assert {"compute", "post", "wait", "optimizer"} <= {e["kind"] for e in events}
+        assert all(0 <= e["start"] <= e["end"] <= steps[-1]["end"] + 1e-6 for e in events)
+        ops = [op for e in events if e["kind"] == "post" for op in e["ops"]]
+        assert {op["peer"] for op in ops} == {peer}
+        for way in ("send", "recv"):
+            moved[rank, way] = sum(op["bytes"] for op in ops if op["op"] == way)
+    # Four micro-batches' activations one way, their gradients (as large) the other.
+    assert moved[0, "send"] == moved[1, "recv"] == moved[1, "send"] == moved[0, "recv"] > 0
+
+
 def test_bad_plan_starts_nothing(tmp_path):
     plan = json.loads(zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2).to_json())
     plan["replicas"][0]["batch_share"] = 20  # shares no longer sum to the global batch
