@@ -62,8 +62,8 @@ class PlanPricing:
         self.stage_time_table: dict[tuple[int, int], tuple[float, float]] = {}
         """(rank, stage) -> (forward, backward) seconds per micro-batch."""
         self.host_per_action: dict[int, float] = {}
-        """Rank -> seconds of each of its forwards and backwards that are the pipeline
-        schedule's own host work (posting, waiting, bookkeeping), not compute."""
+        """Rank -> seconds of each of its forwards and backwards that are host work (torch's
+        schedule or DDP's step: posting, waiting, bookkeeping), not compute."""
         stage_blocks = plan.stage_blocks()
         self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
         self.stages = [

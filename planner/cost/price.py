@@ -53,8 +53,8 @@ class Prediction:
     """(rank, stage) -> (forward, backward) seconds per micro-batch."""
     sources: dict[str, str] = field(default_factory=dict)
     host_s: dict[int, float] = field(default_factory=dict)
-    """Rank -> seconds of its forward and backward intervals that are the pipeline
-    schedule's own host work (`planner.profile.Profile.pipeline_action_s`), not compute."""
+    """Rank -> seconds of its forward and backward intervals that are the host work of
+    torch's schedule or DDP's step (`planner.profile.Profile.schedule_action_s`), not compute."""
 
     @property
     def bytes_sent(self) -> int:

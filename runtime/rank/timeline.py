@@ -129,7 +129,8 @@ def watch_pipeline_p2p() -> None:
         works = post(p2p_ops, desc)
         if p2p_ops:
             _posted[id(works)] = (desc or "", any(op.op in (dist.irecv, dist.recv) for op in p2p_ops))
-            mark("post", t, time.perf_counter(), desc=desc or "", ops=_describe(p2p_ops))
+            if _current is not None:
+                _current.mark("post", t, time.perf_counter(), desc=desc or "", ops=_describe(p2p_ops))
         return works
 
     def timed_wait(works):
