@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from dashboard import format as fmt
 from dashboard.figures.graph import WEBGL_FROM, chain_layout
 from planner.cost.price import Prediction
+from planner.cost.simulate import IDLE_CAUSES
 from planner.plan import Plan
 
 MiB = 2**20
@@ -251,8 +252,23 @@ def _time_unit(step_s: float) -> tuple[float, str]:
     return (1e3, "ms") if step_s >= 1e-3 else (1e6, "us")
 
 
+IDLE_WHY = dict(  # the hover's words for each of the simulator's idle causes, in its order
+    zip(
+        IDLE_CAUSES,
+        (
+            "waiting for a peer's data",
+            "waiting for communication to finish",
+            "done, until the step's last rank finishes",
+        ),
+        strict=True,
+    )
+)
+
+
 def _what(i) -> str:
     parts = [i.kind]
+    if i.waiting_for is not None:
+        parts.append(IDLE_WHY[i.waiting_for])
     if i.stage is not None:
         parts.append(f"stage {i.stage}")
     if i.micro_batch is not None:
