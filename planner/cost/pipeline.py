@@ -55,14 +55,14 @@ def price_hop(pricing: PlanPricing, ranks: list[int], src: int, dst: int, nbytes
     return Hop(a, b, transfer_time(nbytes, latency, bandwidth), f"p2p:{da}->{db}", round(nbytes))
 
 
-def add_send(tasks: TaskList, hop: Hop, producer: Task, stage: int, posted: list[int] | None = None) -> int:
-    """The send of ``producer``'s output (or input gradient) over ``hop``, once the tasks in
-    ``posted`` (after which the receiver posts its receive) are done; returns its task id."""
+def add_send(tasks: TaskList, hop: Hop, producer: Task, stage: int, posted: int | None = None) -> int:
+    """The send of ``producer``'s output (or input gradient) over ``hop``, once the task
+    ``posted`` (after which the receiver posts its receive) is done too; returns its id."""
     return tasks.add(
         kind=TaskKind.SEND,
         work=hop.work,
         rank=hop.sender,
-        deps=[producer.id, *(posted or ())],
+        deps=[producer.id] if posted is None else [producer.id, posted],
         channel=hop.channel,
         lanes=(hop.sender,),
         peers=(hop.sender, hop.receiver),
@@ -167,15 +167,17 @@ class PipelineStep(Step):
         fwd_hops = [price_hop(pricing, ranks, j, j + 1, forward[j] * samples) for j in boundaries]
         bwd_hops = [price_hop(pricing, ranks, j + 1, j, backward[j] * samples) for j in boundaries]
         last = len(pricing.stages) - 1
+        ready = previous.get  # the task after which the receiver posts its receive
         for (kind, s, i), t in compute.items():
-            posted = [previous[t.id]] if t.id in previous else []  # the receiver is ready for it
-            if kind == "F" and s > 0:
-                send = add_send(tasks, fwd_hops[s - 1], compute[("F", s - 1, i)], s - 1, posted)
-                t.deps.append(send)
-            if kind == "B":
+            if kind == "F":
+                if s > 0:
+                    t.deps.append(
+                        add_send(tasks, fwd_hops[s - 1], compute[("F", s - 1, i)], s - 1, ready(t.id))
+                    )
+            else:
                 t.deps.append(compute[("F", s, i)].id)
                 if s < last:
-                    t.deps.append(add_send(tasks, bwd_hops[s], compute[("B", s + 1, i)], s + 1, posted))
+                    t.deps.append(add_send(tasks, bwd_hops[s], compute[("B", s + 1, i)], s + 1, ready(t.id)))
 
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """Activations at their peak over the schedule's order, the loss's outputs on the last

@@ -161,10 +161,10 @@ class Pricer:
         copies = plan.dp_degree / len(pricing.simulated)
         busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
         intervals = _with_mirrors(pricing, timeline(tasks, times, step_s)) if with_timeline else []
-        host: dict[int, float] = defaultdict(float)  # the schedule's own work, per action
-        for t in tasks:
-            if t.kind in (TaskKind.FORWARD, TaskKind.BACKWARD):
-                host[t.rank] += pricing.host_per_action.get(t.rank, 0.0)
+        host: dict[int, float] = {}  # the host work inside each rank's forwards and backwards
+        for rank, per_action in pricing.host_per_action.items():
+            actions_run = sum(1 for tid in programs[rank] if tasks[tid].kind != TaskKind.OPTIMIZER)
+            host[rank] = per_action * actions_run
         return Prediction(
             step_time_s=step_s,
             samples_per_s=plan.training.global_batch / step_s if step_s > 0 else math.inf,

@@ -195,7 +195,7 @@ class _Simulation:
         # Communication on one shared node: that node, and how many processes work on it.
         self.comm_node: list[int | None] = [None] * n
         self.weight = [1.0] * n
-        for t in tasks:
+        for t in tasks if not all(self.unshared.values()) else ():  # GPUs share no cores
             if t.channel is None:
                 continue
             procs = t.peers or t.lanes or (t.rank,)
