@@ -8,9 +8,9 @@ train the plan for real with every rank recording its timeline (``STAGECRAFT_TIM
 wait, the optimizer), and price it with the simulator (`planner.cost.price`). Printed per
 plan and rank, in ms a step: compute, optimizer, and the wait in parts (waiting for a peer's
 data, communication not hidden, idle at the step's end, host work: posting and the
-schedule's own bookkeeping), predicted / measured (medians over the steps after the
-warm-up); then one step drawn as lanes, measured above simulated, one character per
-1/100 of the step:
+schedule's own bookkeeping), predicted / measured (the run's stored figures, medians over
+the steps after the warm-up, as `bench/fidelity.py` compares them); then one step drawn
+as lanes, measured above simulated, one character per 1/100 of the step:
 
     F/B  forward / backward (simulated)     #  compute (measured)
     .    waiting for a peer's data          s  waiting for its own sends or reductions
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,27 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fidelity import CASES, MODELS, graph_of, measure, plan_for
 from bench.run_plan import run_plan
 from planner.cost.price import Pricer
-from runtime.measure.compare import WARMUP, predicted_figures
+from runtime.measure.compare import WARMUP, measured_figures, predicted_figures
 from runtime.rank.timeline import TIMELINE_ENV
+from runtime.supervise import store
 
 WIDTH = 100
 PARTS = ("compute_s", "optimizer_s", "peer_wait_s", "communication_s", "idle_end_s", "host_s")
 LABELS = ("compute", "optimizer", "peer", "comm", "end", "host")
-
-
-def measured_parts(step: dict) -> dict[str, float]:
-    """One rank's step in the parts the prediction has (idle at the end: from the lanes)."""
-    out = dict.fromkeys(PARTS, 0.0)
-    for e in step["events"]:
-        span = e["end"] - e["start"]
-        if e["kind"] == "compute":
-            out["compute_s"] += span
-        elif e["kind"] == "optimizer":
-            out["optimizer_s"] += span
-        elif e["kind"] == "wait":
-            out["peer_wait_s" if e.get("cause") == "peer" else "communication_s"] += span
-    out["host_s"] = step["end"] - sum(out.values())
-    return out
 
 
 def load(folder: Path, ranks: int) -> list[list[dict]]:
@@ -64,24 +50,12 @@ def load(folder: Path, ranks: int) -> list[list[dict]]:
     return [json.loads((folder / f"rank{r}.json").read_text())["steps"][WARMUP:] for r in range(ranks)]
 
 
-def table(steps: list[list[dict]], predicted: dict) -> None:
-    """Predicted / measured parts per rank; a rank's idle at the end from the lined-up clocks,
-    and taken out of its next step's first wait (where a run spends it)."""
-    ranks = len(steps)
-    ends = [[s["at"] + s["end"] for s in rank] for rank in steps]
-    last = [max(col) for col in zip(*ends, strict=False)]
+def table(ranks: int, predicted: dict, measured: dict) -> None:
+    """Predicted / measured parts per rank: the run's stored figures, as the fidelity bench
+    compares them (`runtime.measure.compare`)."""
     print(f"  {'rank':4s}" + "".join(f"{label:>16s}" for label in LABELS))
     for r in range(ranks):
-        parts = [measured_parts(s) for s in steps[r]]
-        idle = [last[k] - ends[r][k] for k in range(len(last))]
-        for k, p in enumerate(parts):
-            p["idle_end_s"] = idle[k]
-            before = idle[k - 1] if k > 0 else 0.0
-            p["peer_wait_s"] = max(p["peer_wait_s"] - before, 0.0)
-        cells = []
-        for name in PARTS:
-            m = statistics.median(p[name] for p in parts[1:] or parts)
-            cells.append(f"{predicted[(r, name)] * 1e3:.1f}/{m * 1e3:.1f}")
+        cells = [f"{predicted[(r, n)] * 1e3:.1f}/{measured.get((r, n), math.nan) * 1e3:.1f}" for n in PARTS]
         print(f"  {r:4d}" + "".join(f"{c:>16s}" for c in cells))
 
 
@@ -143,18 +117,19 @@ def main() -> None:
             folder = work / f"timeline-{len(os.listdir(work))}"
             os.environ[TIMELINE_ENV] = str(folder)
             try:
-                run_plan(plan, args.steps, work / "runs", work)
+                run_id, _ = run_plan(plan, args.steps, work / "runs", work)
             finally:
                 del os.environ[TIMELINE_ENV]
-            steps = load(folder, len(plan.ranks))
-            measured = statistics.median(max(rank[k]["end"] for rank in steps) for k in range(len(steps[0])))
+            metrics, _ = store.read_metrics(store.connect(work / "runs"), run_id)
+            measured = measured_figures(metrics)
             print(
                 f"\n{c.name}: step predicted {prediction.step_time_s * 1e3:.1f} ms, measured "
-                f"{measured * 1e3:.1f} (slowest rank, median of steps {WARMUP + 1}-{args.steps})"
+                f"{measured[(store.STEP_RANK, 'step_time_s')] * 1e3:.1f} (slowest rank, median of steps "
+                f"{WARMUP + 1}-{args.steps})"
             )
             print("  ms a step, predicted/measured")
-            table(steps, predicted_figures(plan, prediction))
-            lanes(steps, prediction, prediction.step_time_s)
+            table(len(plan.ranks), predicted_figures(plan, prediction), measured)
+            lanes(load(folder, len(plan.ranks)), prediction, prediction.step_time_s)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     assert set(profile.contention) == {"cpu"} and profile.contention["cpu"] >= 0  # 2 ranks, 2 cores
     assert {(w.micro_batch_size, w.forward_s > 0) for w in profile.whole} == {(1, True), (2, True)}
     assert 0 < profile.pipeline_action_s["cpu"] < 0.1
+    actions = profile.schedule_action_s["cpu"]  # each schedule's host work, and DDP's step's
+    assert set(actions) == {"gpipe", "1f1b", "interleaved_1f1b", "ddp"} and all(
+        0 < a < 0.1 for a in actions.values()
+    )
+    assert actions["gpipe"] == profile.pipeline_action_s["cpu"]
     assert (
         set(profile.runtime_bytes["cpu"]) == {"pp", "dp"} and min(profile.runtime_bytes["cpu"].values()) >= 0
     )

@@ -195,14 +195,13 @@ class _Simulation:
         # Communication on one shared node: that node, and how many processes work on it.
         self.comm_node: list[int | None] = [None] * n
         self.weight = [1.0] * n
-        for t in tasks if not all(self.unshared.values()) else ():  # GPUs share no cores
-            if t.channel is None:
-                continue
-            procs = t.peers or t.lanes or (t.rank,)
-            nodes = {node_of[r] for r in procs}
-            if len(nodes) == 1 and not self.unshared[next(iter(nodes))]:
-                self.comm_node[t.id] = nodes.pop()
-                self.weight[t.id] = float(len(set(procs)))
+        if not all(self.unshared.values()):  # GPUs share no cores: nothing to look for
+            for t in tasks:
+                procs = t.peers or t.lanes or (t.rank,)
+                nodes = {node_of[r] for r in procs} if t.channel is not None else ()
+                if len(nodes) == 1 and not self.unshared[node := next(iter(nodes))]:
+                    self.comm_node[t.id] = node
+                    self.weight[t.id] = float(len(set(procs)))
         self.now = 0.0
         self.done = 0
 
