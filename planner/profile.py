@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat
 
 from planner.errors import PlannerError
 from planner.precision import Precision
@@ -90,13 +90,13 @@ class Profile(StrictModel):
         description="The uncut model run eagerly, as a data-parallel replica runs it (blocks are "
         "timed as the pieces a pipeline cut makes, which run at another speed).",
     )
-    pipeline_action_s: dict[str, float] = Field(
+    pipeline_action_s: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="Per device kind: what one forward or backward action of a pipeline schedule "
         "costs beyond its compute (torch's schedule bookkeeping, posting and waiting for its "
         "sends and receives), from a 2-stage pipeline of a model too small to compute.",
     )
-    schedule_action_s: dict[str, dict[str, float]] = Field(
+    schedule_action_s: dict[str, dict[str, NonNegativeFloat]] = Field(
         default_factory=dict,
         description="Per device kind, then per pipeline schedule ('gpipe', '1f1b', "
         "'interleaved_1f1b'): pipeline_action_s measured under that schedule, which posts and "

@@ -82,6 +82,9 @@ def test_bad_profiles_name_the_field():
     text = FIXTURE.read_text()
     with pytest.raises(PlannerError, match=r"blocks.0.forward_s: Input should be greater than or equal to 0"):
         profile_from_json(text.replace('"forward_s": 0.003', '"forward_s": -1'))
+    negative = text.replace('"host"', '"schedule_action_s": {"cpu": {"1f1b": -0.001}}, "host"')
+    with pytest.raises(PlannerError, match=r"schedule_action_s.cpu.1f1b: Input should be greater than"):
+        profile_from_json(negative)
     with pytest.raises(PlannerError, match="colour: unknown key"):
         profile_from_json(text.replace('"host"', '"colour": 1, "host"'))
     with pytest.raises(PlannerError, match="graph_digest: String should match pattern"):

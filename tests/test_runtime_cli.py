@@ -272,3 +272,16 @@ def test_a_plan_for_another_model_is_refused_before_anything_starts(tmp_path):
     done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
     assert "model." in one_error_line(done)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_timeline_folder_that_cannot_be_written_is_one_warning(tmp_path, capsys):
+    from runtime.rank.timeline import Timeline
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    events = Timeline(blocker / "timeline" / "rank0.json")  # a folder under a file
+    events.begin_step(1)
+    events.end_step()
+    events.save()
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("warning: STAGECRAFT_TIMELINE: cannot write")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,14 @@ class Timeline:
             self.steps[-1]["events"].append(event)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"steps": self.steps}))
+        """Write the events; a folder that cannot be written is said in one line, and the
+        run's outcome stays its own (a diagnostic never fails a run)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"steps": self.steps}))
+        except OSError as exc:
+            why = exc.strerror or exc
+            print(f"warning: {TIMELINE_ENV}: cannot write {self.path}: {why}", file=sys.stderr)
 
 
 def start(rank: int) -> Timeline | None:
