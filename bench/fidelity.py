@@ -3,18 +3,18 @@
     python bench/fidelity.py [--rounds 3] [--steps 12] [--split-steps 8] [--only fidelity|split]
 
 1. Fidelity. Each model is profiled first (`runtime.measure.profiling`: its blocks at the micro-batch
-   sizes the plans use, the optimizer, this machine's links, the schedules' host work), and
-   again before every round; the predictions are priced with the median of those profiles
-   (`merge_profiles`: this machine's speed drifts by 10-30% over minutes, and one profile
-   prices the moment it caught). Nothing else feeds the predictions: no step time of the
-   runs below is used to fit anything. The planner
-   makes each plan with the first profile (`search(..., profile=...)`, the family pinned), the
-   runtime trains it (`python -m runtime run`, 1 thread per rank, gloo) and the measured
-   figures (`runtime.measure.compare`: medians over the steps after the warm-up, pooled over the
-   rounds, which run the plans in turn so that a slow spell of the machine spreads over
-   all of them) are printed next to the predictions. Plans on 2 ranks are timed; plans on
-   4 ranks (more than this machine's 2 cores, the sharing modelled by the planner) are in
-   a table of their own.
+   sizes the plans use, the optimizer, this machine's links, the schedules' host work); the
+   planner makes each plan with that profile (`search(..., profile=...)`, the family pinned).
+   Then, in each round, each model's plans are trained in turn (`python -m runtime run`, 1
+   thread per rank, gloo) right after a profile of the model taken for that round (the
+   first round's is the first profile), and each run is priced with that profile: this
+   machine's speed drifts by 10-30% over minutes, and a profile prices the moment it
+   caught. Nothing else feeds the predictions: no step time of the runs is used to fit
+   anything. Each figure printed is the median over the rounds of the predictions, of the
+   measurements (`runtime.measure.compare`: medians over a run's steps after the warm-up)
+   and of each round's error (its prediction against its own run). Plans on 2 ranks are
+   timed; plans on 4 ranks (more than this machine's 2 cores, the sharing modelled by the
+   planner) are in a table of their own.
 2. Split comparison: a GPT with vocab 16384, d_model 256, 8 blocks, untied embedding and
    head, batch 16 x 128 tokens, as a 2-stage pipeline on cpu:2 with 8 micro-batches, GPipe
    and 1F1B, trained with the planner's split, Megatron's even split of the blocks,
@@ -48,7 +48,7 @@ from planner.search.build import make_plan, model_blocks
 from planner.search.partition import min_bottleneck_cuts
 from planner.search.search import search
 from runtime.measure import compare
-from runtime.measure.profiling import make_profile, merge_profiles
+from runtime.measure.profiling import make_profile
 from runtime.supervise import store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,9 +170,9 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
     graphs: dict[str, object] = {}
     measured: dict[tuple[str, str], list[Profile]] = {}
     print(
-        "profiles: measured before the runs (the planner picks the plans with these) and again "
-        "before every round; each figure priced is the median of those, since this machine's "
-        "speed drifts by 10-30% over minutes. Nothing is fitted to the runs."
+        "profiles: one before the runs (the planner picks the plans with it), then one before each "
+        "model's runs in every round; a run is priced with the profile taken just before it (this "
+        "machine's speed drifts by 10-30% over minutes). Nothing is fitted to the runs."
     )
     cases = [c for c in CASES if args.cases in c.name]
     keys = list(dict.fromkeys((c.model, c.precision) for c in cases))
@@ -181,29 +181,27 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
     for key in keys:
         measured[key] = [measure(*key)]
     plans = {c.name: plan_for(c, graphs[c.model], measured[c.model, c.precision][0]) for c in cases}
-    runs: dict[str, list[str]] = {c.name: [] for c in cases}
+    rounds: dict[str, list[list[compare.Comparison]]] = {c.name: [] for c in cases}
     for r in range(args.rounds):
         for key in keys:
-            measured[key].append(measure(*key))
-        for c in cases:
-            runs[c.name].append(train(plans[c.name], args.steps, runs_dir, work))
-            print(f"  round {r + 1}/{args.rounds}: {c.name} done", file=sys.stderr, flush=True)
-    profiles = {key: merge_profiles(found) for key, found in measured.items()}
-    for (model, precision), profile in profiles.items():
-        compare.save_profile(profile, runs_dir)
-        steps = [sum(b.forward_s + b.backward_s for b in p.blocks) for p in measured[model, precision]]
+            profile = measured[key][-1] if r == 0 else measure(*key)  # the first: just taken
+            if r > 0:
+                measured[key].append(profile)
+            compare.save_profile(profile, runs_dir)
+            for c in [c for c in cases if (c.model, c.precision) == key]:
+                run_id = train(plans[c.name], args.steps, runs_dir, work)
+                datasheet, calibrated = compare.predictions(plans[c.name], graphs[c.model], profile)
+                measured_now = pooled(runs_dir, [run_id])
+                rounds[c.name].append(compare.combine(plans[c.name], datasheet, calibrated, measured_now))
+                print(f"  round {r + 1}/{args.rounds}: {c.name} done", file=sys.stderr, flush=True)
+    for (model, precision), found in measured.items():
+        steps = [sum(b.forward_s + b.backward_s for b in p.blocks) for p in found]
         spread = max(steps) / min(steps) - 1
         print(
-            f"  {model:4s} {precision:10s} sha256 {profile.digest()}  sizes {micro_batch_sizes(model)}  "
-            f"blocks' time spread {spread:.0%} over {len(steps)} profiles"
+            f"  {model:4s} {precision:10s} first profile sha256 {found[0].digest()}  sizes "
+            f"{micro_batch_sizes(model)}  blocks' time spread {spread:.0%} over {len(steps)} profiles"
         )
-    results = {}
-    for c in cases:
-        datasheet, calibrated = compare.predictions(
-            plans[c.name], graphs[c.model], profiles[c.model, c.precision]
-        )
-        measured = pooled(runs_dir, runs[c.name])
-        results[c.name] = compare.combine(plans[c.name], datasheet, calibrated, measured)
+    results = {name: over_rounds(comparisons) for name, comparisons in rounds.items()}
     for title, cores, targets in (
         ("2 ranks x 1 thread (timed)", "cpu:2", "targets 5% / 10% / within +-2%"),
         ("4 ranks on 2 cores (shared, modelled)", "cpu:4", "target: median 15%"),
@@ -212,6 +210,38 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
             table(title, [c for c in cases if c.cluster == cores], results, targets)
     per_rank([c for c in cases if c.cluster == "cpu:2"], results)
     ranking([c for c in cases if c.cluster == "cpu:2"], results)
+
+
+@dataclass
+class OverRounds:
+    """One figure of a plan over the rounds: the medians of its predictions and measurements,
+    and the median of each round's error (its prediction against its own run)."""
+
+    rank: int
+    name: str
+    datasheet: float | None
+    predicted: float | None
+    measured: float | None
+    error: float | None
+
+
+def over_rounds(rounds: list[list[compare.Comparison]]) -> list[OverRounds]:
+    """Each figure's medians over the rounds, which compare the same keys in the same order."""
+
+    def median(values: list) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    figures = []
+    for same in zip(*rounds, strict=True):
+        first = same[0]
+        predicted, measured = median([x.predicted for x in same]), median([x.measured for x in same])
+        figures.append(
+            OverRounds(
+                first.rank, first.name, first.datasheet, predicted, measured, median([x.error for x in same])
+            )
+        )
+    return figures
 
 
 def table(title: str, cases: list[Case], results: dict, targets: str) -> None:
@@ -233,7 +263,7 @@ def table(title: str, cases: list[Case], results: dict, targets: str) -> None:
         bubble_err.append(abs(bubble.error))
         mem_err += [abs(x.error) for x in memory]
         print(
-            f"{c.name:28s} {ms(step.datasheet):>18s} {ms(step.calibrated):>10s} "
+            f"{c.name:28s} {ms(step.datasheet):>18s} {ms(step.predicted):>10s} "
             f"{ms(step.measured):>9s} {pct(step.error):>7s}   {bubble.predicted:12.1%} "
             f"{bubble.measured:6.1%}   {worst.predicted / 2**20:16.1f} {worst.measured / 2**20:6.1f} "
             f"{pct(worst.error):>7s}"

@@ -119,30 +119,16 @@ def test_a_measured_all_reduce_replaces_the_ring_formula():
     assert ring < 1e-6  # the handmade links: no latency, unbounded bandwidth
 
 
-def test_profiles_taken_at_different_times_merge_to_the_median_of_each_figure():
-    from planner.profile import BlockTiming, Profile
-    from runtime.measure.profiling import merge_profiles
+@pytest.mark.parametrize("loop", ["gpipe", "1f1b", "interleaved_1f1b", "ddp"])
+def test_the_tiny_runs_host_work_is_shared_over_every_action_a_rank_takes(loop):
+    from planner.cluster import parse_short_form
+    from planner.schedules import rank_actions
+    from runtime.measure.tiny_run import actions_per_rank, tiny_plan
 
-    def profile(forward_s, contention):
-        return Profile(
-            graph_digest="0" * 64,
-            blocks=[
-                BlockTiming(
-                    block="b0",
-                    device_kind="cpu",
-                    micro_batch_size=2,
-                    forward_s=forward_s,
-                    backward_s=2 * forward_s,
-                    saved_bytes=100,
-                )
-            ],
-            contention={"cpu": contention},
-        )
-
-    merged = merge_profiles([profile(1.0, 0.1), profile(3.0, 0.0), profile(2.0, 0.5)])
-    assert merged.blocks[0].forward_s == 2.0 and merged.blocks[0].backward_s == 4.0
-    assert merged.blocks[0].saved_bytes == 100 and merged.contention == {"cpu": 0.1}
-    with pytest.raises(ValueError, match="differ"):
-        merge_profiles([profile(1.0, 0.1), profile(1.0, 0.1).model_copy(update={"host": "elsewhere"})])
-    with pytest.raises(ValueError, match="measured different things"):
-        merge_profiles([profile(1.0, 0.1), profile(1.0, 0.1).model_copy(update={"blocks": []})])
+    plan = tiny_plan(loop, parse_short_form("cpu:2"), (0, 1))
+    if loop == "ddp":
+        assert (plan.dp_degree, plan.pp_degree) == (2, 1) and actions_per_rank(plan) == 2  # forward, backward
+        return
+    orders = rank_actions(plan.schedule, 2, plan.training.micro_batches, plan.virtual_stages)
+    assert [len(order) for order in orders] == [actions_per_rank(plan)] * 2
+    assert len(plan.stages) == (4 if loop == "interleaved_1f1b" else 2)

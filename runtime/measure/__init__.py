@@ -2,6 +2,8 @@
 
 - `profiling`: ``python -m runtime profile``: blocks, optimizer and links timed on this machine,
   written as a `planner.profile` document;
+- `tiny_run`: the plans of a model too small to compute that the profile trains with the
+  runtime's engines, to measure the runtime's own host work per action;
 - `compare`: predicted vs measured, a run next to what its plan said;
 - `reference`: single-process training of a plan's model, the baseline of the parity tests.
 

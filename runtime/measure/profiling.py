@@ -49,10 +49,10 @@ import torch.distributed as dist
 from planner.cluster import kind_of_gpu
 from planner.devices import device_kind
 from planner.errors import ClusterError, PlanError
-from planner.plan import Strategy
 from planner.precision import Precision
 from planner.profile import DDP_STEP, BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
 from planner.schedules import Schedule
+from runtime.measure.tiny_run import LOOPS, TINY_WIDTH, actions_per_rank, tiny_plan
 from runtime.rank.amp import Amp
 from runtime.rank.host_allocator import fix_malloc_thresholds
 
@@ -391,107 +391,68 @@ def whole_timings(
     return out
 
 
-ACTION_M = 8  # micro-batches of the tiny pipeline that measures what the runtime itself costs
-
-
 def _tiny_run_worker(
-    rank: int,
-    init: str,
-    out: str,
-    repeats: int,
-    mode: Strategy,
-    device_type: str = "cpu",
-    schedule_name: Schedule = Schedule.GPIPE,
+    rank: int, init: str, out: str, repeats: int, plan_json: str, device_type: str = "cpu"
 ) -> None:
-    """Train a model too small to compute or to hold, as the runtime trains: ``pp`` with
-    torch's ``schedule_name`` over two ranks (two stages each when interleaved), ``dp`` with
-    DDP. Records the step time and how much the peak memory grew from the moment the
-    process group was up."""
+    """Train a tiny plan (`runtime.measure.tiny_run`) with the runtime's own engines
+    (`runtime.parallel.parallelize`), and record the host work of a step, the rule of
+    `runtime.rank.metrics`: the step less its compute, optimizer step and waits, as the
+    runtime's clocks count them; the two ranks' mean of the steps' median. And how much the
+    peak memory grew from the moment the process group was up."""
     import json
 
-    from torch.distributed.pipelining import (
-        Schedule1F1B,
-        ScheduleGPipe,
-        ScheduleInterleaved1F1B,
-        SplitPoint,
-        pipeline,
-    )
-    from torch.nn.parallel import DistributedDataParallel
-
-    from runtime.parallel.pipeline_parallel import load_tracer
-    from runtime.rank.metrics import memory_peaks, reset_peak_memory
+    from planner.plan import plan_from_json
+    from runtime.parallel.mesh import Placement, build_mesh
+    from runtime.parallel.parallelize import parallelize
+    from runtime.rank.metrics import memory_peaks
+    from runtime.rank.worker import memory_baseline
 
     device = _join(rank, init, 2, device_type)
-    if mode == Strategy.PP:
-        load_tracer()
-    base = reset_peak_memory(device)  # as the runtime's worker measures it
-    stages = 4 if schedule_name == Schedule.INTERLEAVED_1F1B else 2
-    model = torch.nn.Sequential(*(torch.nn.Linear(8, 8) for _ in range(stages)))
-    x, target = torch.randn(ACTION_M, 8, device=device), torch.randn(ACTION_M, 8, device=device)
-
-    def loss_fn(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (y - target).pow(2).sum()
-
-    if mode == Strategy.PP:
-        split = {str(i): SplitPoint.BEGINNING for i in range(1, stages)}
-        pipe = pipeline(model, mb_args=(torch.zeros(1, 8),), split_spec=split)
-        mine = [pipe.build_stage(i, device) for i in range(rank, stages, 2)]
-        if schedule_name == Schedule.INTERLEAVED_1F1B:
-            schedule = ScheduleInterleaved1F1B(mine, n_microbatches=ACTION_M, loss_fn=loss_fn)
-        else:
-            kinds = {Schedule.GPIPE: ScheduleGPipe, Schedule.ONE_F_ONE_B: Schedule1F1B}
-            schedule = kinds[schedule_name](mine[0], n_microbatches=ACTION_M, loss_fn=loss_fn)
-        holds_last = rank == (stages - 1) % 2
-        optimizer = torch.optim.AdamW([p for s in mine for p in s.submod.parameters()], foreach=False)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            args = (x,) if rank == 0 else ()
-            schedule.step(*args, **({"target": target, "losses": []} if holds_last else {}))
-            optimizer.step()
-    else:
-        model = model.to(device)
-        device_ids = [device.index] if device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-        optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(ddp(x), target).backward()
-            optimizer.step()
-
-    step_s = _median_time(step, repeats, device)
-    grown = memory_peaks(device)[1] - base
-    mine = torch.tensor([step_s, grown], dtype=torch.float64, device=device)
-    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    plan = plan_from_json(plan_json)
+    base = memory_baseline(plan, device)  # as the runtime's worker measures it
+    built = parallelize(plan, Placement(plan.ranks[rank], build_mesh(plan, device.type), device))
+    samples = plan.replicas[plan.ranks[rank].dp_index].batch_share
+    inputs = torch.randn(samples, TINY_WIDTH, device=device)
+    targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
+    hosts = []
+    for i in range(repeats + 1):  # the first is a warm-up: it allocates
+        t = time.perf_counter()
+        result = built.engine.train_step(inputs, targets)
+        _sync(device)
+        step_s = time.perf_counter() - t
+        if i:
+            hosts.append(step_s - result.compute_s - result.optimizer_s - sum(result.waits.values()))
+    host = torch.tensor([statistics.median(hosts) / 2], dtype=torch.float64, device=device)
+    dist.all_reduce(host)  # the ranks' mean
+    grown = torch.tensor([memory_peaks(device)[1] - base], dtype=torch.float64, device=device)
+    dist.all_reduce(grown, op=dist.ReduceOp.MAX)
     if rank == 0:
-        Path(out).write_text(json.dumps({"step_s": float(mine[0]), "grown_bytes": int(mine[1])}))
+        Path(out).write_text(json.dumps({"host_s": float(host[0]), "grown_bytes": int(grown[0])}))
     _leave()
 
 
-def runtime_costs(repeats: int = 5, device_type: str = "cpu") -> tuple[dict[str, float], dict[str, int]]:
-    """What the runtime itself costs between two ranks here (gloo between CPU ranks, nccl
-    between GPUs), from a model too small to count: (per torch schedule, the seconds one
-    forward or backward action takes beyond its compute; and how much a rank's peak memory
-    grows to train, per ``pp`` and ``dp``).
+def runtime_costs(
+    cluster, repeats: int = 5, device_type: str = "cpu"
+) -> tuple[dict[str, float], dict[str, int]]:
+    """What the runtime itself costs between the cluster's first two devices (gloo between
+    CPU ranks, nccl between GPUs), from a model too small to count: (per torch schedule and
+    for DDP's step, the host seconds one forward or backward action takes beyond its compute
+    and its waits; and how much a rank's peak memory grows to train, per ``pp`` and ``dp``).
 
-    A schedule's step of such a model is its host work alone: the actions of one rank (2m
-    per stage it holds) and the p - 1 forwards and backwards of the fill and drain that
-    the other rank's wait for. Each schedule posts and waits in its own way (interleaved
-    posts a rank's sends and receives apart, and more of them), so each is timed. A
-    data-parallel replica's step (DDP's, ``"ddp"``) is timed the same way, over its two
-    actions: loading the batch, DDP's hooks, zeroing and reading the loss."""
+    Each schedule posts and waits in its own way (interleaved posts a rank's sends and
+    receives apart, and more of them), so each is timed; a data-parallel replica's step too
+    (DDP's hooks, loading the batch, zeroing, reading the loss), over its two actions."""
     workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
+    devices = (cluster.devices[0].id, cluster.devices[1].id)
     action: dict[str, float] = {}
-    for schedule in (Schedule.GPIPE, Schedule.ONE_F_ONE_B, Schedule.INTERLEAVED_1F1B):
-        run = _spawned(_tiny_run_worker, 2, workers, Strategy.PP, device_type, schedule)
-        per_rank = 2 * ACTION_M * (2 if schedule == Schedule.INTERLEAVED_1F1B else 1)
-        action[schedule.value] = run["step_s"] / (per_rank + 2 * (2 - 1))
-        if schedule == Schedule.GPIPE:
-            pp = run
-    dp = _spawned(_tiny_run_worker, 2, workers, Strategy.DP, device_type)
-    action[DDP_STEP] = dp["step_s"] / 2  # its forward and its backward
-    return action, {"pp": pp["grown_bytes"], "dp": dp["grown_bytes"]}  # the document's words
+    grown: dict[str, int] = {}
+    for loop in LOOPS:
+        plan = tiny_plan(loop, cluster, devices)
+        run = _spawned(_tiny_run_worker, 2, workers, plan.to_json(), device_type)
+        action[loop] = max(run["host_s"], 0.0) / actions_per_rank(plan)
+        if loop in (Schedule.GPIPE.value, DDP_STEP):  # the document's words: "pp", "dp"
+            grown["dp" if loop == DDP_STEP else "pp"] = run["grown_bytes"]
+    return action, grown
 
 
 def _contention_worker(
@@ -600,7 +561,7 @@ def make_profile(
         link_kind = direct.kind if direct is not None else None
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
-            action, grown = runtime_costs(repeats, device.type)
+            action, grown = runtime_costs(cluster, repeats, device.type)
             update = {
                 "links": links,
                 "pipeline_action_s": {kind: action[Schedule.GPIPE.value]},
@@ -611,30 +572,3 @@ def make_profile(
                 update["overhead_bytes"] = {"cpu": overhead}
             profile = profile.model_copy(update=update)
     return profile
-
-
-def merge_profiles(profiles: list[Profile]) -> Profile:
-    """One profile from several of the same model and machine, measured at different
-    times: each figure the median of theirs. A machine whose speed drifts over minutes
-    (a shared one: 10-30% here, `bench/fidelity.py`) is then priced at its typical speed
-    over that span, not at the moment one profile happened to catch."""
-    if not profiles:
-        raise ValueError("no profiles to merge")
-    return Profile.model_validate(_median_of([p.model_dump(mode="json") for p in profiles]))
-
-
-def _median_of(values: list):
-    first = values[0]
-    if isinstance(first, bool | str) or first is None:
-        if any(v != first for v in values):
-            raise ValueError(f"profiles differ where they must agree: {sorted(set(map(str, values)))}")
-        return first
-    if isinstance(first, int | float):
-        return type(first)(statistics.median(values))
-    if isinstance(first, dict):
-        if any(v.keys() != first.keys() for v in values):
-            raise ValueError("profiles measured different things: their keys differ")
-        return {k: _median_of([v[k] for v in values]) for k in first}
-    if any(len(v) != len(first) for v in values):
-        raise ValueError("profiles measured different things: their lists differ in length")
-    return [_median_of(list(items)) for items in zip(*values, strict=True)]

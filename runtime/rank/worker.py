@@ -210,14 +210,19 @@ def open_rank(
     return RankRun(plan, run_id, run_dir, rank, device, cpu_group, conn)
 
 
-def start_memory_baseline(plan: Plan, device: torch.device, rank: int) -> tuple[float, TensorPeak]:
+def memory_baseline(plan: Plan, device: torch.device) -> float:
     """Load what the process holds before the plan adds anything (the interpreter, torch,
     gloo, the data set, the pipeline tracer), then measure memory from there: the baseline
-    of the memory compared with the prediction. Returns it, and the tensor peak counting."""
+    of the memory compared with the prediction."""
     preload(plan.training.dataset)
     if plan.strategy in (Strategy.PP, Strategy.HYBRID) and not plan.adversarial:
         load_tracer()  # the stages are cut by torch's tracer (a GAN's mp stages are not)
-    base_memory = reset_peak_memory(device)
+    return reset_peak_memory(device)
+
+
+def start_memory_baseline(plan: Plan, device: torch.device, rank: int) -> tuple[float, TensorPeak]:
+    """`memory_baseline`, and the tensor peak counting from there."""
+    base_memory = memory_baseline(plan, device)
     explain = os.environ.get(EXPLAIN_ENV)
     tensor_peak = TensorPeak(device, Path(explain) / f"rank{rank}.json" if explain else None)
     tensor_peak.start()

@@ -1,0 +1,69 @@
+"""The tiny run: a model too small to compute, trained as the runtime trains, to measure
+what the runtime itself costs (`runtime.measure.profiling.runtime_costs`).
+
+Its plans are ordinary plans of the zoo MLP, 8 wide: a 2-stage pipeline under each of
+torch's schedules (two stages a rank when interleaved), one sample per micro-batch, and a
+data-parallel pair under DDP. The profile trains them with the runtime's own engines and
+keeps, per forward or backward action, what the runtime's clocks leave of a step once its
+compute, optimizer step and waits are taken out: the rule `runtime.rank.metrics` applies to
+every real run's ``host_s``. A step of such a model is mostly waiting (a 1F1B step of zero
+compute ping-pongs between its ranks), and those waits are the simulator's to price, from
+the links' figures; dividing the whole step by its actions would count them twice.
+"""
+
+from __future__ import annotations
+
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
+from planner.cluster import Cluster
+from planner.plan import Plan
+from planner.profile import DDP_STEP
+from planner.schedules import Schedule
+from planner.search.build import make_plan
+
+TINY_MODEL = "mlp"
+TINY_WIDTH = 8
+ACTION_M = 8
+"""Micro-batches of the tiny pipeline, one sample each; a DDP replica takes them at once."""
+
+LOOPS = (Schedule.GPIPE.value, Schedule.ONE_F_ONE_B.value, Schedule.INTERLEAVED_1F1B.value, DDP_STEP)
+"""What the profile times: each pipeline schedule, and DDP's step (`Profile.schedule_action_s`)."""
+
+_TRAINING = {"steps": 1, "optimizer": {"name": "adamw", "lr": 1e-3}}
+
+
+def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int]) -> Plan:
+    """The tiny model's plan on ``devices`` under ``loop`` (one of `LOOPS`)."""
+    stages = 4 if loop == Schedule.INTERLEAVED_1F1B.value else 2
+    overrides = {"in_features": TINY_WIDTH, "hidden": [TINY_WIDTH] * stages, "num_classes": TINY_WIDTH}
+    graph = coarsen(trace(TINY_MODEL, overrides))
+    if loop == DDP_STEP:
+        return make_plan(
+            graph,
+            cluster,
+            strategy="dp",
+            global_batch=2 * ACTION_M,
+            dp_degree=2,
+            devices=devices,
+            training=_TRAINING,
+        )
+    return make_plan(
+        graph,
+        cluster,
+        strategy="pp",
+        global_batch=ACTION_M,
+        pp_degree=2,
+        schedule=loop,
+        micro_batches=ACTION_M,
+        virtual_stages=stages // 2,
+        cuts=list(range(1, stages)),  # one hidden block a stage, the head on the last
+        devices=devices,
+        training=_TRAINING,
+    )
+
+
+def actions_per_rank(plan: Plan) -> int:
+    """A rank's forwards and backwards in one step of a tiny plan."""
+    if plan.pp_degree == 1:
+        return 2
+    return 2 * plan.training.micro_batches * plan.virtual_stages
