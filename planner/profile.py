@@ -49,6 +49,13 @@ class ModelTiming(StrictModel):
     backward_s: float = Field(ge=0, description="Median backward of the whole, uncut model.")
 
 
+class BatchTiming(StrictModel):
+    samples: int = Field(ge=1)
+    seconds: float = Field(
+        ge=0, description="Median time one rank takes to load that many samples of a step."
+    )
+
+
 class LinkTiming(StrictModel):
     link_kind: str = Field(description="Link kind id (see planner.devices).")
     op: Literal["p2p", "all_reduce"]
@@ -109,6 +116,18 @@ class Profile(StrictModel):
         description="Per device kind, then 'pp' (torch's pipeline schedule) or 'dp' (DDP): how much "
         "a rank's peak memory grows to train a model too small to count, over two ranks.",
     )
+    grad_s_per_byte: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="Per device kind: host seconds a step per byte of gradients a pipeline rank "
+        "holds (zeroed in place before the step, scaled by 1/m after it by torch's schedule), "
+        "from the tiny 1F1B pipeline trained at two widths.",
+    )
+    batch_load: list[BatchTiming] = Field(
+        default_factory=list,
+        description="Loading a step's samples of the model's data set on one rank (the step's "
+        "sample order, then gathering them): every rank loads its replica's share at the start "
+        "of every step.",
+    )
     contention: dict[str, float] = Field(
         default_factory=dict,
         description="Per device kind that shares a node's cores (CPU ranks): how much slower a rank "
@@ -122,6 +141,12 @@ class Profile(StrictModel):
         if schedule in by_schedule:
             return by_schedule[schedule]
         return 0.0 if schedule == DDP_STEP else self.pipeline_action_s.get(kind, 0.0)
+
+    def batch_load_s(self, samples: float) -> float:
+        """Seconds one rank takes to load ``samples`` of a step, as `block_time` interpolates;
+        0 unmeasured."""
+        found = _interpolate([(b.samples, b.seconds, 0.0) for b in self.batch_load], samples)
+        return found[0] if found is not None else 0.0
 
     def digest(self) -> str:
         """sha256 of the canonical JSON: what a plan cites as its figures' source."""

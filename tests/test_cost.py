@@ -328,6 +328,35 @@ def test_a_profile_prices_each_schedules_host_work_per_action():
     }
 
 
+def test_a_step_pays_its_batch_load_and_a_pipeline_rank_its_gradients_before_its_first_action():
+    from planner.profile import BatchTiming
+
+    graph = chain([1, 1], params=[1000, 3000])
+    cluster = gpus(2)
+    profile = Profile(
+        graph_digest=graph_digest(graph),
+        grad_s_per_byte={"h100-80gb": 1e-6 * UNIT},
+        batch_load=[BatchTiming(samples=1, seconds=0.1 * UNIT), BatchTiming(samples=4, seconds=0.4 * UNIT)],
+    )
+    bare = Profile(graph_digest=graph_digest(graph))
+    plan = make_plan(
+        graph, cluster, strategy="pp", pp_degree=2, schedule="gpipe", micro_batches=2, global_batch=2
+    )
+    paid, base = (price(graph, cluster, plan, p, options=EXACT) for p in (profile, bare))
+    load = 0.2 * UNIT  # two samples, between the measured one and four
+    assert paid.host_s == {0: pytest.approx(load + 4000e-6 * UNIT), 1: pytest.approx(load + 12000e-6 * UNIT)}
+    assert base.host_s == {0: 0.0, 1: 0.0}
+    first = min((i for i in paid.timeline if i.rank == 0 and i.kind == "forward"), key=lambda i: i.start)
+    assert first.end - first.start == pytest.approx(1.0 * UNIT + paid.host_s[0])  # paid by its first forward
+    assert paid.step_time_s >= base.step_time_s + paid.host_s[0]  # which everything after waits for
+    # One stage: the batch alone (DDP's gradients are not zeroed in place).
+    dp = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=8)
+    assert price(graph, cluster, dp, profile, options=EXACT).host_s == {
+        0: pytest.approx(0.4 * UNIT),
+        1: pytest.approx(0.4 * UNIT),
+    }
+
+
 def test_gan_is_priced_as_its_phases():
     graph = nx.relabel_nodes(chain([1, 2], edge_bytes=500), {"b0": "generator", "b1": "discriminator"})
     graph.graph["order"] = ["input:x", "generator", "discriminator"]

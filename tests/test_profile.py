@@ -132,3 +132,24 @@ def test_the_tiny_runs_host_work_is_shared_over_every_action_a_rank_takes(loop):
     orders = rank_actions(plan.schedule, 2, plan.training.micro_batches, plan.virtual_stages)
     assert [len(order) for order in orders] == [actions_per_rank(plan)] * 2
     assert len(plan.stages) == (4 if loop == "interleaved_1f1b" else 2)
+
+
+def test_a_profile_times_loading_a_steps_samples_of_the_models_own_data_set(monkeypatch):
+    from planner.capture.source import PY_ALLOW_ENV
+    from runtime.measure.profiling import batch_load_timings
+
+    timings = batch_load_timings("gpt", {"size": "toy"}, [2, 4], repeats=3)
+    assert [t.samples for t in timings] == [2, 4, 16, 32] and all(t.seconds > 0 for t in timings)
+    monkeypatch.setenv(PY_ALLOW_ENV, "tests.fixtures.models")  # the user's consent, this test only
+    assert batch_load_timings("py:tests.fixtures.models:two_linear", {}, [2], repeats=3) == []  # no data set
+
+
+def test_the_wide_tiny_pipeline_holds_its_gradients_half_on_each_rank():
+    from planner.cluster import parse_short_form
+    from runtime.measure.tiny_run import WIDE, gradient_bytes_per_rank, tiny_plan
+
+    cluster = parse_short_form("cpu:2")
+    narrow, wide = tiny_plan("1f1b", cluster, (0, 1)), tiny_plan("1f1b", cluster, (0, 1), width=WIDE)
+    # WIDE -> WIDE -> WIDE -> 8: weights and biases, fp32, over two ranks.
+    assert gradient_bytes_per_rank(wide) == 4 * (2 * (WIDE * WIDE + WIDE) + WIDE * 8 + 8) / 2
+    assert gradient_bytes_per_rank(narrow) < gradient_bytes_per_rank(wide) / 1000

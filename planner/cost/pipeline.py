@@ -129,17 +129,19 @@ class PipelineStep(Step):
         for q, order in enumerate(orders):
             rank = ranks[q]
             program = programs[rank]
+            before = self.step_host(rank, {a.stage for a in order})  # paid by its first action
             for a in order:
                 fwd, bwd = stage_time(rank, a.stage)
                 forward = a.kind == "F"
                 t = add(
                     kind=forward_kind if forward else backward_kind,
-                    work=fwd if forward else bwd,
+                    work=(fwd if forward else bwd) + before,
                     rank=rank,
                     stage=a.stage,
                     micro_batch=a.micro_batch,
                 )
                 compute[(a.kind, a.stage, a.micro_batch)] = t
+                before = 0.0
                 if program:
                     previous[t.id] = program[-1]
                 program.append(t.id)

@@ -64,6 +64,9 @@ class PlanPricing:
         self.host_per_action: dict[int, float] = {}
         """Rank -> seconds of each of its forwards and backwards that are host work (torch's
         schedule or DDP's step: posting, waiting, bookkeeping), not compute."""
+        self.host_per_step: dict[int, float] = {}
+        """Rank -> host seconds at the start of its step, before its first action (loading
+        its batch; a pipeline rank's gradients zeroed and, after the step, scaled)."""
         stage_blocks = plan.stage_blocks()
         self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
         self.stages = [

@@ -53,8 +53,9 @@ class Prediction:
     """(rank, stage) -> (forward, backward) seconds per micro-batch."""
     sources: dict[str, str] = field(default_factory=dict)
     host_s: dict[int, float] = field(default_factory=dict)
-    """Rank -> seconds of its forward and backward intervals that are the host work of
-    torch's schedule or DDP's step (`planner.profile.Profile.schedule_action_s`), not compute."""
+    """Rank -> seconds of its forward and backward intervals that are host work, not compute:
+    torch's schedule's or DDP's per action (`planner.profile.Profile.schedule_action_s`), and
+    its step's own before its first action (its batch loaded, its gradients zeroed)."""
 
     @property
     def bytes_sent(self) -> int:
@@ -165,6 +166,8 @@ class Pricer:
         for rank, per_action in pricing.host_per_action.items():
             actions_run = sum(1 for tid in programs[rank] if tasks[tid].kind != TaskKind.OPTIMIZER)
             host[rank] = per_action * actions_run
+        for rank, before in pricing.host_per_step.items():
+            host[rank] = host.get(rank, 0.0) + before
         return Prediction(
             step_time_s=step_s,
             samples_per_s=plan.training.global_batch / step_s if step_s > 0 else math.inf,

@@ -93,6 +93,23 @@ class Step(ABC):
             pricing.host_per_action[rank] = action
         return fwd, bwd
 
+    def step_host(self, rank: int, stages: set[int]) -> float:
+        """Host seconds at the start of ``rank``'s step, holding ``stages``, from the profile:
+        loading its replica's share of the batch, which every rank does, and, on a pipeline
+        rank, its gradients zeroed in place (and scaled by 1/m after the step, by torch's
+        schedule). Noted in `PlanPricing.host_per_step`."""
+        pricing = self.pricing
+        profile = pricing.profile
+        if profile is None:
+            return 0.0
+        r = pricing.plan.ranks[rank]
+        seconds = profile.batch_load_s(pricing.batch_share[r.dp_index])
+        if len(pricing.stages) > 1:
+            per_byte = profile.grad_s_per_byte.get(pricing.cluster.device(r.device).kind, 0.0)
+            seconds += per_byte * sum(pricing.stages[s].param_bytes for s in stages)
+        pricing.host_per_step[rank] = seconds
+        return seconds
+
     def _blocks_time(self, kind: str, samples: float, blocks: list[str]) -> tuple[float, float]:
         """The stage's blocks, each run as often as `passes` says, block by block."""
         pricing = self.pricing

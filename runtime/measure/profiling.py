@@ -34,6 +34,7 @@ slower in one fresh process than in the next.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import statistics
@@ -42,6 +43,7 @@ import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -50,9 +52,24 @@ from planner.cluster import kind_of_gpu
 from planner.devices import device_kind
 from planner.errors import ClusterError, PlanError
 from planner.precision import Precision
-from planner.profile import DDP_STEP, BlockTiming, LinkTiming, ModelTiming, OptimizerTiming, Profile
+from planner.profile import (
+    DDP_STEP,
+    BatchTiming,
+    BlockTiming,
+    LinkTiming,
+    ModelTiming,
+    OptimizerTiming,
+    Profile,
+)
 from planner.schedules import Schedule
-from runtime.measure.tiny_run import LOOPS, TINY_WIDTH, actions_per_rank, tiny_plan
+from runtime.measure.tiny_run import (
+    LOOPS,
+    TINY_WIDTH,
+    WIDE,
+    actions_per_rank,
+    gradient_bytes_per_rank,
+    tiny_plan,
+)
 from runtime.rank.amp import Amp
 from runtime.rank.host_allocator import fix_malloc_thresholds
 
@@ -391,6 +408,31 @@ def whole_timings(
     return out
 
 
+def batch_load_timings(source: str, overrides: dict, sizes: list[int], repeats: int) -> list[BatchTiming]:
+    """A rank's loading of its share of a step's batch (`runtime.rank.task`: the step's
+    sample order, then the samples gathered), from the model's own data set, at each
+    micro-batch size and at 8 times it (a pipeline replica loads all its micro-batches at
+    once); each try loads another step, as a run does. None for a model the runtime has
+    no data set for (a ``py:`` factory)."""
+    from planner.capture.source import build_model, parse_source
+    from planner.networks import is_adversarial
+    from runtime.rank.task import task_for
+
+    built = build_model(parse_source(source, overrides), device="meta")
+    counts = sorted({n for size in sizes for n in (size, 8 * size)})
+    adversarial = is_adversarial(name for name, _ in built.module.named_children())
+    try:
+        task = task_for(source, built.config, built.dataset, counts[-1], seed=0, adversarial=adversarial)
+    except PlanError:
+        return []
+    out = []
+    steps = itertools.count()  # each try another step: another slice of the sample order
+    for samples in counts:
+        seconds = _median_time(lambda n=samples: task.batch(next(steps), 0, n), max(repeats, 20))
+        out.append(BatchTiming(samples=samples, seconds=seconds))
+    return out
+
+
 def _tiny_run_worker(
     rank: int, init: str, out: str, repeats: int, plan_json: str, device_type: str = "cpu"
 ) -> None:
@@ -412,7 +454,7 @@ def _tiny_run_worker(
     base = memory_baseline(plan, device)  # as the runtime's worker measures it
     built = parallelize(plan, Placement(plan.ranks[rank], build_mesh(plan, device.type), device))
     samples = plan.replicas[plan.ranks[rank].dp_index].batch_share
-    inputs = torch.randn(samples, TINY_WIDTH, device=device)
+    inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
     targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
     hosts = []
     for i in range(repeats + 1):  # the first is a warm-up: it allocates
@@ -431,28 +473,45 @@ def _tiny_run_worker(
     _leave()
 
 
-def runtime_costs(
-    cluster, repeats: int = 5, device_type: str = "cpu"
-) -> tuple[dict[str, float], dict[str, int]]:
+class RuntimeCosts(NamedTuple):
+    action_s: dict[str, float]
+    """Per loop (`tiny_run.LOOPS`): host seconds of one forward or backward action."""
+    grad_s_per_byte: float
+    """Host seconds a step per byte of gradients a pipeline rank holds."""
+    grown_bytes: dict[str, int]
+    """Per ``pp`` and ``dp``: how much a rank's peak memory grows to train."""
+
+
+def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> RuntimeCosts:
     """What the runtime itself costs between the cluster's first two devices (gloo between
-    CPU ranks, nccl between GPUs), from a model too small to count: (per torch schedule and
+    CPU ranks, nccl between GPUs), from a model too small to count: per torch schedule and
     for DDP's step, the host seconds one forward or backward action takes beyond its compute
-    and its waits; and how much a rank's peak memory grows to train, per ``pp`` and ``dp``).
+    and its waits; per byte of a pipeline rank's gradients, the host seconds of a step that
+    zeroes and scales them (the 1F1B run again, its blocks `tiny_run.WIDE` wide); and how much a
+    rank's peak memory grows to train, per ``pp`` and ``dp``.
 
     Each schedule posts and waits in its own way (interleaved posts a rank's sends and
     receives apart, and more of them), so each is timed; a data-parallel replica's step too
-    (DDP's hooks, loading the batch, zeroing, reading the loss), over its two actions."""
+    (DDP's hooks, zeroing, reading the loss), over its two actions. Loading the batch is
+    not in it: the tiny run's batch is made once, the data set's cost is its own."""
     workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
     devices = (cluster.devices[0].id, cluster.devices[1].id)
     action: dict[str, float] = {}
     grown: dict[str, int] = {}
+    host: dict[str, float] = {}
     for loop in LOOPS:
         plan = tiny_plan(loop, cluster, devices)
         run = _spawned(_tiny_run_worker, 2, workers, plan.to_json(), device_type)
-        action[loop] = max(run["host_s"], 0.0) / actions_per_rank(plan)
+        host[loop] = max(run["host_s"], 0.0)
+        action[loop] = host[loop] / actions_per_rank(plan)
         if loop in (Schedule.GPIPE.value, DDP_STEP):  # the document's words: "pp", "dp"
             grown["dp" if loop == DDP_STEP else "pp"] = run["grown_bytes"]
-    return action, grown
+    loop = Schedule.ONE_F_ONE_B.value
+    wide = tiny_plan(loop, cluster, devices, width=WIDE)
+    run = _spawned(_tiny_run_worker, 2, workers, wide.to_json(), device_type)
+    more = gradient_bytes_per_rank(wide) - gradient_bytes_per_rank(tiny_plan(loop, cluster, devices))
+    per_byte = max(run["host_s"] - host[loop], 0.0) / more
+    return RuntimeCosts(action, per_byte, grown)
 
 
 def _contention_worker(
@@ -554,6 +613,7 @@ def make_profile(
         busy = min(len(cluster.devices), os.cpu_count() or 1)
         update["contention"] = {"cpu": contention(source, overrides, sizes[len(sizes) // 2], busy, repeats)}
     update["whole"] = whole_timings(source, overrides, sizes, repeats, device, kind, precision)
+    update["batch_load"] = batch_load_timings(source, overrides, sizes, repeats)
     profile = profile.model_copy(update=update)
     if len(cluster.devices) >= 2:
         a, b = cluster.devices[0].id, cluster.devices[1].id
@@ -561,12 +621,13 @@ def make_profile(
         link_kind = direct.kind if direct is not None else None
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
-            action, grown = runtime_costs(cluster, repeats, device.type)
+            costs = runtime_costs(cluster, repeats, device.type)
             update = {
                 "links": links,
-                "pipeline_action_s": {kind: action[Schedule.GPIPE.value]},
-                "schedule_action_s": {kind: action},
-                "runtime_bytes": {kind: grown},
+                "pipeline_action_s": {kind: costs.action_s[Schedule.GPIPE.value]},
+                "schedule_action_s": {kind: costs.action_s},
+                "grad_s_per_byte": {kind: costs.grad_s_per_byte},
+                "runtime_bytes": {kind: costs.grown_bytes},
             }
             if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages
                 update["overhead_bytes"] = {"cpu": overhead}

@@ -13,6 +13,8 @@ the links' figures; dividing the whole step by its actions would count them twic
 
 from __future__ import annotations
 
+import itertools
+
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cluster import Cluster
@@ -23,6 +25,11 @@ from planner.search.build import make_plan
 
 TINY_MODEL = "mlp"
 TINY_WIDTH = 8
+"""The tiny model's width (inputs and hidden blocks) unless made `WIDE`; its classes."""
+WIDE = 2048
+"""Width of the tiny model whose gradients are worth zeroing: 4M weights a block (16 MB of
+gradients; a quarter of that was lost in this machine's noise), each stage alike, one
+sample a micro-batch so that its compute stays small."""
 ACTION_M = 8
 """Micro-batches of the tiny pipeline, one sample each; a DDP replica takes them at once."""
 
@@ -32,10 +39,11 @@ LOOPS = (Schedule.GPIPE.value, Schedule.ONE_F_ONE_B.value, Schedule.INTERLEAVED_
 _TRAINING = {"steps": 1, "optimizer": {"name": "adamw", "lr": 1e-3}}
 
 
-def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int]) -> Plan:
-    """The tiny model's plan on ``devices`` under ``loop`` (one of `LOOPS`)."""
+def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int = TINY_WIDTH) -> Plan:
+    """The tiny model's plan on ``devices`` under ``loop`` (one of `LOOPS`), its hidden
+    blocks ``width`` wide."""
     stages = 4 if loop == Schedule.INTERLEAVED_1F1B.value else 2
-    overrides = {"in_features": TINY_WIDTH, "hidden": [TINY_WIDTH] * stages, "num_classes": TINY_WIDTH}
+    overrides = {"in_features": width, "hidden": [width] * stages, "num_classes": TINY_WIDTH}
     graph = coarsen(trace(TINY_MODEL, overrides))
     if loop == DDP_STEP:
         return make_plan(
@@ -60,6 +68,14 @@ def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int]) -> Plan:
         devices=devices,
         training=_TRAINING,
     )
+
+
+def gradient_bytes_per_rank(plan: Plan) -> float:
+    """The bytes of gradients a rank of a tiny plan (fp32) holds, on average over its ranks."""
+    given = plan.model.overrides
+    widths = [given["in_features"], *given["hidden"], given["num_classes"]]
+    params = sum(a * b + b for a, b in itertools.pairwise(widths))  # weights and biases
+    return 4 * params * plan.dp_degree / len(plan.ranks)
 
 
 def actions_per_rank(plan: Plan) -> int:

