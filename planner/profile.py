@@ -101,8 +101,8 @@ class Profile(StrictModel):
         default_factory=dict,
         description="Per device kind: what one forward or backward action of a pipeline schedule "
         "costs beyond its compute (torch's schedule bookkeeping, posting and waiting for its "
-        "sends and receives), from a 2-stage pipeline of a model too small to compute, less "
-        "what the simulator prices for its messages on the profile's links.",
+        "sends and receives), from a 2-stage pipeline of a model too small to compute trained "
+        "by the runtime's engines: its step less compute, optimizer step and waits.",
     )
     schedule_action_s: dict[str, dict[str, NonNegativeFloat]] = Field(
         default_factory=dict,

@@ -126,22 +126,26 @@ class PipelineStep(Step):
         # Bound once: this runs once per micro-batch and stage (tens of thousands).
         add, stage_time = tasks.add, self.stage_time
         forward_kind, backward_kind = TaskKind.FORWARD, TaskKind.BACKWARD
+        pricing = self.pricing
+        stages, pp, measured = len(pricing.stages), pricing.pp_degree, pricing.profile is not None
         for q, order in enumerate(orders):
             rank = ranks[q]
             program = programs[rank]
-            before = self.step_host(rank, {a.stage for a in order})  # paid by its first action
+            # The step's own host work, paid by the rank's first action (stage q, q + p, ...).
+            before = self.step_host(rank, range(q, stages, pp)) if measured else 0.0
             for a in order:
                 fwd, bwd = stage_time(rank, a.stage)
                 forward = a.kind == "F"
                 t = add(
                     kind=forward_kind if forward else backward_kind,
-                    work=(fwd if forward else bwd) + before,
+                    work=fwd if forward else bwd,
                     rank=rank,
                     stage=a.stage,
                     micro_batch=a.micro_batch,
                 )
                 compute[(a.kind, a.stage, a.micro_batch)] = t
-                before = 0.0
+                if before:
+                    t.work, before = t.work + before, 0.0
                 if program:
                     previous[t.id] = program[-1]
                 program.append(t.id)

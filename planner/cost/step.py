@@ -10,7 +10,7 @@ schedule's actions where they apply.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from planner.cost.memory import StepMemory
@@ -93,7 +93,7 @@ class Step(ABC):
             pricing.host_per_action[rank] = action
         return fwd, bwd
 
-    def step_host(self, rank: int, stages: set[int]) -> float:
+    def step_host(self, rank: int, stages: Iterable[int]) -> float:
         """Host seconds at the start of ``rank``'s step, holding ``stages``, from the profile:
         loading its replica's share of the batch, which every rank does, and, on a pipeline
         rank, its gradients zeroed in place (and scaled by 1/m after the step, by torch's

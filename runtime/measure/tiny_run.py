@@ -9,6 +9,10 @@ compute, optimizer step and waits are taken out: the rule `runtime.rank.metrics`
 every real run's ``host_s``. A step of such a model is mostly waiting (a 1F1B step of zero
 compute ping-pongs between its ranks), and those waits are the simulator's to price, from
 the links' figures; dividing the whole step by its actions would count them twice.
+
+The 1F1B pipeline is trained once more with blocks `WIDE` wide: what its step's host work
+grows by, per byte of the gradients a rank holds, is the cost of zeroing them in place
+before a step and scaling them after it (`Profile.grad_s_per_byte`).
 """
 
 from __future__ import annotations
