@@ -184,9 +184,9 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
     rounds: dict[str, list[list[compare.Comparison]]] = {c.name: [] for c in cases}
     for r in range(args.rounds):
         for key in keys:
-            profile = measured[key][-1] if r == 0 else measure(*key)  # the first: just taken
-            if r > 0:
-                measured[key].append(profile)
+            if r > 0:  # the first round takes the profile just made
+                measured[key].append(measure(*key))
+            profile = measured[key][-1]
             compare.save_profile(profile, runs_dir)
             for c in [c for c in cases if (c.model, c.precision) == key]:
                 run_id = train(plans[c.name], args.steps, runs_dir, work)

@@ -125,7 +125,7 @@ def test_the_tiny_runs_host_work_is_shared_over_every_action_a_rank_takes(loop):
     from planner.schedules import rank_actions
     from runtime.measure.tiny_run import actions_per_rank, tiny_plan
 
-    plan = tiny_plan(loop, parse_short_form("cpu:2"), (0, 1))
+    plan = tiny_plan(loop, parse_short_form("cpu:2"), (0, 1)).plan
     if loop == "ddp":
         assert (plan.dp_degree, plan.pp_degree) == (2, 1) and actions_per_rank(plan) == 2  # forward, backward
         return
@@ -146,10 +146,10 @@ def test_a_profile_times_loading_a_steps_samples_of_the_models_own_data_set(monk
 
 def test_the_wide_tiny_pipeline_holds_its_gradients_half_on_each_rank():
     from planner.cluster import parse_short_form
-    from runtime.measure.tiny_run import WIDE, gradient_bytes_per_rank, tiny_plan
+    from runtime.measure.tiny_run import WIDE, tiny_plan
 
     cluster = parse_short_form("cpu:2")
     narrow, wide = tiny_plan("1f1b", cluster, (0, 1)), tiny_plan("1f1b", cluster, (0, 1), width=WIDE)
     # WIDE -> WIDE -> WIDE -> 8: weights and biases, fp32, over two ranks.
-    assert gradient_bytes_per_rank(wide) == 4 * (2 * (WIDE * WIDE + WIDE) + WIDE * 8 + 8) / 2
-    assert gradient_bytes_per_rank(narrow) < gradient_bytes_per_rank(wide) / 1000
+    assert wide.gradient_bytes == 4 * (2 * (WIDE * WIDE + WIDE) + WIDE * 8 + 8) / 2
+    assert narrow.gradient_bytes < wide.gradient_bytes / 1000

@@ -67,7 +67,6 @@ from runtime.measure.tiny_run import (
     TINY_WIDTH,
     WIDE,
     actions_per_rank,
-    gradient_bytes_per_rank,
     tiny_plan,
 )
 from runtime.rank.amp import Amp
@@ -499,8 +498,8 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
     action: dict[str, float] = {}
     grown: dict[str, int] = {}
     host: dict[str, float] = {}
-    for loop in LOOPS:
-        plan = tiny_plan(loop, cluster, devices)
+    tiny = {loop: tiny_plan(loop, cluster, devices) for loop in LOOPS}
+    for loop, (plan, _) in tiny.items():
         run = _spawned(_tiny_run_worker, 2, workers, plan.to_json(), device_type)
         host[loop] = max(run["host_s"], 0.0)
         action[loop] = host[loop] / actions_per_rank(plan)
@@ -508,9 +507,8 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
             grown["dp" if loop == DDP_STEP else "pp"] = run["grown_bytes"]
     loop = Schedule.ONE_F_ONE_B.value
     wide = tiny_plan(loop, cluster, devices, width=WIDE)
-    run = _spawned(_tiny_run_worker, 2, workers, wide.to_json(), device_type)
-    more = gradient_bytes_per_rank(wide) - gradient_bytes_per_rank(tiny_plan(loop, cluster, devices))
-    per_byte = max(run["host_s"] - host[loop], 0.0) / more
+    run = _spawned(_tiny_run_worker, 2, workers, wide.plan.to_json(), device_type)
+    per_byte = max(run["host_s"] - host[loop], 0.0) / (wide.gradient_bytes - tiny[loop].gradient_bytes)
     return RuntimeCosts(action, per_byte, grown)
 
 

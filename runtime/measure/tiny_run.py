@@ -17,7 +17,7 @@ before a step and scaling them after it (`Profile.grad_s_per_byte`).
 
 from __future__ import annotations
 
-import itertools
+from typing import NamedTuple
 
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
@@ -43,14 +43,20 @@ LOOPS = (Schedule.GPIPE.value, Schedule.ONE_F_ONE_B.value, Schedule.INTERLEAVED_
 _TRAINING = {"steps": 1, "optimizer": {"name": "adamw", "lr": 1e-3}}
 
 
-def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int = TINY_WIDTH) -> Plan:
+class TinyPlan(NamedTuple):
+    plan: Plan
+    gradient_bytes: float
+    """The bytes of gradients a rank holds, on average over the plan's ranks (from the trace)."""
+
+
+def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int = TINY_WIDTH) -> TinyPlan:
     """The tiny model's plan on ``devices`` under ``loop`` (one of `LOOPS`), its hidden
     blocks ``width`` wide."""
     stages = 4 if loop == Schedule.INTERLEAVED_1F1B.value else 2
     overrides = {"in_features": width, "hidden": [width] * stages, "num_classes": TINY_WIDTH}
-    graph = coarsen(trace(TINY_MODEL, overrides))
+    graph = coarsen(trace(TINY_MODEL, overrides))  # traced in fp32, the tiny plans' precision
     if loop == DDP_STEP:
-        return make_plan(
+        plan = make_plan(
             graph,
             cluster,
             strategy="dp",
@@ -59,27 +65,22 @@ def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int 
             devices=devices,
             training=_TRAINING,
         )
-    return make_plan(
-        graph,
-        cluster,
-        strategy="pp",
-        global_batch=ACTION_M,
-        pp_degree=2,
-        schedule=loop,
-        micro_batches=ACTION_M,
-        virtual_stages=stages // 2,
-        cuts=list(range(1, stages)),  # one hidden block a stage, the head on the last
-        devices=devices,
-        training=_TRAINING,
-    )
-
-
-def gradient_bytes_per_rank(plan: Plan) -> float:
-    """The bytes of gradients a rank of a tiny plan (fp32) holds, on average over its ranks."""
-    given = plan.model.overrides
-    widths = [given["in_features"], *given["hidden"], given["num_classes"]]
-    params = sum(a * b + b for a, b in itertools.pairwise(widths))  # weights and biases
-    return 4 * params * plan.dp_degree / len(plan.ranks)
+    else:
+        plan = make_plan(
+            graph,
+            cluster,
+            strategy="pp",
+            global_batch=ACTION_M,
+            pp_degree=2,
+            schedule=loop,
+            micro_batches=ACTION_M,
+            virtual_stages=stages // 2,
+            cuts=list(range(1, stages)),  # one hidden block a stage, the head on the last
+            devices=devices,
+            training=_TRAINING,
+        )
+    held = sum(graph.graph["param_bytes"].values()) * plan.dp_degree / len(plan.ranks)
+    return TinyPlan(plan, held)
 
 
 def actions_per_rank(plan: Plan) -> int:
