@@ -210,6 +210,7 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
             table(title, [c for c in cases if c.cluster == cores], results, targets)
     per_rank([c for c in cases if c.cluster == "cpu:2"], results)
     ranking([c for c in cases if c.cluster == "cpu:2"], results)
+    steadiness([c for c in cases if c.cluster == "cpu:2"], rounds)
 
 
 @dataclass
@@ -322,6 +323,39 @@ def ranking(cases: list[Case], results: dict) -> None:
         gap = step[first].measured / step[fastest].measured - 1
         verdict = "yes" if first == fastest else ("within 5%" if gap <= 0.05 else "NO")
         print(f"  {model}: predicted first {first!r}, measured fastest {fastest!r} ({gap:+.1%}): {verdict}")
+
+
+def steadiness(cases: list[Case], rounds: dict[str, list[list[compare.Comparison]]]) -> None:
+    """How steady this machine is: a floor under any prediction's error, from the same runs.
+
+    A data-parallel rank of the MLP, CNN or GPT computes the whole model's forward and backward
+    at one micro-batch size, the very work the profile timed just before the round (the
+    GAN's step runs its players apart, so it is left out); its two ranks do the same work
+    in the same steps; and every plan ran once per round with nothing changed."""
+    whole = [c for c in cases if c.pp == 1 and c.model != "gan"]
+    profiled, ranks, spread = [], [], []
+    for c in cases:
+        steps = [x.measured for one in rounds[c.name] for x in one if (x.rank, x.name) == (-1, "step_time_s")]
+        if len(steps) > 1:
+            spread.append(max(steps) / min(steps) - 1)
+    for c in whole:
+        for one in rounds[c.name]:
+            compute = [x for x in one if x.name == "compute_s" and x.rank >= 0 and x.error is not None]
+            profiled += [abs(x.error) for x in compute]
+            measured = [x.measured for x in compute]
+            if len(measured) > 1:
+                ranks.append(max(measured) / min(measured) - 1)
+    print("\nHow steady is this machine? (a floor under any prediction's error)")
+    for label, values in (
+        ("a plan's measured step time, from round to round (max / min - 1)", spread),
+        ("a data-parallel plan's two ranks, the same work in the same run: their compute apart", ranks),
+        ("a data-parallel rank's compute against the profile's whole-model timing: |error|", profiled),
+    ):
+        if values:
+            print(
+                f"  {label}: median {statistics.median(values):.1%}, max {max(values):.1%} "
+                f"({len(values)} figures)"
+            )
 
 
 def split_plans(graph, profile, schedule: str) -> list[tuple[str, Plan]]:
