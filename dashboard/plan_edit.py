@@ -65,7 +65,7 @@ def edits_of(plan: Plan) -> Edits:
 def dp_mode_options(plan: Plan) -> list[str]:
     """The data-parallel modes the plan's layout allows.
 
-    >>> dp_mode_options(_example(shares=(8,), pp=2)), dp_mode_options(_example(shares=(4, 4), pp=1))
+    >>> dp_mode_options(_example(shares=(8,), pp=2)), dp_mode_options(_example(shares=(4, 4), pp=2))
     (['replicate'], ['replicate', 'shard_grad_op', 'full_shard'])
     """
     if plan.dp_degree < 2:
