@@ -14,6 +14,7 @@ SCHEDULE_NAMES = {
     Schedule.ONE_F_ONE_B: "1F1B",
     Schedule.INTERLEAVED_1F1B: "interleaved 1F1B",
 }
+SHARDING_NAMES = {"shard_grad_op": "ZeRO-2", "full_shard": "ZeRO-3", "hybrid_shard": "HSDP"}
 
 
 def layout_name(
@@ -24,8 +25,10 @@ def layout_name(
     virtual_stages: int,
     micro_batches: int,
     mesh: str = "",
+    dp_mode: str = "replicate",
+    recompute: str = "none",
 ) -> str:
-    """How a layout splits the model, in a few words.
+    """How a layout splits the model, in a few words (its memory levers when it pulls them).
 
     >>> layout_name("hybrid", 2, 2, "1f1b", 1, 8)
     'dp 2 × pp 2, 1F1B, 8 micro-batches'
@@ -33,6 +36,8 @@ def layout_name(
     'pipeline × 4, interleaved 1F1B (2 stages per rank), 16 micro-batches, pipelines in nodes'
     >>> layout_name("dp", 2, 1, None, 1, 1), layout_name("dp", 1, 1, None, 1, 1)
     ('data parallel × 2', 'one device')
+    >>> layout_name("dp", 8, 1, None, 1, 1, dp_mode="full_shard", recompute="full")
+    'data parallel × 8, ZeRO-3, recompute full'
     """
     if strategy == Strategy.DP:
         text = f"data parallel × {dp}" if dp > 1 else "one device"
@@ -45,6 +50,10 @@ def layout_name(
         split = f"pipeline × {pp}" if strategy == Strategy.PP else f"dp {dp} × pp {pp}"
         batches = f"{micro_batches} micro-batch{'es' if micro_batches != 1 else ''}"
         text = f"{split}, {name}, {batches}"
+    if dp_mode in SHARDING_NAMES:
+        text += f", {SHARDING_NAMES[dp_mode]}"
+    if recompute != "none":
+        text += f", recompute {recompute}"
     return f"{text}, {mesh}" if mesh else text
 
 
@@ -52,7 +61,15 @@ def candidate_name(candidate) -> str:
     """A search candidate (`planner.search.candidate.Candidate`) in words, as the Plan page lists it."""
     c = candidate
     return layout_name(
-        c.strategy, c.dp_degree, c.pp_degree, c.schedule, c.virtual_stages, c.micro_batches, c.mesh
+        c.strategy,
+        c.dp_degree,
+        c.pp_degree,
+        c.schedule,
+        c.virtual_stages,
+        c.micro_batches,
+        c.mesh,
+        c.dp_mode,
+        c.recompute,
     )
 
 
@@ -65,7 +82,15 @@ def strategy_name(plan: Plan) -> str:
         plan.schedule,
         plan.virtual_stages,
         plan.training.micro_batches,
+        dp_mode=plan.dp_mode,
+        recompute=_recompute(plan),
     )
+
+
+def _recompute(plan: Plan) -> str:
+    """The stages' recomputation, or "per stage" when they differ."""
+    settings = {s.recompute for s in plan.stages}
+    return settings.pop() if len(settings) == 1 else "per stage"
 
 
 def model_name(plan: Plan) -> str:

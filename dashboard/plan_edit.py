@@ -1,11 +1,13 @@
 """Hand edits of a chosen plan: which ones are valid, what changed, and the edited plan.
 
-A candidate from the search is edited in three ways: where each stage starts, how many
-micro-batches a replica's share is cut into, and the pipeline schedule. Only edits that
+A candidate from the search is edited in five ways: where each stage starts, how many
+micro-batches a replica's share is cut into, the pipeline schedule, how the data-parallel
+groups hold the model, and what the stages recompute (`planner.sharding`). Only edits that
 give a valid plan are offered: a micro-batch count divides every replica's share and meets
 the schedule's rule (`planner.schedules.schedule_error`, torch's own checks); a schedule
 keeps the candidate's stage count (interleaved 1F1B runs two stages per pipeline rank, the
-others one); a stage starts after the previous one and before the next.
+others one); a stage starts after the previous one and before the next; a sharded mode
+needs replicas, and hybrid sharding replicas on two nodes or more, as many on each.
 """
 
 from __future__ import annotations
@@ -19,27 +21,65 @@ from dashboard.naming import SCHEDULE_NAMES
 from planner.plan import Plan, Strategy
 from planner.schedules import SCHEDULES, Schedule, schedule_error
 from planner.search.build import make_plan
+from planner.sharding import DpMode, hybrid_shard_error
+
+MIXED = "as each stage has it"
+"""The recomputation of a plan whose stages differ (an imported one): each keeps its own."""
+RECOMPUTE_OPTIONS = ("none", "full", "every-2", "every-4")
 
 
 @dataclass(frozen=True)
 class Edits:
-    """The editable choices of a plan: stage starts (block indices), micro-batches, schedule."""
+    """The editable choices of a plan: stage starts (block indices), micro-batches, schedule,
+    the data-parallel mode and every stage's recomputation (or `MIXED`)."""
 
     cuts: tuple[int, ...]
     micro_batches: int
     schedule: str | None
+    dp_mode: str = DpMode.REPLICATE.value
+    recompute: str = "none"
 
 
 def editable(plan: Plan) -> bool:
-    """Pipelines are edited; data parallel (one stage) and mp (one network per rank) are not."""
+    """Pipelines have stages to edit; data parallel (one stage) and mp (one network per rank) do not."""
     return plan.strategy in (Strategy.PP, Strategy.HYBRID)
+
+
+def levers_editable(plan: Plan) -> bool:
+    """Every plan but the GAN's may shard and recompute (its players step apart)."""
+    return not plan.adversarial
 
 
 def edits_of(plan: Plan) -> Edits:
     position = {b: i for i, b in enumerate(plan.model.blocks)}
+    settings = {s.recompute for s in plan.stages}
     return Edits(
-        tuple(position[s.first] for s in plan.stages[1:]), plan.training.micro_batches, plan.schedule
+        tuple(position[s.first] for s in plan.stages[1:]),
+        plan.training.micro_batches,
+        plan.schedule,
+        plan.dp_mode.value,
+        settings.pop() if len(settings) == 1 else MIXED,
     )
+
+
+def dp_mode_options(plan: Plan) -> list[str]:
+    """The data-parallel modes the plan's layout allows.
+
+    >>> dp_mode_options(_example(shares=(8,), pp=2)), dp_mode_options(_example(shares=(4, 4), pp=2))
+    (['replicate'], ['replicate', 'shard_grad_op', 'full_shard'])
+    """
+    if plan.dp_degree < 2:
+        return [DpMode.REPLICATE.value]
+    modes = [DpMode.REPLICATE, DpMode.SHARD_GRAD_OP]
+    groups = [[plan.rank_of(dp, q).node for dp in range(plan.dp_degree)] for q in range(plan.pp_degree)]
+    if all(hybrid_shard_error(nodes) is None for nodes in groups):
+        modes.append(DpMode.HYBRID_SHARD)
+    return [m.value for m in [*modes, DpMode.FULL_SHARD]]
+
+
+def recompute_options(current: str) -> list[str]:
+    """The recomputation settings offered, the plan's own among them."""
+    return list(RECOMPUTE_OPTIONS) + ([current] if current not in RECOMPUTE_OPTIONS else [])
 
 
 def micro_batch_options(plan: Plan, schedule: str) -> list[int]:
@@ -87,6 +127,8 @@ def changes(base: Edits, edits: Edits, blocks: list[str]) -> list[str]:
 
     >>> changes(Edits((2,), 4, "1f1b"), Edits((3,), 8, "gpipe"), ["a", "b", "c", "d"])
     ['stage 2 starts at d (was c)', 'micro-batches 8 (was 4)', 'schedule GPipe (was 1F1B)']
+    >>> changes(Edits((), 1, None), Edits((), 1, None, "full_shard", "full"), ["a"])
+    ['data parallel full_shard (was replicate)', 'recompute full (was none)']
     """
     out = [
         f"stage {i + 2} starts at {blocks[new]} (was {blocks[old]})"
@@ -100,6 +142,10 @@ def changes(base: Edits, edits: Edits, blocks: list[str]) -> list[str]:
             f"schedule {SCHEDULE_NAMES.get(edits.schedule, edits.schedule)} "
             f"(was {SCHEDULE_NAMES.get(base.schedule, base.schedule)})"
         )
+    if edits.dp_mode != base.dp_mode:
+        out.append(f"data parallel {edits.dp_mode} (was {base.dp_mode})")
+    if edits.recompute != base.recompute:
+        out.append(f"recompute {edits.recompute} (was {base.recompute})")
     return out
 
 
@@ -125,9 +171,17 @@ def apply(graph: nx.DiGraph, base: Plan, edits: Edits) -> Plan:
         stage_names=[s.name for s in base.stages],
         training=base.training.model_dump(exclude={"global_batch", "micro_batches"}),
         digest=base.model.graph_digest,
+        dp_mode=edits.dp_mode,
+        recompute="none" if edits.recompute == MIXED else edits.recompute,
     )
+    update = {"model": base.model, "unused_devices": base.unused_devices}
+    if edits.recompute == MIXED:  # each stage keeps the candidate's setting (validated there)
+        update["stages"] = [
+            s.model_copy(update={"recompute": b.recompute})
+            for s, b in zip(plan.stages, base.stages, strict=True)
+        ]
     # The candidate's own model section and reasons for unused devices stay as they were.
-    return plan.model_copy(update={"model": base.model, "unused_devices": base.unused_devices})
+    return plan.model_copy(update=update)
 
 
 def _example(shares: tuple[int, ...], pp: int) -> Plan:

@@ -131,14 +131,24 @@ def _inputs(value: Any) -> dict[str, Any]:
 
 
 def _edits(value: Any) -> dict[str, Any]:
+    from dashboard.plan_edit import MIXED
+    from planner.sharding import DpMode, recompute_every
+
     cuts, m, schedule = value["cuts"], value["micro_batches"], value["schedule"]
     if not all(type(c) is int and c > 0 for c in cuts) or type(m) is not int or m < 1:
         raise ValueError("edits out of range")
+    # Saved before the memory levers existed: the defaults every older plan has.
+    dp_mode = DpMode(_str(value.get("dp_mode", DpMode.REPLICATE.value))).value
+    recompute = _str(value.get("recompute", "none"))
+    if recompute != MIXED:
+        recompute_every(recompute)
     return {
         "base": _str(value["base"]),
         "cuts": list(cuts),
         "micro_batches": m,
         "schedule": None if schedule is None else _str(schedule),
+        "dp_mode": dp_mode,
+        "recompute": recompute,
     }
 
 

@@ -26,6 +26,7 @@ from planner.model_check import SKIPPED
 from planner.plan import Strategy, check_writable
 from planner.precision import Precision
 from planner.schedules import SCHEDULES
+from planner.sharding import DpMode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto", choices=["auto", *(s.value for s in Strategy)])
     p.add_argument("--schedule", choices=[s.value for s in SCHEDULES], help="pin the schedule")
     p.add_argument("--micro-batches", type=positive(MAX_OVERRIDE_INT), help="pin the micro-batch count")
+    p.add_argument(
+        "--dp-mode",
+        default="auto",
+        choices=["auto", *(m.value for m in DpMode)],
+        help="how data-parallel groups hold the model: replicate (DDP), shard_grad_op (ZeRO-2), full_shard "
+        "(ZeRO-3), hybrid_shard (shard in a node, replicate across); auto: the cheapest that fits",
+    )
+    p.add_argument(
+        "--recompute",
+        default="auto",
+        metavar="{auto,none,full,every-K}",
+        help="activation recomputation of every stage: none, full (every block), every-K (every K-th "
+        "block); auto: none unless only recomputation fits",
+    )
     p.add_argument(
         "--precision",
         default=Precision.FP32.value,
@@ -183,6 +198,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         schedule=args.schedule,
         micro_batches=args.micro_batches,
+        dp_mode=args.dp_mode,
+        recompute=args.recompute,
         training={"precision": args.precision, "steps": args.steps},
         profile=profile,
     )
@@ -194,7 +211,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         f"{result.screened} layouts screened, {len(result.candidates)} priced"
     )
     header = (
-        f"{'':2}{'strategy':<8} {'devices':<14} {'dp':>3} {'pp':>3} {'m':>3} {'schedule':<19} {'step':>10} "
+        f"{'':2}{'strategy':<8} {'devices':<14} {'dp':>3} {'pp':>3} {'m':>3} {'schedule':<19} "
+        f"{'dp mode':<13} {'recompute':<9} {'step':>10} "
         f"{'samples/s':>10} {'peak mem/dev':>13} {'sent/step':>11} {'bubble':>7}  notes"
     )
     print(header)
@@ -212,12 +230,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             )
             if x
         )
-        head = f"{mark}{row['strategy']:<8} {devices[:14]:<14} {row['dp']:>3} {row['pp']:>3} {row['m']:>3} "
+        head = (
+            f"{mark}{row['strategy']:<8} {devices[:14]:<14} {row['dp']:>3} {row['pp']:>3} {row['m']:>3} "
+            f"{row['schedule']:<19} {row['dp_mode']:<13} {row['recompute']:<9} "
+        )
         if row["step_s"] is None:
-            print(f"{head}{row['schedule']:<19} {notes}")
+            print(f"{head}{notes}")
             continue
         print(
-            f"{head}{row['schedule']:<19} {_seconds(row['step_s']):>10} {row['samples_s']:>10.1f} "
+            f"{head}{_seconds(row['step_s']):>10} {row['samples_s']:>10.1f} "
             f"{_bytes(row['peak_mem']):>13} {_bytes(row['bytes_sent']):>11} {row['bubble']:>7.1%}  {notes}"
         )
     best = result.best

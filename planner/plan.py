@@ -1,8 +1,10 @@
 """The plan: the contract between the planner, the runtime and the dashboard.
 
-A versioned JSON document (``schema_version`` 2; the JSON Schema is committed as
-``planner/plan.schema.json``). A version-1 document still loads: its ``training.dtype``
-becomes a precision (`planner.precision`), and it is written back as version 2. Loading is
+A versioned JSON document (``schema_version`` 3; the JSON Schema is committed as
+``planner/plan.schema.json``). Older documents still load and are written back as version 3:
+a version-1 document's ``training.dtype`` becomes a precision (`planner.precision`); version 1
+and 2 documents replicate their data-parallel groups and recompute nothing
+(`planner.sharding`: ``dp_mode`` and each stage's ``recompute``, new in version 3). Loading is
 strict: unknown keys, NaN, negative ids, devices that do not exist, stages that do not cover
 the model once and in order, degrees that do not multiply to the ranks, shares that do not
 sum to the batch, and schedules torch would refuse are errors that name the field. No
@@ -10,8 +12,9 @@ pickle anywhere.
 
 Rank layout: every global rank has coordinates ``(dp_index, pp_index)``. Ranks with the same
 ``dp_index`` form one pipeline (a replica of the model); ranks with the same ``pp_index``
-hold the same stages and average their gradients. Stage ``i`` runs on pipeline rank
-``i % pp_degree`` (``virtual_stages`` stages per rank for interleaved schedules).
+hold the same stages and average their gradients (or, under a sharded ``dp_mode``, shard
+them). Stage ``i`` runs on pipeline rank ``i % pp_degree`` (``virtual_stages`` stages per rank
+for interleaved schedules).
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from planner.limits import (
 from planner.networks import is_adversarial
 from planner.precision import FROM_DTYPE, Precision
 from planner.schedules import Schedule, schedule_error
+from planner.sharding import DpMode, hybrid_shard_error, recompute_every
 from planner.strict import StrictModel, parse_document, read_document
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
 
 
@@ -134,6 +138,23 @@ class Stage(StrictModel):
     last: str = Field(description="FQN of the last block in this stage.")
     pp_rank: int = Field(ge=0, description="Pipeline rank that runs it: index % pp_degree.")
     name: str = Field(default="", description="Sub-network name (mp strategy).")
+    recompute: str = Field(
+        default="none",
+        max_length=24,
+        description="Activation recomputation: none, full (every block) or every-K (the blocks "
+        "whose position in the model is a multiple of K).",
+    )
+
+    @field_validator("recompute")
+    @classmethod
+    def _known_recompute(cls, text: str) -> str:
+        recompute_every(text)  # raises, naming the value
+        return text
+
+    @property
+    def recompute_every(self) -> int:
+        """K of the setting: 0 none, 1 full (`planner.sharding.recompute_every`)."""
+        return recompute_every(self.recompute)
 
 
 class RankAssignment(StrictModel):
@@ -168,7 +189,7 @@ class Predicted(StrictModel):
 def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     """A version-1 document as version 2: ``training.dtype`` named what ``precision`` names
     now (bfloat16 and float16 plans were priced as mixed precision)."""
-    data = {**data, "schema_version": SCHEMA_VERSION}
+    data = {**data, "schema_version": 2}
     training = data.get("training")
     if isinstance(training, dict) and "dtype" in training:
         training = dict(training)
@@ -190,6 +211,13 @@ class Plan(StrictModel):
     strategy: Strategy = Field(strict=False)
     schedule: Schedule | None = Field(default=None, strict=False, description="pp and hybrid only.")
     virtual_stages: int = Field(default=1, ge=1, description="Stages per pipeline rank (interleaved).")
+    # Lax like strategy: the value in documents, the enum from Python callers.
+    dp_mode: DpMode = Field(
+        default=DpMode.REPLICATE,
+        strict=False,
+        description="How each stage's data-parallel group holds it: replicate, shard_grad_op, "
+        "full_shard or hybrid_shard (planner.sharding).",
+    )
     dp_degree: int = Field(ge=1)
     pp_degree: int = Field(ge=1)
     stages: list[Stage] = Field(min_length=1)
@@ -208,7 +236,9 @@ class Plan(StrictModel):
                     f"schema_version {version} is newer than this planner supports ({SCHEMA_VERSION})"
                 )
             if version == 1:
-                return _from_version_1(data)
+                data = _from_version_1(data)
+            if data.get("schema_version") == 2:  # the defaults: replicate, recompute none
+                data = {**data, "schema_version": SCHEMA_VERSION}
         return data
 
     @model_validator(mode="after")
@@ -220,6 +250,7 @@ class Plan(StrictModel):
         self._check_ranks()
         self._check_stages()
         self._check_replicas()
+        self._check_levers()
         return self
 
     # -- the checks, each naming the field ------------------------------------------------
@@ -254,6 +285,26 @@ class Plan(StrictModel):
                 raise ValueError(f"virtual_stages: {s} needs 1, got {self.virtual_stages}")
         if s == "mp" and self.training.micro_batches != 1:
             raise ValueError("training.micro_batches: mp has no micro-batch schedule, use 1")
+
+    def _check_levers(self) -> None:
+        mode = self.dp_mode
+        if self.adversarial and (mode.sharded or any(st.recompute_every for st in self.stages)):
+            raise ValueError(
+                "dp_mode: the GAN's two players step apart; it replicates (dp_mode replicate) "
+                "and recomputes nothing"
+            )
+        if mode.sharded and self.dp_degree < 2:
+            raise ValueError(
+                f"dp_mode: {mode} shards over replicas; this plan has dp_degree 1 (use replicate)"
+            )
+        if mode == DpMode.HYBRID_SHARD:
+            for q in range(self.pp_degree):
+                nodes = [self.rank_of(dp, q).node for dp in range(self.dp_degree)]
+                error = hybrid_shard_error(nodes)
+                if error:
+                    raise ValueError(
+                        f"dp_mode: hybrid_shard shards in a node and replicates across nodes; {error}"
+                    )
 
     def _check_ranks(self) -> None:
         n = len(self.ranks)

@@ -147,8 +147,10 @@ def test_memory_terms_follow_the_formula():
         "parameters": 4 * 3000,
         "gradients": 4 * 3000,
         "optimizer": 8 * 3000,  # AdamW: two fp32 moments
+        "gathered": 0,  # replicated: no sharded group gathers parameters
         "casts": 0,  # fp32: no autocast copies of the weights
         "activations": 80 * 4 * 2,  # saved per sample x micro-batch of 4 x 2 in flight (GPipe)
+        "recomputed": 0,  # no block recomputes
         "loss_outputs": 2 * 12 * 4 * 2,  # the output and cross-entropy's log-probabilities
         "buffers": 0,  # the chain's edges carry no bytes
         # AdamW's step holds two temporaries of the largest parameter; the activations are

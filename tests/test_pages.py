@@ -264,6 +264,33 @@ def test_an_edit_is_marked_and_reset_returns_to_the_candidate(offered, candidate
     assert downloaded(at, "plan_download", offered) == candidate
 
 
+def test_sharding_and_recomputation_are_switched_and_priced_at_once(offered, candidates):
+    at = open_page("views/plan.py")
+    plans = feasible(candidates[(8, "auto")])
+    label = next(lab for lab in plans if lab.startswith("dp dp2"))  # two replicas to shard over
+    at.selectbox(key="plan_choice").set_value(label).run()
+    assert [o.split(" (")[-1] for o in at.selectbox(key="plan_dp_mode").options] == [
+        "DDP)",
+        "ZeRO-2)",
+        "ZeRO-3)",
+    ]
+    at.selectbox(key="plan_dp_mode").set_value("full_shard").run()
+    at.selectbox(key="plan_recompute").set_value("full").run()
+    assert not at.exception and not at.error
+    note = plain(at.info[0].value)
+    assert "data parallel full_shard (was replicate)" in note and "recompute full (was none)" in note
+    edited = plan_from_json(downloaded(at, "plan_download", offered))
+    assert edited.dp_mode == "full_shard" and {s.recompute for s in edited.stages} == {"full"}
+    graph, cluster = coarsen(trace("gpt")), detect_local()
+    prediction = price(graph, cluster, edited)
+    assert metrics(at)["Step time"] == fmt.duration(prediction.step_time_s)
+    memory = chart(at, "gathered parameters (sharded)")
+    assert any(t["name"] == "gathered parameters (sharded)" for t in memory["data"])
+    # A pipeline without replicas has nothing to shard.
+    at.selectbox(key="plan_strategy").set_value("pp").run()
+    assert at.selectbox(key="plan_dp_mode").options == ["replicated (DDP)"]
+
+
 def test_stage_boundaries_name_their_blocks():
     at = open_page("views/plan.py")
     at.selectbox(key="plan_strategy").set_value("pp").run()

@@ -88,7 +88,7 @@ def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
     doc = _doc(hybrid)
     _refused({**doc, "colour": "red"}, "colour: unknown key")
     _refused({**doc, "training": {**doc["training"], "lr": 0.1}}, r"training.lr: unknown key")
-    _refused({**doc, "schema_version": 3}, r"schema_version 3 is newer than this planner supports \(2\)")
+    _refused({**doc, "schema_version": 4}, r"schema_version 4 is newer than this planner supports \(3\)")
     _refused({**doc, "training": {**doc["training"], "dtype": "float32"}}, r"training.dtype: unknown key")
     _refused({**doc, "training": {**doc["training"], "precision": "fp8"}}, r"training.precision")
     bad = _doc(hybrid)
@@ -104,7 +104,7 @@ def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
 @pytest.mark.parametrize(
     ("dtype", "precision"), [("float32", "fp32"), ("bfloat16", "bf16-mixed"), ("float16", "fp16-mixed")]
 )
-def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_version_2(
+def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_version_3(
     hybrid, tmp_path, dtype, precision
 ):
     doc = _doc(hybrid)
@@ -112,10 +112,10 @@ def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_versi
     doc["training"] = {k: v for k, v in doc["training"].items() if k != "precision"} | {"dtype": dtype}
     (tmp_path / "old.json").write_text(json.dumps(doc))
     plan = load_plan(tmp_path / "old.json")
-    assert plan.schema_version == 2 and plan.training.precision == precision
+    assert plan.schema_version == 3 and plan.training.precision == precision
     save_plan(plan, tmp_path / "new.json")
     written = json.loads((tmp_path / "new.json").read_text())
-    assert written["schema_version"] == 2 and written["training"]["precision"] == precision
+    assert written["schema_version"] == 3 and written["training"]["precision"] == precision
     assert "dtype" not in written["training"]
     doc["training"]["dtype"] = "float64"
     _refused(doc, r"training.dtype: 'float64' is not one of float32, bfloat16, float16")
@@ -262,3 +262,58 @@ def test_hostile_documents_get_one_line(tmp_path, data, message):
     with pytest.raises(PlanError, match=message) as caught:
         load_plan(path)
     assert "\n" not in str(caught.value)
+
+
+def test_a_version_2_plan_replicates_and_recomputes_nothing(hybrid):
+    doc = _doc(hybrid)
+    doc["schema_version"] = 2
+    del doc["dp_mode"]
+    for stage in doc["stages"]:
+        del stage["recompute"]
+    plan = plan_from_json(json.dumps(doc))
+    assert plan.schema_version == 3 and plan.dp_mode == "replicate"
+    assert [s.recompute_every for s in plan.stages] == [0, 0]
+    written = json.loads(plan.to_json())
+    assert written["dp_mode"] == "replicate" and written["stages"][0]["recompute"] == "none"
+
+
+def test_sharding_and_recomputation_are_recorded_and_checked(hybrid, gpt):
+    doc = _doc(hybrid)
+    doc["dp_mode"] = "full_shard"
+    doc["stages"][1]["recompute"] = "every-2"
+    plan = plan_from_json(json.dumps(doc))
+    assert plan.dp_mode == "full_shard" and [s.recompute_every for s in plan.stages] == [0, 2]
+    _refused({**doc, "dp_mode": "zero4"}, r"dp_mode: Input should be 'replicate', 'shard_grad_op'")
+    for bad in ("every-1", "every-02", "partial", "every-", "every-x", "x" * 10_000):
+        doc["stages"][1]["recompute"] = bad
+        _refused(doc, r"stages.1.recompute")
+    doc["stages"][1]["recompute"] = "full"
+    # hybrid_shard: in a node, across nodes; cpu:4 is one node.
+    _refused({**doc, "dp_mode": "hybrid_shard"}, r"dp_mode: hybrid_shard .* lies on one node")
+    pipeline = make_plan(
+        gpt,
+        resolve_cluster("cpu:2"),
+        strategy="pp",
+        global_batch=8,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=4,
+    )
+    _refused(
+        {**_doc(pipeline), "dp_mode": "full_shard"},
+        r"dp_mode: full_shard shards over replicas; .* dp_degree 1",
+    )
+
+
+def test_hybrid_shard_needs_equal_ranks_on_two_nodes_or_more(gpt):
+    two_nodes = make_plan(gpt, resolve_cluster("cpu:2x2"), strategy="dp", global_batch=8, dp_degree=4)
+    plan = plan_from_json(json.dumps({**_doc(two_nodes), "dp_mode": "hybrid_shard"}))
+    assert plan.dp_mode == "hybrid_shard"
+    one_each = make_plan(gpt, resolve_cluster("cpu:1x2"), strategy="dp", global_batch=8, dp_degree=2)
+    _refused({**_doc(one_each), "dp_mode": "hybrid_shard"}, r"one rank per node")
+
+
+def test_the_gan_replicates_and_recomputes_nothing():
+    gan = coarsen(trace("gan", {"hidden": 32}))
+    plan = make_plan(gan, resolve_cluster("cpu:2"), strategy="dp", global_batch=8, dp_degree=2)
+    _refused({**_doc(plan), "dp_mode": "full_shard"}, r"dp_mode: the GAN's two players step apart")

@@ -74,7 +74,10 @@ def test_a100s_get_more_layers_than_v100s():
 
 def test_pure_strategies_are_always_listed_with_the_reason_they_do_not_fit():
     graph = coarsen(trace("gpt", {"size": "7b", "seq_len": 256}))
-    result = search(graph, resolve_cluster("a100-80gb:4"), global_batch=8)
+    # Replicated, without recomputation: the levers that would make data parallel fit pinned off.
+    result = search(
+        graph, resolve_cluster("a100-80gb:4"), global_batch=8, dp_mode="replicate", recompute="none"
+    )
     by_strategy = {c.strategy: c for c in result.candidates}
     assert {"dp", "pp"} <= set(by_strategy)
     dp = next(c for c in result.candidates if c.strategy == "dp" and c.dp_degree == 4)
@@ -85,6 +88,9 @@ def test_pure_strategies_are_always_listed_with_the_reason_they_do_not_fit():
         and "over its 80.00 GiB" in dp.reason
     )
     assert result.best is not None and result.best.pp_degree > 1  # 7B with AdamW needs ~107 GB
+    # Sharded over the four replicas (ZeRO-2 holds 107 / 4 GB and the gathered blocks), it fits.
+    sharded = search(graph, resolve_cluster("a100-80gb:4"), global_batch=8, strategy="dp")
+    assert sharded.best is not None and sharded.best.dp_mode != "replicate"
 
 
 def test_the_gan_goes_to_two_devices_when_one_cannot_hold_both():

@@ -17,13 +17,17 @@ from dashboard.figures.plan import gantt_figure, memory_figure, placement_figure
 from dashboard.messages import guarded, md, one_line
 from dashboard.naming import SCHEDULE_NAMES
 from dashboard.plan_edit import (
+    MIXED,
     Edits,
     apply,
     changes,
     cut_options,
+    dp_mode_options,
     editable,
     edits_of,
+    levers_editable,
     micro_batch_options,
+    recompute_options,
     schedule_options,
 )
 from dashboard.shared import (
@@ -64,8 +68,22 @@ STRATEGY_NAMES = {
     Strategy.HYBRID: "hybrid (data × pipeline)",
     Strategy.MP: "sub-networks on their own devices (GAN)",
 }
+DP_MODE_NAMES = {
+    "replicate": "replicated (DDP)",
+    "shard_grad_op": "sharded gradients and optimizer (ZeRO-2)",
+    "full_shard": "fully sharded (ZeRO-3)",
+    "hybrid_shard": "sharded in a node, replicated across (HSDP)",
+}
 CUTS_PER_ROW = 4
 ss = st.session_state
+
+
+def recompute_name(setting: str) -> str:
+    if setting == MIXED:
+        return "as each stage has it"
+    if setting.startswith("every-"):
+        return f"one block in {setting.removeprefix('every-')}"
+    return {"none": "nothing", "full": "every block"}.get(setting, setting)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -96,6 +114,8 @@ def reset_edits(base_key: str, base: Edits) -> None:
         "cuts": list(base.cuts),
         "micro_batches": base.micro_batches,
         "schedule": base.schedule,
+        "dp_mode": base.dp_mode,
+        "recompute": base.recompute,
     }
 
 
@@ -229,12 +249,14 @@ base_key = hashlib.sha256(json.dumps(search_and_choice).encode()).hexdigest()
 base_edits = edits_of(base)
 if ss.get("plan_edits", {}).get("base") != base_key:
     reset_edits(base_key, base_edits)  # a new candidate or search: start again from the candidate
-saved = dict(ss["plan_edits"])
+saved = {"dp_mode": base_edits.dp_mode, "recompute": base_edits.recompute, **ss["plan_edits"]}
 
 edits = base_edits
 note = ""
-if editable(base) and base.model.blocks == blocks:
+same_blocks = base.model.blocks == blocks
+if (editable(base) or levers_editable(base)) and same_blocks:
     st.subheader("Edit")
+if editable(base) and same_blocks:
     left, right = st.columns(2)
     schedules = schedule_options(base)
     if saved["schedule"] not in schedules:
@@ -282,20 +304,52 @@ if editable(base) and base.model.blocks == blocks:
             args=("cuts", f"plan_cut_{i}", i),
         )
     edits = Edits(tuple(cuts), int(micro_batches), schedule)
-    ss["plan_edits"] = {
-        "base": base_key,
-        "cuts": cuts,
-        "micro_batches": edits.micro_batches,
-        "schedule": schedule,
-    }
-    save()
 elif editable(base):
     st.caption("This plan's blocks differ from the traced model's, so its stages cannot be edited here.")
-else:
+elif levers_editable(base):
     st.caption(
-        "Nothing to edit in this plan: each device holds a whole model (no stage boundary, micro-batch "
-        "count or schedule). Choose a pipeline candidate to edit one."
+        "Each device holds a whole model: no stage boundary, micro-batch count or schedule to edit. "
+        "Choose a pipeline candidate to edit those."
     )
+else:
+    st.caption("Nothing to edit in this plan: the GAN's networks each take their own device, replicated.")
+if levers_editable(base) and same_blocks:
+    left, right = st.columns(2)
+    modes = dp_mode_options(base)
+    ss["plan_dp_mode"] = saved["dp_mode"] if saved["dp_mode"] in modes else base_edits.dp_mode
+    dp_mode = left.selectbox(
+        "Data parallel",
+        modes,
+        key="plan_dp_mode",
+        format_func=lambda m: DP_MODE_NAMES.get(m, m),
+        on_change=keep_edit,
+        args=("dp_mode", "plan_dp_mode"),
+        help="How each stage's replicas hold it: whole (DDP), or sharded over them (FSDP2) and "
+        "gathered block by block. A plan without replicas has nothing to shard.",
+    )
+    settings = recompute_options(base_edits.recompute)
+    ss["plan_recompute"] = saved["recompute"] if saved["recompute"] in settings else base_edits.recompute
+    recompute = right.selectbox(
+        "Recompute activations",
+        settings,
+        key="plan_recompute",
+        format_func=recompute_name,
+        on_change=keep_edit,
+        args=("recompute", "plan_recompute"),
+        help="Blocks that recompute keep only their inputs and run their forward again in backward: "
+        "less memory, more time.",
+    )
+    edits = Edits(edits.cuts, edits.micro_batches, edits.schedule, dp_mode, recompute)
+if same_blocks and (editable(base) or levers_editable(base)):
+    ss["plan_edits"] = {
+        "base": base_key,
+        "cuts": list(edits.cuts),
+        "micro_batches": edits.micro_batches,
+        "schedule": edits.schedule,
+        "dp_mode": edits.dp_mode,
+        "recompute": edits.recompute,
+    }
+    save()
 
 changed = changes(base_edits, edits, blocks)
 if note:

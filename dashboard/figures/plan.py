@@ -22,8 +22,10 @@ MEMORY_TERMS = {  # term -> what the legend calls it, bottom of the bar first
     "parameters": "parameters",
     "gradients": "gradients",
     "optimizer": "optimizer state",
+    "gathered": "gathered parameters (sharded)",
     "casts": "16-bit copies of weights (autocast)",
     "activations": "activations kept for backward",
+    "recomputed": "a recomputed block's activations",
     "loss_outputs": "loss outputs",
     "buffers": "pipeline receive buffers",
     "temporaries": "temporaries",
@@ -42,6 +44,8 @@ TERM_COLOURS = (
     "#9D755D",
     "#BAB0AC",
     "#EECA3B",
+    "#1B9E77",
+    "#7570B3",
 )
 KIND_COLOURS = {
     "forward": "#4C78A8",
@@ -287,4 +291,8 @@ def time_split(prediction: Prediction) -> dict[int, dict[str, float]]:
         else:
             key = "idle" if i.kind == "idle" else "communication"
         out[i.rank][key] += i.end - i.start
+    for rank, waited in prediction.comm_s.items():  # a sharded group's gathers, inside compute
+        if rank in out and waited:
+            out[rank]["compute"] -= waited
+            out[rank]["communication"] += waited
     return dict(out)

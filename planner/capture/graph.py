@@ -168,3 +168,8 @@ def block_order(graph: nx.DiGraph) -> list[str]:
     """Nodes in the graph's fixed execution (topological) order."""
     order = graph.graph.get("order")
     return list(order) if order else list(nx.topological_sort(graph))
+
+
+def model_blocks(graph: nx.DiGraph) -> list[str]:
+    """The coarsened graph's blocks in execution order, without its input nodes."""
+    return [n for n in block_order(graph) if graph.nodes[n].get("kind") != "input"]

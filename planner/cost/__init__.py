@@ -7,8 +7,9 @@
 - `step`: what a step must tell the pricer (its tasks, its stages' work, what ranks hold);
 - `pipeline`: torch's pipeline schedules and their sends (data parallel is one stage);
 - `gan`: a GAN's own step, as the runtime's GAN engine runs it;
+- `sharded`: sharded data parallel's gathers and reduce-scatters, pass by pass;
 - `reductions`: tied-weight sums, data-parallel all-reduces, optimizer steps;
-- `collectives`: a ring all-reduce's time and its bytes per link;
+- `collectives`: ring collectives' time and their bytes per link;
 - `timing`: the formulas for one block, one transfer, one all-reduce, one optimizer step;
 - `simulate`: a discrete-event simulation of one training step, rank by rank;
 - `memory`: memory per device, term by term.

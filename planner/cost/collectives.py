@@ -1,15 +1,21 @@
-"""Ring all-reduce over a group of devices: its time and the bytes it puts on each link.
+"""Ring collectives over a group of devices: their time and the bytes they put on each link.
 
 NCCL and gloo reduce a buffer around a ring: each of the d hops carries 2(d-1)/d of it
 (Patarasuk and Yuan 2009). Its time is a profile's measured fit for the link kind and
 group size where there is one, else the ring formula on the slowest hop
-(`planner.cost.timing.ring_all_reduce_time`).
+(`planner.cost.timing.ring_all_reduce_time`). A ring all-reduce is a reduce-scatter then an
+all-gather, so each of those (sharded data parallel's) carries (d-1)/d of the whole buffer
+per hop and takes half an all-reduce's time, measured or not.
 """
 
 from __future__ import annotations
 
-from planner.cost.plan_pricing import PlanPricing
+from typing import TYPE_CHECKING
+
 from planner.cost.timing import ring_all_reduce_time
+
+if TYPE_CHECKING:
+    from planner.cost.plan_pricing import PlanPricing
 
 
 def ring_hops(devices: list[int]) -> list[tuple[int, int]]:
@@ -17,11 +23,14 @@ def ring_hops(devices: list[int]) -> list[tuple[int, int]]:
     return list(zip(devices, devices[1:] + devices[:1], strict=True))
 
 
-def count_ring_bytes(pricing: PlanPricing, devices: list[int], nbytes: float) -> None:
-    """Add one all-reduce of ``nbytes`` over ``devices`` to the plan's bytes per link."""
+def count_ring_bytes(pricing: PlanPricing, devices: list[int], nbytes: float, halves: int = 2) -> None:
+    """Add one all-reduce of ``nbytes`` over ``devices`` to the plan's bytes per link (with
+    ``halves`` 1: one all-gather or reduce-scatter of the whole buffer)."""
     d = len(devices)
+    if d < 2:
+        return
     for a, b in ring_hops(devices):
-        pricing.link_bytes[(a, b)] += 2 * (d - 1) / d * nbytes
+        pricing.link_bytes[(a, b)] += halves * (d - 1) / d * nbytes
 
 
 def all_reduce_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> float:
@@ -39,3 +48,21 @@ def all_reduce_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> 
     latency = max(link.latency_s for link in links)
     bandwidth = min(link.bandwidth for link in links)
     return ring_all_reduce_time(nbytes, d, latency, bandwidth)
+
+
+def half_ring_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> float:
+    """One all-gather (or reduce-scatter) of a buffer of ``nbytes`` whole over ``devices``:
+    half an all-reduce of it. Its bytes are not counted here: the caller counts each once
+    per step (`count_ring_bytes` with ``halves=1``), not once per rank that waits for it."""
+    d = len(devices)
+    if d < 2 or nbytes <= 0:
+        return 0.0
+    hops = ring_hops(devices)
+    measured = pricing.pricer.measured_all_reduce(hops, d)
+    if measured is not None:
+        pricing.sources_used["communication"].add("profile")
+        return (measured.latency_s + nbytes / measured.bandwidth) / 2
+    links = [pricing.link(a, b) for a, b in hops]
+    latency = max(link.latency_s for link in links)
+    bandwidth = min(link.bandwidth for link in links)
+    return ring_all_reduce_time(nbytes, d, latency, bandwidth) / 2

@@ -1,11 +1,16 @@
 """Memory per device: the terms of the model, each kept separately so it can be shown.
 
-    total = parameters + gradients + optimizer state (per parameter: planner.precision)
+    total = parameters + gradients + optimizer state (per parameter: planner.precision;
+            over the shard group under a sharded dp_mode, planner.sharding)
           + under mixed precision, the compute-dtype copies of the weights autocast makes in
             each micro-batch's forward and autograd keeps for its backward (the weights of
             matrix products and convolutions, as the trace saw them read: not embeddings
-            or norms)
-          + saved activations x micro-batch size x micro-batches in flight
+            or norms); none when sharded: FSDP gathers the weights in the compute dtype
+          + sharded: the gathered parameters alive at once and the reduce-scatter's buffer
+            (`sharded_terms`)
+          + saved activations x micro-batch size x micro-batches in flight (a block that
+            recomputes keeps its inputs), and a recomputing block's own activations while
+            its backward runs
           + the last stage's outputs kept for the loss (and the loss's log-probabilities)
           + the pipeline schedule's receive buffers
           + temporaries: in backward, the gradients of an op's output and of its input, and
@@ -26,11 +31,13 @@ says which of them its schedule decides (`StepMemory`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from planner.precision import optimizer_state_bytes
+from planner.sharding import DpMode
 
 if TYPE_CHECKING:
     from planner.cost.plan_pricing import PlanPricing
@@ -78,6 +85,13 @@ class MemoryBreakdown:
     runtime: int = 0
     """What training itself adds to a process's private pages beyond the model's tensors
     (autograd's and gloo's state), from the profile's run of a model of no size, else 0."""
+    gathered: int = 0
+    """Sharded data parallel: the all-gathered parameters alive at once and the reduce-scatter's
+    buffer (`sharded_terms`)."""
+    recomputed: int = 0
+    """Recomputation: the activations a recomputing block holds again while its backward runs."""
+    shard: int = 1
+    """Ranks the parameters, gradients and optimizer state are sharded over (1: replicated)."""
 
     @property
     def total(self) -> int:
@@ -85,8 +99,10 @@ class MemoryBreakdown:
             self.parameters
             + self.gradients
             + self.optimizer
+            + self.gathered
             + self.casts
             + self.activations
+            + self.recomputed
             + self.loss_outputs
             + self.buffers
             + self.temporaries
@@ -107,8 +123,10 @@ class MemoryBreakdown:
             "parameters": self.parameters,
             "gradients": self.gradients,
             "optimizer": self.optimizer,
+            "gathered": self.gathered,
             "casts": self.casts,
             "activations": self.activations,
+            "recomputed": self.recomputed,
             "loss_outputs": self.loss_outputs,
             "buffers": self.buffers,
             "temporaries": self.temporaries,
@@ -138,6 +156,10 @@ def rank_memory(
     cast_bytes: float = 0.0,
     runtime: int = 0,
     activations_held: float | None = None,
+    shard: int = 1,
+    gradient_bytes: int | None = None,
+    gathered: float = 0.0,
+    recomputed: float = 0.0,
 ) -> MemoryBreakdown:
     """Combine one rank's terms. Gradients are the size of the parameters they belong to.
 
@@ -146,7 +168,10 @@ def rank_memory(
     Nothing counts the whole model: a rank makes only its own part real (the runtime builds
     the model on the meta device). ``activations_held`` is the activations' peak over the
     schedule's order, when known; else every stage is taken at its most micro-batches in
-    flight at once. ``cast_bytes``: the weights' compute-dtype copies (mixed precision)."""
+    flight at once. ``cast_bytes``: the weights' compute-dtype copies (mixed precision).
+    ``shard``: the parameters and optimizer state are held over that many ranks, and the
+    gradients too unless ``gradient_bytes`` says what is held; ``gathered`` and
+    ``recomputed``: see `MemoryBreakdown`."""
     activations = sum(saved_per_sample[s] * micro_batch_size * in_flight.get(s, 0) for s in saved_per_sample)
     if activations_held is not None:
         activations = activations_held
@@ -156,9 +181,9 @@ def rank_memory(
         rank=rank,
         device=device,
         capacity=capacity,
-        parameters=param_bytes,
-        gradients=param_bytes,
-        optimizer=param_count * optimizer_bytes_per_param,
+        parameters=round(param_bytes / shard),
+        gradients=round(param_bytes / shard) if gradient_bytes is None else gradient_bytes,
+        optimizer=round(param_count * optimizer_bytes_per_param / shard),
         activations=round(activations),
         loss_outputs=loss_outputs,
         overhead=overhead,
@@ -173,6 +198,9 @@ def rank_memory(
             optimizer_temporaries * largest_param_bytes - held,
         ),
         runtime=runtime,
+        gathered=round(gathered),
+        recomputed=round(recomputed),
+        shard=shard,
     )
 
 
@@ -202,10 +230,15 @@ def plan_memory(
     cast = recipe.compute_bytes if recipe.mixed else 0
     temporaries = optimizer_temporaries(opt.name, opt.weight_decay)
     last = len(stages) - 1
+    groups = pricing.shard_groups
+    sharded = groups.mode.sharded
+    if sharded:
+        cast = 0  # FSDP gathers the compute dtype: autocast has nothing to copy
     out = []
     for r in plan.ranks:
         device = pricing.cluster.device(r.device)
         mine = [s for s in range(len(stages)) if s % pricing.pp_degree == r.pp_index]
+        gathered, gradients = sharded_terms(pricing, mine) if sharded else (0.0, None)
         # A mirrored replica's rank runs its simulated twin's order (only that one was built).
         held = step.held(r, mine, actions.get(pricing.mirror_rank(r.rank), []))
         overhead, runtime = _process_bytes(pricing, device.kind, held.runtime_strategy)
@@ -230,9 +263,35 @@ def plan_memory(
                 cast_bytes=sum(cast * stages[s].cast_param_count * held.in_flight.get(s, 0) for s in mine),
                 runtime=runtime,
                 activations_held=held.activations_held,
+                shard=groups.size(r.rank),
+                gradient_bytes=gradients,
+                gathered=gathered,
+                recomputed=max(stages[s].recompute_peak_per_sample for s in mine) * held.micro_batch_size,
             )
         )
     return out
+
+
+def sharded_terms(pricing: PlanPricing, stages: list[int]) -> tuple[float, int | None]:
+    """(gathered bytes, gradient bytes held, or None for the shard's) of a rank holding
+    ``stages`` under a sharded ``dp_mode`` (`planner.cost.sharded` says why):
+
+    - one stage: ``shard_grad_op`` keeps every block gathered from its forward to its
+      backward; ``full_shard`` and ``hybrid_shard`` hold two consecutive blocks at most (the
+      one computing, the one prefetched); gradients are sharded;
+    - a pipeline stage keeps its blocks gathered after a backward and accumulates its
+      gradients unsharded until the step's reduce-scatters;
+    and, in both, the reduce-scatter's input: one block's gradients in the reduce dtype."""
+    groups = pricing.shard_groups
+    counts = [n for s in stages for n in pricing.stages[s].block_param_counts]
+    buffer = max(counts) * groups.reduce_bytes
+    if len(pricing.stages) > 1:
+        return sum(counts) * groups.gather_bytes + buffer, sum(counts) * groups.reduce_bytes
+    if groups.mode == DpMode.SHARD_GRAD_OP or len(counts) == 1:
+        alive = sum(counts)
+    else:
+        alive = max(a + b for a, b in itertools.pairwise(counts))
+    return alive * groups.gather_bytes + buffer, None
 
 
 def _process_bytes(pricing: PlanPricing, kind: str, strategy: str) -> tuple[int, int]:

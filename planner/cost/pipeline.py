@@ -18,6 +18,7 @@ from typing import NamedTuple
 from planner.cost.memory import StepMemory
 from planner.cost.plan_pricing import PlanPricing
 from planner.cost.reductions import add_reductions
+from planner.cost.sharded import collectives_per_step, pass_plan, pass_time
 from planner.cost.simulate import Task, TaskKind, TaskList
 from planner.cost.step import Step, StepTasks
 from planner.cost.timing import transfer_time
@@ -128,17 +129,29 @@ class PipelineStep(Step):
         forward_kind, backward_kind = TaskKind.FORWARD, TaskKind.BACKWARD
         pricing = self.pricing
         stages, pp, measured = len(pricing.stages), pricing.pp_degree, pricing.profile is not None
+        groups = pricing.shard_groups
         for q, order in enumerate(orders):
             rank = ranks[q]
             program = programs[rank]
             # The step's own host work, paid by the rank's first action (stage q, q + p, ...).
             before = self.step_host(rank, range(q, stages, pp)) if measured else 0.0
+            passes = pass_plan(groups.mode, stages == 1, order) if groups.mode.sharded else None
+            # Every shard group's bytes, once a step: counted with the first replica simulated.
+            if passes is not None and pricing.plan.ranks[rank].dp_index == pricing.simulated[0]:
+                for (stage, what), n in collectives_per_step(passes).items():
+                    groups.count_bytes(stage, n if what == "gather" else 0, n if what == "reduce" else 0)
             for a in order:
-                fwd, bwd = stage_time(rank, a.stage)
                 forward = a.kind == "F"
+                if passes is None:
+                    fwd, bwd = stage_time(rank, a.stage)
+                    work = fwd if forward else bwd
+                else:
+                    work, waited = pass_time(self, rank, a.stage, forward, *passes[a])
+                    work += self.action_host(rank)
+                    pricing.comm_in_compute[rank] += waited
                 t = add(
                     kind=forward_kind if forward else backward_kind,
-                    work=fwd if forward else bwd,
+                    work=work,
                     rank=rank,
                     stage=a.stage,
                     micro_batch=a.micro_batch,

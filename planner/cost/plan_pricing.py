@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from planner.cost.sharded import ShardGroups
 from planner.cost.stages import boundary_bytes, stage_cost
 from planner.cost.timing import optimizer_time
 from planner.devices import device_kind
@@ -61,6 +62,13 @@ class PlanPricing:
         self.link_bytes: dict[tuple[int, int], float] = defaultdict(float)
         self.stage_time_table: dict[tuple[int, int], tuple[float, float]] = {}
         """(rank, stage) -> (forward, backward) seconds per micro-batch."""
+        self.block_time_table: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        """(rank, stage) -> each block's (forward, backward) seconds per micro-batch."""
+        self.sharded_pass_table: dict[tuple, tuple[float, float]] = {}
+        """A sharded stage's pass (`planner.cost.sharded.pass_time`) -> (seconds, not hidden)."""
+        self.comm_in_compute: dict[int, float] = defaultdict(float)
+        """Rank -> seconds of its forwards and backwards spent waiting for the sharded
+        group's gathers and reduce-scatters (communication compute did not hide)."""
         self.host_per_action: dict[int, float] = {}
         """Rank -> seconds of each of its forwards and backwards that are host work (torch's
         schedule or DDP's step: posting, waiting, bookkeeping), not compute."""
@@ -78,13 +86,15 @@ class PlanPricing:
                 scale=self.scale,
                 element_bytes=self.element_bytes,
                 trace_batch=self.trace_batch,
+                recompute_every=stage.recompute_every,
             )
-            for blocks in stage_blocks
+            for blocks, stage in zip(stage_blocks, plan.stages, strict=True)
         ]
         self.boundaries = boundary_bytes(
             self.graph, self.stage_of, len(self.stages), scale=self.scale, trace_batch=self.trace_batch
         )
         self.simulated = self.replicas_to_simulate()
+        self.shard_groups = ShardGroups(self)
 
     def optimizer_time(self, params: int, device: int) -> float:
         """One optimizer step over ``params`` parameters on ``device`` (its source tallied)."""

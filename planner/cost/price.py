@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import networkx as nx
 
-from planner.capture.graph import graph_digest
+from planner.capture.graph import graph_digest, model_blocks
 from planner.cluster import Cluster
 from planner.cost.gan import GanReplicaStep, GanStep
 from planner.cost.memory import MemoryBreakdown, plan_memory
@@ -56,6 +56,9 @@ class Prediction:
     """Rank -> seconds of its forward and backward intervals that are host work, not compute:
     torch's schedule's or DDP's per action (`planner.profile.Profile.schedule_action_s`), and
     its step's own before its first action (its batch loaded, its gradients zeroed)."""
+    comm_s: dict[int, float] = field(default_factory=dict)
+    """Rank -> seconds of its forward and backward intervals spent waiting for a sharded
+    group's gathers and reduce-scatters (`planner.cost.sharded`), not computing."""
 
     @property
     def bytes_sent(self) -> int:
@@ -140,7 +143,7 @@ class Pricer:
             raise PlanError(
                 f"profile.graph_digest: measured for graph {profile.graph_digest[:12]}, not this one"
             )
-        self.sizes = GraphSizes.of(graph)
+        self.sizes = GraphSizes.of(graph, model_blocks(graph))
         self.profile_digest = profile.digest() if profile is not None else ""
         self.cores = _cores(cluster)
         self.contention = _contention(cluster, profile)
@@ -178,6 +181,9 @@ class Pricer:
             stage_times=pricing.stage_time_table,
             sources=pricing.sources(),
             host_s={r.rank: host.get(pricing.mirror_rank(r.rank), 0.0) for r in plan.ranks},
+            comm_s={
+                r.rank: pricing.comm_in_compute.get(pricing.mirror_rank(r.rank), 0.0) for r in plan.ranks
+            },
         )
 
     def block_times(

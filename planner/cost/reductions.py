@@ -2,7 +2,9 @@
 
 In the order torch runs them: the gradients of a tied weight held by several stages are
 summed across those stages once their last backward is done; then each stage's replicas
-all-reduce their gradients (DDP); then every rank steps its optimizer.
+all-reduce their gradients (DDP; under a sharded ``dp_mode`` the reduce-scatters are in the
+backwards, `planner.cost.sharded`, and ``hybrid_shard`` all-reduces each shard across
+nodes); then every rank steps its optimizer, over its shard.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from planner.cost.collectives import all_reduce_time, count_ring_bytes
 from planner.cost.plan_pricing import PlanPricing
 from planner.cost.simulate import TaskKind, TaskList
 from planner.cost.stages import tied_stages
+from planner.sharding import DpMode
 
 if TYPE_CHECKING:
     from planner.cost.step import Step
@@ -93,7 +96,10 @@ def _data_parallel_all_reduces(
         done = [last_backward[(r, s)] for r in simulated] + [
             t for dp in pricing.simulated for t in tied_of_stage[(dp, s)]
         ]
-        if plan.dp_degree > 1:
+        mode = plan.dp_mode
+        if mode == DpMode.HYBRID_SHARD:
+            done = [_shards_across_nodes(pricing, step, tasks, s, simulated, done)]
+        elif plan.dp_degree > 1 and not mode.sharded:
             devices = [plan.ranks[r].device for r in group]
             reduced = step.reduced_bytes(cost)
             t = tasks.add(
@@ -111,16 +117,39 @@ def _data_parallel_all_reduces(
             before_optimizer[r].extend(done)
 
 
+def _shards_across_nodes(
+    pricing: PlanPricing, step: Step, tasks: TaskList, stage: int, simulated: list[int], done: list[int]
+) -> int:
+    """``hybrid_shard``: each rank's shard of ``stage``'s gradients all-reduced with the ranks
+    holding the same shard on the other nodes, all such groups at once; returns its task."""
+    groups = pricing.shard_groups
+    nbytes = sum(step.reduced_bytes(pricing.stages[stage])) / groups.size(simulated[0])
+    replicate = {
+        tuple(groups.replicate[r.rank]) for r in pricing.plan.ranks if r.pp_index == stage % pricing.pp_degree
+    }
+    first, *others = sorted(replicate)
+    for devices in others:  # on their own links, in the same time
+        count_ring_bytes(pricing, list(devices), nbytes)
+    return tasks.add(
+        kind=TaskKind.ALL_REDUCE,
+        work=all_reduce_time(pricing, list(first), nbytes),
+        rank=simulated[0],
+        deps=done,
+        channel=f"hsdp:{stage % pricing.pp_degree}",
+        lanes=tuple(simulated),
+        stage=stage,
+        nbytes=round(nbytes),
+    ).id
+
+
 def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, before: TaskIds) -> None:
-    """Each simulated rank's optimizer step over its stages' parameters, last in its program."""
+    """Each simulated rank's optimizer step over its stages' parameters (its shard of them
+    under a sharded ``dp_mode``), last in its program."""
     for r in pricing.plan.ranks:
         if r.dp_index not in pricing.simulated:
             continue
-        params = sum(
-            pricing.stages[s].param_count
-            for s in range(len(pricing.stages))
-            if s % pricing.pp_degree == r.pp_index
-        )
+        mine = [s for s in range(len(pricing.stages)) if s % pricing.pp_degree == r.pp_index]
+        params = round(sum(pricing.stages[s].param_count for s in mine) / pricing.shard_groups.size(r.rank))
         work = pricing.optimizer_time(params, r.device)
         t = tasks.add(kind=TaskKind.OPTIMIZER, work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
         programs[r.rank].append(t.id)

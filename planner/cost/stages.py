@@ -1,8 +1,10 @@
 """What each stage of a plan costs, whatever its step: sizes read off the traced graph.
 
 Per stage: the parameters it holds (a tied weight owned by another stage's block is a
-copy here), the activations it keeps for backward, its last output (what the loss keeps),
-and the sizes of its largest parameter and op (its temporaries). Per stage boundary: the
+copy here), block by block (a sharded data-parallel group gathers them block by block), the
+activations it keeps for backward (a block that recomputes keeps only its inputs, and
+holds its own activations again while its backward runs), its last output (what the loss
+keeps), and the sizes of its largest parameter and op (its temporaries). Per stage boundary: the
 bytes each sample sends forward and its gradient back. The trace measured ``trace_batch``
 samples in the traced dtype; everything here is per sample, weights in the training
 precision's weight dtype and activations in its compute dtype (``weight_scale`` and
@@ -12,7 +14,7 @@ precision's weight dtype and activations in its compute dtype (``weight_scale`` 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import networkx as nx
@@ -34,9 +36,14 @@ class GraphSizes:
     """Parameters an op on autocast's lower-precision list reads (None: not traced op by op)."""
     cast_bytes: dict[str, int]
     """Block -> bytes of its parameters in `cast_params` (all of them when that is None)."""
+    input_bytes: dict[str, int]
+    """Block -> bytes of its inputs (what a block that recomputes keeps for backward)."""
+    position: dict[str, int]
+    """Block -> its index in the model's block order (which blocks ``every-K`` recomputes)."""
 
     @classmethod
-    def of(cls, graph: nx.DiGraph) -> GraphSizes:
+    def of(cls, graph: nx.DiGraph, blocks: list[str]) -> GraphSizes:
+        """``blocks``: the model's blocks in execution order."""
         sizes = graph.graph.get("param_bytes", {})
         cast = frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None
         return cls(
@@ -56,6 +63,10 @@ class GraphSizes:
                 else sum(sizes.get(p, 0) for p in data.get("params", []) if p in cast)
                 for b, data in graph.nodes(data=True)
             },
+            input_bytes={
+                b: sum(d.get("bytes", 0) for _, _, d in graph.in_edges(b, data=True)) for b in graph
+            },
+            position={b: i for i, b in enumerate(blocks)},
         )
 
 
@@ -69,6 +80,9 @@ class StageCost:
     largest_param_bytes: int = 0  # the largest single parameter (the size of its temporaries)
     largest_op_per_sample: float = 0.0  # the most activation bytes one op reads and writes
     cast_param_count: int = 0  # parameters autocast copies to 16 bits (mixed precision)
+    block_param_counts: list[int] = field(default_factory=list)  # per block, tied copies included
+    recomputed: list[str] = field(default_factory=list)  # its blocks that recompute in backward
+    recompute_peak_per_sample: float = 0.0  # the most one recomputing block holds in its backward
 
 
 class Boundaries(NamedTuple):
@@ -89,10 +103,14 @@ def stage_cost(
     scale: float,
     element_bytes: int,
     trace_batch: int,
+    recompute_every: int = 0,
 ) -> StageCost:
     """The cost of the stage made of ``blocks``; ``weight_scale`` and ``scale`` are training /
     traced bytes per element of weights and of activations, ``element_bytes`` the traced
-    dtype's."""
+    dtype's; ``recompute_every``: K of its recomputation (`planner.sharding`), 0 for none.
+
+    A block that recomputes keeps its inputs, not what its ops save: a tensor an earlier
+    stage's block also keeps is counted with the inputs, as it is in a checkpoint."""
     nodes, members = graph.nodes, set(blocks)
     # A tied weight used here but owned by a block of another stage is a copy here.
     copies = {
@@ -104,10 +122,14 @@ def stage_cost(
     cast = sizes.cast_params
     cast_bytes = sum(sizes.cast_bytes[b] for b in blocks)
     cast_bytes += sum(tied.get(p, 0) for p in copies if cast is None or p in cast)
-    saved = sum(nodes[b]["saved_bytes"] for b in blocks)
-    saved += sum(
-        n for b in blocks for src, n in nodes[b].get("resaved_from", {}).items() if src not in members
-    )
+    recomputed = [b for b in blocks if recompute_every and sizes.position[b] % recompute_every == 0]
+    kept = set(blocks) - set(recomputed)
+    saved = sum(nodes[b]["saved_bytes"] for b in kept) + sum(sizes.input_bytes[b] for b in recomputed)
+    saved += sum(n for b in kept for src, n in nodes[b].get("resaved_from", {}).items() if src not in members)
+    copy_of = defaultdict(int)  # a tied copy is gathered with the first block of the stage that uses it
+    for p in copies:
+        user = next(b for b in blocks if p in nodes[b].get("shared_params", []))
+        copy_of[user] += tied.get(p, 0)
     return StageCost(
         blocks=blocks,
         param_bytes=round(param_bytes * weight_scale),
@@ -117,6 +139,11 @@ def stage_cost(
         largest_param_bytes=round(largest * weight_scale),
         largest_op_per_sample=max(sizes.largest_op[b] for b in blocks) / trace_batch * scale,
         cast_param_count=round(cast_bytes / element_bytes),
+        block_param_counts=[round((nodes[b]["param_bytes"] + copy_of[b]) / element_bytes) for b in blocks],
+        recomputed=recomputed,
+        recompute_peak_per_sample=max((nodes[b]["saved_bytes"] for b in recomputed), default=0)
+        / trace_batch
+        * scale,
     )
 
 

@@ -63,35 +63,61 @@ class Step(ABC):
         return [cost.param_bytes]
 
     def stage_time(self, rank: int, stage: int) -> tuple[float, float]:
-        """(forward, backward) seconds of one micro-batch of ``stage`` on ``rank``."""
+        """(forward, backward) seconds of one micro-batch of ``stage`` on ``rank``, the host
+        work of each action included (a sharded stage's passes: `planner.cost.sharded`)."""
         table = self.pricing.stage_time_table
         key = (rank, stage)
         if key not in table:
-            table[key] = self._price_stage(rank, stage)
+            blocks = self.block_times(rank, stage)
+            action = self.action_host(rank)
+            table[key] = (sum(f for f, _ in blocks) + action, sum(b for _, b in blocks) + action)
         return table[key]
 
-    def _price_stage(self, rank: int, stage: int) -> tuple[float, float]:
+    def action_host(self, rank: int) -> float:
+        """The host work of each forward and backward on ``rank`` (torch's schedule or
+        DDP's step, from the profile; noted in `PlanPricing.host_per_action`)."""
+        pricing = self.pricing
+        profile, loop = pricing.profile, self.host_loop()
+        if profile is None or loop is None:
+            return 0.0
+        kind = pricing.cluster.device(pricing.plan.ranks[rank].device).kind
+        action = profile.action_s(kind, loop)
+        if action:
+            pricing.host_per_action[rank] = action
+        return action
+
+    def block_times(self, rank: int, stage: int) -> list[tuple[float, float]]:
+        """(forward, backward) seconds of each of ``stage``'s blocks in one micro-batch on
+        ``rank``; a block that recomputes runs its forward again in its backward."""
+        table = self.pricing.block_time_table
+        key = (rank, stage)
+        if key not in table:
+            table[key] = self._price_blocks(rank, stage)
+        return table[key]
+
+    def _price_blocks(self, rank: int, stage: int) -> list[tuple[float, float]]:
         pricing = self.pricing
         r = pricing.plan.ranks[rank]
         kind = pricing.cluster.device(r.device).kind
         samples = pricing.micro_batch_size(r.dp_index)
         profile = pricing.profile
-        one_stage = len(pricing.stages) == 1
+        cost = pricing.stages[stage]
+        blocks = self._blocks_times(kind, samples, cost.blocks)
         # A replica of the whole model runs it uncut and eagerly; a pipeline stage runs
-        # the pieces pipeline() cuts, which the block timings measured.
-        timed = profile is not None and one_stage and profile.timed_in(pricing.dtype)
+        # the pieces pipeline() cuts, which the block timings measured. The whole model's
+        # timing is shared out over its blocks as their own timings share it.
+        timed = profile is not None and len(pricing.stages) == 1 and profile.timed_in(pricing.dtype)
         whole = profile.whole_time(kind, samples) if timed else None
         if whole is not None and self.uses_profiled_loops:
-            fwd, bwd = whole
             pricing.sources_used["compute"].add("profile")
-        else:
-            fwd, bwd = self._blocks_time(kind, samples, pricing.stages[stage].blocks)
-        loop = self.host_loop()
-        action = profile.action_s(kind, loop) if profile is not None and loop is not None else 0.0
-        if action:
-            fwd, bwd = fwd + action, bwd + action
-            pricing.host_per_action[rank] = action
-        return fwd, bwd
+            fwd, bwd = sum(f for f, _ in blocks), sum(b for _, b in blocks)
+            to_f = whole[0] / fwd if fwd else 0.0
+            to_b = whole[1] / bwd if bwd else 0.0
+            blocks = [(f * to_f, b * to_b) for f, b in blocks]
+        again = set(cost.recomputed)
+        return [
+            (f, b + f) if name in again else (f, b) for name, (f, b) in zip(cost.blocks, blocks, strict=True)
+        ]
 
     def step_host(self, rank: int, stages: Iterable[int]) -> float:
         """Host seconds at the start of ``rank``'s step, holding ``stages``, from the profile:
@@ -110,15 +136,17 @@ class Step(ABC):
         pricing.host_per_step[rank] = seconds
         return seconds
 
-    def _blocks_time(self, kind: str, samples: float, blocks: list[str]) -> tuple[float, float]:
-        """The stage's blocks, each run as often as `passes` says, block by block."""
+    def _blocks_times(self, kind: str, samples: float, blocks: list[str]) -> list[tuple[float, float]]:
+        """(forward, backward) of each block, run as often as `passes` says."""
         pricing = self.pricing
-        fwd = bwd = 0.0
+        out = []
         for block in blocks:
+            fwd = bwd = 0.0
             for times in self.passes(block, blocks):
                 f, b, src = pricing.pricer.block_times(
                     block, kind, pricing.dtype, samples * times, pricing.scale, pricing.trace_batch
                 )
                 fwd, bwd = fwd + f, bwd + b
                 pricing.sources_used["compute"].add(src)
-        return fwd, bwd
+            out.append((fwd, bwd))
+        return out

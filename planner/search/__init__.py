@@ -3,6 +3,7 @@
 - `search`: the entry and the ranking (data, pipeline and hybrid parallel, by ``price()``);
 - `layouts`: what the search may try, every layout of the model on the cluster;
 - `candidate`: one layout considered: its degrees, devices and shares, then its price;
+- `levers`: the memory levers (sharding, recomputation) a candidate tries, cheapest first;
 - `screen`: a quick step time for every candidate, so only the most promising are priced;
 - `pricing`: price one candidate: build its plan, choose its stages, simulate its step;
 - `stage_problem`, `partition`: a candidate's blocks split into stages, exactly (branch and bound);

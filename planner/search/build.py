@@ -13,7 +13,7 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from planner.capture.graph import block_order, graph_digest
+from planner.capture.graph import graph_digest, model_blocks
 from planner.cluster import Cluster
 from planner.errors import PlanError
 from planner.plan import (
@@ -26,11 +26,6 @@ from planner.plan import (
     UnusedDevice,
 )
 from planner.strict import explain
-
-
-def model_blocks(graph: nx.DiGraph) -> list[str]:
-    """The coarsened graph's blocks in execution order, without its input nodes."""
-    return [n for n in block_order(graph) if graph.nodes[n].get("kind") != "input"]
 
 
 def even_cuts(num_blocks: int, num_stages: int) -> list[int]:
@@ -51,14 +46,26 @@ def even_cuts(num_blocks: int, num_stages: int) -> list[int]:
 
 
 def stages_for(
-    blocks: Sequence[str], cuts: Sequence[int], pp_degree: int, names: Sequence[str] | None = None
+    blocks: Sequence[str],
+    cuts: Sequence[int],
+    pp_degree: int,
+    names: Sequence[str] | None = None,
+    recompute: str = "none",
 ) -> list[Stage]:
-    """Stages from cut positions: stage i holds blocks[starts[i]:starts[i+1]] on rank i % p."""
+    """Stages from cut positions: stage i holds blocks[starts[i]:starts[i+1]] on rank i % p,
+    each recomputing as ``recompute`` says."""
     starts = [0, *cuts]
     ends = [*(s - 1 for s in starts[1:]), len(blocks) - 1]
     labels = list(names) if names else [""] * len(starts)
     return [
-        Stage(index=i, first=blocks[a], last=blocks[b], pp_rank=i % pp_degree, name=labels[i])
+        Stage(
+            index=i,
+            first=blocks[a],
+            last=blocks[b],
+            pp_rank=i % pp_degree,
+            name=labels[i],
+            recompute=recompute,
+        )
         for i, (a, b) in enumerate(zip(starts, ends, strict=True))
     ]
 
@@ -82,6 +89,8 @@ def make_plan(
     training: dict[str, Any] | None = None,
     unused_reason: str = "not needed by this plan",
     digest: str | None = None,
+    dp_mode: str = "replicate",
+    recompute: str = "none",
 ) -> Plan:
     """Build and validate a plan.
 
@@ -99,6 +108,9 @@ def make_plan(
         Samples per replica; an even split if omitted.
     digest
         The graph's digest when the caller has it already (the search builds many plans).
+    dp_mode, recompute
+        How the data-parallel groups hold the model, and what every stage recomputes
+        (`planner.sharding`).
 
     Raises
     ------
@@ -108,7 +120,7 @@ def make_plan(
     blocks = model_blocks(graph)
     num_stages = pp_degree * virtual_stages
     chosen = list(cuts) if cuts is not None else even_cuts(len(blocks), num_stages)
-    stages = stages_for(blocks, chosen, pp_degree, stage_names)
+    stages = stages_for(blocks, chosen, pp_degree, stage_names, recompute)
     n = dp_degree * pp_degree
     device_ids = list(devices) if devices is not None else [d.id for d in cluster.devices[:n]]
     ranks = _rank_assignments(cluster, device_ids, coords, dp_degree, pp_degree)
@@ -135,6 +147,7 @@ def make_plan(
             strategy=strategy,
             schedule=schedule,
             virtual_stages=virtual_stages,
+            dp_mode=dp_mode,
             dp_degree=dp_degree,
             pp_degree=pp_degree,
             stages=stages,

@@ -16,6 +16,7 @@ from typing import Any
 from planner.cost.price import Prediction
 from planner.plan import Plan, Strategy
 from planner.schedules import Schedule
+from planner.sharding import DpMode
 
 
 @dataclass(kw_only=True)
@@ -36,6 +37,10 @@ class Candidate:
     """How the ranks lie on the nodes and device kinds, in words ("" when there is one way)."""
     names: list[str] = field(default_factory=list)
     """Stage names: the networks of a model-parallel GAN, else empty."""
+    dp_mode: DpMode = DpMode.REPLICATE
+    """How its data-parallel groups hold the model: the search's choice (`planner.search.levers`)."""
+    recompute: str = "none"
+    """What every stage recomputes: the search's choice."""
     estimate: float = math.inf
     """The screen's quick step time (`planner.search.screen`)."""
     plan: Plan | None = None
@@ -132,10 +137,14 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        text = (
-            f"{self.strategy} dp{self.dp_degree}xpp{self.pp_degree} m{self.micro_batches} "
-            f"{self.schedule_text} {self.mesh}"
+        parts = (
+            f"{self.strategy} dp{self.dp_degree}xpp{self.pp_degree} m{self.micro_batches}",
+            self.schedule_text,
+            "" if self.dp_mode == DpMode.REPLICATE else str(self.dp_mode),
+            "" if self.recompute == "none" else f"recompute {self.recompute}",
+            self.mesh,
         )
+        text = " ".join(x for x in parts if x)
         return text.strip()
 
     def row(self) -> dict[str, Any]:
@@ -146,6 +155,8 @@ class Candidate:
             "pp": self.pp_degree,
             "m": self.micro_batches,
             "schedule": self.schedule_text,
+            "dp_mode": str(self.dp_mode),
+            "recompute": self.recompute,
             "mesh": self.mesh,
             "step_s": p.step_time_s if p else None,
             "samples_s": p.samples_per_s if p else None,

@@ -2,8 +2,9 @@
 
 The stages are split by `planner.search.stage_problem`: proven optimal by branch and bound
 while the problem is small and the search's time budget lasts, else the split that balances
-work, priced once. A candidate that does not fit gets the reason: the stage, the device and
-by how much memory.
+work, priced once. Its memory levers (`planner.search.levers`) are tried cheapest first
+until one fits. A candidate that does not fit with any gets the reason of the last tried:
+the stage, the device and by how much memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from planner.search.build import make_plan
 from planner.search.candidate import Candidate
 from planner.search.partition import min_bottleneck_cuts
 from planner.search.stage_problem import StageProblem
+from planner.sharding import DpMode
 
 EXACT_LIMIT = 4096  # blocks x stages up to which the split is proven optimal by branch and bound
 
@@ -34,12 +36,26 @@ def price_candidate(
     max_evaluations: int,
     max_nodes: int,
     prove: bool = True,
+    levers: list[tuple[DpMode, str]] | None = None,
 ) -> None:
-    """Fill in ``c.plan``, ``c.prediction``, ``c.exact`` and, when it cannot run, ``c.reason``.
+    """Fill in ``c.plan``, ``c.prediction``, ``c.exact``, its levers and, when it cannot run,
+    ``c.reason``.
 
     ``units``: cut only at these block indices (`planner.search.stage_problem.unit_starts`);
-    ``prove``: try to prove the split optimal (else balance work and price once).
+    ``prove``: try to prove the split optimal (else balance work and price once);
+    ``levers``: (dp_mode, recompute) to try in order until one fits (default: the
+    candidate's own).
     """
+    for dp_mode, recompute in levers or [(c.dp_mode, c.recompute)]:
+        c.dp_mode, c.recompute, c.reason = dp_mode, recompute, ""
+        _price_with_levers(pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, prove)
+        if c.feasible:
+            return
+
+
+def _price_with_levers(
+    pricer, graph, cluster, c: Candidate, training, units, max_evaluations, max_nodes, prove
+):
     try:
         template = template_plan(graph, cluster, c, training, pricer.digest)
     except PlannerError as exc:
@@ -87,6 +103,8 @@ def template_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, training, d
         training=training,
         unused_reason="not used by this plan" if unused else "",
         digest=digest,
+        dp_mode=c.dp_mode,
+        recompute=c.recompute,
     )
 
 

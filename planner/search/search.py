@@ -22,6 +22,7 @@ from planner.cluster import Cluster
 from planner.cost.price import Pricer
 from planner.cost.timing import CostOptions
 from planner.errors import PlannerError
+from planner.networks import is_adversarial
 from planner.plan import Strategy
 from planner.precision import Precision
 from planner.profile import Profile
@@ -30,12 +31,11 @@ from planner.search.candidate import Candidate
 from planner.search.gc_threshold import fewer_collections
 from planner.search.layouts import candidates as layout_candidates
 from planner.search.layouts import device_speeds
+from planner.search.levers import AUTO, check_levers, levers
 from planner.search.pricing import price_candidate
 from planner.search.screen import Screen
 from planner.search.stage_problem import unit_starts
 
-AUTO = "auto"
-"""The search's own option: every strategy."""
 STRATEGIES = (AUTO, *(s.value for s in Strategy))  # plain strings: widget options and messages
 
 __all__ = ["STRATEGIES", "Candidate", "SearchResult", "search"]
@@ -75,6 +75,8 @@ def search(
     strategy: str = AUTO,
     schedule: str | None = None,
     micro_batches: int | None = None,
+    dp_mode: str = AUTO,
+    recompute: str = AUTO,
     training: dict[str, Any] | None = None,
     profile: Profile | None = None,
     options: CostOptions | None = None,
@@ -88,11 +90,13 @@ def search(
     Splits are proven optimal (branch and bound on `price()`) while the search has spent
     less than ``exact_budget_s``; after that, and for problems past
     `planner.search.pricing.EXACT_LIMIT`, the split that balances work is priced once and
-    the row says it is not proven.
+    the row says it is not proven. ``dp_mode`` and ``recompute`` pin the memory levers
+    (`planner.search.levers`; auto: the cheapest that fits).
     """
     budget = _Budget(max_priced, max_evaluations, max_nodes, exact_budget_s, time.perf_counter())
     if strategy not in STRATEGIES:
         raise PlannerError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    check_levers(dp_mode, recompute)
     if global_batch < 1:
         raise PlannerError(f"global batch must be >= 1, got {global_batch}")
     pricer = Pricer(graph, cluster, profile, options)
@@ -102,19 +106,26 @@ def search(
     speeds = device_speeds(cluster, profile, blocks, precision.recipe.compute)
     wanted = None if strategy == AUTO else Strategy(strategy)
     candidates = layout_candidates(cluster, speeds, blocks, global_batch, wanted, schedule, micro_batches)
+    adversarial = is_adversarial(blocks)
+    tries = {id(c): levers(c, cluster, dp_mode, recompute, adversarial) for c in candidates}
+    candidates = [c for c in candidates if tries[id(c)]]  # a pinned lever that cannot apply
     if not candidates:
-        raise PlannerError(_nothing_to_try(strategy, schedule, micro_batches, global_batch, len(blocks)))
+        raise PlannerError(
+            _nothing_to_try(strategy, schedule, micro_batches, global_batch, len(blocks), dp_mode, recompute)
+        )
     units = unit_starts(graph, blocks)
     screen = Screen(pricer, graph, blocks, training)
     for c in candidates:
         c.estimate = screen(cluster, c)
     candidates.sort(key=lambda c: c.estimate)
-    chosen = _price_promising(pricer, graph, cluster, candidates, training, units, budget)
+    chosen = _price_promising(pricer, graph, cluster, candidates, training, units, budget, tries)
     chosen.sort(key=lambda c: (not c.feasible, c.prediction.step_time_s if c.prediction else math.inf))
     return SearchResult(_best_per_family(chosen), len(candidates), len(units) if units else len(blocks))
 
 
-def _price_promising(pricer, graph, cluster, screened, training, units, budget: _Budget) -> list[Candidate]:
+def _price_promising(
+    pricer, graph, cluster, screened, training, units, budget: _Budget, tries
+) -> list[Candidate]:
     """Price the best-screened variant of the first families, the pure strategies, and, while
     none of those fits, further families down the screened list."""
     chosen = _best_per_family(screened)[: budget.max_priced]
@@ -130,14 +141,32 @@ def _price_promising(pricer, graph, cluster, screened, training, units, budget: 
     for c in chosen:
         prove = time.perf_counter() - budget.started < budget.exact_budget_s
         price_candidate(
-            pricer, graph, cluster, c, training, units, budget.max_evaluations, budget.max_nodes, prove
+            pricer,
+            graph,
+            cluster,
+            c,
+            training,
+            units,
+            budget.max_evaluations,
+            budget.max_nodes,
+            prove,
+            tries[id(c)],
         )
     # When memory rules out every candidate priced so far, keep going down the screened list.
     rest = [c for c in _best_per_family(screened) if c not in chosen]
     while rest and not any(c.feasible for c in chosen) and len(chosen) < 4 * budget.max_priced:
         c = rest.pop(0)
         price_candidate(
-            pricer, graph, cluster, c, training, units, budget.max_evaluations, budget.max_nodes, False
+            pricer,
+            graph,
+            cluster,
+            c,
+            training,
+            units,
+            budget.max_evaluations,
+            budget.max_nodes,
+            False,
+            tries[id(c)],
         )
         chosen.append(c)
     return chosen
@@ -153,9 +182,15 @@ def _best_per_family(ranked: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _nothing_to_try(strategy, schedule, m, batch, n_blocks) -> str:
+def _nothing_to_try(strategy, schedule, m, batch, n_blocks, dp_mode, recompute) -> str:
+    levers = f", dp_mode={dp_mode}, recompute={recompute}" if (dp_mode, recompute) != (AUTO, AUTO) else ""
     return (
-        f"no {strategy} plan with schedule={schedule or 'any'}, micro-batches={m or 'any'} fits the "
+        f"no {strategy} plan with schedule={schedule or 'any'}, micro-batches={m or 'any'}{levers} fits the "
         f"constraints: global batch {batch} must split into replicas and micro-batches, "
         f"and the model has {n_blocks} blocks"
+        + (
+            " (a sharded dp_mode needs replicas; hybrid_shard, replicas on two nodes or more)"
+            if levers
+            else ""
+        )
     )

@@ -18,6 +18,7 @@ from planner.precision import DTYPE_BYTES, optimizer_state_bytes
 from planner.schedules import Schedule, in_flight, rank_actions
 from planner.search.build import stages_for
 from planner.search.partition import SplitResult, best_split
+from planner.sharding import recomputed, shard_group_size
 
 MAX_UNITS = 512  # past this many blocks, cut only between groups of consecutive blocks
 
@@ -89,19 +90,38 @@ class StageProblem:
         return work
 
     def _memory_bounds(self) -> None:
-        """Memory lower bound per block: parameters + gradients + optimizer state, and saved
-        activations per sample (tied copies and re-kept inputs only add to it); micro-batches
-        in flight per stage, and each device's capacity."""
+        """Memory lower bound per block: parameters + gradients + optimizer state (over the
+        shard group under a sharded dp_mode; a pipeline stage's gradients accumulate whole,
+        its parameters stay gathered: `planner.cost.memory.sharded_terms`), and saved
+        activations per sample (a recomputing block's inputs; tied copies and re-kept
+        inputs only add to it); micro-batches in flight per stage, and each device's
+        capacity."""
         plan, graph, scale = self.template, self.pricer.graph, self.scale
         opt = plan.training.optimizer
         per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.precision)
         traced = DTYPE_BYTES[graph.graph.get("dtype", "float32")]
         nodes = graph.nodes
+        mode = plan.dp_mode
+        shard = min(
+            shard_group_size(mode, [plan.rank_of(dp, q).node for dp in range(plan.dp_degree)])
+            for q in range(plan.pp_degree)
+        )
+        grads, gathered = 1 / shard, 0.0
+        if mode.sharded and self.k > 1:
+            grads, gathered = 1.0, self.recipe.compute_bytes / traced
         fixed = [
-            2 * nodes[b]["param_bytes"] * self.weight_scale + nodes[b]["param_bytes"] / traced * per_param
+            nodes[b]["param_bytes"] * (self.weight_scale * (1 / shard + grads) + gathered)
+            + nodes[b]["param_bytes"] / traced * per_param / shard
             for b in self.blocks
         ]
-        saved = [nodes[b]["saved_bytes"] / self.trace_batch * scale for b in self.blocks]
+        every = plan.stages[0].recompute_every
+        sizes = self.pricer.sizes
+        saved = [
+            (sizes.input_bytes[b] if recomputed(every, i) else nodes[b]["saved_bytes"])
+            / self.trace_batch
+            * scale
+            for i, b in enumerate(self.blocks)
+        ]
         self.fixed = list(itertools.accumulate(fixed, initial=0.0))
         self.saved = list(itertools.accumulate(saved, initial=0.0))
         self.last_out = nodes[self.blocks[-1]]["output_bytes"] / self.trace_batch * scale
@@ -140,7 +160,9 @@ class StageProblem:
 
     def plan(self, cuts: list[int]) -> Plan:
         t = self.template
-        stages = stages_for(self.blocks, self.block_cuts(cuts), t.pp_degree, [s.name for s in t.stages])
+        stages = stages_for(
+            self.blocks, self.block_cuts(cuts), t.pp_degree, [s.name for s in t.stages], t.stages[0].recompute
+        )
         return t.model_copy(update={"stages": stages})
 
     def evaluate(self, cuts: list[int]) -> float:

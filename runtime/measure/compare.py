@@ -92,14 +92,15 @@ def predicted_figures(plan: Plan, prediction) -> dict[tuple[int, str], float]:
     compute_all = 0.0
     for r in plan.ranks:
         host = prediction.host_s.get(r.rank, 0.0)  # inside the forwards and backwards
-        compute = busy[r.rank]["forward"] + busy[r.rank]["backward"] - host
+        waited = prediction.comm_s.get(r.rank, 0.0)  # a sharded group's collectives, likewise
+        compute = busy[r.rank]["forward"] + busy[r.rank]["backward"] - host - waited
         compute_all += compute  # as the runtime measures it: its clock times compute only
         optimizer = busy[r.rank]["optimizer"]
         out[(r.rank, "compute_s")] = compute
         out[(r.rank, "optimizer_s")] = optimizer
         out[(r.rank, "wait_s")] = max(step - compute - optimizer, 0.0)
         out[(r.rank, "peer_wait_s")] = idle[r.rank]["peer"]
-        out[(r.rank, "communication_s")] = idle[r.rank]["communication"]
+        out[(r.rank, "communication_s")] = idle[r.rank]["communication"] + waited
         out[(r.rank, "idle_end_s")] = idle[r.rank]["end"]
         out[(r.rank, "host_s")] = host
     out[(store.STEP_RANK, "bubble_fraction")] = 1 - compute_all / (len(plan.ranks) * step) if step else 0.0

@@ -81,6 +81,13 @@ def preflight(plan: Plan, *, check_model: bool = True, out: TextIO | None = None
     order, digest, weights that fit: `planner.model_check`); a ``py:`` model is imported
     only with consent (`planner.capture.source`), before which nothing of it runs.
     """
+    levers = [f"dp_mode {plan.dp_mode}"] if plan.dp_mode.sharded else []
+    levers += [f"stage {st.index} recompute {st.recompute}" for st in plan.stages if st.recompute_every][:1]
+    if levers:
+        raise PlanError(
+            f"{' and '.join(levers)}: the planner prices sharded data parallel and recomputation, "
+            "this runtime does not train them yet; plan with --dp-mode replicate --recompute none"
+        )
     nodes = sorted({r.node for r in plan.ranks})
     if len(nodes) > 1:
         raise PlanError(

@@ -1,0 +1,186 @@
+"""Sharded data parallel in a plan's step (FSDP2, `fully_shard` per block): which ranks share
+a shard, what each pass of a stage gathers and reduces, and how that overlaps its compute.
+
+What FSDP2 does, and so what is priced:
+- A plan of one stage (no pipeline) runs each micro-batch under FSDP2's own hooks: a block's
+  parameters are all-gathered before its forward, the next block's gather issued while this
+  one computes (two blocks gathered at most); ``full_shard`` and ``hybrid_shard`` free them
+  after the forward and gather them again before the backward; after a block's backward
+  its gradients are reduce-scattered while the blocks before it compute. Gradients stay
+  sharded.
+- A pipeline stage (`torch.distributed.pipelining`) runs every backward without gradient
+  sync and keeps the parameters gathered after a backward, so its gradients accumulate
+  unsharded (in the reduce dtype) and are reduce-scattered block after block once the last
+  backward is done. So ``shard_grad_op`` gathers each block once a step; ``full_shard``
+  gathers before each forward that does not follow a backward of the same stage, and before
+  each backward.
+- ``hybrid_shard``: the shards are then all-reduced across nodes (`planner.cost.reductions`).
+Collective dtypes follow FSDP2's `MixedPrecisionPolicy` under mixed precision: parameters
+gathered in the compute dtype, gradients reduced in the weights' (fp32).
+
+A pass's collectives are folded into its compute task (`overlapped`), the part compute did
+not hide noted per rank (`PlanPricing.comm_in_compute`): FSDP issues them on streams of
+its own, so the simulator's rank-to-rank channels do not carry them. The group's replicas
+are taken to be in step (they run the same blocks in the same order).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from planner.cost.collectives import count_ring_bytes, half_ring_time
+from planner.schedules import Action
+from planner.sharding import DpMode
+
+if TYPE_CHECKING:
+    from planner.cost.plan_pricing import PlanPricing
+    from planner.cost.step import Step
+
+Reduce = Literal["", "overlapped", "after"]
+"""A backward pass's reduce-scatters: none, each block's beside the blocks before it
+(FSDP2's hooks), or all after the pass (a pipeline's last backward)."""
+
+
+def overlapped(
+    compute: Sequence[float],
+    gather: Sequence[float] | None = None,
+    reduce: Sequence[float] | None = None,
+    reduce_after: bool = False,
+) -> float:
+    """Seconds of one pass over blocks, in the order given. Block i computes once its
+    parameters are gathered and block i-1 is done; gathers run one after another, block i's
+    starting once block i-2 is done (two blocks gathered at once); reduce-scatters run one
+    after another beside compute, each after its block, or all after the pass.
+
+    >>> overlapped([1, 1, 1], [0.5, 0.5, 0.5])  # only the first gather shows
+    3.5
+    >>> overlapped([1, 1], [2, 2])  # bound by communication
+    5.0
+    >>> overlapped([1, 1], reduce=[1, 1]), overlapped([1, 1], reduce=[1, 1], reduce_after=True)
+    (3.0, 4.0)
+    """
+    done = before = gathered = reduced = 0.0  # ends of: this block, the one before, gathers, reduces
+    for i, seconds in enumerate(compute):
+        ready = 0.0
+        if gather:
+            gathered = max(gathered, before) + gather[i]
+            ready = gathered
+        before, done = done, max(done, ready) + seconds
+        if reduce and not reduce_after:
+            reduced = max(reduced, done) + reduce[i]
+    if reduce and reduce_after:
+        return done + sum(reduce)
+    return max(done, reduced)
+
+
+def pass_plan(mode: DpMode, one_stage: bool, order: Sequence[Action]) -> dict[Action, tuple[bool, Reduce]]:
+    """For each action of a rank's order: does it gather its stage's parameters first, and
+    how does it reduce-scatter its gradients (see the module docstring)."""
+    out: dict[Action, tuple[bool, Reduce]] = {}
+    if one_stage:
+        for a in order:
+            forward = a.kind == "F"
+            out[a] = (True, "") if forward else (mode.reshards_after_forward, "overlapped")
+        return out
+    last_backward = {a.stage: a for a in order if a.kind == "B"}
+    kept: dict[int, bool] = defaultdict(bool)  # stage -> its parameters are gathered
+    for a in order:
+        gather = not kept[a.stage]
+        if a.kind == "F":
+            out[a] = (gather, "")
+            kept[a.stage] = not mode.reshards_after_forward
+        else:
+            out[a] = (gather, "after" if last_backward[a.stage] == a else "")
+            kept[a.stage] = True
+    return out
+
+
+class ShardGroups:
+    """Each rank's shard group (the devices its stages' state is sharded over) and, under
+    ``hybrid_shard``, its replicate group (the ranks holding the same shard on other nodes)."""
+
+    def __init__(self, pricing: PlanPricing) -> None:
+        plan = pricing.plan
+        self.pricing = pricing
+        self.mode = plan.dp_mode
+        recipe = pricing.precision
+        self.gather_bytes = recipe.compute_bytes
+        """Bytes per parameter gathered: FSDP2 casts to the compute dtype before gathering."""
+        self.reduce_bytes = recipe.weight_bytes
+        """Bytes per gradient element reduced (fp32 under mixed precision)."""
+        self.shard: dict[int, list[int]] = {}
+        self.replicate: dict[int, list[int]] = {}
+        self._groups: dict[int, list[list[int]]] = {}  # pipeline rank -> its shard groups' devices
+        for q in range(plan.pp_degree):
+            members = [plan.rank_of(dp, q) for dp in range(plan.dp_degree)]
+            if self.mode == DpMode.HYBRID_SHARD:
+                by_node: dict[int, list] = defaultdict(list)
+                for r in members:
+                    by_node[r.node].append(r)
+                groups = list(by_node.values())
+            elif self.mode.sharded:
+                groups = [members]
+            else:
+                groups = [[r] for r in members]
+            self._groups[q] = [[r.device for r in g] for g in groups]
+            for g in groups:
+                for j, r in enumerate(g):
+                    self.shard[r.rank] = [x.device for x in g]
+                    self.replicate[r.rank] = [other[j].device for other in groups]
+
+    def size(self, rank: int) -> int:
+        """Ranks the state of ``rank``'s stages is sharded over (1: replicated)."""
+        return len(self.shard[rank])
+
+    def gather_s(self, rank: int, params: int) -> float:
+        """One all-gather of a block of ``params`` parameters in ``rank``'s shard group."""
+        return half_ring_time(self.pricing, self.shard[rank], params * self.gather_bytes)
+
+    def reduce_s(self, rank: int, params: int) -> float:
+        """One reduce-scatter of a block of ``params`` gradients in ``rank``'s shard group."""
+        return half_ring_time(self.pricing, self.shard[rank], params * self.reduce_bytes)
+
+    def count_bytes(self, stage: int, gathers: int, reduces: int) -> None:
+        """Put a step's gathers and reduce-scatters of ``stage``'s blocks (each block
+        ``gathers`` and ``reduces`` times) on the links of every shard group holding it."""
+        cost = self.pricing.stages[stage]
+        params = sum(cost.block_param_counts)
+        nbytes = params * (gathers * self.gather_bytes + reduces * self.reduce_bytes)
+        for devices in self._groups[stage % self.pricing.pp_degree]:
+            count_ring_bytes(self.pricing, devices, nbytes, halves=1)
+
+
+def pass_time(
+    step: Step, rank: int, stage: int, forward: bool, gather: bool, reduce: Reduce
+) -> tuple[float, float]:
+    """(seconds, of which communication its compute did not hide) of one forward or backward
+    of ``stage`` on ``rank``, gathering and reducing as told; cached per plan."""
+    pricing = step.pricing
+    key = (rank, stage, forward, gather, reduce)
+    table = pricing.sharded_pass_table
+    if key not in table:
+        blocks = step.block_times(rank, stage)
+        counts = pricing.stages[stage].block_param_counts
+        groups = pricing.shard_groups
+        if forward:
+            compute = [f for f, _ in blocks]
+            order = counts
+        else:  # backward runs the blocks last to first
+            compute = [b for _, b in reversed(blocks)]
+            order = counts[::-1]
+        gathers = [groups.gather_s(rank, n) for n in order] if gather else None
+        reduces = [groups.reduce_s(rank, n) for n in order] if reduce else None
+        seconds = overlapped(compute, gathers, reduces, reduce == "after")
+        table[key] = (seconds, seconds - sum(compute))
+    return table[key]
+
+
+def collectives_per_step(plan_of: dict[Action, tuple[bool, Reduce]]) -> Counter:
+    """(stage, "gather" or "reduce") -> how many times a rank's order does it in a step."""
+    count: Counter = Counter()
+    for a, (gather, reduce) in plan_of.items():
+        count[(a.stage, "gather")] += gather
+        count[(a.stage, "reduce")] += bool(reduce)
+    return count

@@ -1,0 +1,130 @@
+"""Sharded data parallel and recomputation, priced: small cases worked out by hand (times in
+ms of forward work on an H100, as in test_cost.py)."""
+
+import pytest
+
+from planner.cluster import resolve_cluster
+from planner.cost.price import price
+from planner.cost.timing import CostOptions
+from planner.search.build import make_plan
+from planner.search.search import search
+from tests.handmade import UNIT, chain, gpus
+
+EXACT = CostOptions(compute_efficiency=1.0, memory_efficiency=1.0, backward_factor=2.0)
+
+
+def _price(graph, cluster, **kw):
+    plan = make_plan(graph, cluster, **kw)
+    return plan, price(graph, cluster, plan, options=EXACT)
+
+
+def test_full_shard_holds_a_shard_of_the_model_states_and_two_blocks_gathered():
+    graph = chain([1, 1, 1], params=[1000, 3000, 2000])
+    cluster = gpus(4)
+    dp = dict(strategy="dp", dp_degree=4, global_batch=4)
+    replicated = _price(graph, cluster, **dp)[1].memory[0]
+    full = _price(graph, cluster, **dp, dp_mode="full_shard")[1].memory[0]
+    assert (replicated.parameters, replicated.optimizer, replicated.gathered) == (4 * 6000, 8 * 6000, 0)
+    assert (full.parameters, full.gradients, full.optimizer, full.shard) == (6000, 6000, 12000, 4)
+    # The block computing and the one prefetched (the largest such pair: b1 and b2, in fp32),
+    # and the reduce-scatter's input (the largest block's gradients, fp32).
+    assert full.gathered == (3000 + 2000) * 4 + 3000 * 4
+    # ZeRO-2 keeps every block gathered from its forward to its backward.
+    grad_op = _price(graph, cluster, **dp, dp_mode="shard_grad_op")[1].memory[0]
+    assert grad_op.gathered == 6000 * 4 + 3000 * 4
+    # bf16-mixed: gathered in bf16 (FSDP's MixedPrecisionPolicy), reduced in fp32; autocast
+    # has no fp32 weight to copy. 16 B/param in all over the group, as ZeRO's (2 + 2 + 12) / N.
+    mixed = _price(graph, cluster, **dp, dp_mode="full_shard", training={"precision": "bf16-mixed"})[
+        1
+    ].memory[0]
+    assert mixed.gathered == (3000 + 2000) * 2 + 3000 * 4 and mixed.casts == 0
+    assert mixed.parameters + mixed.gradients + mixed.optimizer == 16 * 6000 / 4
+
+
+def test_a_sharded_pipeline_stage_accumulates_whole_gradients_and_keeps_its_blocks_gathered():
+    graph = chain([1, 1, 1, 1], params=[1000, 1000, 3000, 2000])
+    plan, pred = _price(
+        graph,
+        gpus(4),
+        strategy="hybrid",
+        dp_degree=2,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+        global_batch=4,
+        dp_mode="full_shard",
+    )
+    last = next(m for m in pred.memory if plan.ranks[m.rank].pp_index == 1)  # b2 and b3: 5000
+    # torch's pipeline runs its backwards without gradient sync: the gradients accumulate
+    # whole and the blocks stay gathered until the step's reduce-scatters.
+    assert (last.parameters, last.gradients, last.optimizer) == (5000 * 4 // 2, 5000 * 4, 5000 * 8 // 2)
+    assert last.gathered == 5000 * 4 + 3000 * 4
+
+
+def test_full_shard_gathers_before_each_pass_and_hides_what_compute_covers():
+    # Each block: 1 ms forward, 2 ms backward; gathering or reduce-scattering its 4 MB takes
+    # 0.5 ms on two devices (half a ring all-reduce: 2 MB over 4 MB/ms).
+    graph = chain([1, 1, 1], params=[10**6] * 3)
+    cluster = gpus(2, bandwidth=4e6 / UNIT)
+    _, pred = _price(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode="full_shard")
+    spans = {i.kind: (i.end - i.start) / UNIT for i in pred.timeline if i.rank == 0}
+    assert spans["forward"] == pytest.approx(3.5)  # only the first gather shows
+    # Gathered again for backward (first gather shows), reduce-scattered beside it (the last shows).
+    assert spans["backward"] == pytest.approx(6.5 + 0.5)
+    assert pred.comm_s[0] / UNIT == pytest.approx(1.5)
+    assert not [i for i in pred.timeline if i.kind == "all-reduce"]  # no DDP all-reduce
+    # Two gathers (forward, backward) and one reduce-scatter of every block, (d-1)/d per hop.
+    assert pred.link_bytes == {(0, 1): 18 * 10**6, (1, 0): 18 * 10**6}
+
+
+def test_recomputation_keeps_block_inputs_and_runs_each_forward_again():
+    graph = chain([1, 2], saved=[400, 800], edge_bytes=100)
+    one = dict(strategy="dp", dp_degree=1, global_batch=4)
+    _, none = _price(graph, gpus(1), **one)
+    _, full = _price(graph, gpus(1), **one, recompute="full")
+    _, every = _price(graph, gpus(1), **one, recompute="every-2")  # the block at position 0
+    assert (none.memory[0].activations, none.memory[0].recomputed) == ((400 + 800) * 4, 0)
+    # Inputs kept (b0's is the data: nothing; b1's: 100 B a sample); the larger block's own
+    # activations come back while its backward runs.
+    assert (full.memory[0].activations, full.memory[0].recomputed) == (100 * 4, 800 * 4)
+    assert (every.memory[0].activations, every.memory[0].recomputed) == (800 * 4, 400 * 4)
+    backward = {name: pred.stage_times[(0, 0)][1] / UNIT for name, pred in (("none", none), ("full", full))}
+    # 4 samples: backward 4 x (2 + 4) ms; recomputed, + both forwards (4 x 3), or b0's alone.
+    assert backward == {"none": pytest.approx(24), "full": pytest.approx(24 + 12)}
+    assert every.stage_times[(0, 0)][1] / UNIT == pytest.approx(24 + 4)
+    assert none.stage_times[(0, 0)][0] == full.stage_times[(0, 0)][0]  # the forward is unchanged
+
+
+def test_hybrid_shard_shards_in_a_node_and_all_reduces_each_shard_across_nodes():
+    graph = chain([1, 1], params=[10**6, 10**6])
+    _, pred = _price(
+        graph, resolve_cluster("h100:2x2"), strategy="dp", dp_degree=4, global_batch=4, dp_mode="hybrid_shard"
+    )
+    assert {m.shard for m in pred.memory} == {2}
+    assert pred.memory[0].parameters == 2 * 10**6 * 4 // 2
+    across = [i for i in pred.timeline if i.kind == "all-reduce"]
+    assert {i.rank for i in across} == {0, 1, 2, 3}
+    backward_end = max(i.end for i in pred.timeline if i.kind == "backward" and i.rank == 0)
+    assert min(i.start for i in across) >= backward_end
+    # Each shard (half the 8 MB of gradients) is all-reduced across the nodes: rank 0 with rank 2.
+    assert pred.link_bytes[(0, 2)] == pytest.approx(2 * (2 - 1) / 2 * 4e6)
+
+
+def test_the_search_takes_the_cheapest_lever_that_fits():
+    # 4 M parameters: 64 MB of fp32 AdamW state in all, 30 MB per device.
+    graph = chain([1] * 8, params=[500_000] * 8, saved=[1000] * 8)
+    cluster = gpus(4, memory=30 * 2**20)
+    result = search(graph, cluster, global_batch=4, strategy="dp", options=EXACT)
+    best = result.best
+    # Replicated: 64 MB; ZeRO-2 keeps all 16 MB gathered: 34 MB; ZeRO-3: 16 + 4 + 2 MB.
+    assert (best.dp_mode, best.recompute, best.dp_degree) == ("full_shard", "none", 4)
+    assert best.plan.dp_mode == "full_shard" and best.row()["dp_mode"] == "full_shard"
+    pinned = search(graph, cluster, global_batch=4, strategy="dp", dp_mode="replicate", options=EXACT)
+    assert pinned.best is None
+    assert all("over its" in c.reason for c in pinned.candidates)
+    # 10 MB of activations a block and sample, 40 MB per device: only ZeRO-3 with every block
+    # recomputed (its inputs kept, one block's activations again in its backward) fits.
+    heavy = chain([1] * 8, params=[500_000] * 8, saved=[10 * 2**20] * 8, edge_bytes=1000)
+    roomier = gpus(4, memory=40 * 2**20)
+    recomputed = search(heavy, roomier, global_batch=4, strategy="dp", options=EXACT).best
+    assert (recomputed.dp_mode, recomputed.recompute) == ("full_shard", "full")
