@@ -96,15 +96,31 @@ def test_bad_plan_starts_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     ("dp_mode", "recompute", "said"),
-    [("full_shard", "none", "dp_mode full_shard"), ("replicate", "full", "stage 0 recompute full")],
+    [
+        ("full_shard", "none", "dp_mode: full_shard inside pipeline stages is priced, not trained yet"),
+        ("replicate", "full", "stages[0].recompute: pipeline stages are priced recomputing"),
+    ],
 )
-def test_a_sharded_or_recomputing_plan_is_refused_before_anything_starts(tmp_path, dp_mode, recompute, said):
-    plan = json.loads(zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2).to_json())
-    plan["dp_mode"] = dp_mode
-    plan["stages"][0]["recompute"] = recompute
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
+def test_a_sharded_or_recomputing_pipeline_is_refused_before_anything_starts(
+    tmp_path, dp_mode, recompute, said
+):
+    plan = zoo_plan(
+        "gpt",
+        {"size": "toy"},
+        ranks=4,
+        strategy="hybrid",
+        global_batch=8,
+        dp_degree=2,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+    )
+    doc = json.loads(plan.to_json())
+    doc["dp_mode"] = dp_mode
+    doc["stages"][0]["recompute"] = recompute
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
     done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
-    assert done.returncode == 2 and said in done.stderr and "does not train them yet" in done.stderr
+    assert done.returncode == 2 and said in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 

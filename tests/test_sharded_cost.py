@@ -72,6 +72,13 @@ def test_full_shard_gathers_before_each_pass_and_hides_what_compute_covers():
     # Gathered again for backward (first gather shows), reduce-scattered beside it (the last shows).
     assert spans["backward"] == pytest.approx(6.5 + 0.5)
     assert pred.comm_s[0] / UNIT == pytest.approx(1.5)
+    # The timeline draws each collective where it runs: the forward's gathers at 0, 0.5 and,
+    # once block 0 is done (two blocks gathered at most), 1.5 ms.
+    gathers = [
+        (i.start / UNIT, i.end / UNIT) for i in pred.timeline if i.rank == 0 and i.kind == "all-gather"
+    ]
+    assert gathers[:3] == [pytest.approx((0, 0.5)), pytest.approx((0.5, 1.0)), pytest.approx((1.5, 2.0))]
+    assert len(gathers) == 6 and len([i for i in pred.timeline if i.kind == "reduce-scatter"]) == 2 * 3
     assert not [i for i in pred.timeline if i.kind == "all-reduce"]  # no DDP all-reduce
     # Two gathers (forward, backward) and one reduce-scatter of every block, (d-1)/d per hop.
     assert pred.link_bytes == {(0, 1): 18 * 10**6, (1, 0): 18 * 10**6}

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from dashboard import format as fmt
 from dashboard.figures.graph import WEBGL_FROM, chain_layout
 from planner.cost.price import Prediction
+from planner.cost.sharded import GATHER, REDUCE
 from planner.cost.simulate import IDLE_CAUSES
 from planner.plan import Plan
 
@@ -53,6 +54,8 @@ KIND_COLOURS = {
     "optimizer": "#54A24B",
     "send": "#B279A2",
     "all-reduce": "#E45756",
+    "all-gather": "#72B7B2",
+    "reduce-scatter": "#FF9DA6",
     "idle": "#DDDDDD",
 }
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D")
@@ -286,6 +289,8 @@ def time_split(prediction: Prediction) -> dict[int, dict[str, float]]:
         lambda: {"compute": 0.0, "communication": 0.0, "idle": 0.0}
     )
     for i in prediction.timeline:
+        if i.kind in (GATHER, REDUCE):
+            continue  # beside compute; what compute waited for is in comm_s, below
         if i.kind in ("forward", "backward", "optimizer"):
             key = "compute"
         else:

@@ -149,6 +149,7 @@ class PipelineStep(Step):
                     work, waited = pass_time(self, rank, a.stage, forward, *passes[a])
                     work += self.action_host(rank)
                     pricing.comm_in_compute[rank] += waited
+                    key = (rank, a.stage, forward, *passes[a])
                 t = add(
                     kind=forward_kind if forward else backward_kind,
                     work=work,
@@ -157,6 +158,8 @@ class PipelineStep(Step):
                     micro_batch=a.micro_batch,
                 )
                 compute[(a.kind, a.stage, a.micro_batch)] = t
+                if passes is not None:
+                    pricing.sharded_task[t.id] = key
                 if before:
                     t.work, before = t.work + before, 0.0
                 if program:

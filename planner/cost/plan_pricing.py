@@ -66,6 +66,10 @@ class PlanPricing:
         """(rank, stage) -> each block's (forward, backward) seconds per micro-batch."""
         self.sharded_pass_table: dict[tuple, tuple[float, float]] = {}
         """A sharded stage's pass (`planner.cost.sharded.pass_time`) -> (seconds, not hidden)."""
+        self.sharded_spans: dict[tuple, list] = {}
+        """The same pass -> its collectives' spans from its start (`planner.cost.sharded.Span`)."""
+        self.sharded_task: dict[int, tuple] = {}
+        """A forward or backward task's id -> its sharded pass (the timeline draws its collectives)."""
         self.comm_in_compute: dict[int, float] = defaultdict(float)
         """Rank -> seconds of its forwards and backwards spent waiting for the sharded
         group's gathers and reduce-scatters (communication compute did not hide)."""

@@ -164,7 +164,11 @@ class Pricer:
         # Busy compute time of every rank: the simulated ones count for their mirrors too.
         copies = plan.dp_degree / len(pricing.simulated)
         busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
-        intervals = _with_mirrors(pricing, timeline(tasks, times, step_s)) if with_timeline else []
+        intervals = []
+        if with_timeline:
+            intervals = _with_mirrors(
+                pricing, _with_collectives(pricing, tasks, times, timeline(tasks, times, step_s))
+            )
         host: dict[int, float] = {}  # the host work inside each rank's forwards and backwards
         for rank, per_action in pricing.host_per_action.items():
             actions_run = sum(1 for tid in programs[rank] if tasks[tid].kind != TaskKind.OPTIMIZER)
@@ -230,6 +234,18 @@ class Pricer:
         if len(kinds) != 1 or None in kinds:
             return None
         return self.profile.all_reduce(kinds.pop(), ranks)
+
+
+def _with_collectives(pricing: PlanPricing, tasks, times, intervals: list[Interval]) -> list[Interval]:
+    """The intervals, and the sharded group's gathers and reduce-scatters inside each pass."""
+    for tid, key in pricing.sharded_task.items():
+        start, task = times[tid][0], tasks[tid]
+        intervals += [
+            Interval(task.rank, start + a, start + b, kind, task.stage, task.micro_batch)
+            for kind, a, b in pricing.sharded_spans[key]
+            if b > a
+        ]
+    return sorted(intervals, key=lambda i: (i.rank, i.start, i.kind))
 
 
 def _with_mirrors(pricing: PlanPricing, intervals: list[Interval]) -> list[Interval]:

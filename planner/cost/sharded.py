@@ -43,16 +43,25 @@ Reduce = Literal["", "overlapped", "after"]
 (FSDP2's hooks), or all after the pass (a pipeline's last backward)."""
 
 
+GATHER, REDUCE = "all-gather", "reduce-scatter"
+"""What the timeline calls a sharded group's collectives (`planner.cost.price`)."""
+
+Span = tuple[str, float, float]
+"""(GATHER or REDUCE, start, end) within a pass, from its start."""
+
+
 def overlapped(
     compute: Sequence[float],
     gather: Sequence[float] | None = None,
     reduce: Sequence[float] | None = None,
     reduce_after: bool = False,
+    spans: list[Span] | None = None,
 ) -> float:
     """Seconds of one pass over blocks, in the order given. Block i computes once its
     parameters are gathered and block i-1 is done; gathers run one after another, block i's
     starting once block i-2 is done (two blocks gathered at once); reduce-scatters run one
-    after another beside compute, each after its block, or all after the pass.
+    after another beside compute, each after its block, or all after the pass. Each
+    collective's span is appended to ``spans`` when one is given.
 
     >>> overlapped([1, 1, 1], [0.5, 0.5, 0.5])  # only the first gather shows
     3.5
@@ -62,16 +71,23 @@ def overlapped(
     (3.0, 4.0)
     """
     done = before = gathered = reduced = 0.0  # ends of: this block, the one before, gathers, reduces
+    out = spans if spans is not None else []
     for i, seconds in enumerate(compute):
         ready = 0.0
         if gather:
-            gathered = max(gathered, before) + gather[i]
+            start = max(gathered, before)
+            gathered = start + gather[i]
+            out.append((GATHER, start, gathered))
             ready = gathered
         before, done = done, max(done, ready) + seconds
         if reduce and not reduce_after:
-            reduced = max(reduced, done) + reduce[i]
+            start = max(reduced, done)
+            reduced = start + reduce[i]
+            out.append((REDUCE, start, reduced))
     if reduce and reduce_after:
-        return done + sum(reduce)
+        for seconds in reduce:
+            out.append((REDUCE, done, done + seconds))
+            done += seconds
     return max(done, reduced)
 
 
@@ -156,7 +172,8 @@ def pass_time(
     step: Step, rank: int, stage: int, forward: bool, gather: bool, reduce: Reduce
 ) -> tuple[float, float]:
     """(seconds, of which communication its compute did not hide) of one forward or backward
-    of ``stage`` on ``rank``, gathering and reducing as told; cached per plan."""
+    of ``stage`` on ``rank``, gathering and reducing as told; cached per plan, with its
+    collectives' spans (`PlanPricing.sharded_spans`)."""
     pricing = step.pricing
     key = (rank, stage, forward, gather, reduce)
     table = pricing.sharded_pass_table
@@ -172,8 +189,10 @@ def pass_time(
             order = counts[::-1]
         gathers = [groups.gather_s(rank, n) for n in order] if gather else None
         reduces = [groups.reduce_s(rank, n) for n in order] if reduce else None
-        seconds = overlapped(compute, gathers, reduces, reduce == "after")
+        spans: list[Span] = []
+        seconds = overlapped(compute, gathers, reduces, reduce == "after", spans)
         table[key] = (seconds, seconds - sum(compute))
+        pricing.sharded_spans[key] = spans
     return table[key]
 
 

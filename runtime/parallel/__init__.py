@@ -3,6 +3,8 @@
 - `parallelize`: the one function that applies a plan's parallelism, in a documented order;
 - `mesh`: the rank grid, a ``DeviceMesh`` laid out from the plan's rank coordinates;
 - `data_parallel`: ``DistributedDataParallel`` over the mesh's dp group;
+- `sharded`: FSDP2's ``fully_shard`` per block and on the root, for a sharded ``dp_mode``;
+- `recompute`: ``checkpoint_wrapper`` around every block the plan recomputes;
 - `pipeline_parallel`: ``torch.distributed.pipelining`` with the plan's cuts, schedule and m;
 - `grad_sync`: the gradient collectives a pipeline needs besides its sends (dp, tied weights);
 - `gan`: the GAN's step, in one process, data parallel and model parallel (``mp``);

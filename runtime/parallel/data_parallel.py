@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import Plan
 from runtime.parallel.mesh import Placement
+from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -60,6 +61,7 @@ class DataParallel:
         self.task = task
         self.amp = Amp(plan.training.precision, where.device)
         self.module = full.materialise(full.module, where.device)
+        apply_recompute(self.module, recomputing_blocks(plan))  # before DDP wraps it
         self.clock = ComputeClock(where.device)
         self.clock.attach_forward(self.module)
         self.model: nn.Module = self.module  # DDP around it, once replicated
@@ -93,7 +95,7 @@ class DataParallel:
         return StepResult(loss.item(), self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return dict(self.module.named_parameters())
+        return {plain_fqn(name): p for name, p in self.module.named_parameters()}
 
     def state_parts(self):
         """What a checkpoint holds: (module, its optimizers) pairs keyed by full-model FQNs."""

@@ -11,10 +11,13 @@ before it left, as torchtitan's ``parallelize_*`` functions do:
    stages, with torch's schedule (runtime.parallel.pipeline_parallel); a GAN's stages are its
    two networks, each on its own rank, with the hand-written adversarial step
    (runtime.parallel.gan). With pp = 1 the rank holds the whole model.
-4. Recomputation: not yet (see the comment in `parallelize`).
+4. Recomputation: the blocks the plan recomputes wrapped in `checkpoint_wrapper`
+   (runtime.parallel.recompute), by the engine of a whole model, before step 5 wraps it;
+   pipeline stages do not recompute yet (`runtime.supervise.launch.preflight` refuses it).
 5. Data parallel over the dp group: DDP around a whole model (runtime.parallel.data_parallel),
-   or, after a pipeline's backward, an explicit all-reduce of its gradients across replicas
-   (runtime.parallel.grad_sync).
+   or FSDP2's `fully_shard` per block and on the root under a sharded ``dp_mode``
+   (runtime.parallel.sharded), or, after a pipeline's backward, an explicit all-reduce of its
+   gradients across replicas (runtime.parallel.grad_sync).
 6. The optimizer over the parameters this rank holds, built by one function
    (`runtime.rank.model.make_optimizer`) that every engine is handed.
 
@@ -36,6 +39,7 @@ from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.gan import DataParallelGAN, ModelParallelGAN
 from runtime.parallel.mesh import Placement
 from runtime.parallel.pipeline_parallel import PipelineParallel
+from runtime.parallel.sharded import ShardedDataParallel
 from runtime.rank.amp import Amp
 from runtime.rank.model import OptimizerFactory, build_full_model, make_optimizer
 from runtime.rank.step import StepResult
@@ -80,6 +84,28 @@ def check_strategy(plan: Plan) -> None:
         )
 
 
+def check_levers(plan: Plan) -> None:
+    """What this runtime trains of the memory levers (`planner.sharding`): sharding and
+    recomputation of a whole model, a plan of one stage. A `PlanError` names the rest."""
+    mode = plan.dp_mode
+    if plan.pp_degree > 1 and mode.sharded:
+        raise PlanError(
+            f"dp_mode: {mode} inside pipeline stages is priced, not trained yet; "
+            "pipelines train with dp_mode replicate"
+        )
+    recomputing = [st.index for st in plan.stages if st.recompute_every]
+    if plan.pp_degree > 1 and recomputing:
+        raise PlanError(
+            f"stages[{recomputing[0]}].recompute: pipeline stages are priced recomputing, not "
+            "trained so yet; pipelines train with recompute none"
+        )
+    if mode.sharded and plan.training.precision.recipe.loss_scaling:
+        raise PlanError(
+            f"training.precision: {plan.training.precision} is not trained sharded (its loss "
+            "scaling over sharded gradients is not built); use bf16-mixed"
+        )
+
+
 def parallelize(plan: Plan, where: Placement) -> Parallelized:
     """Build this rank's part of the plan's model, parallelised in the module's order."""
     # 1. The full model on the meta device; each engine makes its own part real, with
@@ -87,6 +113,7 @@ def parallelize(plan: Plan, where: Placement) -> Parallelized:
     full = build_full_model(plan)
     task = plan_task(plan, full.config)
     check_strategy(plan)
+    check_levers(plan)
 
     # 2. Tensor parallel goes here: each block's weights sharded over a tp group, before the
     #    pipeline cut, so that every stage is cut from sharded blocks and the dp group
@@ -101,12 +128,13 @@ def parallelize(plan: Plan, where: Placement) -> Parallelized:
         engine = PipelineParallel(plan, full, task, where)
     elif plan.adversarial:
         engine = DataParallelGAN(plan, full, where)
+    elif plan.dp_mode.sharded:
+        engine = ShardedDataParallel(plan, full, task, where)
     else:
         engine = DataParallel(plan, full, task, where)
 
-    # 4. Recomputation goes here: each stage's blocks wrapped to recompute their activations
-    #    in backward, after the cut (a stage's blocks are known only then) and before data
-    #    parallel wraps them. Not implemented: plans do not ask for it yet.
+    # 4. Recomputation: a whole model's engine has wrapped the blocks the plan recomputes
+    #    (runtime.parallel.recompute) as it made them real, before step 5 wraps the model.
 
     # 5. Data parallel over the dp group.
     engine.replicate(where)

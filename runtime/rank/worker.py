@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from planner.errors import PlanError
 from planner.plan import Plan, Strategy, load_plan
@@ -321,7 +322,11 @@ def finish(
     spent logging (rank 0), and a barrier that every rank reaches before any leaves."""
     if save_parameters is not None:
         save_parameters.mkdir(parents=True, exist_ok=True)
-        params = {fqn: p.detach().cpu() for fqn, p in engine.local_parameters().items()}
+        # A sharded engine's parameters are DTensors: each is gathered whole (collective).
+        params = {
+            fqn: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu()
+            for fqn, p in engine.local_parameters().items()
+        }
         torch.save(params, save_parameters / f"rank{run.rank}.pt")
     if run.conn is not None:
         fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0

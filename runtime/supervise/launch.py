@@ -28,6 +28,7 @@ from planner.errors import PlanError
 from planner.model_check import SKIPPED, check_against_model
 from planner.plan import Plan, load_plan, plan_from_json
 from runtime.parallel import checkpoint
+from runtime.parallel.parallelize import check_levers
 from runtime.rank.control import pid_alive
 from runtime.rank.model import model_config
 from runtime.rank.task import plan_task
@@ -81,13 +82,7 @@ def preflight(plan: Plan, *, check_model: bool = True, out: TextIO | None = None
     order, digest, weights that fit: `planner.model_check`); a ``py:`` model is imported
     only with consent (`planner.capture.source`), before which nothing of it runs.
     """
-    levers = [f"dp_mode {plan.dp_mode}"] if plan.dp_mode.sharded else []
-    levers += [f"stage {st.index} recompute {st.recompute}" for st in plan.stages if st.recompute_every][:1]
-    if levers:
-        raise PlanError(
-            f"{' and '.join(levers)}: the planner prices sharded data parallel and recomputation, "
-            "this runtime does not train them yet; plan with --dp-mode replicate --recompute none"
-        )
+    check_levers(plan)
     nodes = sorted({r.node for r in plan.ranks})
     if len(nodes) > 1:
         raise PlanError(

@@ -1,0 +1,127 @@
+"""Sharded data parallel for a plan of one stage: FSDP2's `fully_shard` per block, then on the root.
+
+The plan's ``dp_mode`` (`planner.sharding`) says how: ``full_shard`` frees a block's gathered
+parameters after its forward (``reshard_after_forward=True``), ``shard_grad_op`` keeps them
+for its backward, and ``hybrid_shard`` shards over the group's ranks on one node and
+replicates across nodes (a 2-D mesh: replicate x shard). Each block of the plan is one FSDP
+unit, so what is gathered at once is what the price counts (`planner.cost.sharded`); the
+root's own unit holds what no block does.
+
+Every rank makes the whole model real first, with the values (seed, FQN) give it, the same
+on every rank (runtime.rank.materialise), and `fully_shard` then keeps each rank's shard and
+frees the rest: no broadcast, and for a moment a whole model per rank (a model no rank can
+hold whole would have to be made real shard by shard: not done here).
+
+Precision: under mixed precision FSDP's `MixedPrecisionPolicy` gathers the parameters in the
+compute dtype and reduces gradients in fp32, in place of autocast (the weights the forward
+sees are already in the compute dtype); the loss is taken in fp32, as autocast takes it.
+fp16-mixed is not run sharded (`runtime.supervise.launch.preflight` refuses it).
+
+Averaging: the reduce-scatter divides by the group, as DDP's all-reduce does, so a replica's
+loss is scaled by P b_i / B (runtime.parallel.data_parallel says why).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from planner.plan import Plan
+from planner.precision import Precision
+from planner.sharding import DpMode
+from runtime.parallel.mesh import Placement
+from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
+from runtime.rank import timeline
+from runtime.rank.amp import Amp
+from runtime.rank.clock import ComputeClock
+from runtime.rank.model import FullModel, OptimizerFactory
+from runtime.rank.step import StepResult
+from runtime.rank.task import Task
+
+
+def shard_mesh(plan: Plan, where: Placement) -> DeviceMesh:
+    """The mesh FSDP shards over: the dp group, or for ``hybrid_shard`` its ranks laid out
+    (node, rank in node), replicated across the first dimension. Every rank builds it (it
+    creates process groups)."""
+    if plan.dp_mode != DpMode.HYBRID_SHARD:
+        return where.mesh["dp"]
+    by_node: dict[int, list[int]] = defaultdict(list)
+    for dp in range(plan.dp_degree):
+        r = plan.rank_of(dp, where.rank.pp_index)
+        by_node[r.node].append(r.rank)
+    grid = [by_node[node] for node in sorted(by_node)]
+    return DeviceMesh(where.device.type, torch.tensor(grid), mesh_dim_names=("replicate", "shard"))
+
+
+def mixed_precision(precision: Precision) -> MixedPrecisionPolicy:
+    """Gather in the compute dtype and reduce in fp32 under mixed precision; else as held."""
+    recipe = precision.recipe
+    if not recipe.mixed:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=getattr(torch, recipe.compute), reduce_dtype=torch.float32)
+
+
+class ShardedDataParallel:
+    """The whole model sharded over the dp group (FSDP2), one optimizer over the shards."""
+
+    def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        self.plan = plan
+        share = plan.replicas[where.rank.dp_index].batch_share
+        self.loss_scale = plan.dp_degree * share / plan.training.global_batch
+        self.task = task
+        precision = plan.training.precision
+        self.mixed = precision.recipe.mixed
+        # FSDP casts the gathered weights itself: autocast would have nothing left to cast.
+        self.amp = Amp(Precision.FP32 if self.mixed else precision, where.device)
+        self.module = full.materialise(full.module, where.device)
+        self.blocks = list(plan.model.blocks)
+        apply_recompute(self.module, recomputing_blocks(plan))  # before sharding
+        self.clock = ComputeClock(where.device)
+        self.clock.attach_forward(self.module)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def replicate(self, where: Placement) -> None:
+        """`fully_shard` on every block, then on the root (runtime.parallel.parallelize, step 5)."""
+        mesh = shard_mesh(self.plan, where)
+        options = {
+            "mesh": mesh,
+            "reshard_after_forward": self.plan.dp_mode.reshards_after_forward,
+            "mp_policy": mixed_precision(self.plan.training.precision),
+        }
+        for block in self.blocks:  # a recomputing block's wrapper stands under its FQN
+            fully_shard(self.module.get_submodule(block), **options)
+        fully_shard(self.module, **options)
+
+    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
+        """One optimizer over this rank's shards (runtime.parallel.parallelize, step 6)."""
+        self.optimizer = make_optimizer(list(self.module.parameters()))
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            output = self.module(inputs)
+            with self.clock.span():
+                loss = self.task.loss_fn(output.float() if self.mixed else output, targets)
+        # FSDP's reduce-scatters end the backward, after the last block's gradients: the
+        # clock counts the whole backward call (its hooks hide the gradients' accumulation).
+        self.clock.backward_started()
+        self.amp.scale(loss * self.loss_scale).backward()
+        self.clock.grad_ready()
+        self.clock.backward_finished()
+        t = time.perf_counter()
+        self.amp.step([self.optimizer])
+        optimizer_s = time.perf_counter() - t
+        timeline.mark("optimizer", t, t + optimizer_s)
+        return StepResult(loss.item(), self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
+
+    def local_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """This rank's parameters by the plan's FQNs: DTensors, each holding its shard."""
+        return {plain_fqn(name): p for name, p in self.module.named_parameters()}
+
+    def state_parts(self):
+        """What a checkpoint holds: the module and its optimizer, keyed by the plan's FQNs."""
+        return [(self.module, [self.optimizer])]
