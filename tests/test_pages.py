@@ -286,6 +286,8 @@ def test_sharding_and_recomputation_are_switched_and_priced_at_once(offered, can
     assert metrics(at)["Step time"] == fmt.duration(prediction.step_time_s)
     memory = chart(at, "gathered parameters (sharded)")
     assert any(t["name"] == "gathered parameters (sharded)" for t in memory["data"])
+    gantt = chart(at, "One training step")
+    assert {"all-gather", "reduce-scatter"} <= {t["name"] for t in gantt["data"]}
     # A pipeline without replicas has nothing to shard.
     at.selectbox(key="plan_strategy").set_value("pp").run()
     assert at.selectbox(key="plan_dp_mode").options == ["replicated (DDP)"]
