@@ -4,7 +4,7 @@ ms of forward work on an H100, as in test_cost.py)."""
 import pytest
 
 from planner.cluster import resolve_cluster
-from planner.cost.price import price
+from planner.cost.price import Pricer, price
 from planner.cost.timing import CostOptions
 from planner.search.build import make_plan
 from planner.search.search import search
@@ -135,3 +135,31 @@ def test_the_search_takes_the_cheapest_lever_that_fits():
     roomier = gpus(4, memory=40 * 2**20)
     recomputed = search(heavy, roomier, global_batch=4, strategy="dp", options=EXACT).best
     assert (recomputed.dp_mode, recomputed.recompute) == ("full_shard", "full")
+
+
+def test_a_lever_is_skipped_only_when_no_split_could_fit():
+    # may_fit's greedy answer against every contiguous split, by the same lower bound.
+    import itertools
+    import random
+
+    from planner.search.stage_problem import StageProblem
+
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(60):
+        n, k = rng.randint(2, 7), rng.randint(1, 3)
+        k = min(k, n)
+        graph = chain([1] * n, params=[rng.randint(1, 9) * 10**5 for _ in range(n)])
+        cluster = gpus(k, memory=rng.randint(3, 30) * 2**20)
+        kind = "dp" if k == 1 else "pp"
+        extra = {} if k == 1 else {"pp_degree": k, "schedule": "gpipe", "micro_batches": 1}
+        plan = make_plan(graph, cluster, strategy=kind, global_batch=1, **extra)
+        problem = StageProblem(Pricer(graph, cluster, options=EXACT), plan)
+        splits = itertools.combinations(range(1, n), k - 1)
+        brute = any(
+            all(problem.fits(j, a, b - 1) for j, (a, b) in enumerate(itertools.pairwise([0, *cuts, n])))
+            for cuts in splits
+        )
+        assert problem.may_fit() == brute
+        seen.add(brute)
+    assert seen == {True, False}  # both answers were checked

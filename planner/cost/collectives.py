@@ -10,6 +10,7 @@ per hop and takes half an all-reduce's time, measured or not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from planner.cost.timing import ring_all_reduce_time
@@ -50,19 +51,20 @@ def all_reduce_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> 
     return ring_all_reduce_time(nbytes, d, latency, bandwidth)
 
 
-def half_ring_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> float:
-    """One all-gather (or reduce-scatter) of a buffer of ``nbytes`` whole over ``devices``:
-    half an all-reduce of it. Its bytes are not counted here: the caller counts each once
-    per step (`count_ring_bytes` with ``halves=1``), not once per rank that waits for it."""
+def half_ring(pricing: PlanPricing, devices: list[int]) -> Callable[[float], float]:
+    """Seconds of one all-gather (or reduce-scatter) of a buffer of n bytes whole over
+    ``devices``, as a function of n: half an all-reduce of it. The ring's links are looked
+    up once (a group of 512 gathers thousands of blocks). Bytes are not counted here: the
+    caller counts each collective once per step (`count_ring_bytes` with ``halves=1``)."""
     d = len(devices)
-    if d < 2 or nbytes <= 0:
-        return 0.0
+    if d < 2:
+        return lambda nbytes: 0.0
     hops = ring_hops(devices)
     measured = pricing.pricer.measured_all_reduce(hops, d)
     if measured is not None:
         pricing.sources_used["communication"].add("profile")
-        return (measured.latency_s + nbytes / measured.bandwidth) / 2
+        return lambda nbytes: (measured.latency_s + nbytes / measured.bandwidth) / 2 if nbytes > 0 else 0.0
     links = [pricing.link(a, b) for a, b in hops]
     latency = max(link.latency_s for link in links)
     bandwidth = min(link.bandwidth for link in links)
-    return ring_all_reduce_time(nbytes, d, latency, bandwidth) / 2
+    return lambda nbytes: ring_all_reduce_time(nbytes, d, latency, bandwidth) / 2

@@ -234,11 +234,14 @@ def plan_memory(
     sharded = groups.mode.sharded
     if sharded:
         cast = 0  # FSDP gathers the compute dtype: autocast has nothing to copy
+    gathered_of: dict[int, tuple[float, int | None]] = {}
     out = []
     for r in plan.ranks:
         device = pricing.cluster.device(r.device)
         mine = [s for s in range(len(stages)) if s % pricing.pp_degree == r.pp_index]
-        gathered, gradients = sharded_terms(pricing, mine) if sharded else (0.0, None)
+        if sharded and r.pp_index not in gathered_of:  # the same for every replica of a pipeline rank
+            gathered_of[r.pp_index] = sharded_terms(pricing, mine)
+        gathered, gradients = gathered_of[r.pp_index] if sharded else (0.0, None)
         # A mirrored replica's rank runs its simulated twin's order (only that one was built).
         held = step.held(r, mine, actions.get(pricing.mirror_rank(r.rank), []))
         overhead, runtime = _process_bytes(pricing, device.kind, held.runtime_strategy)

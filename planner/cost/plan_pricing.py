@@ -83,7 +83,6 @@ class PlanPricing:
         self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
         self.stages = [
             stage_cost(
-                self.graph,
                 pricer.sizes,
                 blocks,
                 weight_scale=self.weight_scale,
@@ -91,6 +90,7 @@ class PlanPricing:
                 element_bytes=self.element_bytes,
                 trace_batch=self.trace_batch,
                 recompute_every=stage.recompute_every,
+                per_block=plan.dp_mode.sharded,
             )
             for blocks, stage in zip(stage_blocks, plan.stages, strict=True)
         ]

@@ -27,10 +27,10 @@ are taken to be in step (they run the same blocks in the same order).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from planner.cost.collectives import count_ring_bytes, half_ring_time
+from planner.cost.collectives import count_ring_bytes, half_ring
 from planner.schedules import Action
 from planner.sharding import DpMode
 
@@ -128,7 +128,10 @@ class ShardGroups:
         """Bytes per gradient element reduced (fp32 under mixed precision)."""
         self.shard: dict[int, list[int]] = {}
         self.replicate: dict[int, list[int]] = {}
+        self._ring: dict[int, Callable[[float], float]] = {}  # rank -> its group's time per byte count
         self._groups: dict[int, list[list[int]]] = {}  # pipeline rank -> its shard groups' devices
+        if not self.mode.sharded:
+            return  # every rank holds its stages whole: nothing to look up (the search prices many)
         for q in range(plan.pp_degree):
             members = [plan.rank_of(dp, q) for dp in range(plan.dp_degree)]
             if self.mode == DpMode.HYBRID_SHARD:
@@ -136,27 +139,31 @@ class ShardGroups:
                 for r in members:
                     by_node[r.node].append(r)
                 groups = list(by_node.values())
-            elif self.mode.sharded:
-                groups = [members]
             else:
-                groups = [[r] for r in members]
+                groups = [members]
             self._groups[q] = [[r.device for r in g] for g in groups]
-            for g in groups:
+            across = [[other[j].device for other in groups] for j in range(len(groups[0]))]
+            for g, devices in zip(groups, self._groups[q], strict=True):
                 for j, r in enumerate(g):
-                    self.shard[r.rank] = [x.device for x in g]
-                    self.replicate[r.rank] = [other[j].device for other in groups]
+                    self.shard[r.rank] = devices  # one list per group, shared by its ranks
+                    self.replicate[r.rank] = across[j]
 
     def size(self, rank: int) -> int:
         """Ranks the state of ``rank``'s stages is sharded over (1: replicated)."""
-        return len(self.shard[rank])
+        return len(self.shard[rank]) if self.mode.sharded else 1
 
     def gather_s(self, rank: int, params: int) -> float:
         """One all-gather of a block of ``params`` parameters in ``rank``'s shard group."""
-        return half_ring_time(self.pricing, self.shard[rank], params * self.gather_bytes)
+        return self._collective(rank)(params * self.gather_bytes)
 
     def reduce_s(self, rank: int, params: int) -> float:
         """One reduce-scatter of a block of ``params`` gradients in ``rank``'s shard group."""
-        return half_ring_time(self.pricing, self.shard[rank], params * self.reduce_bytes)
+        return self._collective(rank)(params * self.reduce_bytes)
+
+    def _collective(self, rank: int) -> Callable[[float], float]:
+        if rank not in self._ring:
+            self._ring[rank] = half_ring(self.pricing, self.shard[rank])
+        return self._ring[rank]
 
     def count_bytes(self, stage: int, gathers: int, reduces: int) -> None:
         """Put a step's gathers and reduce-scatters of ``stage``'s blocks (each block

@@ -40,6 +40,16 @@ class GraphSizes:
     """Block -> bytes of its inputs (what a block that recomputes keeps for backward)."""
     position: dict[str, int]
     """Block -> its index in the model's block order (which blocks ``every-K`` recomputes)."""
+    block_param_bytes: dict[str, int]
+    """Block -> bytes of its own parameters, in the traced dtype."""
+    saved: dict[str, int]
+    """Block -> bytes its ops keep for backward."""
+    resaved: dict[str, dict[str, int]]
+    """Block -> {earlier block: bytes of that block's tensors it keeps too}."""
+    shared: dict[str, list[str]]
+    """Block -> the tied parameters it uses."""
+    output: dict[str, int]
+    """Block -> bytes of its output."""
 
     @classmethod
     def of(cls, graph: nx.DiGraph, blocks: list[str]) -> GraphSizes:
@@ -67,6 +77,12 @@ class GraphSizes:
                 b: sum(d.get("bytes", 0) for _, _, d in graph.in_edges(b, data=True)) for b in graph
             },
             position={b: i for i, b in enumerate(blocks)},
+            # Plain dicts: the search reads them for every block of every plan it prices.
+            block_param_bytes={b: data.get("param_bytes", 0) for b, data in graph.nodes(data=True)},
+            saved={b: data.get("saved_bytes", 0) for b, data in graph.nodes(data=True)},
+            resaved={b: data.get("resaved_from", {}) for b, data in graph.nodes(data=True)},
+            shared={b: data.get("shared_params", []) for b, data in graph.nodes(data=True)},
+            output={b: data.get("output_bytes", 0) for b, data in graph.nodes(data=True)},
         )
 
 
@@ -95,7 +111,6 @@ class Boundaries(NamedTuple):
 
 
 def stage_cost(
-    graph: nx.DiGraph,
     sizes: GraphSizes,
     blocks: list[str],
     *,
@@ -104,46 +119,46 @@ def stage_cost(
     element_bytes: int,
     trace_batch: int,
     recompute_every: int = 0,
+    per_block: bool = False,
 ) -> StageCost:
     """The cost of the stage made of ``blocks``; ``weight_scale`` and ``scale`` are training /
     traced bytes per element of weights and of activations, ``element_bytes`` the traced
-    dtype's; ``recompute_every``: K of its recomputation (`planner.sharding`), 0 for none.
+    dtype's; ``recompute_every``: K of its recomputation (`planner.sharding`), 0 for none;
+    ``per_block``: list each block's parameters (a sharded group gathers block by block).
 
     A block that recomputes keeps its inputs, not what its ops save: a tensor an earlier
     stage's block also keeps is counted with the inputs, as it is in a checkpoint."""
-    nodes, members = graph.nodes, set(blocks)
+    members, shared, own = set(blocks), sizes.shared, sizes.block_param_bytes
     # A tied weight used here but owned by a block of another stage is a copy here.
-    copies = {
-        p for b in blocks for p in nodes[b].get("shared_params", []) if sizes.owners.get(p) not in members
-    }
+    copies = {p for b in blocks for p in shared[b] if sizes.owners.get(p) not in members}
     tied = sizes.param_bytes
-    param_bytes = sum(nodes[b]["param_bytes"] for b in blocks) + sum(tied.get(p, 0) for p in copies)
+    param_bytes = sum(own[b] for b in blocks) + sum(tied.get(p, 0) for p in copies)
     largest = max([sizes.largest_param[b] for b in blocks] + [tied.get(p, 0) for p in copies])
     cast = sizes.cast_params
     cast_bytes = sum(sizes.cast_bytes[b] for b in blocks)
     cast_bytes += sum(tied.get(p, 0) for p in copies if cast is None or p in cast)
-    recomputed = [b for b in blocks if recompute_every and sizes.position[b] % recompute_every == 0]
-    kept = set(blocks) - set(recomputed)
-    saved = sum(nodes[b]["saved_bytes"] for b in kept) + sum(sizes.input_bytes[b] for b in recomputed)
-    saved += sum(n for b in kept for src, n in nodes[b].get("resaved_from", {}).items() if src not in members)
+    position = sizes.position
+    recomputed = [b for b in blocks if position[b] % recompute_every == 0] if recompute_every else []
+    kept = [b for b in blocks if position[b] % recompute_every] if recompute_every else blocks
+    saved = sum(sizes.saved[b] for b in kept) + sum(sizes.input_bytes[b] for b in recomputed)
+    saved += sum(n for b in kept for src, n in sizes.resaved[b].items() if src not in members)
     copy_of = defaultdict(int)  # a tied copy is gathered with the first block of the stage that uses it
     for p in copies:
-        user = next(b for b in blocks if p in nodes[b].get("shared_params", []))
-        copy_of[user] += tied.get(p, 0)
+        copy_of[next(b for b in blocks if p in shared[b])] += tied.get(p, 0)
     return StageCost(
         blocks=blocks,
         param_bytes=round(param_bytes * weight_scale),
         param_count=round(param_bytes / element_bytes),
         saved_per_sample=saved / trace_batch * scale,
-        out_per_sample=nodes[blocks[-1]]["output_bytes"] / trace_batch * scale,
+        out_per_sample=sizes.output[blocks[-1]] / trace_batch * scale,
         largest_param_bytes=round(largest * weight_scale),
         largest_op_per_sample=max(sizes.largest_op[b] for b in blocks) / trace_batch * scale,
         cast_param_count=round(cast_bytes / element_bytes),
-        block_param_counts=[round((nodes[b]["param_bytes"] + copy_of[b]) / element_bytes) for b in blocks],
+        block_param_counts=[round((own[b] + copy_of[b]) / element_bytes) for b in blocks]
+        if per_block
+        else [],
         recomputed=recomputed,
-        recompute_peak_per_sample=max((nodes[b]["saved_bytes"] for b in recomputed), default=0)
-        / trace_batch
-        * scale,
+        recompute_peak_per_sample=max((sizes.saved[b] for b in recomputed), default=0) / trace_batch * scale,
     )
 
 

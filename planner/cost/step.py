@@ -114,6 +114,8 @@ class Step(ABC):
             to_f = whole[0] / fwd if fwd else 0.0
             to_b = whole[1] / bwd if bwd else 0.0
             blocks = [(f * to_f, b * to_b) for f, b in blocks]
+        if not cost.recomputed:
+            return blocks
         again = set(cost.recomputed)
         return [
             (f, b + f) if name in again else (f, b) for name, (f, b) in zip(cost.blocks, blocks, strict=True)

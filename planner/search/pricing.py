@@ -46,23 +46,32 @@ def price_candidate(
     ``levers``: (dp_mode, recompute) to try in order until one fits (default: the
     candidate's own).
     """
-    for dp_mode, recompute in levers or [(c.dp_mode, c.recompute)]:
+    tries = levers or [(c.dp_mode, c.recompute)]
+    for i, (dp_mode, recompute) in enumerate(tries):
         c.dp_mode, c.recompute, c.reason = dp_mode, recompute, ""
-        _price_with_levers(pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, prove)
+        last = i == len(tries) - 1  # priced even when it cannot fit: its row says why
+        _price_with_levers(
+            pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, prove, last
+        )
         if c.feasible:
             return
 
 
 def _price_with_levers(
-    pricer, graph, cluster, c: Candidate, training, units, max_evaluations, max_nodes, prove
+    pricer, graph, cluster, c: Candidate, training, units, max_evaluations, max_nodes, prove, last=True
 ):
     try:
         template = template_plan(graph, cluster, c, training, pricer.digest)
     except PlannerError as exc:
         c.reason = str(exc)
         return
-    if c.strategy == Strategy.MP or c.pp_degree * c.virtual_stages == 1:
-        c.plan, c.prediction, c.exact = template, pricer(template, with_timeline=False), True
+    hopeless = c.strategy != Strategy.MP and not StageProblem(pricer, template, units).may_fit()
+    if hopeless and not last:
+        c.reason = "over memory by its lower bound"  # a lever after this one is tried
+        return
+    # No split can fit: its even split, priced once, says which device is over and by how much.
+    if hopeless or c.strategy == Strategy.MP or c.pp_degree * c.virtual_stages == 1:
+        c.plan, c.prediction, c.exact = template, pricer(template, with_timeline=False), not hopeless
     else:
         c.plan, c.exact = _split(pricer, template, units, max_evaluations, max_nodes, prove)
         c.prediction = pricer(c.plan, with_timeline=False)

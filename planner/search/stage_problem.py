@@ -7,6 +7,7 @@ bound per stage, and the price of any split.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -61,12 +62,19 @@ class StageProblem:
             [(plan.rank_of(dp, j % p).device, shares[dp] / m) for dp in range(plan.dp_degree)]
             for j in range(self.k)
         ]
-        self.work = self._work()
         self._memory_bounds()
         self.ranks = [j % p for j in range(self.k)] if plan.virtual_stages > 1 else None
-        if units is not None:
-            bounds = [*units, len(self.blocks)]
-            self.work = [[sum(row[a:b]) for a, b in itertools.pairwise(bounds)] for row in self.work]
+        self.units_count = len(units) if units is not None else len(self.blocks)
+
+    @functools.cached_property
+    def work(self) -> list[list[float]]:
+        """Per stage position, each unit's forward + backward seconds per micro-batch (made
+        when first asked: a memory check (`may_fit`) does not need it)."""
+        work = self._work()
+        if self.units is not None:
+            bounds = [*self.units, len(self.blocks)]
+            work = [[sum(row[a:b]) for a, b in itertools.pairwise(bounds)] for row in work]
+        return work
 
     def _work(self) -> list[list[float]]:
         """Per stage position, each block's forward + backward seconds per micro-batch."""
@@ -100,7 +108,6 @@ class StageProblem:
         opt = plan.training.optimizer
         per_param = optimizer_state_bytes(opt.name, opt.momentum, plan.training.precision)
         traced = DTYPE_BYTES[graph.graph.get("dtype", "float32")]
-        nodes = graph.nodes
         mode = plan.dp_mode
         shard = min(
             shard_group_size(mode, [plan.rank_of(dp, q).node for dp in range(plan.dp_degree)])
@@ -109,22 +116,18 @@ class StageProblem:
         grads, gathered = 1 / shard, 0.0
         if mode.sharded and self.k > 1:
             grads, gathered = 1.0, self.recipe.compute_bytes / traced
-        fixed = [
-            nodes[b]["param_bytes"] * (self.weight_scale * (1 / shard + grads) + gathered)
-            + nodes[b]["param_bytes"] / traced * per_param / shard
-            for b in self.blocks
-        ]
-        every = plan.stages[0].recompute_every
         sizes = self.pricer.sizes
+        own = sizes.block_param_bytes
+        per_byte = self.weight_scale * (1 / shard + grads) + gathered + per_param / traced / shard
+        fixed = [own[b] * per_byte for b in self.blocks]
+        every = plan.stages[0].recompute_every
         saved = [
-            (sizes.input_bytes[b] if recomputed(every, i) else nodes[b]["saved_bytes"])
-            / self.trace_batch
-            * scale
+            (sizes.input_bytes[b] if recomputed(every, i) else sizes.saved[b]) / self.trace_batch * scale
             for i, b in enumerate(self.blocks)
         ]
         self.fixed = list(itertools.accumulate(fixed, initial=0.0))
         self.saved = list(itertools.accumulate(saved, initial=0.0))
-        self.last_out = nodes[self.blocks[-1]]["output_bytes"] / self.trace_batch * scale
+        self.last_out = sizes.output[self.blocks[-1]] / self.trace_batch * scale
         # Micro-batches whose activations a stage holds at once, by its schedule.
         schedule = plan.schedule or (Schedule.ONE_F_ONE_B if plan.strategy == Strategy.DP else Schedule.GPIPE)
         flight: dict[int, int] = {}
@@ -157,6 +160,23 @@ class StageProblem:
             if need > self.capacity[dev]:
                 return False
         return True
+
+    def may_fit(self) -> bool:
+        """Whether any split could fit by the memory lower bound (`fits`): each stage in turn
+        takes the most units it can hold, leaving one for each stage after it. Taking the
+        most is never worse: a stage that ends later leaves the next less to hold, and a
+        stage's bound only grows with the units it holds."""
+        n = self.units_count
+        at = 0
+        for j in range(self.k):
+            room = n - (self.k - j - 1)  # units this stage may end before
+            if at >= room or not self.fits(j, at, at):
+                return False
+            end = at
+            while end + 1 < room and self.fits(j, at, end + 1):
+                end += 1
+            at = end + 1
+        return at == n
 
     def plan(self, cuts: list[int]) -> Plan:
         t = self.template
