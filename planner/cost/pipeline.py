@@ -146,6 +146,7 @@ class PipelineStep(Step):
                     fwd, bwd = stage_time(rank, a.stage)
                     work = fwd if forward else bwd
                 else:
+                    stage_time(rank, a.stage)  # the stage's compute alone, for `Prediction.stage_times`
                     work, waited = pass_time(self, rank, a.stage, forward, *passes[a])
                     work += self.action_host(rank)
                     pricing.comm_in_compute[rank] += waited

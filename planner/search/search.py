@@ -138,36 +138,18 @@ def _price_promising(
         pure = next((c for c in screened if must(c)), None)
         if pure is not None and pure not in chosen:
             chosen.append(pure)
+
+    def price(c: Candidate, prove: bool) -> None:
+        limits = (budget.max_evaluations, budget.max_nodes)
+        price_candidate(pricer, graph, cluster, c, training, units, *limits, prove, tries[id(c)])
+
     for c in chosen:
-        prove = time.perf_counter() - budget.started < budget.exact_budget_s
-        price_candidate(
-            pricer,
-            graph,
-            cluster,
-            c,
-            training,
-            units,
-            budget.max_evaluations,
-            budget.max_nodes,
-            prove,
-            tries[id(c)],
-        )
+        price(c, time.perf_counter() - budget.started < budget.exact_budget_s)
     # When memory rules out every candidate priced so far, keep going down the screened list.
     rest = [c for c in _best_per_family(screened) if c not in chosen]
     while rest and not any(c.feasible for c in chosen) and len(chosen) < 4 * budget.max_priced:
         c = rest.pop(0)
-        price_candidate(
-            pricer,
-            graph,
-            cluster,
-            c,
-            training,
-            units,
-            budget.max_evaluations,
-            budget.max_nodes,
-            False,
-            tries[id(c)],
-        )
+        price(c, False)
         chosen.append(c)
     return chosen
 

@@ -53,7 +53,8 @@ def wrap_ddp(module: torch.nn.Module, where: Placement) -> DistributedDataParall
 
 
 class DataParallel:
-    """The whole model on every rank: DDP over the dp group, one optimizer."""
+    """The whole model on every rank: DDP over the dp group, one optimizer. The sharded
+    engine (runtime.parallel.sharded) is this one with FSDP in place of DDP."""
 
     def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
         share = plan.replicas[where.rank.dp_index].batch_share
@@ -82,17 +83,25 @@ class DataParallel:
         with self.amp.autocast():
             output = self.model(inputs)
             with self.clock.span():
-                loss = self.task.loss_fn(output, targets)
+                loss = self.task.loss_fn(self.loss_input(output), targets)
         # Backward compute ends when the last gradient is accumulated; DDP's all-reduce
         # of the final buckets after that is communication, not compute.
         self.clock.backward_started()
         self.amp.scale(loss * self.loss_scale).backward()
+        self.backward_returned()
         self.clock.backward_finished()
         t = time.perf_counter()
         self.amp.step([self.optimizer])
         optimizer_s = time.perf_counter() - t
         timeline.mark("optimizer", t, t + optimizer_s)
         return StepResult(loss.item(), self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
+
+    def loss_input(self, output: torch.Tensor) -> torch.Tensor:
+        """What the loss is taken of: the model's output (autocast picks the loss's dtype)."""
+        return output
+
+    def backward_returned(self) -> None:
+        """After the backward call: DDP's hooks have marked when each gradient landed."""
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {plain_fqn(name): p for name, p in self.module.named_parameters()}

@@ -23,7 +23,6 @@ loss is scaled by P b_i / B (runtime.parallel.data_parallel says why).
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 import torch
@@ -33,13 +32,10 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from planner.plan import Plan
 from planner.precision import Precision
 from planner.sharding import DpMode
+from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.mesh import Placement
-from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
-from runtime.rank import timeline
 from runtime.rank.amp import Amp
-from runtime.rank.clock import ComputeClock
-from runtime.rank.model import FullModel, OptimizerFactory
-from runtime.rank.step import StepResult
+from runtime.rank.model import FullModel
 from runtime.rank.task import Task
 
 
@@ -65,24 +61,16 @@ def mixed_precision(precision: Precision) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(param_dtype=getattr(torch, recipe.compute), reduce_dtype=torch.float32)
 
 
-class ShardedDataParallel:
-    """The whole model sharded over the dp group (FSDP2), one optimizer over the shards."""
+class ShardedDataParallel(DataParallel):
+    """The whole model sharded over the dp group (FSDP2), one optimizer over the shards:
+    data parallel's step (runtime.parallel.data_parallel) with FSDP in place of DDP."""
 
     def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
+        super().__init__(plan, full, task, where)  # made real, recomputing blocks wrapped
         self.plan = plan
-        share = plan.replicas[where.rank.dp_index].batch_share
-        self.loss_scale = plan.dp_degree * share / plan.training.global_batch
-        self.task = task
-        precision = plan.training.precision
-        self.mixed = precision.recipe.mixed
-        # FSDP casts the gathered weights itself: autocast would have nothing left to cast.
-        self.amp = Amp(Precision.FP32 if self.mixed else precision, where.device)
-        self.module = full.materialise(full.module, where.device)
-        self.blocks = list(plan.model.blocks)
-        apply_recompute(self.module, recomputing_blocks(plan))  # before sharding
-        self.clock = ComputeClock(where.device)
-        self.clock.attach_forward(self.module)
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.mixed = plan.training.precision.recipe.mixed
+        if self.mixed:  # FSDP casts the gathered weights itself: autocast would have none to cast
+            self.amp = Amp(Precision.FP32, where.device)
 
     def replicate(self, where: Placement) -> None:
         """`fully_shard` on every block, then on the root (runtime.parallel.parallelize, step 5)."""
@@ -92,36 +80,15 @@ class ShardedDataParallel:
             "reshard_after_forward": self.plan.dp_mode.reshards_after_forward,
             "mp_policy": mixed_precision(self.plan.training.precision),
         }
-        for block in self.blocks:  # a recomputing block's wrapper stands under its FQN
+        for block in self.plan.model.blocks:  # a recomputing block's wrapper stands under its FQN
             fully_shard(self.module.get_submodule(block), **options)
         fully_shard(self.module, **options)
 
-    def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
-        """One optimizer over this rank's shards (runtime.parallel.parallelize, step 6)."""
-        self.optimizer = make_optimizer(list(self.module.parameters()))
+    def loss_input(self, output: torch.Tensor) -> torch.Tensor:
+        """The loss in fp32, as autocast takes it, when FSDP computed in 16 bits."""
+        return output.float() if self.mixed else output
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.amp.autocast():
-            output = self.module(inputs)
-            with self.clock.span():
-                loss = self.task.loss_fn(output.float() if self.mixed else output, targets)
-        # FSDP's reduce-scatters end the backward, after the last block's gradients: the
-        # clock counts the whole backward call (its hooks hide the gradients' accumulation).
-        self.clock.backward_started()
-        self.amp.scale(loss * self.loss_scale).backward()
+    def backward_returned(self) -> None:
+        """FSDP's reduce-scatters end the backward and its hooks hide when the last gradient
+        landed: the whole backward call is counted (the gathers it waited for with it)."""
         self.clock.grad_ready()
-        self.clock.backward_finished()
-        t = time.perf_counter()
-        self.amp.step([self.optimizer])
-        optimizer_s = time.perf_counter() - t
-        timeline.mark("optimizer", t, t + optimizer_s)
-        return StepResult(loss.item(), self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
-
-    def local_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """This rank's parameters by the plan's FQNs: DTensors, each holding its shard."""
-        return {plain_fqn(name): p for name, p in self.module.named_parameters()}
-
-    def state_parts(self):
-        """What a checkpoint holds: the module and its optimizer, keyed by the plan's FQNs."""
-        return [(self.module, [self.optimizer])]
