@@ -7,6 +7,7 @@ devices, global batch, strategy), starts the edits again from that candidate.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -108,15 +109,13 @@ def keep_edit(field: str, key: str, index: int | None = None) -> None:
     ss["plan_edits"] = edits
 
 
+def keep_edits(base_key: str, edits: Edits) -> None:
+    """``edits`` of the candidate ``base_key`` as the session keeps them (dashboard.state)."""
+    ss["plan_edits"] = {"base": base_key, **dataclasses.asdict(edits), "cuts": list(edits.cuts)}
+
+
 def reset_edits(base_key: str, base: Edits) -> None:
-    ss["plan_edits"] = {
-        "base": base_key,
-        "cuts": list(base.cuts),
-        "micro_batches": base.micro_batches,
-        "schedule": base.schedule,
-        "dp_mode": base.dp_mode,
-        "recompute": base.recompute,
-    }
+    keep_edits(base_key, base)
 
 
 st.title("Plan")
@@ -341,14 +340,7 @@ if levers_editable(base) and same_blocks:
     )
     edits = Edits(edits.cuts, edits.micro_batches, edits.schedule, dp_mode, recompute)
 if same_blocks and (editable(base) or levers_editable(base)):
-    ss["plan_edits"] = {
-        "base": base_key,
-        "cuts": list(edits.cuts),
-        "micro_batches": edits.micro_batches,
-        "schedule": edits.schedule,
-        "dp_mode": edits.dp_mode,
-        "recompute": edits.recompute,
-    }
+    keep_edits(base_key, edits)
     save()
 
 changed = changes(base_edits, edits, blocks)
