@@ -60,7 +60,9 @@ def recompute_every(text: str) -> int:
     if text == FULL:
         return 1
     digits = text.removeprefix(EVERY)
-    if text.startswith(EVERY) and digits.isdigit() and digits == str(int(digits)) and int(digits) >= 2:
+    # At most 6 digits: no model has a million blocks, and int() of thousands of digits raises.
+    plain = 0 < len(digits) <= 6 and digits.isascii() and digits.isdigit() and digits[0] != "0"
+    if text.startswith(EVERY) and plain and int(digits) >= 2:
         return int(digits)
     raise ValueError(f"recompute {text[:40]!r} is not none, full or every-K with K >= 2")
 

@@ -284,7 +284,7 @@ def test_sharding_and_recomputation_are_recorded_and_checked(hybrid, gpt):
     plan = plan_from_json(json.dumps(doc))
     assert plan.dp_mode == "full_shard" and [s.recompute_every for s in plan.stages] == [0, 2]
     _refused({**doc, "dp_mode": "zero4"}, r"dp_mode: Input should be 'replicate', 'shard_grad_op'")
-    for bad in ("every-1", "every-02", "partial", "every-", "every-x", "x" * 10_000):
+    for bad in ("every-1", "every-02", "partial", "every-", "every-x", "every-\u0661\u0662", "x" * 10_000):
         doc["stages"][1]["recompute"] = bad
         _refused(doc, r"stages.1.recompute")
     doc["stages"][1]["recompute"] = "full"

@@ -163,3 +163,15 @@ def test_a_lever_is_skipped_only_when_no_split_could_fit():
         assert problem.may_fit() == brute
         seen.add(brute)
     assert seen == {True, False}  # both answers were checked
+
+
+def test_a_recomputation_setting_is_read_strictly():
+    from planner.errors import PlannerError
+    from planner.search.levers import check_levers
+
+    for bad in ("every-1", "every-02", "every-\u0661\u0662", "every-" + "9" * 5000, "sometimes"):
+        with pytest.raises(PlannerError, match=r"is not none, full or every-K with K >= 2 \(or auto\)"):
+            check_levers("auto", bad)
+    with pytest.raises(PlannerError, match="dp_mode 'zero4' is not one of auto, replicate"):
+        check_levers("zero4", "auto")
+    check_levers("full_shard", "every-3")  # accepted
