@@ -80,7 +80,7 @@ def test_plan_download_launch_watch_stop_and_find_again(dashboard, page, tmp_pat
     # the page names the plan it will launch, with its predicted figures.
     nav(page, "Runs").click()
     page.get_by_text("Plan to launch:").wait_for(timeout=60_000)
-    assert page.get_by_text("Step time (predicted)").is_visible()
+    page.get_by_text("Step time (predicted)").wait_for(timeout=60_000)  # drawn after the plan's name
     steps = page.get_by_role("spinbutton", name="Steps", exact=True)
     steps.fill("100000")
     steps.press("Enter")
