@@ -311,7 +311,10 @@ elif levers_editable(base):
         "Choose a pipeline candidate to edit those."
     )
 else:
-    st.caption("Nothing to edit in this plan: the GAN's networks each take their own device, replicated.")
+    st.caption(
+        "Nothing to edit in this plan: the GAN's two networks step apart, so they are not sharded, "
+        "recomputed or cut into stages."
+    )
 if levers_editable(base) and same_blocks:
     left, right = st.columns(2)
     modes = dp_mode_options(base)
