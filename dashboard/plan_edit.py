@@ -72,7 +72,7 @@ def dp_mode_options(plan: Plan) -> list[str]:
         return [DpMode.REPLICATE.value]
     modes = [DpMode.REPLICATE, DpMode.SHARD_GRAD_OP]
     groups = [[plan.rank_of(dp, q).node for dp in range(plan.dp_degree)] for q in range(plan.pp_degree)]
-    if all(hybrid_shard_error(nodes) is None for nodes in groups):
+    if hybrid_shard_error(groups) is None:
         modes.append(DpMode.HYBRID_SHARD)
     return [m.value for m in [*modes, DpMode.FULL_SHARD]]
 

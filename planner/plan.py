@@ -298,13 +298,14 @@ class Plan(StrictModel):
                 f"dp_mode: {mode} shards over replicas; this plan has dp_degree 1 (use replicate)"
             )
         if mode == DpMode.HYBRID_SHARD:
-            for q in range(self.pp_degree):
-                nodes = [self.rank_of(dp, q).node for dp in range(self.dp_degree)]
-                error = hybrid_shard_error(nodes)
-                if error:
-                    raise ValueError(
-                        f"dp_mode: hybrid_shard shards in a node and replicates across nodes; {error}"
-                    )
+            groups = [
+                [self.rank_of(dp, q).node for dp in range(self.dp_degree)] for q in range(self.pp_degree)
+            ]
+            error = hybrid_shard_error(groups)
+            if error:
+                raise ValueError(
+                    f"dp_mode: hybrid_shard shards in a node and replicates across nodes; {error}"
+                )
 
     def _check_ranks(self) -> None:
         n = len(self.ranks)

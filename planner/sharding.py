@@ -96,14 +96,28 @@ def shard_group_size(mode: DpMode, nodes: Iterable[int]) -> int:
     return len(nodes)
 
 
-def hybrid_shard_error(nodes: Iterable[int]) -> str | None:
-    """Why a data-parallel group on these nodes cannot shard in nodes and replicate across
-    them (None: it can)."""
-    per_node = Counter(nodes)
-    if len(per_node) < 2:
-        return "its data-parallel group lies on one node (full_shard shards it)"
-    if len(set(per_node.values())) > 1:
-        return f"its data-parallel group has unequal ranks per node ({dict(sorted(per_node.items()))})"
-    if max(per_node.values()) < 2:
-        return "its data-parallel group has one rank per node (nothing to shard in a node: replicate)"
+def hybrid_shard_error(groups: Iterable[Iterable[int]]) -> str | None:
+    """Why data-parallel groups on these nodes (one list of nodes per pipeline rank) cannot
+    shard in nodes and replicate across them (None: they can). All groups must have one shape
+    (nodes x ranks per node): the runtime lays them out as one mesh.
+
+    >>> hybrid_shard_error([[0, 0, 1, 1], [2, 2, 3, 3]]) is None
+    True
+    >>> hybrid_shard_error([[0, 0, 1, 1], [2, 2, 2, 2]])
+    'its data-parallel group lies on one node (full_shard shards it)'
+    >>> hybrid_shard_error([[0, 0, 0, 0, 1, 1, 1, 1], [2, 2, 3, 3, 4, 4, 5, 5]])
+    "its stages' data-parallel groups differ in (nodes, ranks per node): [(2, 4), (4, 2)]"
+    """
+    shapes = set()
+    for nodes in groups:
+        per_node = Counter(nodes)
+        if len(per_node) < 2:
+            return "its data-parallel group lies on one node (full_shard shards it)"
+        if len(set(per_node.values())) > 1:
+            return f"its data-parallel group has unequal ranks per node ({dict(sorted(per_node.items()))})"
+        if max(per_node.values()) < 2:
+            return "its data-parallel group has one rank per node (nothing to shard in a node: replicate)"
+        shapes.add((len(per_node), max(per_node.values())))
+    if len(shapes) > 1:
+        return f"its stages' data-parallel groups differ in (nodes, ranks per node): {sorted(shapes)}"
     return None

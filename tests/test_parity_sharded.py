@@ -15,7 +15,7 @@ from planner.cluster import parse_short_form
 from planner.search.build import make_plan
 from runtime.parallel import checkpoint
 from tests.runs import graph_of, run_ranks, step_losses, zoo_plan
-from tests.test_parity import assert_parity
+from tests.test_parity import SGD, assert_parity
 
 pytestmark = pytest.mark.slow
 TOY_GPT = {"size": "toy"}
@@ -77,3 +77,80 @@ def test_a_ddp_checkpoint_resumes_fully_sharded_with_the_uninterrupted_losses(tm
     torch.testing.assert_close(
         torch.tensor(step_losses(resumed)), torch.tensor(straight[4:]), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize(("schedule", "virtual_stages"), [("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2)])
+def test_fully_sharded_pipeline_stages_with_each_schedule(tmp_path, schedule, virtual_stages):
+    # dp 2 x pp 2 on 4 ranks: each stage sharded over its two replicas, torch's schedule
+    # deferring the reduce-scatter to the stage's last backward.
+    plan = zoo_plan(
+        "gpt",
+        TOY_GPT,
+        ranks=4,
+        strategy="hybrid",
+        global_batch=8,
+        dp_degree=2,
+        pp_degree=2,
+        schedule=schedule,
+        micro_batches=2,
+        virtual_stages=virtual_stages,
+        dp_mode="full_shard",
+    )
+    assert len(plan.stages) == 2 * virtual_stages
+    assert_parity(plan, tmp_path)
+
+
+def test_pipeline_stages_recomputing_sharded_after_forward_with_unequal_shares(tmp_path):
+    # shard_grad_op keeps each block gathered for its backward; replica shares 6 and 2 are
+    # weighted into FSDP's average; every block of both stages runs its forward twice.
+    plan = zoo_plan(
+        "gpt",
+        TOY_GPT,
+        ranks=4,
+        strategy="hybrid",
+        global_batch=8,
+        dp_degree=2,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+        shares=[6, 2],
+        dp_mode="shard_grad_op",
+        recompute="full",
+    )
+    assert [s.recompute for s in plan.stages] == ["full", "full"]
+    assert_parity(plan, tmp_path)
+
+
+def test_pipeline_recomputing_every_other_block(tmp_path):
+    plan = zoo_plan(
+        "gpt",
+        TOY_GPT,
+        ranks=2,
+        strategy="pp",
+        global_batch=8,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=4,
+        recompute="every-2",
+    )
+    assert_parity(plan, tmp_path)
+
+
+def test_sharded_pipeline_sums_a_tied_embedding_and_head_shard_by_shard(tmp_path):
+    plan = zoo_plan(
+        "gpt",
+        {**TOY_GPT, "tie_embeddings": True},
+        ranks=4,
+        strategy="hybrid",
+        global_batch=8,
+        dp_degree=2,
+        pp_degree=2,
+        schedule="gpipe",
+        micro_batches=2,
+        dp_mode="full_shard",
+        training=SGD,
+    )
+    per_rank = assert_parity(plan, tmp_path)
+    assert [(r.dp_index, r.pp_index) for r in plan.ranks[:2]] == [(0, 0), (0, 1)]
+    # The first and the last stage's copies of the tied weight stay equal.
+    torch.testing.assert_close(per_rank[0]["head.weight"], per_rank[1]["head.weight"], rtol=0, atol=0)

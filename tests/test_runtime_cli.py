@@ -94,16 +94,7 @@ def test_bad_plan_starts_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(
-    ("dp_mode", "recompute", "said"),
-    [
-        ("full_shard", "none", "dp_mode: full_shard inside pipeline stages is priced, not trained yet"),
-        ("replicate", "full", "stages[0].recompute: pipeline stages are priced recomputing"),
-    ],
-)
-def test_a_sharded_or_recomputing_pipeline_is_refused_before_anything_starts(
-    tmp_path, dp_mode, recompute, said
-):
+def test_fp16_mixed_sharded_is_refused_before_anything_starts(tmp_path):
     plan = zoo_plan(
         "gpt",
         {"size": "toy"},
@@ -114,13 +105,15 @@ def test_a_sharded_or_recomputing_pipeline_is_refused_before_anything_starts(
         pp_degree=2,
         schedule="1f1b",
         micro_batches=2,
+        dp_mode="full_shard",
+        recompute="full",
     )
     doc = json.loads(plan.to_json())
-    doc["dp_mode"] = dp_mode
-    doc["stages"][0]["recompute"] = recompute
+    doc["training"]["precision"] = "fp16-mixed"
     (tmp_path / "plan.json").write_text(json.dumps(doc))
     done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
-    assert done.returncode == 2 and said in done.stderr
+    assert done.returncode == 2
+    assert "training.precision: fp16-mixed is not trained sharded" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 

@@ -56,4 +56,4 @@ def _spans_nodes_evenly(c: Candidate, cluster: Cluster) -> bool:
     nodes: dict[int, list[int]] = {}
     for device, (_, q) in zip(c.devices, c.coords, strict=True):
         nodes.setdefault(q, []).append(cluster.device(device).node)
-    return all(hybrid_shard_error(group) is None for group in nodes.values())
+    return hybrid_shard_error(nodes.values()) is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.tensor import DTensor
 
 
 def _all_reduce_sum(grads: list[torch.Tensor], group) -> None:
@@ -36,17 +37,27 @@ def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
 
     ``copies[k]`` are this rank's distinct tensors of tied weight k (two stages of one rank
     may hold separate copies); ``group`` spans the ranks that hold a copy, or is None when
-    this rank holds them all.
+    this rank holds them all. Sharded copies (FSDP's DTensors) are summed shard by shard:
+    the ranks of ``group`` share a dp index, so they hold the same shard of each copy.
     """
     sums = []
     for tensors in copies:
-        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+        grads = [_local(t.grad) if t.grad is not None else torch.zeros_like(_local(t)) for t in tensors]
         sums.append(torch.stack(grads).sum(0))
     if group is not None:
         _all_reduce_sum(sums, group)
     for tensors, total in zip(copies, sums, strict=True):
         for t in tensors:
             if t.grad is None:
-                t.grad = total.clone()
+                t.grad = (
+                    total.clone()
+                    if not isinstance(t, DTensor)
+                    else DTensor.from_local(total.clone(), t.device_mesh, t.placements)
+                )
             else:  # in place: the gradient may be a view of the replicas' flat buffer
-                t.grad.copy_(total)
+                _local(t.grad).copy_(total)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: its shard of a DTensor, else the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -12,12 +12,13 @@ before it left, as torchtitan's ``parallelize_*`` functions do:
    two networks, each on its own rank, with the hand-written adversarial step
    (runtime.parallel.gan). With pp = 1 the rank holds the whole model.
 4. Recomputation: the blocks the plan recomputes wrapped in `checkpoint_wrapper`
-   (runtime.parallel.recompute), by the engine of a whole model, before step 5 wraps it;
-   pipeline stages do not recompute yet (`runtime.supervise.launch.preflight` refuses it).
+   (runtime.parallel.recompute) as the engine makes them real, before step 5 wraps them.
 5. Data parallel over the dp group: DDP around a whole model (runtime.parallel.data_parallel),
    or FSDP2's `fully_shard` per block and on the root under a sharded ``dp_mode``
-   (runtime.parallel.sharded), or, after a pipeline's backward, an explicit all-reduce of its
-   gradients across replicas (runtime.parallel.grad_sync).
+   (runtime.parallel.sharded; a pipeline's stages are sharded so as they are made real, each
+   stage module its own root, because torch builds its stages around them), or, after a
+   replicated pipeline's backward, an explicit all-reduce of its gradients across replicas
+   (runtime.parallel.grad_sync).
 6. The optimizer over the parameters this rank holds, built by one function
    (`runtime.rank.model.make_optimizer`) that every engine is handed.
 
@@ -85,20 +86,9 @@ def check_strategy(plan: Plan) -> None:
 
 
 def check_levers(plan: Plan) -> None:
-    """What this runtime trains of the memory levers (`planner.sharding`): sharding and
-    recomputation of a whole model, a plan of one stage. A `PlanError` names the rest."""
+    """What this runtime does not train of the memory levers (`planner.sharding`): loss
+    scaling over sharded gradients. A `PlanError` names it."""
     mode = plan.dp_mode
-    if plan.pp_degree > 1 and mode.sharded:
-        raise PlanError(
-            f"dp_mode: {mode} inside pipeline stages is priced, not trained yet; "
-            "pipelines train with dp_mode replicate"
-        )
-    recomputing = [st.index for st in plan.stages if st.recompute_every]
-    if plan.pp_degree > 1 and recomputing:
-        raise PlanError(
-            f"stages[{recomputing[0]}].recompute: pipeline stages are priced recomputing, not "
-            "trained so yet; pipelines train with recompute none"
-        )
     if mode.sharded and plan.training.precision.recipe.loss_scaling:
         raise PlanError(
             f"training.precision: {plan.training.precision} is not trained sharded (its loss "
@@ -133,8 +123,8 @@ def parallelize(plan: Plan, where: Placement) -> Parallelized:
     else:
         engine = DataParallel(plan, full, task, where)
 
-    # 4. Recomputation: a whole model's engine has wrapped the blocks the plan recomputes
-    #    (runtime.parallel.recompute) as it made them real, before step 5 wraps the model.
+    # 4. Recomputation: the engine has wrapped the blocks the plan recomputes
+    #    (runtime.parallel.recompute) as it made them real, before step 5 wraps them.
 
     # 5. Data parallel over the dp group.
     engine.replicate(where)

@@ -6,6 +6,16 @@ keep the full model's FQNs (checkpoints rely on it). A rank builds the stages it
 stage i runs on pipeline rank i % pp_degree, so interleaved schedules get v stages each.
 The schedules are torch's; `scale_grads` (its default) turns the sum over micro-batches
 into their mean.
+
+A stage's blocks the plan recomputes are wrapped (runtime.parallel.recompute) as the stage is
+made real; under a sharded ``dp_mode`` each stage is then sharded over its dp group, block by
+block with the stage module as the root (runtime.parallel.sharded), before torch builds the
+stage around it, as torchtitan composes FSDP and pipelining. torch's schedules run every
+backward of a step without gradient sync or resharding, and reduce-scatter after the stage's
+last (`PipelineStage.backward_maybe_with_nosync`, `perform_reduce_grad`). FSDP2 was correct
+so with GPipe, 1F1B and interleaved 1F1B, and wrong with the zero-bubble schedules
+(docs/facts.md), which plans do not name. Unreplicated pipelines and replicated ones keep
+their own all-reduce of the gradients (runtime.parallel.grad_sync).
 """
 
 from __future__ import annotations
@@ -24,9 +34,12 @@ from torch.distributed.pipelining import (
 
 from planner.errors import PlanError
 from planner.plan import Plan
+from planner.precision import Precision
 from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
+from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
+from runtime.parallel.sharded import shard_mesh, shard_module
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -76,14 +89,28 @@ class PipelineParallel:
         self.weight = share / plan.training.global_batch
         self.dp_degree = plan.dp_degree
         self.dp_group = None  # set by `replicate` when there are replicas to average
+        self.sharded = plan.dp_mode.sharded
+        # FSDP averages over the group as DDP does: a replica's loss is scaled by P b_i / B
+        # (runtime.parallel.data_parallel says why), and the losses reported are unscaled.
+        self.loss_scale = plan.dp_degree * self.weight if self.sharded else 1.0
         pipe = split_model(plan, full, share // m)
         num_stages = pipe.num_stages
         mine = [i for i in range(num_stages) if i % p == where.rank.pp_index]
         self.holds_first, self.holds_last = 0 in mine, num_stages - 1 in mine
         self.clock = ComputeClock(where.device)
-        self.amp = Amp(plan.training.precision, where.device)
-        for i in mine:  # only this rank's stages become real; the others stay on meta
-            full.materialise(pipe.get_stage_module(i), where.device)
+        precision = plan.training.precision
+        # Under FSDP's mixed precision the gathered weights are already in the compute dtype:
+        # autocast would have nothing to cast, and stages return float32, as traced.
+        self.amp = Amp(Precision.FP32 if self.sharded else precision, where.device)
+        recomputing = set(recomputing_blocks(plan))
+        mesh = shard_mesh(plan, where) if self.sharded else None
+        for i, blocks in enumerate(plan.stage_blocks()):
+            if i not in mine:  # only this rank's stages become real; the others stay on meta
+                continue
+            module = full.materialise(pipe.get_stage_module(i), where.device)
+            apply_recompute(module, [b for b in blocks if b in recomputing])
+            if mesh is not None:
+                shard_module(module, blocks, plan, mesh, output_dtype=torch.float32)
         self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
         timeline.watch_pipeline_p2p()  # which waits are for a peer's data, which for sends
         for stage in self.stages:
@@ -93,7 +120,7 @@ class PipelineParallel:
             # posts those separately): the stage's backward compute.
             stage.backward_one_chunk = self.clock.wrap(stage.backward_one_chunk)
         loss_fn = self.clock.wrap(
-            self.amp.wrap(lambda out, target: self.amp.scale(task.loss_fn(out, target)))
+            self.amp.wrap(lambda out, target: self.amp.scale(task.loss_fn(out, target) * self.loss_scale))
         )
         if plan.schedule == Schedule.INTERLEAVED_1F1B:
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=m, loss_fn=loss_fn)
@@ -109,8 +136,8 @@ class PipelineParallel:
     def replicate(self, where: Placement) -> None:
         """Average the replicas' gradients over the dp group after every backward, by an
         explicit all-reduce (runtime.parallel.grad_sync; runtime.parallel.parallelize, step 5).
-        One replica (``pp``) has nothing to average."""
-        self.dp_group = where.dp_group if self.dp_degree > 1 else None
+        One replica (``pp``) has nothing to average; sharded stages are averaged by FSDP."""
+        self.dp_group = where.dp_group if self.dp_degree > 1 and not self.sharded else None
 
     def build_optimizers(self, make_optimizer: OptimizerFactory) -> None:
         """One optimizer per stage, so that a checkpoint pairs each stage module with its
@@ -146,14 +173,14 @@ class PipelineParallel:
         self.amp.step(self.optimizers)
         optimizer_s = time.perf_counter() - t
         timeline.mark("optimizer", t, t + optimizer_s)
-        loss = self.amp.unscaled(torch.stack(losses).mean().item()) if losses else None
+        loss = self.amp.unscaled(torch.stack(losses).mean().item()) / self.loss_scale if losses else None
         return StepResult(loss, self.clock.take(), optimizer_s, waits=timeline.WAITS.take())
 
     def local_parameters(self) -> dict[str, torch.nn.Parameter]:
         out: dict[str, torch.nn.Parameter] = {}
         for stage in self.stages:
             for fqn, param in stage.submod.named_parameters():
-                out.setdefault(fqn, param)
+                out.setdefault(plain_fqn(fqn), param)
         return out
 
     def state_parts(self):
@@ -186,8 +213,8 @@ def _tied_copies(plan: Plan, pipe, full: FullModel, stages, where: Placement):
     holders: dict[int, set[int]] = {}
     for i in range(pipe.num_stages):
         for fqn, _ in pipe.get_stage_module(i).named_parameters():
-            if fqn in alias:
-                holders.setdefault(alias[fqn], set()).add(i % p)
+            if plain_fqn(fqn) in alias:
+                holders.setdefault(alias[plain_fqn(fqn)], set()).add(i % p)
     by_ranks: dict[tuple[int, ...], list[int]] = {}
     for k, pp_ranks in sorted(holders.items()):
         by_ranks.setdefault(tuple(sorted(pp_ranks)), []).append(k)
@@ -208,7 +235,7 @@ def _tied_copies(plan: Plan, pipe, full: FullModel, stages, where: Placement):
                 param
                 for stage in stages
                 for fqn, param in stage.submod.named_parameters()
-                if alias.get(fqn) == k
+                if alias.get(plain_fqn(fqn)) == k
             ]
             copies.append(_distinct(local))
         out.append((copies, group))

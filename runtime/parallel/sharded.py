@@ -1,11 +1,14 @@
-"""Sharded data parallel for a plan of one stage: FSDP2's `fully_shard` per block, then on the root.
+"""Sharded data parallel: FSDP2's `fully_shard` per block, then on the root it belongs to.
 
 The plan's ``dp_mode`` (`planner.sharding`) says how: ``full_shard`` frees a block's gathered
 parameters after its forward (``reshard_after_forward=True``), ``shard_grad_op`` keeps them
 for its backward, and ``hybrid_shard`` shards over the group's ranks on one node and
 replicates across nodes (a 2-D mesh: replicate x shard). Each block of the plan is one FSDP
 unit, so what is gathered at once is what the price counts (`planner.cost.sharded`); the
-root's own unit holds what no block does.
+root's own unit holds what no block does. `shard_module` does this for a whole model (the
+engine below) and for each pipeline stage (runtime.parallel.pipeline_parallel, where the
+stage module is the root and torch's schedule drives FSDP: no gradient sync until the
+stage's last backward).
 
 Every rank makes the whole model real first, with the values (seed, FQN) give it, the same
 on every rank (runtime.rank.materialise), and `fully_shard` then keeps each rank's shard and
@@ -26,6 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -40,25 +44,50 @@ from runtime.rank.task import Task
 
 
 def shard_mesh(plan: Plan, where: Placement) -> DeviceMesh:
-    """The mesh FSDP shards over: the dp group, or for ``hybrid_shard`` its ranks laid out
-    (node, rank in node), replicated across the first dimension. Every rank builds it (it
-    creates process groups)."""
+    """The mesh FSDP shards this rank's stages over: its dp group, or for ``hybrid_shard`` that
+    group's ranks laid out (node, rank in node), replicated across the first dimension. Every
+    rank builds it (it creates process groups), from the grid of every pipeline rank's group,
+    so all ranks create the same groups in the same order."""
     if plan.dp_mode != DpMode.HYBRID_SHARD:
         return where.mesh["dp"]
-    by_node: dict[int, list[int]] = defaultdict(list)
-    for dp in range(plan.dp_degree):
-        r = plan.rank_of(dp, where.rank.pp_index)
-        by_node[r.node].append(r.rank)
-    grid = [by_node[node] for node in sorted(by_node)]
-    return DeviceMesh(where.device.type, torch.tensor(grid), mesh_dim_names=("replicate", "shard"))
+    grid = []
+    for q in range(plan.pp_degree):
+        by_node: dict[int, list[int]] = defaultdict(list)
+        for dp in range(plan.dp_degree):
+            r = plan.rank_of(dp, q)
+            by_node[r.node].append(r.rank)
+        grid.append([by_node[node] for node in sorted(by_node)])
+    # One shape for every group (the plan checks it: `planner.sharding.hybrid_shard_error`).
+    mesh = DeviceMesh(where.device.type, torch.tensor(grid), mesh_dim_names=("pp", "replicate", "shard"))
+    return mesh["replicate", "shard"]
 
 
-def mixed_precision(precision: Precision) -> MixedPrecisionPolicy:
-    """Gather in the compute dtype and reduce in fp32 under mixed precision; else as held."""
+def mixed_precision(precision: Precision, output_dtype: torch.dtype | None = None) -> MixedPrecisionPolicy:
+    """Gather in the compute dtype and reduce in fp32 under mixed precision; else as held.
+    ``output_dtype``: what the unit returns (a pipeline stage sends what the split traced)."""
     recipe = precision.recipe
     if not recipe.mixed:
         return MixedPrecisionPolicy()
-    return MixedPrecisionPolicy(param_dtype=getattr(torch, recipe.compute), reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy(
+        param_dtype=getattr(torch, recipe.compute), reduce_dtype=torch.float32, output_dtype=output_dtype
+    )
+
+
+def shard_module(
+    module: nn.Module,
+    blocks: list[str],
+    plan: Plan,
+    mesh: DeviceMesh,
+    *,
+    output_dtype: torch.dtype | None = None,
+) -> None:
+    """`fully_shard` on each of ``blocks`` (FQNs in ``module``; a recomputing block's wrapper
+    stands under its FQN), then on ``module``, the root that holds what no block does."""
+    options = {"mesh": mesh, "reshard_after_forward": plan.dp_mode.reshards_after_forward}
+    precision = plan.training.precision
+    for block in blocks:
+        fully_shard(module.get_submodule(block), mp_policy=mixed_precision(precision), **options)
+    fully_shard(module, mp_policy=mixed_precision(precision, output_dtype), **options)
 
 
 class ShardedDataParallel(DataParallel):
@@ -74,15 +103,7 @@ class ShardedDataParallel(DataParallel):
 
     def replicate(self, where: Placement) -> None:
         """`fully_shard` on every block, then on the root (runtime.parallel.parallelize, step 5)."""
-        mesh = shard_mesh(self.plan, where)
-        options = {
-            "mesh": mesh,
-            "reshard_after_forward": self.plan.dp_mode.reshards_after_forward,
-            "mp_policy": mixed_precision(self.plan.training.precision),
-        }
-        for block in self.plan.model.blocks:  # a recomputing block's wrapper stands under its FQN
-            fully_shard(self.module.get_submodule(block), **options)
-        fully_shard(self.module, **options)
+        shard_module(self.module, self.plan.model.blocks, self.plan, shard_mesh(self.plan, where))
 
     def loss_input(self, output: torch.Tensor) -> torch.Tensor:
         """The loss in fp32, as autocast takes it, when FSDP computed in 16 bits."""
