@@ -70,7 +70,7 @@ class Case:
     cluster: str
     dp: int
     pp: int
-    choices: dict = field(default_factory=dict)  # strategy, schedule, micro_batches
+    choices: dict = field(default_factory=dict)  # strategy, schedule, micro_batches, levers
     precision: str = "fp32"
 
 
@@ -89,10 +89,20 @@ CASES = [
     Case("GPT DP x2 bf16-mixed", "gpt", "cpu:2", 2, 1, dict(strategy="dp"), "bf16-mixed"),
     Case("GPT PP2 1F1B m4 bf16-mixed", "gpt", "cpu:2", 1, 2,
          dict(strategy="pp", schedule="1f1b", micro_batches=4), "bf16-mixed"),
+    Case("GPT DP x2 ZeRO-2", "gpt", "cpu:2", 2, 1, dict(strategy="dp", dp_mode="shard_grad_op")),
+    Case("GPT DP x2 ZeRO-3", "gpt", "cpu:2", 2, 1, dict(strategy="dp", dp_mode="full_shard")),
+    Case("GPT DP x2 recompute", "gpt", "cpu:2", 2, 1, dict(strategy="dp", recompute="full")),
+    Case("GPT DP x2 ZeRO-3 every-2", "gpt", "cpu:2", 2, 1,
+         dict(strategy="dp", dp_mode="full_shard", recompute="every-2")),
+    Case("MLP DP x2 ZeRO-3", "mlp", "cpu:2", 2, 1, dict(strategy="dp", dp_mode="full_shard")),
+    Case("GPT PP2 1F1B m4 recompute", "gpt", "cpu:2", 1, 2,
+         dict(strategy="pp", schedule="1f1b", micro_batches=4, recompute="full")),
     Case("GAN G|D", "gan", "cpu:2", 1, 2, dict(strategy="mp")),
     Case("GAN DP x2", "gan", "cpu:2", 2, 1, dict(strategy="dp")),
     Case("GPT DP2 x PP2 1F1B m4", "gpt", "cpu:4", 2, 2,
          dict(strategy="hybrid", schedule="1f1b", micro_batches=4)),
+    Case("GPT DP2 x PP2 1F1B m4 ZeRO-3", "gpt", "cpu:4", 2, 2,
+         dict(strategy="hybrid", schedule="1f1b", micro_batches=4, dp_mode="full_shard")),
     Case("MLP DP x4", "mlp", "cpu:4", 4, 1, dict(strategy="dp")),
     Case("GPT PP4 GPipe m8", "gpt", "cpu:4", 1, 4, dict(strategy="pp", schedule="gpipe", micro_batches=8)),
 ]  # fmt: skip
@@ -118,8 +128,9 @@ def plan_for(case: Case, graph, profile) -> Plan:
     batch = MODELS[case.model][1]
     training = {**TRAINING, "precision": case.precision}
     if case.choices["strategy"] == "dp":  # nothing to split; search would also offer 1 rank
+        levers = {k: v for k, v in case.choices.items() if k in ("dp_mode", "recompute")}
         plan = make_plan(
-            graph, cluster, strategy="dp", dp_degree=case.dp, global_batch=batch, training=training
+            graph, cluster, strategy="dp", dp_degree=case.dp, global_batch=batch, training=training, **levers
         )
         return plan.model_copy(update={"predicted": Pricer(graph, cluster, profile)(plan).to_predicted()})
     result = search(graph, cluster, global_batch=batch, training=training, profile=profile, **case.choices)

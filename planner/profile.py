@@ -58,7 +58,10 @@ class BatchTiming(StrictModel):
 
 class LinkTiming(StrictModel):
     link_kind: str = Field(description="Link kind id (see planner.devices).")
-    op: Literal["p2p", "all_reduce"]
+    op: Literal["p2p", "all_reduce", "all_gather", "reduce_scatter"] = Field(
+        description="p2p: one way; the collectives: of a buffer of that many bytes whole (all_gather "
+        "gathers it from its shards, reduce_scatter reduces it into them)."
+    )
     ranks: int = Field(default=2, ge=2, description="Group size it was measured with.")
     latency_s: float = Field(ge=0)
     bandwidth: float = Field(gt=0, description="Bytes/s fitted from the slope.")
@@ -203,7 +206,14 @@ class Profile(StrictModel):
         >>> p.all_reduce("shm", 4)
         LinkCost(latency_s=0.00030000000000000003, bandwidth=666666666.6666666)
         """
-        measured = [t for t in self.links if t.link_kind == link_kind and t.op == "all_reduce"]
+        return self.collective("all_reduce", link_kind, ranks)
+
+    def collective(self, op: str, link_kind: str, ranks: int) -> LinkCost | None:
+        """The fit of one ``op`` (all_reduce, all_gather, reduce_scatter) of ``ranks`` over
+        ``link_kind``, scaled from the nearest group size measured as a ring scales: an
+        all-gather or a reduce-scatter takes d - 1 steps, each rank sending (d - 1)/d of the
+        buffer, half an all-reduce's, so the same ratios scale all three."""
+        measured = [t for t in self.links if t.link_kind == link_kind and t.op == op]
         if not measured:
             return None
         t = min(measured, key=lambda t: (abs(t.ranks - ranks), t.ranks))

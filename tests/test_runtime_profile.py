@@ -45,7 +45,7 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     blocks = [n for n in graph if graph.nodes[n].get("kind") != "input"]
     assert {(b.block, b.micro_batch_size) for b in profile.blocks} == {(b, s) for b in blocks for s in (1, 2)}
     assert all(b.forward_s > 0 and b.backward_s >= 0 for b in profile.blocks)
-    assert {t.op for t in profile.links} == {"p2p", "all_reduce"}
+    assert {t.op for t in profile.links} == {"p2p", "all_reduce", "all_gather", "reduce_scatter"}
     assert all(t.bandwidth > 0 and t.latency_s >= 0 for t in profile.links)
     assert profile.optimizers[0].seconds_per_param > 0 and profile.overhead_bytes["cpu"] > 0
     assert set(profile.contention) == {"cpu"} and profile.contention["cpu"] >= 0  # 2 ranks, 2 cores

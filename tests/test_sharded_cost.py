@@ -1,11 +1,15 @@
 """Sharded data parallel and recomputation, priced: small cases worked out by hand (times in
 ms of forward work on an H100, as in test_cost.py)."""
 
+import itertools
+
 import pytest
 
+from planner.capture.graph import graph_digest
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer, price
 from planner.cost.timing import CostOptions
+from planner.profile import LinkTiming, Profile
 from planner.search.build import make_plan
 from planner.search.search import search
 from tests.handmade import UNIT, chain, gpus
@@ -82,6 +86,40 @@ def test_full_shard_gathers_before_each_pass_and_hides_what_compute_covers():
     assert not [i for i in pred.timeline if i.kind == "all-reduce"]  # no DDP all-reduce
     # Two gathers (forward, backward) and one reduce-scatter of every block, (d-1)/d per hop.
     assert pred.link_bytes == {(0, 1): 18 * 10**6, (1, 0): 18 * 10**6}
+
+
+def test_a_profile_times_gathers_and_reduce_scatters_with_its_own_fits():
+    # The same plan as above, with a profile that timed each collective on this link kind:
+    # all-gathers of 4 MB whole take 0.1 + 4/8 = 0.6 ms, reduce-scatters 0.1 + 4/2 = 2.1 ms.
+    graph = chain([1, 1, 1], params=[10**6] * 3)
+    cluster = gpus(2, bandwidth=4e6 / UNIT)
+    plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode="full_shard")
+    fits = {"all_gather": 8e6 / UNIT, "reduce_scatter": 2e6 / UNIT}
+    links = [
+        LinkTiming(link_kind="nvlink4", op=op, ranks=2, latency_s=0.1 * UNIT, bandwidth=bandwidth)
+        for op, bandwidth in fits.items()
+    ]
+    pred = price(graph, cluster, plan, Profile(graph_digest=graph_digest(graph), links=links), EXACT)
+    spans = {}
+    for i in pred.timeline:
+        if i.rank == 0 and i.kind in ("all-gather", "reduce-scatter"):
+            spans.setdefault(i.kind, set()).add(round((i.end - i.start) / UNIT, 9))
+    assert spans == {"all-gather": {0.6}, "reduce-scatter": {2.1}}
+    assert pred.sources["step_time_s"].startswith("profile:")
+
+
+def test_cpu_ranks_hide_no_collective_behind_compute():
+    # gloo runs FSDP's collectives on the cores that compute: every second of them shows.
+    graph = chain([1, 1, 1], params=[10**6] * 3)
+    cluster = resolve_cluster("cpu:2")
+    for mode in ("shard_grad_op", "full_shard"):
+        plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode=mode)
+        pred = price(graph, cluster, plan, options=EXACT)
+        collectives = [i for i in pred.timeline if i.rank == 0 and i.kind in ("all-gather", "reduce-scatter")]
+        assert len(collectives) == (9 if mode == "full_shard" else 6)
+        assert pred.comm_s[0] == pytest.approx(sum(i.end - i.start for i in collectives))
+        ordered = sorted(collectives, key=lambda i: i.start)
+        assert all(a.end <= b.start + 1e-12 for a, b in itertools.pairwise(ordered))
 
 
 def test_recomputation_keeps_block_inputs_and_runs_each_forward_again():

@@ -5,7 +5,8 @@ NCCL and gloo reduce a buffer around a ring: each of the d hops carries 2(d-1)/d
 group size where there is one, else the ring formula on the slowest hop
 (`planner.cost.timing.ring_all_reduce_time`). A ring all-reduce is a reduce-scatter then an
 all-gather, so each of those (sharded data parallel's) carries (d-1)/d of the whole buffer
-per hop and takes half an all-reduce's time, measured or not.
+per hop and takes half an all-reduce's time, unless the profile timed that collective itself
+(`runtime.measure.profiling` does, after compute, as it times the all-reduce).
 """
 
 from __future__ import annotations
@@ -51,15 +52,20 @@ def all_reduce_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> 
     return ring_all_reduce_time(nbytes, d, latency, bandwidth)
 
 
-def half_ring(pricing: PlanPricing, devices: list[int]) -> Callable[[float], float]:
-    """Seconds of one all-gather (or reduce-scatter) of a buffer of n bytes whole over
-    ``devices``, as a function of n: half an all-reduce of it. The ring's links are looked
-    up once (a group of 512 gathers thousands of blocks). Bytes are not counted here: the
-    caller counts each collective once per step (`count_ring_bytes` with ``halves=1``)."""
+def half_ring(pricing: PlanPricing, devices: list[int], op: str) -> Callable[[float], float]:
+    """Seconds of one ``op`` (all_gather or reduce_scatter) of a buffer of n bytes whole over
+    ``devices``, as a function of n: the profile's fit of that op where it has one, else
+    half an all-reduce of the buffer. The ring's links are looked up once (a group of 512
+    gathers thousands of blocks). Bytes are not counted here: the caller counts each
+    collective once per step (`count_ring_bytes` with ``halves=1``)."""
     d = len(devices)
     if d < 2:
         return lambda nbytes: 0.0
     hops = ring_hops(devices)
+    own = pricing.pricer.measured_collective(op, hops, d)
+    if own is not None:
+        pricing.sources_used["communication"].add("profile")
+        return lambda nbytes: own.latency_s + nbytes / own.bandwidth if nbytes > 0 else 0.0
     measured = pricing.pricer.measured_all_reduce(hops, d)
     if measured is not None:
         pricing.sources_used["communication"].add("profile")

@@ -228,12 +228,16 @@ class Pricer:
 
     def measured_all_reduce(self, hops: list[tuple[int, int]], ranks: int) -> LinkCost | None:
         """A profile's fit for an all-reduce of ``ranks`` over one link kind."""
+        return self.measured_collective("all_reduce", hops, ranks)
+
+    def measured_collective(self, op: str, hops: list[tuple[int, int]], ranks: int) -> LinkCost | None:
+        """A profile's fit for one ``op`` of ``ranks`` over one link kind (`Profile.collective`)."""
         if self.profile is None:
             return None
         kinds = {self._link_kind(a, b) for a, b in hops}
         if len(kinds) != 1 or None in kinds:
             return None
-        return self.profile.all_reduce(kinds.pop(), ranks)
+        return self.profile.collective(op, kinds.pop(), ranks)
 
 
 def _with_collectives(pricing: PlanPricing, tasks, times, intervals: list[Interval]) -> list[Interval]:

@@ -21,7 +21,9 @@ gathered in the compute dtype, gradients reduced in the weights' (fp32).
 A pass's collectives are folded into its compute task (`overlapped`), the part compute did
 not hide noted per rank (`PlanPricing.comm_in_compute`): FSDP issues them on streams of
 its own, so the simulator's rank-to-rank channels do not carry them. The group's replicas
-are taken to be in step (they run the same blocks in the same order).
+are taken to be in step (they run the same blocks in the same order). CPU ranks hide
+nothing: a CPU has no streams, and gloo runs the collective on the cores the ranks compute
+on, so a block waits for its gather and a backward for its reduce-scatter (serial).
 """
 
 from __future__ import annotations
@@ -56,12 +58,15 @@ def overlapped(
     reduce: Sequence[float] | None = None,
     reduce_after: bool = False,
     spans: list[Span] | None = None,
+    serial: bool = False,
 ) -> float:
     """Seconds of one pass over blocks, in the order given. Block i computes once its
     parameters are gathered and block i-1 is done; gathers run one after another, block i's
     starting once block i-2 is done (two blocks gathered at once); reduce-scatters run one
-    after another beside compute, each after its block, or all after the pass. Each
-    collective's span is appended to ``spans`` when one is given.
+    after another beside compute, each after its block, or all after the pass. ``serial``:
+    nothing runs beside compute (each gather starts once the block before is done, and the
+    next block waits for a reduce-scatter). Each collective's span is appended to ``spans``
+    when one is given.
 
     >>> overlapped([1, 1, 1], [0.5, 0.5, 0.5])  # only the first gather shows
     3.5
@@ -69,13 +74,15 @@ def overlapped(
     5.0
     >>> overlapped([1, 1], reduce=[1, 1]), overlapped([1, 1], reduce=[1, 1], reduce_after=True)
     (3.0, 4.0)
+    >>> overlapped([1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], serial=True)
+    5.25
     """
     done = before = gathered = reduced = 0.0  # ends of: this block, the one before, gathers, reduces
     out = spans if spans is not None else []
     for i, seconds in enumerate(compute):
         ready = 0.0
         if gather:
-            start = max(gathered, before)
+            start = max(gathered, done if serial else before)
             gathered = start + gather[i]
             out.append((GATHER, start, gathered))
             ready = gathered
@@ -84,6 +91,8 @@ def overlapped(
             start = max(reduced, done)
             reduced = start + reduce[i]
             out.append((REDUCE, start, reduced))
+            if serial:
+                done = reduced
     if reduce and reduce_after:
         for seconds in reduce:
             out.append((REDUCE, done, done + seconds))
@@ -128,7 +137,7 @@ class ShardGroups:
         """Bytes per gradient element reduced (fp32 under mixed precision)."""
         self.shard: dict[int, list[int]] = {}
         self.replicate: dict[int, list[int]] = {}
-        self._ring: dict[int, Callable[[float], float]] = {}  # rank -> its group's time per byte count
+        self._ring: dict[tuple[int, str], Callable[[float], float]] = {}  # (rank, op) -> time per bytes
         self._groups: dict[int, list[list[int]]] = {}  # pipeline rank -> its shard groups' devices
         if not self.mode.sharded:
             return  # every rank holds its stages whole: nothing to look up (the search prices many)
@@ -148,22 +157,27 @@ class ShardGroups:
                     self.shard[r.rank] = devices  # one list per group, shared by its ranks
                     self.replicate[r.rank] = across[j]
 
+    def serial(self, rank: int) -> bool:
+        """Whether ``rank``'s collectives run one after another with its compute (a CPU rank)."""
+        device = self.pricing.plan.ranks[rank].device
+        return self.pricing.cluster.device(device).kind == "cpu"
+
     def size(self, rank: int) -> int:
         """Ranks the state of ``rank``'s stages is sharded over (1: replicated)."""
         return len(self.shard[rank]) if self.mode.sharded else 1
 
     def gather_s(self, rank: int, params: int) -> float:
         """One all-gather of a block of ``params`` parameters in ``rank``'s shard group."""
-        return self._collective(rank)(params * self.gather_bytes)
+        return self._collective(rank, "all_gather")(params * self.gather_bytes)
 
     def reduce_s(self, rank: int, params: int) -> float:
         """One reduce-scatter of a block of ``params`` gradients in ``rank``'s shard group."""
-        return self._collective(rank)(params * self.reduce_bytes)
+        return self._collective(rank, "reduce_scatter")(params * self.reduce_bytes)
 
-    def _collective(self, rank: int) -> Callable[[float], float]:
-        if rank not in self._ring:
-            self._ring[rank] = half_ring(self.pricing, self.shard[rank])
-        return self._ring[rank]
+    def _collective(self, rank: int, op: str) -> Callable[[float], float]:
+        if (rank, op) not in self._ring:
+            self._ring[rank, op] = half_ring(self.pricing, self.shard[rank], op)
+        return self._ring[rank, op]
 
     def count_bytes(self, stage: int, gathers: int, reduces: int) -> None:
         """Put a step's gathers and reduce-scatters of ``stage``'s blocks (each block
@@ -197,7 +211,7 @@ def pass_time(
         gathers = [groups.gather_s(rank, n) for n in order] if gather else None
         reduces = [groups.reduce_s(rank, n) for n in order] if reduce else None
         spans: list[Span] = []
-        seconds = overlapped(compute, gathers, reduces, reduce == "after", spans)
+        seconds = overlapped(compute, gathers, reduces, reduce == "after", spans, groups.serial(rank))
         table[key] = (seconds, seconds - sum(compute))
         pricing.sharded_spans[key] = spans
     return table[key]

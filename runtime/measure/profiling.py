@@ -282,7 +282,7 @@ def _link_worker(rank: int, init: str, out: str, repeats: int, device_type: str 
 
     device = _join(rank, init, 2, device_type)
     overhead = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result = {"p2p": [], "all_reduce": [], "overhead": overhead}
+    result = {"p2p": [], "all_reduce": [], "all_gather": [], "reduce_scatter": [], "overhead": overhead}
     backward = compute_for(COMPUTE_BEFORE_ALL_REDUCE_S, device)
     for size in SIZES_BYTES:
         t = torch.zeros(size // 4, device=device)
@@ -298,8 +298,20 @@ def _link_worker(rank: int, init: str, out: str, repeats: int, device_type: str 
         result["p2p"].append((size, _median_time(p2p, repeats, device) / 2))  # one way
         dist.barrier()
         # The mean of more tries: after compute, a try is either fast or several ms slower.
-        mean = mean_after_compute(lambda t=t: dist.all_reduce(t), backward, max(4 * repeats, 20), device)
+        tries = max(4 * repeats, 20)
+        mean = mean_after_compute(lambda t=t: dist.all_reduce(t), backward, tries, device)
         result["all_reduce"].append((size, mean))
+        # Sharded data parallel's two (`planner.cost.sharded`), also after compute, as FSDP
+        # runs them beside the blocks: a buffer of ``size`` bytes whole, half on each rank.
+        shard = torch.zeros(size // 8, device=device)
+        gather = mean_after_compute(
+            lambda t=t, shard=shard: dist.all_gather_into_tensor(t, shard), backward, tries, device
+        )
+        result["all_gather"].append((size, gather))
+        scatter = mean_after_compute(
+            lambda t=t, shard=shard: dist.reduce_scatter_tensor(shard, t), backward, tries, device
+        )
+        result["reduce_scatter"].append((size, scatter))
     if rank == 0:
         Path(out).write_text(json.dumps(result))
     _leave()
@@ -321,11 +333,12 @@ def _spawned(worker, nprocs: int, *args) -> dict:
 
 
 def link_timings(link_kind: str, repeats: int = 5, device_type: str = "cpu") -> tuple[list[LinkTiming], int]:
-    """p2p and 2-rank all-reduce (after compute) between two processes here (two CPU ranks,
-    or the first two GPUs), fitted; and a rank's base RSS."""
+    """p2p, and a 2-rank all-reduce, all-gather and reduce-scatter (each after compute),
+    between two processes here (two CPU ranks, or the first two GPUs), fitted; and a rank's
+    base RSS."""
     measured = _spawned(_link_worker, 2, repeats, device_type)
     links = []
-    for op in ("p2p", "all_reduce"):
+    for op in ("p2p", "all_reduce", "all_gather", "reduce_scatter"):
         latency, bandwidth = _fit(measured[op])
         links.append(LinkTiming(link_kind=link_kind, op=op, ranks=2, latency_s=latency, bandwidth=bandwidth))
     return links, int(measured["overhead"])

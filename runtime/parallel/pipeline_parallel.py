@@ -39,7 +39,7 @@ from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
-from runtime.parallel.sharded import shard_mesh, shard_module
+from runtime.parallel.sharded import shard_mesh, shard_module, watch_collectives
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -104,6 +104,8 @@ class PipelineParallel:
         self.amp = Amp(Precision.FP32 if self.sharded else precision, where.device)
         recomputing = set(recomputing_blocks(plan))
         mesh = shard_mesh(plan, where) if self.sharded else None
+        if mesh is not None and where.device.type == "cpu":
+            watch_collectives(self.clock)
         for i, blocks in enumerate(plan.stage_blocks()):
             if i not in mine:  # only this rank's stages become real; the others stay on meta
                 continue

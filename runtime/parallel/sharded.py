@@ -26,19 +26,24 @@ loss is scaled by P b_i / B (runtime.parallel.data_parallel says why).
 
 from __future__ import annotations
 
+import functools
+import time
 from collections import defaultdict
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 
 from planner.plan import Plan
 from planner.precision import Precision
 from planner.sharding import DpMode
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.mesh import Placement
+from runtime.rank import timeline
 from runtime.rank.amp import Amp
+from runtime.rank.clock import ComputeClock
 from runtime.rank.model import FullModel
 from runtime.rank.task import Task
 
@@ -90,6 +95,47 @@ def shard_module(
     fully_shard(module, mp_policy=mixed_precision(precision, output_dtype), **options)
 
 
+FSDP_WORK = ("unshard", "wait_for_unshard", "post_backward", "reshard", "finalize_backward")
+"""FSDP2's per-unit work besides the model's own: gathers, reduce-scatters and their copies."""
+
+_watched: list[ComputeClock] = []  # the clock FSDP's work is taken out of (one engine per process)
+
+
+def watch_collectives(clock: ComputeClock) -> None:
+    """On a CPU rank, time FSDP's work (`FSDP_WORK`, each unit's gathers and reduce-scatters
+    with their copies) as communication, and take it out of ``clock``'s compute when it runs
+    inside a forward or backward, as the price counts it (`planner.cost.sharded`: a CPU rank
+    hides no collective). FSDP gives no hook for its collectives, so its unit class's methods
+    are wrapped, once per process; a call made inside another (a prefetch inside a forward
+    hook) counts once. A CUDA rank runs them on streams beside compute: not wrapped."""
+    _watched[:] = [clock]
+    if getattr(FSDPParamGroup, "_stagecraft_watched", False):
+        return
+    depth = [0]
+
+    def timed(method):
+        @functools.wraps(method)
+        def run(*args, **kwargs):
+            if depth[0]:
+                return method(*args, **kwargs)
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                end = time.perf_counter()
+                timeline.waited("communication", t, end, desc=f"fsdp {method.__name__}")
+                if _watched and _watched[0].counting():
+                    _watched[0].exclude(end - t)
+
+        return run
+
+    for name in FSDP_WORK:
+        setattr(FSDPParamGroup, name, timed(getattr(FSDPParamGroup, name)))
+    FSDPParamGroup._stagecraft_watched = True
+
+
 class ShardedDataParallel(DataParallel):
     """The whole model sharded over the dp group (FSDP2), one optimizer over the shards:
     data parallel's step (runtime.parallel.data_parallel) with FSDP in place of DDP."""
@@ -100,6 +146,8 @@ class ShardedDataParallel(DataParallel):
         self.mixed = plan.training.precision.recipe.mixed
         if self.mixed:  # FSDP casts the gathered weights itself: autocast would have none to cast
             self.amp = Amp(Precision.FP32, where.device)
+        if where.device.type == "cpu":
+            watch_collectives(self.clock)
 
     def replicate(self, where: Placement) -> None:
         """`fully_shard` on every block, then on the root (runtime.parallel.parallelize, step 5)."""

@@ -28,6 +28,7 @@ class ComputeClock:
         self._events: list[tuple[Any, Any]] = []
         self._open: list[Any] = []
         self._backward: list[Any] = [None, None]
+        self._in_backward = False
 
     def start(self) -> None:
         if self.cuda:
@@ -59,6 +60,16 @@ class ComputeClock:
 
     def backward_started(self) -> None:
         self._backward = [self._now(), None]
+        self._in_backward = True
+
+    def counting(self) -> bool:
+        """Whether a compute span is open now (a forward, the loss, a backward)."""
+        return bool(self._open) or self._in_backward
+
+    def exclude(self, seconds: float) -> None:
+        """Take ``seconds`` spent inside an open span on something else out of compute (a
+        CPU rank's FSDP collectives, runtime.parallel.sharded)."""
+        self._seconds -= seconds
 
     def grad_ready(self, *_: Any) -> None:
         """A parameter's gradient was accumulated (a post-accumulate-grad hook)."""
@@ -66,6 +77,7 @@ class ComputeClock:
 
     def backward_finished(self) -> None:
         """Count backward from its start to the last gradient; later waits are communication."""
+        self._in_backward = False
         begun, last = self._backward
         if last is None:
             return
