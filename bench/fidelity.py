@@ -185,7 +185,7 @@ def fidelity(args, runs_dir: Path, work: Path) -> None:
         "model's runs in every round; a run is priced with the profile taken just before it (this "
         "machine's speed drifts by 10-30% over minutes). Nothing is fitted to the runs."
     )
-    cases = [c for c in CASES if args.cases in c.name]
+    cases = [c for c in CASES if any(part in c.name for part in args.cases.split(","))]
     keys = list(dict.fromkeys((c.model, c.precision) for c in cases))
     for model, _ in keys:
         graphs[model] = graph_of(model, MODELS[model][0])
@@ -457,7 +457,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="steps per fidelity run")
     parser.add_argument("--split-steps", type=int, default=8, help="steps per split-comparison run")
     parser.add_argument("--only", choices=("fidelity", "split"))
-    parser.add_argument("--cases", default="", help="fidelity: only plans whose name contains this")
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="fidelity: only plans whose name contains this (or one of these, comma-separated)",
+    )
     args = parser.parse_args()
     import torch
 

@@ -71,6 +71,12 @@ class OptimizerTiming(StrictModel):
     device_kind: str
     optimizer: str
     seconds_per_param: float = Field(ge=0)
+    sharded_s_per_tensor: float | None = Field(
+        default=None,
+        ge=0,
+        description="What a step takes more per parameter tensor when the parameters are FSDP2's "
+        "DTensor shards (each tensor's update dispatched through DTensor).",
+    )
 
 
 DDP_STEP = "ddp"
@@ -225,6 +231,12 @@ class Profile(StrictModel):
         for t in self.optimizers:
             if t.device_kind == device_kind and t.optimizer == optimizer:
                 return t.seconds_per_param
+        return None
+
+    def optimizer_sharded_s_per_tensor(self, device_kind: str, optimizer: str) -> float | None:
+        for t in self.optimizers:
+            if t.device_kind == device_kind and t.optimizer == optimizer:
+                return t.sharded_s_per_tensor
         return None
 
 

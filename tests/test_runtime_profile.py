@@ -48,6 +48,7 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     assert {t.op for t in profile.links} == {"p2p", "all_reduce", "all_gather", "reduce_scatter"}
     assert all(t.bandwidth > 0 and t.latency_s >= 0 for t in profile.links)
     assert profile.optimizers[0].seconds_per_param > 0 and profile.overhead_bytes["cpu"] > 0
+    assert 0 <= profile.optimizers[0].sharded_s_per_tensor < 0.01  # DTensor's cost per tensor
     assert set(profile.contention) == {"cpu"} and profile.contention["cpu"] >= 0  # 2 ranks, 2 cores
     assert {(w.micro_batch_size, w.forward_s > 0) for w in profile.whole} == {(1, True), (2, True)}
     assert 0 < profile.pipeline_action_s["cpu"] < 0.1

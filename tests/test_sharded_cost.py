@@ -9,7 +9,7 @@ from planner.capture.graph import graph_digest
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer, price
 from planner.cost.timing import CostOptions
-from planner.profile import LinkTiming, Profile
+from planner.profile import LinkTiming, OptimizerTiming, Profile
 from planner.search.build import make_plan
 from planner.search.search import search
 from tests.handmade import UNIT, chain, gpus
@@ -108,6 +108,29 @@ def test_a_profile_times_gathers_and_reduce_scatters_with_its_own_fits():
     assert pred.sources["step_time_s"].startswith("profile:")
 
 
+def test_a_sharded_optimizer_pays_the_profiled_cost_of_each_dtensor():
+    # Three blocks of one weight each; the profile says a step costs 1 ms a million
+    # parameters and 0.5 ms more per DTensor shard: each rank steps half the parameters and
+    # all three tensors (one shard of each).
+    graph = chain([1, 1, 1], params=[10**6] * 3)
+    cluster = gpus(2)
+    timing = OptimizerTiming(
+        device_kind="h100-80gb",
+        optimizer="adamw",
+        seconds_per_param=1e-6 * UNIT,
+        sharded_s_per_tensor=0.5 * UNIT,
+    )
+    profile = Profile(graph_digest=graph_digest(graph), optimizers=[timing])
+
+    def optimizer_ms(mode):
+        plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode=mode)
+        pred = price(graph, cluster, plan, profile, EXACT)
+        return sum(i.end - i.start for i in pred.timeline if i.rank == 0 and i.kind == "optimizer") / UNIT
+
+    assert optimizer_ms("replicate") == pytest.approx(3.0)
+    assert optimizer_ms("full_shard") == pytest.approx(1.5 + 3 * 0.5)
+
+
 def test_cpu_ranks_hide_no_collective_behind_compute():
     # gloo runs FSDP's collectives on the cores that compute: every second of them shows.
     graph = chain([1, 1, 1], params=[10**6] * 3)
@@ -132,7 +155,10 @@ def test_recomputation_keeps_block_inputs_and_runs_each_forward_again():
     # Inputs kept (b0's is the data: nothing; b1's: 100 B a sample); the larger block's own
     # activations come back while its backward runs.
     assert (full.memory[0].activations, full.memory[0].recomputed) == (100 * 4, 800 * 4)
-    assert (every.memory[0].activations, every.memory[0].recomputed) == (800 * 4, 400 * 4)
+    # b0 recomputes after b1's backward has freed b1's 800 B: nothing above what was kept.
+    assert (every.memory[0].activations, every.memory[0].recomputed) == (800 * 4, 0)
+    _, last = _price(chain([1, 2], saved=[800, 400], edge_bytes=100), gpus(1), **one, recompute="every-2")
+    assert last.memory[0].recomputed == (800 - 400) * 4  # b0's 800 B back, b1's 400 B freed
     backward = {name: pred.stage_times[(0, 0)][1] / UNIT for name, pred in (("none", none), ("full", full))}
     # 4 samples: backward 4 x (2 + 4) ms; recomputed, + both forwards (4 x 3), or b0's alone.
     assert backward == {"none": pytest.approx(24), "full": pytest.approx(24 + 12)}

@@ -100,14 +100,20 @@ class PlanPricing:
         self.simulated = self.replicas_to_simulate()
         self.shard_groups = ShardGroups(self)
 
-    def optimizer_time(self, params: int, device: int) -> float:
-        """One optimizer step over ``params`` parameters on ``device`` (its source tallied)."""
+    def optimizer_time(self, params: int, device: int, sharded_tensors: int = 0) -> float:
+        """One optimizer step over ``params`` parameters on ``device`` (its source tallied);
+        ``sharded_tensors``: how many of its tensors are DTensor shards, each costing what the
+        profile measured more (nothing without a profile: not known from datasheets)."""
         opt = self.plan.training.optimizer
         kind = device_kind(self.cluster.device(device).kind)
         seconds, source = optimizer_time(
             params, opt.name, opt.momentum, kind, self.options, self.profile, self.precision.weight_bytes
         )
         self.sources_used["compute"].add(source)
+        if sharded_tensors and source == "profile":
+            seconds += sharded_tensors * (
+                self.profile.optimizer_sharded_s_per_tensor(kind.id, opt.name) or 0.0
+            )
         return seconds
 
     def micro_batch_size(self, dp_index: int) -> float:

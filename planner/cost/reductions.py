@@ -150,6 +150,7 @@ def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, b
             continue
         mine = [s for s in range(len(pricing.stages)) if s % pricing.pp_degree == r.pp_index]
         params = round(sum(pricing.stages[s].param_count for s in mine) / pricing.shard_groups.size(r.rank))
-        work = pricing.optimizer_time(params, r.device)
+        sharded = sum(pricing.stages[s].param_tensors for s in mine) if pricing.plan.dp_mode.sharded else 0
+        work = pricing.optimizer_time(params, r.device, sharded)
         t = tasks.add(kind=TaskKind.OPTIMIZER, work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
         programs[r.rank].append(t.id)

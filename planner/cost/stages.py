@@ -42,6 +42,8 @@ class GraphSizes:
     """Block -> its index in the model's block order (which blocks ``every-K`` recomputes)."""
     block_param_bytes: dict[str, int]
     """Block -> bytes of its own parameters, in the traced dtype."""
+    block_param_tensors: dict[str, int]
+    """Block -> how many parameter tensors it owns."""
     saved: dict[str, int]
     """Block -> bytes its ops keep for backward."""
     resaved: dict[str, dict[str, int]]
@@ -79,6 +81,7 @@ class GraphSizes:
             position={b: i for i, b in enumerate(blocks)},
             # Plain dicts: the search reads them for every block of every plan it prices.
             block_param_bytes={b: data.get("param_bytes", 0) for b, data in graph.nodes(data=True)},
+            block_param_tensors={b: len(data.get("params", [])) for b, data in graph.nodes(data=True)},
             saved={b: data.get("saved_bytes", 0) for b, data in graph.nodes(data=True)},
             resaved={b: data.get("resaved_from", {}) for b, data in graph.nodes(data=True)},
             shared={b: data.get("shared_params", []) for b, data in graph.nodes(data=True)},
@@ -97,6 +100,7 @@ class StageCost:
     largest_op_per_sample: float = 0.0  # the most activation bytes one op reads and writes
     cast_param_count: int = 0  # parameters autocast copies to 16 bits (mixed precision)
     block_param_counts: list[int] = field(default_factory=list)  # per block, tied copies included
+    param_tensors: int = 0  # parameter tensors, tied copies included (counted when sharded)
     recomputed: list[str] = field(default_factory=list)  # its blocks that recompute in backward
     recompute_peak_per_sample: float = 0.0  # the most one recomputing block holds in its backward
 
@@ -157,9 +161,27 @@ def stage_cost(
         block_param_counts=[round((own[b] + copy_of[b]) / element_bytes) for b in blocks]
         if per_block
         else [],
+        param_tensors=sum(sizes.block_param_tensors[b] for b in blocks) + len(copies) if per_block else 0,
         recomputed=recomputed,
-        recompute_peak_per_sample=max((sizes.saved[b] for b in recomputed), default=0) / trace_batch * scale,
+        recompute_peak_per_sample=_recompute_peak(sizes, blocks, recomputed) / trace_batch * scale,
     )
+
+
+def _recompute_peak(sizes: GraphSizes, blocks: list[str], recomputed: list[str]) -> int:
+    """What a stage holds above its kept activations while one of its blocks recomputes, at
+    most: the block's own saved tensors, less what the blocks after it kept for this
+    micro-batch, which their backwards, run before it, have freed by then."""
+    if not recomputed:
+        return 0
+    again = set(recomputed)
+    peak = after = 0
+    for b in reversed(blocks):
+        if b in again:
+            peak = max(peak, sizes.saved[b] - after)
+            after += sizes.input_bytes[b]
+        else:
+            after += sizes.saved[b]
+    return peak
 
 
 def boundary_bytes(

@@ -332,6 +332,46 @@ def _spawned(worker, nprocs: int, *args) -> dict:
         return json.loads(Path(out).read_text())
 
 
+SHARDED_TENSORS, SHARDED_NUMEL = 64, 4096  # many small tensors: the per-tensor cost dominates
+
+
+def _sharded_optimizer_worker(rank: int, init: str, out: str, repeats: int, device_type: str = "cpu") -> None:
+    """AdamW (foreach=False, as the runtime makes it) over `SHARDED_TENSORS` parameters as
+    FSDP2 holds them (DTensor shards over the 2 ranks), and over plain tensors of the same
+    local size: the medians of ``repeats`` steps each."""
+    import json
+
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    device = _join(rank, init, 2, device_type)
+    mesh = DeviceMesh(device.type, [0, 1])
+    whole = [torch.randn(SHARDED_NUMEL, device=device) for _ in range(SHARDED_TENSORS)]
+    held = {
+        "plain": [t[: SHARDED_NUMEL // 2].clone() for t in whole],
+        "sharded": [distribute_tensor(t, mesh, [Shard(0)]) for t in whole],
+    }
+    result = {}
+    for name, tensors in held.items():
+        params = [torch.nn.Parameter(t) for t in tensors]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+        optimizer.step()  # allocates the state
+        result[name] = _median_time(optimizer.step, repeats, device)
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+    _leave()
+
+
+def sharded_optimizer_s_per_tensor(repeats: int = 5, device_type: str = "cpu") -> float:
+    """What an optimizer step takes more per parameter tensor when the parameters are DTensor
+    shards (FSDP2's) than when they are plain tensors of the same size: DTensor dispatches
+    each tensor's update (about 0.1 ms a tensor on a CPU rank here, measured by hand)."""
+    measured = _spawned(_sharded_optimizer_worker, 2, max(repeats, 5), device_type)
+    return max(measured["sharded"] - measured["plain"], 0.0) / SHARDED_TENSORS
+
+
 def link_timings(link_kind: str, repeats: int = 5, device_type: str = "cpu") -> tuple[list[LinkTiming], int]:
     """p2p, and a 2-rank all-reduce, all-gather and reduce-scatter (each after compute),
     between two processes here (two CPU ranks, or the first two GPUs), fitted; and a rank's
@@ -633,8 +673,12 @@ def make_profile(
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
             costs = runtime_costs(cluster, repeats, device.type)
+            sharded = profile.optimizers[0].model_copy(
+                update={"sharded_s_per_tensor": sharded_optimizer_s_per_tensor(repeats, device.type)}
+            )
             update = {
                 "links": links,
+                "optimizers": [sharded],
                 "pipeline_action_s": {kind: costs.action_s[Schedule.GPIPE.value]},
                 "schedule_action_s": {kind: costs.action_s},
                 "grad_s_per_byte": {kind: costs.grad_s_per_byte},
