@@ -10,7 +10,7 @@ import torch
 
 from planner.capture.source import build_model, parse_source
 from runtime.parallel.pipeline_parallel import split_model
-from runtime.rank.model import build_full_model
+from runtime.rank.model import build_full_model, shared_parameter_groups
 from tests.runs import zoo_plan
 
 LLAMA = {
@@ -68,6 +68,32 @@ def test_a_stage_made_real_alone_equals_the_whole_build(source, overrides, stage
     for fqn, value in parts.items():
         assert torch.equal(value, reference[fqn]), fqn
     assert not any(torch.isnan(v).any() for v in parts.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("source", "overrides"), [("gpt", {"size": "toy", "tie_embeddings": True}), ("hf:gpt2", GPT2)]
+)
+def test_units_made_real_one_by_one_equal_the_whole_build(source, overrides):
+    # As a sharded rank makes them (runtime.parallel.sharded.make_sharded): each FSDP unit
+    # on its own, by its FQN, a tied embedding and head in one unit, then the root's rest.
+    from runtime.parallel.sharded import fsdp_units
+
+    plan = zoo_plan(source, overrides, ranks=2, strategy="dp", global_batch=4, dp_degree=2)
+    reference = whole(plan)
+    full = build_full_model(plan)
+    units = fsdp_units(full.module, plan.model.blocks)
+    assert any(len(unit) == 2 for unit in units)  # the tied pair
+    for unit in units:
+        full.materialise_parts([(full.module.get_submodule(b), b) for b in unit], "cpu")
+        for b in unit:  # made real; what no unit holds yet still on meta
+            assert not any(p.is_meta for p in full.module.get_submodule(b).parameters())
+    full.materialise(full.module, "cpu")
+    made = {**dict(full.module.named_parameters(remove_duplicate=False)), **dict(full.module.named_buffers())}
+    assert set(made) == set(reference)
+    for fqn, value in made.items():
+        assert torch.equal(value, reference[fqn]), fqn
+    for group in shared_parameter_groups(full.module):  # still one tensor
+        assert len({id(made[fqn]) for fqn in group}) == 1
 
 
 def test_gpt2s_tied_head_and_scaled_projections_keep_hfs_rules():

@@ -27,6 +27,20 @@ def test_sharded_data_parallel_two_ranks(tmp_path, dp_mode):
     assert_parity(plan, tmp_path)
 
 
+def test_full_shard_with_a_tied_embedding_and_head_in_one_unit(tmp_path):
+    plan = zoo_plan(
+        "gpt",
+        {**TOY_GPT, "tie_embeddings": True},
+        ranks=2,
+        strategy="dp",
+        global_batch=8,
+        dp_degree=2,
+        dp_mode="full_shard",
+        training=SGD,
+    )
+    assert_parity(plan, tmp_path)
+
+
 def test_full_shard_with_unequal_shares(tmp_path):
     plan = zoo_plan(
         "mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2, shares=[24, 8], dp_mode="full_shard"

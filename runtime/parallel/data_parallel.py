@@ -61,12 +61,17 @@ class DataParallel:
         self.loss_scale = plan.dp_degree * share / plan.training.global_batch
         self.task = task
         self.amp = Amp(plan.training.precision, where.device)
-        self.module = full.materialise(full.module, where.device)
-        apply_recompute(self.module, recomputing_blocks(plan))  # before DDP wraps it
         self.clock = ComputeClock(where.device)
+        self.module = self.make_real(plan, full, where)
         self.clock.attach_forward(self.module)
         self.model: nn.Module = self.module  # DDP around it, once replicated
         self.optimizer: torch.optim.Optimizer | None = None
+
+    def make_real(self, plan: Plan, full: FullModel, where: Placement) -> nn.Module:
+        """The whole model real on this rank, its recomputing blocks wrapped (before DDP)."""
+        module = full.materialise(full.module, where.device)
+        apply_recompute(module, recomputing_blocks(plan))
+        return module
 
     def replicate(self, where: Placement) -> None:
         """DDP over the dp group (runtime.parallel.parallelize, step 5)."""

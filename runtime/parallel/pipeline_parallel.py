@@ -39,7 +39,7 @@ from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
-from runtime.parallel.sharded import shard_mesh, shard_module, watch_collectives
+from runtime.parallel.sharded import make_sharded, shard_mesh, watch_collectives
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -109,10 +109,12 @@ class PipelineParallel:
         for i, blocks in enumerate(plan.stage_blocks()):
             if i not in mine:  # only this rank's stages become real; the others stay on meta
                 continue
-            module = full.materialise(pipe.get_stage_module(i), where.device)
+            module = pipe.get_stage_module(i)
+            if mesh is not None:  # made real unit by unit, each sharded at once
+                make_sharded(full, module, blocks, plan, where, mesh, output_dtype=torch.float32)
+                continue
+            full.materialise(module, where.device)
             apply_recompute(module, [b for b in blocks if b in recomputing])
-            if mesh is not None:
-                shard_module(module, blocks, plan, mesh, output_dtype=torch.float32)
         self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
         timeline.watch_pipeline_p2p()  # which waits are for a peer's data, which for sends
         for stage in self.stages:

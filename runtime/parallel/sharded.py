@@ -4,16 +4,17 @@ The plan's ``dp_mode`` (`planner.sharding`) says how: ``full_shard`` frees a blo
 parameters after its forward (``reshard_after_forward=True``), ``shard_grad_op`` keeps them
 for its backward, and ``hybrid_shard`` shards over the group's ranks on one node and
 replicates across nodes (a 2-D mesh: replicate x shard). Each block of the plan is one FSDP
-unit, so what is gathered at once is what the price counts (`planner.cost.sharded`); the
-root's own unit holds what no block does. `shard_module` does this for a whole model (the
-engine below) and for each pipeline stage (runtime.parallel.pipeline_parallel, where the
-stage module is the root and torch's schedule drives FSDP: no gradient sync until the
-stage's last backward).
+unit (blocks sharing a tied weight form one unit together), so what is gathered at once is
+what the price counts (`planner.cost.sharded`); the root's own unit holds what no block
+does. `make_sharded` does this for a whole model (the engine below) and for each pipeline
+stage (runtime.parallel.pipeline_parallel, where the stage module is the root and torch's
+schedule drives FSDP: no gradient sync until the stage's last backward).
 
-Every rank makes the whole model real first, with the values (seed, FQN) give it, the same
-on every rank (runtime.rank.materialise), and `fully_shard` then keeps each rank's shard and
-frees the rest: no broadcast, and for a moment a whole model per rank (a model no rank can
-hold whole would have to be made real shard by shard: not done here).
+The model is made real unit by unit from the meta device, each unit sharded as soon as it
+is real, with the values (seed, FQN) give it, the same on every rank
+(runtime.rank.materialise): no broadcast, and a rank holds its shards and one unit whole at
+a time, never the whole model (a model built on the CPU, which meta cannot build, is whole
+from the start).
 
 Precision: under mixed precision FSDP's `MixedPrecisionPolicy` gathers the parameters in the
 compute dtype and reduces gradients in fp32, in place of autocast (the weights the forward
@@ -41,6 +42,7 @@ from planner.precision import Precision
 from planner.sharding import DpMode
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.mesh import Placement
+from runtime.parallel.recompute import apply_recompute, recomputing_blocks
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -78,21 +80,60 @@ def mixed_precision(precision: Precision, output_dtype: torch.dtype | None = Non
     )
 
 
-def shard_module(
+def make_sharded(
+    full: FullModel,
     module: nn.Module,
     blocks: list[str],
     plan: Plan,
+    where: Placement,
     mesh: DeviceMesh,
     *,
     output_dtype: torch.dtype | None = None,
 ) -> None:
-    """`fully_shard` on each of ``blocks`` (FQNs in ``module``; a recomputing block's wrapper
-    stands under its FQN), then on ``module``, the root that holds what no block does."""
+    """Make ``module`` (the whole model on meta, or a pipeline stage cut from it) real unit by
+    unit, each sharded as soon as it is real: `fully_shard` on each FSDP unit of ``blocks``
+    (`fsdp_units`), a recomputing block wrapped first (runtime.parallel.recompute), then on
+    ``module``, the root that holds what no block does. A rank so holds its shards and one
+    unit whole at a time, never the whole model: the values each unit gets are those of
+    (seed, FQN), as everywhere (runtime.rank.materialise)."""
     options = {"mesh": mesh, "reshard_after_forward": plan.dp_mode.reshards_after_forward}
     precision = plan.training.precision
-    for block in blocks:
-        fully_shard(module.get_submodule(block), mp_policy=mixed_precision(precision), **options)
+    recomputing = set(recomputing_blocks(plan))
+    for unit in fsdp_units(module, blocks):
+        full.materialise_parts([(module.get_submodule(b), b) for b in unit], where.device)
+        apply_recompute(module, [b for b in unit if b in recomputing])
+        parts = [module.get_submodule(b) for b in unit]  # a recomputing block's wrapper, under its FQN
+        fully_shard(parts if len(parts) > 1 else parts[0], mp_policy=mixed_precision(precision), **options)
+    full.materialise(module, where.device)  # what no block holds
     fully_shard(module, mp_policy=mixed_precision(precision, output_dtype), **options)
+
+
+def fsdp_units(module: nn.Module, blocks: list[str]) -> list[list[str]]:
+    """``blocks`` grouped into FSDP units: each block its own, except blocks that share a
+    parameter (a tied embedding and head), which form one unit together. FSDP2 shards a
+    tensor in the one unit that holds it; two units would each shard their own copy.
+
+    >>> lin = nn.Linear(2, 2)
+    >>> fsdp_units(nn.Sequential(lin, nn.ReLU(), nn.Linear(2, 2), lin), ["0", "1", "2", "3"])
+    [['0', '3'], ['1'], ['2']]
+    """
+    owner: dict[int, int] = {}  # parameter -> the unit that holds it
+    units: list[list[str]] = []
+    for block in blocks:
+        tensors = {id(p) for p in module.get_submodule(block).parameters()}
+        shared = sorted({owner[t] for t in tensors if t in owner})
+        if shared:  # join the first unit holding one of its tensors (and merge the others into it)
+            into = units[shared[0]]
+            for k in shared[1:]:
+                into += units[k]
+                units[k] = []
+                owner.update({t: shared[0] for t, u in owner.items() if u == k})
+            into.append(block)
+            owner.update(dict.fromkeys(tensors, shared[0]))
+        else:
+            owner.update(dict.fromkeys(tensors, len(units)))
+            units.append([block])
+    return [u for u in units if u]
 
 
 FSDP_WORK = ("unshard", "wait_for_unshard", "post_backward", "reshard", "finalize_backward")
@@ -141,17 +182,22 @@ class ShardedDataParallel(DataParallel):
     data parallel's step (runtime.parallel.data_parallel) with FSDP in place of DDP."""
 
     def __init__(self, plan: Plan, full: FullModel, task: Task, where: Placement) -> None:
-        super().__init__(plan, full, task, where)  # made real, recomputing blocks wrapped
-        self.plan = plan
+        super().__init__(plan, full, task, where)  # made real unit by unit, and sharded
         self.mixed = plan.training.precision.recipe.mixed
         if self.mixed:  # FSDP casts the gathered weights itself: autocast would have none to cast
             self.amp = Amp(Precision.FP32, where.device)
         if where.device.type == "cpu":
             watch_collectives(self.clock)
 
+    def make_real(self, plan: Plan, full: FullModel, where: Placement) -> nn.Module:
+        """The model real unit by unit, each sharded over the dp group as it is made
+        (`make_sharded`): steps 4 and 5 of runtime.parallel.parallelize at once, so that no
+        rank holds the whole model."""
+        make_sharded(full, full.module, plan.model.blocks, plan, where, shard_mesh(plan, where))
+        return full.module
+
     def replicate(self, where: Placement) -> None:
-        """`fully_shard` on every block, then on the root (runtime.parallel.parallelize, step 5)."""
-        shard_module(self.module, self.plan.model.blocks, self.plan, shard_mesh(self.plan, where))
+        """Nothing left to do: the model was sharded as it was made real (`make_real`)."""
 
     def loss_input(self, output: torch.Tensor) -> torch.Tensor:
         """The loss in fp32, as autocast takes it, when FSDP computed in 16 bits."""

@@ -55,14 +55,19 @@ class Initialiser:
             for fqn in fqns:
                 self._aliases[fqn] = fqns
 
-    def __call__(self, part: nn.Module) -> None:
+    def __call__(self, part: nn.Module, prefix: str = "", only: set[int] | None = None) -> None:
         """Set every real parameter and buffer of ``part`` (the full model, or a part cut
-        from it that keeps its FQNs) to its initial value."""
+        from it that keeps its FQNs, or one named by ``prefix``) to its initial value; with
+        ``only``, just those tensors (by id)."""
         tensors = {
             **dict(part.named_parameters(remove_duplicate=False)),
             **dict(part.named_buffers(remove_duplicate=False)),
         }
-        tensors = {fqn: t for fqn, t in tensors.items() if not t.is_meta}
+        tensors = {
+            _join(prefix, fqn): t
+            for fqn, t in tensors.items()
+            if not t.is_meta and (only is None or id(t) in only)
+        }
         if not tensors:
             return
         with self._bound(tensors) as copies, torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -142,27 +147,44 @@ class Initialiser:
                     param.copy_(value)
 
 
-def materialise(part: nn.Module, init: Initialiser, device: torch.device | str) -> nn.Module:
+def materialise(
+    part: nn.Module, init: Initialiser, device: torch.device | str, prefix: str = ""
+) -> nn.Module:
     """Give ``part``'s meta parameters and buffers real storage on ``device``, in their own
     dtype, and their initial values. Tensors already real (a model built on the CPU) keep
-    their values and move to ``device``. Returns ``part``."""
-    made: dict[int, torch.Tensor] = {}
-    for module in part.modules():
-        for attr in ("_parameters", "_buffers"):
-            slots = getattr(module, attr)
-            for name, tensor in slots.items():
-                if tensor is None or not tensor.is_meta:
-                    continue
-                real = made.get(id(tensor))
-                if real is None:
-                    real = torch.empty_like(tensor, device=device)
-                    if isinstance(tensor, nn.Parameter):
-                        real = nn.Parameter(real, requires_grad=tensor.requires_grad)
-                    made[id(tensor)] = real
-                slots[name] = real
-    if made:
-        init(part)
+    their values and move to ``device``; tensors made real before (a block sharded already,
+    inside a part made real after it) are left as they are. ``prefix``: ``part``'s FQN in
+    the full model when its own names do not carry it (one block made real on its own).
+    Returns ``part``."""
+    materialise_parts([(part, prefix)], init, device)
     return part.to(device=device)
+
+
+def materialise_parts(
+    parts: list[tuple[nn.Module, str]], init: Initialiser, device: torch.device | str
+) -> None:
+    """`materialise` for several (part, prefix) at once: a tensor two of them hold (a tied
+    embedding and head) becomes one real tensor, as in the whole model. Parts stay where
+    their real tensors were made (``device``); nothing is moved."""
+    made: dict[int, torch.Tensor] = {}
+    for part, _ in parts:
+        for module in part.modules():
+            for attr in ("_parameters", "_buffers"):
+                slots = getattr(module, attr)
+                for name, tensor in slots.items():
+                    if tensor is None or not tensor.is_meta:
+                        continue
+                    real = made.get(id(tensor))
+                    if real is None:
+                        real = torch.empty_like(tensor, device=device)
+                        if isinstance(tensor, nn.Parameter):
+                            real = nn.Parameter(real, requires_grad=tensor.requires_grad)
+                        made[id(tensor)] = real
+                    slots[name] = real
+    fresh = {id(t) for t in made.values()}
+    for part, prefix in parts:
+        if made:
+            init(part, prefix, fresh)
 
 
 def why_not_meta(kind: str, module: nn.Module) -> str | None:

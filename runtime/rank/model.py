@@ -21,7 +21,7 @@ from torch import nn
 from planner.capture.source import BuiltModel, ModelSource, build_model, parse_source
 from planner.errors import MetaBuildError, PlanError, SourceError
 from planner.plan import Plan
-from runtime.rank.materialise import Initialiser, materialise, why_not_meta
+from runtime.rank.materialise import Initialiser, materialise, materialise_parts, why_not_meta
 
 
 def return_logits(model: nn.Module) -> nn.Module:
@@ -52,10 +52,14 @@ class FullModel:
     def on_meta(self) -> bool:
         return all(p.is_meta for p in self.module.parameters())
 
-    def materialise(self, part: nn.Module, device: torch.device | str) -> nn.Module:
-        """``part`` (the whole module, or one cut from it keeping its FQNs) real on
-        ``device``, with its initial values."""
-        return materialise(part, self.init, device)
+    def materialise(self, part: nn.Module, device: torch.device | str, prefix: str = "") -> nn.Module:
+        """``part`` (the whole module, or one cut from it keeping its FQNs, or the module at
+        FQN ``prefix``) real on ``device``, with its initial values."""
+        return materialise(part, self.init, device, prefix)
+
+    def materialise_parts(self, parts: list[tuple[nn.Module, str]], device: torch.device | str) -> None:
+        """Several (module, its FQN) real at once, a tensor they share made once."""
+        materialise_parts(parts, self.init, device)
 
 
 def build_full_model(plan: Plan) -> FullModel:
