@@ -78,8 +78,10 @@ class Initialiser:
     @contextlib.contextmanager
     def _bound(self, tensors: dict[str, torch.Tensor]) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """The full model with ``tensors`` in its slots, every name of a tied weight bound to
-        one of them; yields the (initialised, copy) pairs of a part holding a tied weight
-        twice (two stages of one rank). The meta tensors are put back after."""
+        one of them, and every other slot on meta; yields the (initialised, copy) pairs of a
+        part holding a tied weight twice (two stages of one rank). What the slots held is
+        put back after. A slot may hold a tensor made real before (a unit made real and
+        sharded, runtime.parallel.sharded): the init must neither write to it nor see it."""
         saved: list[tuple[dict, str, torch.Tensor]] = []
         chosen: dict[str, torch.Tensor] = {}
         copies = []
@@ -97,6 +99,18 @@ class Initialiser:
                 name = alias.rpartition(".")[2]
                 saved.append((slots, name, slots[name]))
                 slots[name] = tensor
+        bound = {(id(slots), name) for slots, name, _ in saved}
+        for fqn, (module, attr) in self._slots.items():
+            slots, name = getattr(module, attr), fqn.rpartition(".")[2]
+            held = slots.get(name)
+            if held is None or held.is_meta or (id(slots), name) in bound:
+                continue
+            stand_in = torch.empty(held.shape, dtype=held.dtype, device="meta")
+            if isinstance(held, nn.Parameter):
+                stand_in = nn.Parameter(stand_in, requires_grad=held.requires_grad)
+            saved.append((slots, name, held))
+            bound.add((id(slots), name))
+            slots[name] = stand_in
         try:
             yield copies
         finally:
