@@ -9,12 +9,15 @@ from planner.capture.graph import graph_digest
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer, price
 from planner.cost.timing import CostOptions
+from planner.devices import device_kind
 from planner.profile import LinkTiming, OptimizerTiming, Profile
 from planner.search.build import make_plan
 from planner.search.search import search
 from tests.handmade import UNIT, chain, gpus
 
 EXACT = CostOptions(compute_efficiency=1.0, memory_efficiency=1.0, backward_factor=2.0)
+COPIES_4MB = 2 * (4e6 + 2e6) / device_kind("h100-80gb").memory_bandwidth / UNIT
+"""ms FSDP's copies take around a collective of 4 MB on two H100s (`ShardGroups.copies_s`)."""
 
 
 def _price(graph, cluster, **kw):
@@ -67,21 +70,27 @@ def test_a_sharded_pipeline_stage_accumulates_whole_gradients_and_keeps_its_bloc
 
 def test_full_shard_gathers_before_each_pass_and_hides_what_compute_covers():
     # Each block: 1 ms forward, 2 ms backward; gathering or reduce-scattering its 4 MB takes
-    # 0.5 ms on two devices (half a ring all-reduce: 2 MB over 4 MB/ms).
+    # 0.5 ms on two devices (half a ring all-reduce: 2 MB over 4 MB/ms), and FSDP's copies
+    # around it (C ms: 4 MB and its 2 MB shard, read and written, at the H100's memory speed).
     graph = chain([1, 1, 1], params=[10**6] * 3)
     cluster = gpus(2, bandwidth=4e6 / UNIT)
     _, pred = _price(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode="full_shard")
+    c = COPIES_4MB
     spans = {i.kind: (i.end - i.start) / UNIT for i in pred.timeline if i.rank == 0}
-    assert spans["forward"] == pytest.approx(3.5)  # only the first gather shows
+    assert spans["forward"] == pytest.approx(3.5 + c)  # only the first gather shows
     # Gathered again for backward (first gather shows), reduce-scattered beside it (the last shows).
-    assert spans["backward"] == pytest.approx(6.5 + 0.5)
-    assert pred.comm_s[0] / UNIT == pytest.approx(1.5)
-    # The timeline draws each collective where it runs: the forward's gathers at 0, 0.5 and,
-    # once block 0 is done (two blocks gathered at most), 1.5 ms.
+    assert spans["backward"] == pytest.approx(6.5 + 0.5 + 2 * c)
+    assert pred.comm_s[0] / UNIT == pytest.approx(1.5 + 3 * c)
+    # The timeline draws each collective where it runs: the forward's gathers at 0, 0.5 + C
+    # and, once block 0 is done (two blocks gathered at most), 1.5 + C ms.
     gathers = [
         (i.start / UNIT, i.end / UNIT) for i in pred.timeline if i.rank == 0 and i.kind == "all-gather"
     ]
-    assert gathers[:3] == [pytest.approx((0, 0.5)), pytest.approx((0.5, 1.0)), pytest.approx((1.5, 2.0))]
+    assert gathers[:3] == [
+        pytest.approx((0, 0.5 + c)),
+        pytest.approx((0.5 + c, 1.0 + 2 * c)),
+        pytest.approx((1.5 + c, 2.0 + 2 * c)),
+    ]
     assert len(gathers) == 6 and len([i for i in pred.timeline if i.kind == "reduce-scatter"]) == 2 * 3
     assert not [i for i in pred.timeline if i.kind == "all-reduce"]  # no DDP all-reduce
     # Two gathers (forward, backward) and one reduce-scatter of every block, (d-1)/d per hop.
@@ -90,7 +99,8 @@ def test_full_shard_gathers_before_each_pass_and_hides_what_compute_covers():
 
 def test_a_profile_times_gathers_and_reduce_scatters_with_its_own_fits():
     # The same plan as above, with a profile that timed each collective on this link kind:
-    # all-gathers of 4 MB whole take 0.1 + 4/8 = 0.6 ms, reduce-scatters 0.1 + 4/2 = 2.1 ms.
+    # all-gathers of 4 MB whole take 0.1 + 4/8 = 0.6 ms, reduce-scatters 0.1 + 4/2 = 2.1 ms,
+    # each with FSDP's copies around it.
     graph = chain([1, 1, 1], params=[10**6] * 3)
     cluster = gpus(2, bandwidth=4e6 / UNIT)
     plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode="full_shard")
@@ -103,7 +113,7 @@ def test_a_profile_times_gathers_and_reduce_scatters_with_its_own_fits():
     spans = {}
     for i in pred.timeline:
         if i.rank == 0 and i.kind in ("all-gather", "reduce-scatter"):
-            spans.setdefault(i.kind, set()).add(round((i.end - i.start) / UNIT, 9))
+            spans.setdefault(i.kind, set()).add(round((i.end - i.start) / UNIT - COPIES_4MB, 9))
     assert spans == {"all-gather": {0.6}, "reduce-scatter": {2.1}}
     assert pred.sources["step_time_s"].startswith("profile:")
 

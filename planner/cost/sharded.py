@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from planner.cost.collectives import count_ring_bytes, half_ring
+from planner.devices import device_kind
 from planner.schedules import Action
 from planner.sharding import DpMode
 
@@ -137,6 +138,7 @@ class ShardGroups:
         """Bytes per gradient element reduced (fp32 under mixed precision)."""
         self.shard: dict[int, list[int]] = {}
         self.replicate: dict[int, list[int]] = {}
+        self._memory_speed: dict[int, float] = {}  # rank -> bytes/s its copies move at
         self._ring: dict[tuple[int, str], Callable[[float], float]] = {}  # (rank, op) -> time per bytes
         self._groups: dict[int, list[list[int]]] = {}  # pipeline rank -> its shard groups' devices
         if not self.mode.sharded:
@@ -167,12 +169,29 @@ class ShardGroups:
         return len(self.shard[rank]) if self.mode.sharded else 1
 
     def gather_s(self, rank: int, params: int) -> float:
-        """One all-gather of a block of ``params`` parameters in ``rank``'s shard group."""
-        return self._collective(rank, "all_gather")(params * self.gather_bytes)
+        """One all-gather of a block of ``params`` parameters in ``rank``'s shard group, with
+        FSDP's copies around it (`copies_s`)."""
+        nbytes = params * self.gather_bytes
+        return self._collective(rank, "all_gather")(nbytes) + self.copies_s(rank, nbytes)
 
     def reduce_s(self, rank: int, params: int) -> float:
-        """One reduce-scatter of a block of ``params`` gradients in ``rank``'s shard group."""
-        return self._collective(rank, "reduce_scatter")(params * self.reduce_bytes)
+        """One reduce-scatter of a block of ``params`` gradients in ``rank``'s shard group,
+        with FSDP's copies around it (`copies_s`)."""
+        nbytes = params * self.reduce_bytes
+        return self._collective(rank, "reduce_scatter")(nbytes) + self.copies_s(rank, nbytes)
+
+    def copies_s(self, rank: int, nbytes: float) -> float:
+        """FSDP2 copies a unit into its collective's buffer and out of it (`foreach_all_gather`
+        copies the shards in and `foreach_all_gather_copy_out` the gathered parameters out;
+        the reduce-scatter copies the gradients in and its shard out): the whole unit's
+        bytes and its shard's, each read and written once, at the device's memory speed.
+        Next to a collective on NVLink this is small; on a CPU rank it is not (the MLP's
+        4 MB units' FSDP work measured 40% above the bare collectives' fits, docs/cost_model.md)."""
+        if rank not in self._memory_speed:
+            device = self.pricing.cluster.device(self.pricing.plan.ranks[rank].device)
+            kind = device_kind(device.kind)
+            self._memory_speed[rank] = kind.memory_bandwidth * self.pricing.options.memory_efficiency
+        return 2 * nbytes * (1 + 1 / self.size(rank)) / self._memory_speed[rank]
 
     def _collective(self, rank: int, op: str) -> Callable[[float], float]:
         if (rank, op) not in self._ring:
