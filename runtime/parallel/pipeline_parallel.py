@@ -8,9 +8,9 @@ The schedules are torch's; `scale_grads` (its default) turns the sum over micro-
 into their mean.
 
 A stage's blocks the plan recomputes are wrapped (runtime.parallel.recompute) as the stage is
-made real; under a sharded ``dp_mode`` each stage is then sharded over its dp group, block by
-block with the stage module as the root (runtime.parallel.sharded), before torch builds the
-stage around it, as torchtitan composes FSDP and pipelining. torch's schedules run every
+made real; under a sharded ``dp_mode`` the stage is made real unit by unit, each unit sharded
+over its dp group at once, the stage module the root (runtime.parallel.sharded), before
+torch builds the stage around it, as torchtitan composes FSDP and pipelining. torch's schedules run every
 backward of a step without gradient sync or resharding, and reduce-scatter after the stage's
 last (`PipelineStage.backward_maybe_with_nosync`, `perform_reduce_grad`). FSDP2 was correct
 so with GPipe, 1F1B and interleaved 1F1B, and wrong with the zero-bubble schedules
