@@ -65,7 +65,8 @@ def _price_with_levers(
     except PlannerError as exc:
         c.reason = str(exc)
         return
-    hopeless = c.strategy != Strategy.MP and not StageProblem(pricer, template, units).may_fit()
+    problem = StageProblem(pricer, template, units) if c.strategy != Strategy.MP else None
+    hopeless = problem is not None and not problem.may_fit()
     if hopeless and not last:
         c.reason = "over memory by its lower bound"  # a lever after this one is tried
         return
@@ -73,7 +74,7 @@ def _price_with_levers(
     if hopeless or c.strategy == Strategy.MP or c.pp_degree * c.virtual_stages == 1:
         c.plan, c.prediction, c.exact = template, pricer(template, with_timeline=False), not hopeless
     else:
-        c.plan, c.exact = _split(pricer, template, units, max_evaluations, max_nodes, prove)
+        c.plan, c.exact = _split(problem, units, max_evaluations, max_nodes, prove)
         c.prediction = pricer(c.plan, with_timeline=False)
     if not c.prediction.feasible:
         c.reason = over_memory(c.plan, c.prediction, cluster)
@@ -118,10 +119,10 @@ def template_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, training, d
 
 
 def _split(
-    pricer: Pricer, template: Plan, units: list[int] | None, max_evaluations: int, max_nodes: int, prove: bool
+    problem: StageProblem, units: list[int] | None, max_evaluations: int, max_nodes: int, prove: bool
 ) -> tuple[Plan, bool]:
-    """The template with its best split found, and whether that split is proven optimal."""
-    problem = StageProblem(pricer, template, units)
+    """The problem's template with its best split found, and whether that split is proven
+    optimal (the problem is the one `may_fit` was asked: built once per lever)."""
     cuts, exact = None, False
     if prove and len(problem.work[0]) * problem.k <= EXACT_LIMIT:
         result = problem.solve(max_evaluations=max_evaluations, max_nodes=max_nodes)

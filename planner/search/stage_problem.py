@@ -172,10 +172,14 @@ class StageProblem:
             room = n - (self.k - j - 1)  # units this stage may end before
             if at >= room or not self.fits(j, at, at):
                 return False
-            end = at
-            while end + 1 < room and self.fits(j, at, end + 1):
-                end += 1
-            at = end + 1
+            low, high = at, room - 1  # it fits ending at low; the last end that fits, by bisection
+            while low < high:
+                mid = (low + high + 1) // 2
+                if self.fits(j, at, mid):
+                    low = mid
+                else:
+                    high = mid - 1
+            at = low + 1
         return at == n
 
     def plan(self, cuts: list[int]) -> Plan:
