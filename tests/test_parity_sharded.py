@@ -93,13 +93,11 @@ def test_a_ddp_checkpoint_resumes_fully_sharded_with_the_uninterrupted_losses(tm
     )
 
 
-@pytest.mark.parametrize(("schedule", "virtual_stages"), [("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2)])
-def test_fully_sharded_pipeline_stages_with_each_schedule(tmp_path, schedule, virtual_stages):
-    # dp 2 x pp 2 on 4 ranks: each stage sharded over its two replicas, torch's schedule
-    # deferring the reduce-scatter to the stage's last backward.
-    plan = zoo_plan(
+def dp2_pp2(schedule: str, overrides: dict | None = None, **choices):
+    """The toy GPT as 2 replicas of a 2-stage pipeline on 4 ranks, 2 micro-batches."""
+    return zoo_plan(
         "gpt",
-        TOY_GPT,
+        {**TOY_GPT, **(overrides or {})},
         ranks=4,
         strategy="hybrid",
         global_batch=8,
@@ -107,9 +105,15 @@ def test_fully_sharded_pipeline_stages_with_each_schedule(tmp_path, schedule, vi
         pp_degree=2,
         schedule=schedule,
         micro_batches=2,
-        virtual_stages=virtual_stages,
-        dp_mode="full_shard",
+        **choices,
     )
+
+
+@pytest.mark.parametrize(("schedule", "virtual_stages"), [("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2)])
+def test_fully_sharded_pipeline_stages_with_each_schedule(tmp_path, schedule, virtual_stages):
+    # dp 2 x pp 2 on 4 ranks: each stage sharded over its two replicas, torch's schedule
+    # deferring the reduce-scatter to the stage's last backward.
+    plan = dp2_pp2(schedule, virtual_stages=virtual_stages, dp_mode="full_shard")
     assert len(plan.stages) == 2 * virtual_stages
     assert_parity(plan, tmp_path)
 
@@ -117,20 +121,7 @@ def test_fully_sharded_pipeline_stages_with_each_schedule(tmp_path, schedule, vi
 def test_pipeline_stages_recomputing_sharded_after_forward_with_unequal_shares(tmp_path):
     # shard_grad_op keeps each block gathered for its backward; replica shares 6 and 2 are
     # weighted into FSDP's average; every block of both stages runs its forward twice.
-    plan = zoo_plan(
-        "gpt",
-        TOY_GPT,
-        ranks=4,
-        strategy="hybrid",
-        global_batch=8,
-        dp_degree=2,
-        pp_degree=2,
-        schedule="1f1b",
-        micro_batches=2,
-        shares=[6, 2],
-        dp_mode="shard_grad_op",
-        recompute="full",
-    )
+    plan = dp2_pp2("1f1b", shares=[6, 2], dp_mode="shard_grad_op", recompute="full")
     assert [s.recompute for s in plan.stages] == ["full", "full"]
     assert_parity(plan, tmp_path)
 
@@ -151,19 +142,7 @@ def test_pipeline_recomputing_every_other_block(tmp_path):
 
 
 def test_sharded_pipeline_sums_a_tied_embedding_and_head_shard_by_shard(tmp_path):
-    plan = zoo_plan(
-        "gpt",
-        {**TOY_GPT, "tie_embeddings": True},
-        ranks=4,
-        strategy="hybrid",
-        global_batch=8,
-        dp_degree=2,
-        pp_degree=2,
-        schedule="gpipe",
-        micro_batches=2,
-        dp_mode="full_shard",
-        training=SGD,
-    )
+    plan = dp2_pp2("gpipe", {"tie_embeddings": True}, dp_mode="full_shard", training=SGD)
     per_rank = assert_parity(plan, tmp_path)
     assert [(r.dp_index, r.pp_index) for r in plan.ranks[:2]] == [(0, 0), (0, 1)]
     # The first and the last stage's copies of the tied weight stay equal.
