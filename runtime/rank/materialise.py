@@ -55,17 +55,17 @@ class Initialiser:
             for fqn in fqns:
                 self._aliases[fqn] = fqns
 
-    def __call__(self, part: nn.Module, prefix: str = "", only: set[int] | None = None) -> None:
-        """Set every real parameter and buffer of ``part`` (the full model, or a part cut
-        from it that keeps its FQNs, or one named by ``prefix``) to its initial value; with
-        ``only``, just those tensors (by id)."""
-        tensors = {
-            **dict(part.named_parameters(remove_duplicate=False)),
-            **dict(part.named_buffers(remove_duplicate=False)),
-        }
+    def __call__(self, parts: list[tuple[nn.Module, str]], only: set[int] | None = None) -> None:
+        """Set the real tensors of ``parts`` (those ``only`` names by id, when given) to their
+        initial values, in one pass of the model's init. A part is the full model, or a module
+        cut from it that keeps its FQNs, or one whose FQN is its prefix."""
         tensors = {
             _join(prefix, fqn): t
-            for fqn, t in tensors.items()
+            for part, prefix in parts
+            for fqn, t in [
+                *part.named_parameters(remove_duplicate=False),
+                *part.named_buffers(remove_duplicate=False),
+            ]
             if not t.is_meta and (only is None or id(t) in only)
         }
         if not tensors:
@@ -195,10 +195,7 @@ def materialise_parts(
                             real = nn.Parameter(real, requires_grad=tensor.requires_grad)
                         made[id(tensor)] = real
                     slots[name] = real
-    fresh = {id(t) for t in made.values()}
-    for part, prefix in parts:
-        if made:
-            init(part, prefix, fresh)
+    init(parts, {id(t) for t in made.values()})
 
 
 def why_not_meta(kind: str, module: nn.Module) -> str | None:

@@ -78,7 +78,7 @@ def build_full_model(plan: Plan) -> FullModel:
     module.train()
     init = Initialiser(source.kind, module, seed)
     if reason is not None and source.kind != "zoo":  # the zoo's build already applies its rule
-        init(module)
+        init([(module, "")])
     args = tuple(built.args)
     dtype = getattr(torch, plan.training.precision.recipe.weights)
     if dtype != torch.float32:  # pure bf16; on meta, free; the pipeline's split traces this dtype
