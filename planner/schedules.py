@@ -191,10 +191,19 @@ def _held_counts(actions: tuple[Action, ...]) -> tuple[tuple[tuple[int, int], ..
         if a.kind == "F":
             moments.add(tuple(sorted(live.items())))
 
-    def dominated(x, y) -> bool:  # every stage of x holds no more than in y, and x != y
-        return x != y and all(n <= dict(y).get(stage, 0) for stage, n in x)
-
-    return tuple(m for m in moments if not any(dominated(m, other) for other in moments))
+    # The moments no other one dominates (holds as much of every stage, and more of one).
+    # Counts are never negative, so a moment that dominates another holds more in all: taken
+    # from the most held down, each moment needs comparing only with those already kept.
+    stages = sorted({stage for m in moments for stage, _ in m})
+    vectors = sorted(
+        ((tuple(dict(m).get(stage, 0) for stage in stages), m) for m in moments),
+        key=lambda vm: (-sum(vm[0]), vm[0]),
+    )
+    kept: list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = []
+    for x, m in vectors:
+        if not any(all(a <= b for a, b in zip(x, y, strict=True)) for y, _ in kept):
+            kept.append((x, m))
+    return tuple(m for _, m in kept)
 
 
 def closed_form_step(stage_times: list[float], micro_batches: int) -> float:

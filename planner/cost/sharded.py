@@ -28,6 +28,7 @@ on, so a block waits for its gather and a backward for its reduce-scatter (seria
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -129,7 +130,9 @@ class ShardGroups:
 
     def __init__(self, pricing: PlanPricing) -> None:
         plan = pricing.plan
-        self.pricing = pricing
+        # A weak reference back to the pricing that owns this: a strong one made every priced
+        # plan a reference cycle, thousands of objects left to the cycle collector per search.
+        self.pricing = weakref.proxy(pricing)
         self.mode = plan.dp_mode
         recipe = pricing.precision
         self.gather_bytes = recipe.compute_bytes

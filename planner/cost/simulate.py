@@ -18,6 +18,7 @@ by communication in turn: most of a message's time is latency, not work.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -114,8 +115,9 @@ def simulate(
     node_of: dict[int, int],
     cores: dict[int, float],
     contention: dict[int, float] | None = None,
-) -> tuple[dict[int, tuple[float, float]], float]:
-    """Run the tasks; return ``{task id: (start, end)}`` and the step's end time.
+) -> tuple[list[tuple[float, float]], float]:
+    """Run the tasks; return every task's ``(start, end)``, indexed by its id, and the step's
+    end time.
 
     ``tasks[i].id`` must be ``i``. ``programs[rank]`` lists the rank's compute task ids in
     order; ``cores[node]`` is how many compute tasks the node runs at full speed at once
@@ -132,29 +134,28 @@ def simulate(
 
 
 class _Simulation:
-    """The state of one simulated step, and the events that move it on."""
+    """The state of one simulated step, and the events that move it on.
+
+    A rank's program is a chain: each of its compute tasks also waits for the one before it
+    in the program, so a task starts the moment its last input (data or its rank) is free.
+    """
 
     __slots__ = (
         "busy_channels",
         "channel_of",
         "comm_node",
+        "compute_node",
         "contention",
         "cores",
         "dependents",
         "done",
         "ended",
         "events",
-        "idle",
-        "node_of",
         "now",
-        "position",
-        "programs",
         "queues",
-        "rank_of",
         "shared",
         "started",
         "tasks",
-        "unshared",
         "version",
         "waiting",
         "weight",
@@ -170,36 +171,42 @@ class _Simulation:
         contention: dict[int, float],
     ) -> None:
         n = len(tasks)
-        self.tasks, self.programs, self.node_of = tasks, programs, node_of
-        self.cores, self.contention = cores, contention
+        self.tasks, self.cores, self.contention = tasks, cores, contention
         # Plain lists indexed by task id: the loop runs once per task, thousands per price.
         self.waiting = [len(t.deps) for t in tasks]
         self.dependents: list[list[int]] = [[] for _ in range(n)]
         for t in tasks:
             for d in t.deps:
                 self.dependents[d].append(t.id)
+        for program in programs.values():
+            for before, after in itertools.pairwise(program):
+                self.dependents[before].append(after)
+                self.waiting[after] += 1
         self.work = [t.work for t in tasks]
         self.channel_of = [t.channel for t in tasks]
-        self.rank_of = [t.rank for t in tasks]
         self.started = [0.0] * n
         self.ended = [-1.0] * n
         self.version = [0] * n
-        self.position = dict.fromkeys(programs, 0)
-        self.idle = set(programs)
         self.queues: dict[str, deque[int]] = defaultdict(deque)
         self.busy_channels: set[str] = set()
         self.events: list[tuple[float, int, int]] = []  # (end, version, task); stale versions skipped
-        # Compute tasks on nodes whose cores are shared: remaining work, rate, last update.
+        # Tasks on nodes whose cores are shared: remaining work, rate, last update.
         self.shared: dict[int, dict[int, list[float]]] = defaultdict(dict)
-        self.unshared = {node: math.isinf(c) for node, c in cores.items()}
+        unshared = {node: math.isinf(c) for node, c in cores.items()}
+        # A compute task on a shared node: that node (None: it runs at full speed).
+        self.compute_node: list[int | None] = [None] * n
         # Communication on one shared node: that node, and how many processes work on it.
         self.comm_node: list[int | None] = [None] * n
         self.weight = [1.0] * n
-        if not all(self.unshared.values()):  # GPUs share no cores: nothing to look for
+        if not all(unshared.values()):  # GPUs share no cores: nothing to look for
             for t in tasks:
+                if t.channel is None:
+                    if not unshared[node_of[t.rank]]:
+                        self.compute_node[t.id] = node_of[t.rank]
+                    continue
                 procs = t.peers or t.lanes or (t.rank,)
-                nodes = {node_of[r] for r in procs} if t.channel is not None else ()
-                if len(nodes) == 1 and not self.unshared[node := next(iter(nodes))]:
+                nodes = {node_of[r] for r in procs}
+                if len(nodes) == 1 and not unshared[node := next(iter(nodes))]:
                     self.comm_node[t.id] = node
                     self.weight[t.id] = float(len(set(procs)))
         self.now = 0.0
@@ -208,22 +215,29 @@ class _Simulation:
     def start(self) -> None:
         """Queue the sends that wait for nothing; start every rank's first task."""
         for t in self.tasks:
-            if t.channel is not None and self.waiting[t.id] == 0:
-                self.queues[t.channel].append(t.id)
-        for rank in self.programs:
-            self.try_rank(rank)
+            if self.waiting[t.id] == 0:
+                if t.channel is None:
+                    self.start_compute(t.id)
+                else:
+                    self.queues[t.channel].append(t.id)
         for channel in list(self.queues):
             self.try_channel(channel)
 
     def run(self) -> None:
-        """Take the next task to end, free its rank or channel, start what it unblocks."""
+        """Take the next task to end, free its node's share or channel, start what it unblocks."""
         events, version, ended, channel_of = self.events, self.version, self.ended, self.channel_of
-        waiting, dependents, rank_of = self.waiting, self.dependents, self.rank_of
-        pop, end_compute, try_rank, try_channel = (
+        waiting, dependents, compute_node, comm_node = (
+            self.waiting,
+            self.dependents,
+            self.compute_node,
+            self.comm_node,
+        )
+        queues, shared, busy_channels = self.queues, self.shared, self.busy_channels
+        pop, start_compute, try_channel, reshare = (
             heapq.heappop,
-            self._end_compute,
-            self.try_rank,
+            self.start_compute,
             self.try_channel,
+            self.reshare,
         )
         while events:
             end, ver, tid = pop(events)
@@ -234,33 +248,26 @@ class _Simulation:
             self.done += 1
             channel = channel_of[tid]
             if channel is None:
-                end_compute(tid)
-            else:
-                self.busy_channels.discard(channel)
-                node = self.comm_node[tid]
+                node = compute_node[tid]
                 if node is not None:
-                    del self.shared[node][tid]
-                    self.reshare(node)
+                    del shared[node][tid]
+                    reshare(node)
+            else:
+                busy_channels.discard(channel)
+                node = comm_node[tid]
+                if node is not None:
+                    del shared[node][tid]
+                    reshare(node)
                 try_channel(channel)
             for d in dependents[tid]:  # start what waited only for this task
                 waiting[d] -= 1
                 if waiting[d] == 0:
                     dep_channel = channel_of[d]
                     if dep_channel is not None:
-                        self.queues[dep_channel].append(d)
+                        queues[dep_channel].append(d)
                         try_channel(dep_channel)
                     else:
-                        try_rank(rank_of[d])
-
-    def _end_compute(self, tid: int) -> None:
-        rank = self.rank_of[tid]
-        node = self.node_of[rank]
-        if not self.unshared[node] and tid in self.shared[node]:
-            del self.shared[node][tid]
-            self.reshare(node)
-        self.idle.add(rank)
-        self.position[rank] += 1
-        self.try_rank(rank)
+                        start_compute(d)
 
     def reshare(self, node: int) -> None:
         """Processor sharing: the node's running compute tasks split its cores evenly from
@@ -282,20 +289,12 @@ class _Simulation:
             self.version[tid] += 1
             heapq.heappush(self.events, (now + state[0] / r, self.version[tid], tid))
 
-    def try_rank(self, rank: int) -> None:
-        """Start the rank's next task if the rank is idle and the task's inputs are ready."""
-        program = self.programs[rank]
-        at = self.position[rank]
-        if rank not in self.idle or at >= len(program):
-            return
-        tid = program[at]
-        if self.waiting[tid]:
-            return
-        self.idle.discard(rank)
+    def start_compute(self, tid: int) -> None:
+        """Start a compute task whose inputs are ready and whose rank is free."""
         now = self.now
         self.started[tid] = now
-        node = self.node_of[rank]
-        if self.unshared[node]:
+        node = self.compute_node[tid]
+        if node is None:
             heapq.heappush(self.events, (now + self.work[tid], self.version[tid], tid))
         else:
             self.shared[node][tid] = [self.work[tid], 1.0, now]
@@ -315,15 +314,15 @@ class _Simulation:
                 self.shared[node][tid] = [self.work[tid], 1.0, self.now]
                 self.reshare(node)
 
-    def times(self) -> tuple[dict[int, tuple[float, float]], float]:
+    def times(self) -> tuple[list[tuple[float, float]], float]:
         n = len(self.tasks)
         if self.done < n:
             stuck = [i for i in range(n) if self.ended[i] < 0][:5]
             raise RuntimeError(f"simulation deadlock: tasks {stuck} can never start")
-        return {i: (self.started[i], self.ended[i]) for i in range(n)}, self.now
+        return list(zip(self.started, self.ended, strict=True)), self.now
 
 
-def timeline(tasks: list[Task], times: dict[int, tuple[float, float]], step: float) -> list[Interval]:
+def timeline(tasks: list[Task], times: list[tuple[float, float]], step: float) -> list[Interval]:
     """Intervals per rank, idle gaps in the compute lane included (the Gantt chart's data)."""
     out: list[Interval] = []
     compute: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
