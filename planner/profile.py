@@ -131,6 +131,20 @@ class Profile(StrictModel):
         "holds (zeroed in place before the step, scaled by 1/m after it by torch's schedule), "
         "from the tiny 1F1B pipeline trained at two widths.",
     )
+    fsdp_collective_s: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="Per device kind: FSDP2's own work per all-gather or reduce-scatter of a unit "
+        "beyond the bare collective (its bookkeeping, buffers and copies of a unit too small "
+        "to move bytes), from a model too small to compute trained full_shard by the runtime's "
+        "engine, as the runtime counts FSDP's work; where a rank's FSDP work is not timed "
+        "apart (a GPU's streams), none.",
+    )
+    fsdp_pass_s: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="Per device kind: what one forward or backward of a block takes more when "
+        "the block is an FSDP2 unit (its hooks around the block and the autograd functions it "
+        "adds), from the same tiny model's compute full_shard against DDP.",
+    )
     batch_load: list[BatchTiming] = Field(
         default_factory=list,
         description="Loading a step's samples of the model's data set on one rank (the step's "

@@ -155,6 +155,26 @@ def test_cpu_ranks_hide_no_collective_behind_compute():
         assert all(a.end <= b.start + 1e-12 for a, b in itertools.pairwise(ordered))
 
 
+def test_fsdp_own_work_is_priced_per_collective_and_per_block_pass_where_profiled():
+    # The profile's tiny full_shard run: 0.4 ms of FSDP's own work per collective, 0.1 ms of
+    # its hooks per block forward or backward. Three blocks, full_shard on two CPU ranks:
+    # 9 collectives (3 gathers for forward, 3 for backward, 3 reduce-scatters), 6 passes.
+    graph = chain([1, 1, 1], params=[10**6] * 3)
+    cluster = resolve_cluster("cpu:2")
+    plan = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2, dp_mode="full_shard")
+    bare = Profile(graph_digest=graph_digest(graph))
+    measured = bare.model_copy(update={"fsdp_collective_s": {"cpu": 0.4e-3}, "fsdp_pass_s": {"cpu": 0.1e-3}})
+    before, after = (price(graph, cluster, plan, p, EXACT) for p in (bare, measured))
+    assert after.comm_s[0] - before.comm_s[0] == pytest.approx(9 * 0.4e-3)
+    assert after.step_time_s - before.step_time_s == pytest.approx(9 * 0.4e-3 + 6 * 0.1e-3)
+    # A replicated plan has no FSDP: the same profile leaves its price alone.
+    ddp = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=2)
+    assert (
+        price(graph, cluster, ddp, measured, EXACT).step_time_s
+        == price(graph, cluster, ddp, bare, EXACT).step_time_s
+    )
+
+
 def test_recomputation_keeps_block_inputs_and_runs_each_forward_again():
     graph = chain([1, 2], saved=[400, 800], edge_bytes=100)
     one = dict(strategy="dp", dp_degree=1, global_batch=4)

@@ -24,6 +24,10 @@ its own, so the simulator's rank-to-rank channels do not carry them. The group's
 are taken to be in step (they run the same blocks in the same order). CPU ranks hide
 nothing: a CPU has no streams, and gloo runs the collective on the cores the ranks compute
 on, so a block waits for its gather and a backward for its reduce-scatter (serial).
+
+FSDP2's own work, where a profile measured it (`ShardGroups.fsdp_work`): a collective's
+bookkeeping and buffers beyond the bytes it moves (with the collective), and the hooks
+around each unit's forward and backward (with the block's compute).
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ class ShardGroups:
         self.shard: dict[int, list[int]] = {}
         self.replicate: dict[int, list[int]] = {}
         self._memory_speed: dict[int, float] = {}  # rank -> bytes/s its copies move at
+        self._fsdp_work: dict[int, tuple[float, float]] = {}  # rank -> (per collective, per pass)
         self._ring: dict[tuple[int, str], Callable[[float], float]] = {}  # (rank, op) -> time per bytes
         self._groups: dict[int, list[list[int]]] = {}  # pipeline rank -> its shard groups' devices
         if not self.mode.sharded:
@@ -175,13 +180,29 @@ class ShardGroups:
         """One all-gather of a block of ``params`` parameters in ``rank``'s shard group, with
         FSDP's copies around it (`copies_s`)."""
         nbytes = params * self.gather_bytes
-        return self._collective(rank, "all_gather")(nbytes) + self.copies_s(rank, nbytes)
+        collective = self._collective(rank, "all_gather")(nbytes)
+        return collective + self.copies_s(rank, nbytes) + self.fsdp_work(rank)[0]
 
     def reduce_s(self, rank: int, params: int) -> float:
         """One reduce-scatter of a block of ``params`` gradients in ``rank``'s shard group,
         with FSDP's copies around it (`copies_s`)."""
         nbytes = params * self.reduce_bytes
-        return self._collective(rank, "reduce_scatter")(nbytes) + self.copies_s(rank, nbytes)
+        collective = self._collective(rank, "reduce_scatter")(nbytes)
+        return collective + self.copies_s(rank, nbytes) + self.fsdp_work(rank)[0]
+
+    def fsdp_work(self, rank: int) -> tuple[float, float]:
+        """FSDP2's own work on ``rank``, measured (`Profile.fsdp_collective_s` and
+        `Profile.fsdp_pass_s`): seconds per collective beyond the collective and its copies,
+        and per block forward or backward beyond the block's compute; 0 unmeasured."""
+        if rank not in self._fsdp_work:
+            profile = self.pricing.profile
+            kind = self.pricing.cluster.device(self.pricing.plan.ranks[rank].device).kind
+            self._fsdp_work[rank] = (
+                (profile.fsdp_collective_s.get(kind, 0.0), profile.fsdp_pass_s.get(kind, 0.0))
+                if profile is not None
+                else (0.0, 0.0)
+            )
+        return self._fsdp_work[rank]
 
     def copies_s(self, rank: int, nbytes: float) -> float:
         """FSDP2 copies a unit into its collective's buffer and out of it (`foreach_all_gather`
@@ -224,11 +245,12 @@ def pass_time(
         blocks = step.block_times(rank, stage)
         counts = pricing.stages[stage].block_param_counts
         groups = pricing.shard_groups
+        hooks = groups.fsdp_work(rank)[1]  # FSDP's hooks around each unit, in its compute
         if forward:
-            compute = [f for f, _ in blocks]
+            compute = [f + hooks for f, _ in blocks]
             order = counts
         else:  # backward runs the blocks last to first
-            compute = [b for _, b in reversed(blocks)]
+            compute = [b + hooks for _, b in reversed(blocks)]
             order = counts[::-1]
         gathers = [groups.gather_s(rank, n) for n in order] if gather else None
         reduces = [groups.reduce_s(rank, n) for n in order] if reduce else None

@@ -67,6 +67,7 @@ from runtime.measure.tiny_run import (
     TINY_WIDTH,
     WIDE,
     actions_per_rank,
+    fsdp_collectives,
     tiny_plan,
 )
 from runtime.rank.amp import Amp
@@ -508,7 +509,7 @@ def _tiny_run_worker(
     samples = plan.replicas[plan.ranks[rank].dp_index].batch_share
     inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
     targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
-    hosts = []
+    hosts, computes, comms = [], [], []
     for i in range(repeats + 1):  # the first is a warm-up: it allocates
         t = time.perf_counter()
         result = built.engine.train_step(inputs, targets)
@@ -516,13 +517,36 @@ def _tiny_run_worker(
         step_s = time.perf_counter() - t
         if i:
             hosts.append(step_s - result.compute_s - result.optimizer_s - sum(result.waits.values()))
-    host = torch.tensor([statistics.median(hosts) / 2], dtype=torch.float64, device=device)
-    dist.all_reduce(host)  # the ranks' mean
+            computes.append(result.compute_s)
+            comms.append(result.waits.get("communication", 0.0))
+    # The ranks' means of each median.
+    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms)]
+    if plan.dp_mode.sharded:  # the bare collectives of the largest unit, for FSDP's own work
+        medians += _bare_fsdp_collectives(plan, device, repeats)
+    means = torch.tensor(medians, dtype=torch.float64, device=device)
+    dist.all_reduce(means)
     grown = torch.tensor([memory_peaks(device)[1] - base], dtype=torch.float64, device=device)
     dist.all_reduce(grown, op=dist.ReduceOp.MAX)
     if rank == 0:
-        Path(out).write_text(json.dumps({"host_s": float(host[0]), "grown_bytes": int(grown[0])}))
+        keys = ("host_s", "compute_s", "comm_s", "bare_gather_s", "bare_reduce_s")
+        measured = dict(zip(keys, means.tolist(), strict=False))
+        Path(out).write_text(json.dumps({**measured, "grown_bytes": int(grown[0])}))
     _leave()
+
+
+def _bare_fsdp_collectives(plan, device: torch.device, repeats: int) -> list[float]:
+    """Half of this rank's median all-gather and reduce-scatter of the plan's largest block,
+    in fp32 over the two ranks (halved: the caller sums the two ranks')."""
+    from runtime.rank.model import build_full_model
+
+    module = build_full_model(plan).module
+    numel = max(sum(p.numel() for p in module.get_submodule(b).parameters()) for b in plan.model.blocks)
+    whole = torch.zeros(2 * ((numel + 1) // 2), device=device)
+    shard = torch.zeros(whole.numel() // 2, device=device)
+    tries = max(repeats, 30)
+    gather = _median_time(lambda: dist.all_gather_into_tensor(whole, shard), tries, device)
+    reduce = _median_time(lambda: dist.reduce_scatter_tensor(shard, whole), tries, device)
+    return [gather / 2, reduce / 2]
 
 
 class RuntimeCosts(NamedTuple):
@@ -532,6 +556,10 @@ class RuntimeCosts(NamedTuple):
     """Host seconds a step per byte of gradients a pipeline rank holds."""
     grown_bytes: dict[str, int]
     """Per ``pp`` and ``dp``: how much a rank's peak memory grows to train."""
+    fsdp_collective_s: float
+    """FSDP2's own work per all-gather or reduce-scatter, beyond the bare collective."""
+    fsdp_pass_s: float
+    """What a block's forward or backward computes more as an FSDP2 unit."""
 
 
 def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> RuntimeCosts:
@@ -552,8 +580,9 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
     grown: dict[str, int] = {}
     host: dict[str, float] = {}
     tiny = {loop: tiny_plan(loop, cluster, devices) for loop in LOOPS}
+    runs = {}
     for loop, (plan, _) in tiny.items():
-        run = _spawned(_tiny_run_worker, 2, workers, plan.to_json(), device_type)
+        run = runs[loop] = _spawned(_tiny_run_worker, 2, workers, plan.to_json(), device_type)
         host[loop] = max(run["host_s"], 0.0)
         action[loop] = host[loop] / actions_per_rank(plan)
         if loop in (Schedule.GPIPE.value, DDP_STEP):  # the document's words: "pp", "dp"
@@ -562,7 +591,14 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
     wide = tiny_plan(loop, cluster, devices, width=WIDE)
     run = _spawned(_tiny_run_worker, 2, workers, wide.plan.to_json(), device_type)
     per_byte = max(run["host_s"] - host[loop], 0.0) / (wide.gradient_bytes - tiny[loop].gradient_bytes)
-    return RuntimeCosts(action, per_byte, grown)
+    # FSDP: the data-parallel pair again, full_shard; its collectives as the price counts them.
+    sharded = tiny_plan(DDP_STEP, cluster, devices, dp_mode="full_shard").plan
+    run = _spawned(_tiny_run_worker, 2, workers, sharded.to_json(), device_type)
+    gathers, reduces = fsdp_collectives(sharded)
+    bare = gathers * run["bare_gather_s"] + reduces * run["bare_reduce_s"]
+    per_collective = max(run["comm_s"] - bare, 0.0) / (gathers + reduces)
+    per_pass = max(run["compute_s"] - runs[DDP_STEP]["compute_s"], 0.0) / (2 * len(sharded.model.blocks))
+    return RuntimeCosts(action, per_byte, grown, per_collective, per_pass)
 
 
 def _contention_worker(
@@ -682,6 +718,8 @@ def make_profile(
                 "pipeline_action_s": {kind: costs.action_s[Schedule.GPIPE.value]},
                 "schedule_action_s": {kind: costs.action_s},
                 "grad_s_per_byte": {kind: costs.grad_s_per_byte},
+                "fsdp_collective_s": {kind: costs.fsdp_collective_s},
+                "fsdp_pass_s": {kind: costs.fsdp_pass_s},
                 "runtime_bytes": {kind: costs.grown_bytes},
             }
             if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages

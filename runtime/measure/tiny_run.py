@@ -13,6 +13,11 @@ the links' figures; dividing the whole step by its actions would count them twic
 The 1F1B pipeline is trained once more with blocks `WIDE` wide: what its step's host work
 grows by, per byte of the gradients a rank holds, is the cost of zeroing them in place
 before a step and scaling them after it (`Profile.grad_s_per_byte`).
+
+The data-parallel pair is trained once more full_shard (FSDP2): what the runtime counts as
+FSDP's work, less the bare collectives of units that small, is FSDP's own work per
+collective (`Profile.fsdp_collective_s`); what its compute takes more than DDP's, per
+block and pass, is FSDP's hooks around each unit (`Profile.fsdp_pass_s`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import NamedTuple
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cluster import Cluster
+from planner.cost.sharded import collectives_per_step, pass_plan
 from planner.plan import Plan
 from planner.profile import DDP_STEP
-from planner.schedules import Schedule
+from planner.schedules import Schedule, rank_actions
 from planner.search.build import make_plan
 
 TINY_MODEL = "mlp"
@@ -49,9 +55,11 @@ class TinyPlan(NamedTuple):
     """The bytes of gradients a rank holds, on average over the plan's ranks (from the trace)."""
 
 
-def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int = TINY_WIDTH) -> TinyPlan:
+def tiny_plan(
+    loop: str, cluster: Cluster, devices: tuple[int, int], width: int = TINY_WIDTH, dp_mode: str = "replicate"
+) -> TinyPlan:
     """The tiny model's plan on ``devices`` under ``loop`` (one of `LOOPS`), its hidden
-    blocks ``width`` wide."""
+    blocks ``width`` wide; a data-parallel pair's groups held as ``dp_mode`` says."""
     stages = 4 if loop == Schedule.INTERLEAVED_1F1B.value else 2
     overrides = {"in_features": width, "hidden": [width] * stages, "num_classes": TINY_WIDTH}
     graph = coarsen(trace(TINY_MODEL, overrides))  # traced in fp32, the tiny plans' precision
@@ -64,6 +72,7 @@ def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int 
             dp_degree=2,
             devices=devices,
             training=_TRAINING,
+            dp_mode=dp_mode,
         )
     else:
         plan = make_plan(
@@ -81,6 +90,16 @@ def tiny_plan(loop: str, cluster: Cluster, devices: tuple[int, int], width: int 
         )
     held = sum(graph.graph["param_bytes"].values()) * plan.dp_degree / len(plan.ranks)
     return TinyPlan(plan, held)
+
+
+def fsdp_collectives(plan: Plan) -> tuple[int, int]:
+    """(all-gathers, reduce-scatters) a rank of a sharded data-parallel tiny plan runs in a
+    step, as the price counts them (`planner.cost.sharded.pass_plan`: each block gathered
+    for its forward, again for its backward under full_shard, and reduced once)."""
+    order = rank_actions(Schedule.ONE_F_ONE_B, 1, 1)[0]  # a replica's step: F then B
+    counts = collectives_per_step(pass_plan(plan.dp_mode, True, order))
+    blocks = len(plan.model.blocks)
+    return counts[(0, "gather")] * blocks, counts[(0, "reduce")] * blocks
 
 
 def actions_per_rank(plan: Plan) -> int:
