@@ -58,8 +58,9 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     )
     assert actions["gpipe"] == profile.pipeline_action_s["cpu"]
     assert set(profile.grad_s_per_byte) == {"cpu"} and 0 <= profile.grad_s_per_byte["cpu"] < 1e-6
-    # FSDP's own work: its bookkeeping per collective is timed apart on CPU ranks, its hooks.
-    assert 0 < profile.fsdp_collective_s["cpu"] < 0.05 and 0 <= profile.fsdp_pass_s["cpu"] < 0.05
+    # FSDP's own work beyond the price's collective fits (none here: the fits' latencies,
+    # timed after compute, cover a tiny unit's collective), and its hooks per block pass.
+    assert 0 <= profile.fsdp_collective_s["cpu"] < 0.05 and 0 < profile.fsdp_pass_s["cpu"] < 0.05
     assert [b.samples for b in profile.batch_load] == [1, 2, 8, 16]  # each size, and 8 times it
     assert (
         set(profile.runtime_bytes["cpu"]) == {"pp", "dp"} and min(profile.runtime_bytes["cpu"].values()) >= 0

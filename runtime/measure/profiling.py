@@ -520,33 +520,16 @@ def _tiny_run_worker(
             computes.append(result.compute_s)
             comms.append(result.waits.get("communication", 0.0))
     # The ranks' means of each median.
-    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms)]
-    if plan.dp_mode.sharded:  # the bare collectives of the largest unit, for FSDP's own work
-        medians += _bare_fsdp_collectives(plan, device, repeats)
-    means = torch.tensor(medians, dtype=torch.float64, device=device)
+    means = torch.tensor(
+        [statistics.median(x) / 2 for x in (hosts, computes, comms)], dtype=torch.float64, device=device
+    )
     dist.all_reduce(means)
     grown = torch.tensor([memory_peaks(device)[1] - base], dtype=torch.float64, device=device)
     dist.all_reduce(grown, op=dist.ReduceOp.MAX)
     if rank == 0:
-        keys = ("host_s", "compute_s", "comm_s", "bare_gather_s", "bare_reduce_s")
-        measured = dict(zip(keys, means.tolist(), strict=False))
+        measured = dict(zip(("host_s", "compute_s", "comm_s"), means.tolist(), strict=True))
         Path(out).write_text(json.dumps({**measured, "grown_bytes": int(grown[0])}))
     _leave()
-
-
-def _bare_fsdp_collectives(plan, device: torch.device, repeats: int) -> list[float]:
-    """Half of this rank's median all-gather and reduce-scatter of the plan's largest block,
-    in fp32 over the two ranks (halved: the caller sums the two ranks')."""
-    from runtime.rank.model import build_full_model
-
-    module = build_full_model(plan).module
-    numel = max(sum(p.numel() for p in module.get_submodule(b).parameters()) for b in plan.model.blocks)
-    whole = torch.zeros(2 * ((numel + 1) // 2), device=device)
-    shard = torch.zeros(whole.numel() // 2, device=device)
-    tries = max(repeats, 30)
-    gather = _median_time(lambda: dist.all_gather_into_tensor(whole, shard), tries, device)
-    reduce = _median_time(lambda: dist.reduce_scatter_tensor(shard, whole), tries, device)
-    return [gather / 2, reduce / 2]
 
 
 class RuntimeCosts(NamedTuple):
@@ -562,7 +545,9 @@ class RuntimeCosts(NamedTuple):
     """What a block's forward or backward computes more as an FSDP2 unit."""
 
 
-def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> RuntimeCosts:
+def runtime_costs(
+    cluster, repeats: int = 5, device_type: str = "cpu", links: list[LinkTiming] | None = None
+) -> RuntimeCosts:
     """What the runtime itself costs between the cluster's first two devices (gloo between
     CPU ranks, nccl between GPUs), from a model too small to count: per torch schedule and
     for DDP's step, the host seconds one forward or backward action takes beyond its compute
@@ -573,7 +558,13 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
     Each schedule posts and waits in its own way (interleaved posts a rank's sends and
     receives apart, and more of them), so each is timed; a data-parallel replica's step too
     (DDP's hooks, zeroing, reading the loss), over its two actions. Loading the batch is
-    not in it: the tiny run's batch is made once, the data set's cost is its own."""
+    not in it: the tiny run's batch is made once, the data set's cost is its own.
+
+    FSDP: the data-parallel pair again, full_shard. What the runtime counts as FSDP's work,
+    less what the price already charges for those collectives (``links``' all-gather and
+    reduce-scatter fits at the tiny units' bytes), over the collectives the price counts, is
+    FSDP's own work per collective; what its compute takes more than DDP's, per block and
+    pass, is its hooks. Without ``links``, neither is measured (0)."""
     workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
     devices = (cluster.devices[0].id, cluster.devices[1].id)
     action: dict[str, float] = {}
@@ -581,7 +572,7 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
     host: dict[str, float] = {}
     tiny = {loop: tiny_plan(loop, cluster, devices) for loop in LOOPS}
     runs = {}
-    for loop, (plan, _) in tiny.items():
+    for loop, (plan, *_) in tiny.items():
         run = runs[loop] = _spawned(_tiny_run_worker, 2, workers, plan.to_json(), device_type)
         host[loop] = max(run["host_s"], 0.0)
         action[loop] = host[loop] / actions_per_rank(plan)
@@ -591,13 +582,21 @@ def runtime_costs(cluster, repeats: int = 5, device_type: str = "cpu") -> Runtim
     wide = tiny_plan(loop, cluster, devices, width=WIDE)
     run = _spawned(_tiny_run_worker, 2, workers, wide.plan.to_json(), device_type)
     per_byte = max(run["host_s"] - host[loop], 0.0) / (wide.gradient_bytes - tiny[loop].gradient_bytes)
-    # FSDP: the data-parallel pair again, full_shard; its collectives as the price counts them.
-    sharded = tiny_plan(DDP_STEP, cluster, devices, dp_mode="full_shard").plan
-    run = _spawned(_tiny_run_worker, 2, workers, sharded.to_json(), device_type)
-    gathers, reduces = fsdp_collectives(sharded)
-    bare = gathers * run["bare_gather_s"] + reduces * run["bare_reduce_s"]
-    per_collective = max(run["comm_s"] - bare, 0.0) / (gathers + reduces)
-    per_pass = max(run["compute_s"] - runs[DDP_STEP]["compute_s"], 0.0) / (2 * len(sharded.model.blocks))
+    per_collective = per_pass = 0.0
+    fits = {t.op: t for t in links or []}
+    if "all_gather" in fits and "reduce_scatter" in fits:
+        sharded = tiny_plan(DDP_STEP, cluster, devices, dp_mode="full_shard")
+        run = _spawned(_tiny_run_worker, 2, workers, sharded.plan.to_json(), device_type)
+        gathers, reduces = fsdp_collectives(sharded.plan)
+        unit = sharded.unit_bytes  # tiny: the fits' latencies are nearly all of it
+
+        def charged(op: str) -> float:
+            return fits[op].latency_s + unit / fits[op].bandwidth
+
+        priced = gathers * charged("all_gather") + reduces * charged("reduce_scatter")
+        per_collective = max(run["comm_s"] - priced, 0.0) / (gathers + reduces)
+        blocks = len(sharded.plan.model.blocks)
+        per_pass = max(run["compute_s"] - runs[DDP_STEP]["compute_s"], 0.0) / (2 * blocks)
     return RuntimeCosts(action, per_byte, grown, per_collective, per_pass)
 
 
@@ -708,7 +707,7 @@ def make_profile(
         link_kind = direct.kind if direct is not None else None
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
-            costs = runtime_costs(cluster, repeats, device.type)
+            costs = runtime_costs(cluster, repeats, device.type, links)
             sharded = profile.optimizers[0].model_copy(
                 update={"sharded_s_per_tensor": sharded_optimizer_s_per_tensor(repeats, device.type)}
             )

@@ -15,9 +15,10 @@ grows by, per byte of the gradients a rank holds, is the cost of zeroing them in
 before a step and scaling them after it (`Profile.grad_s_per_byte`).
 
 The data-parallel pair is trained once more full_shard (FSDP2): what the runtime counts as
-FSDP's work, less the bare collectives of units that small, is FSDP's own work per
-collective (`Profile.fsdp_collective_s`); what its compute takes more than DDP's, per
-block and pass, is FSDP's hooks around each unit (`Profile.fsdp_pass_s`).
+FSDP's work, less what the price charges for collectives of units that small (the profile's
+own fits), is FSDP's own work per collective (`Profile.fsdp_collective_s`); what its
+compute takes more than DDP's, per block and pass, is FSDP's hooks around each unit
+(`Profile.fsdp_pass_s`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class TinyPlan(NamedTuple):
     plan: Plan
     gradient_bytes: float
     """The bytes of gradients a rank holds, on average over the plan's ranks (from the trace)."""
+    unit_bytes: float
+    """The largest block's parameter bytes (an FSDP unit's, whole)."""
 
 
 def tiny_plan(
@@ -89,7 +92,8 @@ def tiny_plan(
             training=_TRAINING,
         )
     held = sum(graph.graph["param_bytes"].values()) * plan.dp_degree / len(plan.ranks)
-    return TinyPlan(plan, held)
+    unit = max(graph.nodes[b].get("param_bytes", 0) for b in plan.model.blocks)
+    return TinyPlan(plan, held, unit)
 
 
 def fsdp_collectives(plan: Plan) -> tuple[int, int]:
