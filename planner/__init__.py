@@ -1,11 +1,13 @@
 """Stagecraft's planner: from a model and a cluster to a priced, validated plan.
 
 The contracts, at the top level. The documents the planner, the runtime and the dashboard share:
-- `plan`: the plan document (JSON, ``schema_version`` 3), written by the planner, trained by the runtime;
+- `plan`: the plan document (JSON, ``schema_version`` 4), written by the planner, trained by the runtime;
 - `precision`: fp32, bf16-mixed, fp16-mixed or bf16: which dtype holds the weights, which one
   computes, and the bytes per parameter each holds;
 - `sharding`: the memory levers: how data-parallel groups hold the model (replicated or
   sharded), and which blocks recompute their activations;
+- `tensor_parallel`: which blocks split across a tensor group, and which of their layers by
+  columns or by rows (Megatron's layout);
 - `cluster`, `topology`, `devices`: the devices and their links, which link joins two devices, the
   catalog of device and link kinds with each figure's source;
 - `profile`: figures measured on real devices, which replace datasheet ones;

@@ -1,20 +1,24 @@
 """The plan: the contract between the planner, the runtime and the dashboard.
 
-A versioned JSON document (``schema_version`` 3; the JSON Schema is committed as
-``planner/plan.schema.json``). Older documents still load and are written back as version 3:
+A versioned JSON document (``schema_version`` 4; the JSON Schema is committed as
+``planner/plan.schema.json``). Older documents still load and are written back as version 4:
 a version-1 document's ``training.dtype`` becomes a precision (`planner.precision`); version 1
 and 2 documents replicate their data-parallel groups and recompute nothing
-(`planner.sharding`: ``dp_mode`` and each stage's ``recompute``, new in version 3). Loading is
+(`planner.sharding`: ``dp_mode`` and each stage's ``recompute``, new in version 3); documents
+before version 4 have no tensor parallelism (``tp_degree`` 1, every rank's ``tp_index`` 0). Loading is
 strict: unknown keys, NaN, negative ids, devices that do not exist, stages that do not cover
 the model once and in order, degrees that do not multiply to the ranks, shares that do not
 sum to the batch, and schedules torch would refuse are errors that name the field. No
 pickle anywhere.
 
-Rank layout: every global rank has coordinates ``(dp_index, pp_index)``. Ranks with the same
-``dp_index`` form one pipeline (a replica of the model); ranks with the same ``pp_index``
-hold the same stages and average their gradients (or, under a sharded ``dp_mode``, shard
-them). Stage ``i`` runs on pipeline rank ``i % pp_degree`` (``virtual_stages`` stages per rank
-for interleaved schedules).
+Rank layout: every global rank has coordinates ``(dp_index, pp_index, tp_index)`` on the
+mesh's three axes (`MESH_AXES`). Ranks with the same ``(dp_index, pp_index)`` form one tensor
+group: they hold the same stages, each block with a tensor-parallel layout split across them
+(`planner.tensor_parallel`), and compute every micro-batch together. Ranks with the same
+``dp_index`` form one pipeline (a replica of the model); ranks with the same ``pp_index`` and
+``tp_index`` hold the same shards of the same stages and average their gradients (or, under
+a sharded ``dp_mode``, shard them). Stage ``i`` runs on pipeline rank ``i % pp_degree``
+(``virtual_stages`` stages per rank for interleaved schedules).
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from planner.schedules import Schedule, schedule_error
 from planner.sharding import DpMode, hybrid_shard_error, recompute_every
 from planner.strict import StrictModel, parse_document, read_document
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
+MESH_AXES = ("dp", "pp", "tp")
+"""The mesh's axes, outermost first: data parallel, pipeline, tensor parallel."""
 
 
 class Strategy(StrEnum):
@@ -163,6 +169,12 @@ class RankAssignment(StrictModel):
     node: int = Field(ge=0)
     dp_index: int = Field(ge=0)
     pp_index: int = Field(ge=0)
+    tp_index: int = Field(default=0, ge=0, description="Position in its tensor group (0 without tp).")
+
+    @property
+    def coords(self) -> tuple[int, int, int]:
+        """``(dp_index, pp_index, tp_index)``: the rank's place on the mesh's axes (`MESH_AXES`)."""
+        return (self.dp_index, self.pp_index, self.tp_index)
 
 
 class Replica(StrictModel):
@@ -220,6 +232,17 @@ class Plan(StrictModel):
     )
     dp_degree: int = Field(ge=1)
     pp_degree: int = Field(ge=1)
+    tp_degree: int = Field(
+        default=1,
+        ge=1,
+        description="Ranks each block with a tensor-parallel layout is split across (Megatron's "
+        "column then row split: planner.tensor_parallel); 1: none.",
+    )
+    sequence_parallel: bool = Field(
+        default=False,
+        description="With tp_degree >= 2: norms and dropout split along the sequence, all-gather "
+        "and reduce-scatter in place of each all-reduce (Megatron-SP).",
+    )
     stages: list[Stage] = Field(min_length=1)
     ranks: list[RankAssignment] = Field(min_length=1)
     replicas: list[Replica] = Field(min_length=1)
@@ -237,7 +260,7 @@ class Plan(StrictModel):
                 )
             if version == 1:
                 data = _from_version_1(data)
-            if data.get("schema_version") == 2:  # the defaults: replicate, recompute none
+            if data.get("schema_version") in (2, 3):  # the defaults: replicate, recompute none, tp 1
                 data = {**data, "schema_version": SCHEMA_VERSION}
         return data
 
@@ -251,6 +274,7 @@ class Plan(StrictModel):
         self._check_stages()
         self._check_replicas()
         self._check_levers()
+        self._check_tensor_parallel()
         return self
 
     # -- the checks, each naming the field ------------------------------------------------
@@ -299,7 +323,9 @@ class Plan(StrictModel):
             )
         if mode == DpMode.HYBRID_SHARD:
             groups = [
-                [self.rank_of(dp, q).node for dp in range(self.dp_degree)] for q in range(self.pp_degree)
+                [self.rank_of(dp, q, t).node for dp in range(self.dp_degree)]
+                for q in range(self.pp_degree)
+                for t in range(self.tp_degree)
             ]
             error = hybrid_shard_error(groups)
             if error:
@@ -307,16 +333,28 @@ class Plan(StrictModel):
                     f"dp_mode: hybrid_shard shards in a node and replicates across nodes; {error}"
                 )
 
+    def _check_tensor_parallel(self) -> None:
+        if self.sequence_parallel and self.tp_degree < 2:
+            raise ValueError(
+                "sequence_parallel: splits a tensor group's activations along the sequence; "
+                f"this plan has tp_degree {self.tp_degree} (use tp_degree >= 2, or false)"
+            )
+        if self.tp_degree > 1 and self.adversarial:
+            raise ValueError("tp_degree: the GAN's networks have no tensor-parallel layout (use 1)")
+        if self.tp_degree > 1 and self.model.seq_len is None and self.sequence_parallel:
+            raise ValueError("sequence_parallel: the model has no sequence to split")
+
     def _check_ranks(self) -> None:
         n = len(self.ranks)
-        if self.dp_degree * self.pp_degree != n:
+        dp, pp, tp = self.dp_degree, self.pp_degree, self.tp_degree
+        if dp * pp * tp != n:
             raise ValueError(
-                f"ranks: dp_degree x pp_degree = {self.dp_degree} x {self.pp_degree} = "
-                f"{self.dp_degree * self.pp_degree}, but {n} ranks are listed"
+                f"ranks: dp_degree x pp_degree x tp_degree = {dp} x {pp} x {tp} = "
+                f"{dp * pp * tp}, but {n} ranks are listed"
             )
         devices = {d.id: d for d in self.cluster.devices}
         seen_devices: dict[int, int] = {}
-        seen_coords: set[tuple[int, int]] = set()
+        seen_coords: set[tuple[int, int, int]] = set()
         for i, r in enumerate(self.ranks):
             if r.rank != i:
                 raise ValueError(f"ranks[{i}].rank: expected {i}, got {r.rank} (ranks are listed in order)")
@@ -331,14 +369,14 @@ class Plan(StrictModel):
                 raise ValueError(
                     f"ranks[{i}].node: device {r.device} is on node {devices[r.device].node}, not {r.node}"
                 )
-            if r.dp_index >= self.dp_degree or r.pp_index >= self.pp_degree:
+            if r.dp_index >= dp or r.pp_index >= pp or r.tp_index >= tp:
                 raise ValueError(
-                    f"ranks[{i}]: coordinates ({r.dp_index}, {r.pp_index}) are outside "
-                    f"dp_degree {self.dp_degree} x pp_degree {self.pp_degree}"
+                    f"ranks[{i}]: coordinates {r.coords} (dp, pp, tp) are outside "
+                    f"dp_degree {dp} x pp_degree {pp} x tp_degree {tp}"
                 )
-            if (r.dp_index, r.pp_index) in seen_coords:
-                raise ValueError(f"ranks[{i}]: coordinates ({r.dp_index}, {r.pp_index}) are taken twice")
-            seen_coords.add((r.dp_index, r.pp_index))
+            if r.coords in seen_coords:
+                raise ValueError(f"ranks[{i}]: coordinates {r.coords} (dp, pp, tp) are taken twice")
+            seen_coords.add(r.coords)
         for i, u in enumerate(self.unused_devices):
             if u.device not in devices:
                 raise ValueError(f"unused_devices[{i}].device: device {u.device} is not in the cluster")
@@ -419,15 +457,20 @@ class Plan(StrictModel):
         return [blocks[position[s.first] : position[s.last] + 1] for s in self.stages]
 
     @cached_property
-    def grid(self) -> dict[tuple[int, int], RankAssignment]:
-        """Ranks by their ``(dp_index, pp_index)`` coordinates."""
-        return {(r.dp_index, r.pp_index): r for r in self.ranks}
+    def grid(self) -> dict[tuple[int, int, int], RankAssignment]:
+        """Ranks by their ``(dp_index, pp_index, tp_index)`` coordinates."""
+        return {r.coords: r for r in self.ranks}
 
-    def rank_of(self, dp_index: int, pp_index: int) -> RankAssignment:
+    def rank_of(self, dp_index: int, pp_index: int, tp_index: int = 0) -> RankAssignment:
+        """The rank at these coordinates (the first of its tensor group unless ``tp_index``)."""
         try:
-            return self.grid[(dp_index, pp_index)]
+            return self.grid[(dp_index, pp_index, tp_index)]
         except KeyError:
-            raise PlanError(f"no rank at coordinates ({dp_index}, {pp_index})") from None
+            raise PlanError(f"no rank at coordinates ({dp_index}, {pp_index}, {tp_index})") from None
+
+    def tensor_group(self, dp_index: int, pp_index: int) -> list[RankAssignment]:
+        """The ranks that split the stages of pipeline rank ``pp_index`` of replica ``dp_index``."""
+        return [self.rank_of(dp_index, pp_index, t) for t in range(self.tp_degree)]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

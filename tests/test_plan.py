@@ -88,7 +88,7 @@ def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
     doc = _doc(hybrid)
     _refused({**doc, "colour": "red"}, "colour: unknown key")
     _refused({**doc, "training": {**doc["training"], "lr": 0.1}}, r"training.lr: unknown key")
-    _refused({**doc, "schema_version": 4}, r"schema_version 4 is newer than this planner supports \(3\)")
+    _refused({**doc, "schema_version": 5}, r"schema_version 5 is newer than this planner supports \(4\)")
     _refused({**doc, "training": {**doc["training"], "dtype": "float32"}}, r"training.dtype: unknown key")
     _refused({**doc, "training": {**doc["training"], "precision": "fp8"}}, r"training.precision")
     bad = _doc(hybrid)
@@ -104,7 +104,7 @@ def test_unknown_keys_nan_negative_ids_and_newer_versions_are_refused(hybrid):
 @pytest.mark.parametrize(
     ("dtype", "precision"), [("float32", "fp32"), ("bfloat16", "bf16-mixed"), ("float16", "fp16-mixed")]
 )
-def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_version_3(
+def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_version_4(
     hybrid, tmp_path, dtype, precision
 ):
     doc = _doc(hybrid)
@@ -112,10 +112,10 @@ def test_a_version_1_plan_loads_its_dtype_as_a_precision_and_is_written_as_versi
     doc["training"] = {k: v for k, v in doc["training"].items() if k != "precision"} | {"dtype": dtype}
     (tmp_path / "old.json").write_text(json.dumps(doc))
     plan = load_plan(tmp_path / "old.json")
-    assert plan.schema_version == 3 and plan.training.precision == precision
+    assert plan.schema_version == 4 and plan.training.precision == precision
     save_plan(plan, tmp_path / "new.json")
     written = json.loads((tmp_path / "new.json").read_text())
-    assert written["schema_version"] == 3 and written["training"]["precision"] == precision
+    assert written["schema_version"] == 4 and written["training"]["precision"] == precision
     assert "dtype" not in written["training"]
     doc["training"]["dtype"] = "float64"
     _refused(doc, r"training.dtype: 'float64' is not one of float32, bfloat16, float16")
@@ -155,12 +155,16 @@ def _mutated(plan, change):
         (lambda d: d.update(schedule=None), "hybrid needs a schedule"),
         (lambda d: d.update(dp_degree=1), r"strategy: hybrid needs dp_degree >= 2"),
         (lambda d: d.update(strategy="dp"), r"strategy: dp needs pp_degree 1"),
-        (lambda d: d["ranks"].pop(), r"ranks: dp_degree x pp_degree = 2 x 2 = 4, but 3 ranks are listed"),
+        (
+            lambda d: d["ranks"].pop(),
+            r"ranks: dp_degree x pp_degree x tp_degree = 2 x 2 x 1 = 4, but 3 ranks are listed",
+        ),
         (lambda d: d["ranks"][3].update(device=9), r"ranks\[3\].device: device 9 is not in the cluster"),
         (lambda d: d["ranks"][3].update(device=0), r"ranks\[3\].device: device 0 is already rank 0's"),
         (lambda d: d["ranks"][3].update(node=1), r"ranks\[3\].node: device 3 is on node 0, not 1"),
-        (lambda d: d["ranks"][3].update(pp_index=0), r"ranks\[3\]: coordinates \(1, 0\) are taken twice"),
-        (lambda d: d["ranks"][3].update(dp_index=2), r"ranks\[3\]: coordinates \(2, 1\) are outside"),
+        (lambda d: d["ranks"][3].update(pp_index=0), r"ranks\[3\]: coordinates \(1, 0, 0\) .* taken twice"),
+        (lambda d: d["ranks"][3].update(dp_index=2), r"ranks\[3\]: coordinates \(2, 1, 0\) .* are outside"),
+        (lambda d: d["ranks"][3].update(tp_index=1), r"ranks\[3\]: coordinates \(1, 1, 1\) .* tp_degree 1"),
         (
             lambda d: d["unused_devices"].append({"device": 1, "reason": "slow"}),
             r"unused_devices\[0\].device: device 1 is used",
@@ -271,7 +275,7 @@ def test_a_version_2_plan_replicates_and_recomputes_nothing(hybrid):
     for stage in doc["stages"]:
         del stage["recompute"]
     plan = plan_from_json(json.dumps(doc))
-    assert plan.schema_version == 3 and plan.dp_mode == "replicate"
+    assert plan.schema_version == 4 and plan.dp_mode == "replicate"
     assert [s.recompute_every for s in plan.stages] == [0, 0]
     written = json.loads(plan.to_json())
     assert written["dp_mode"] == "replicate" and written["stages"][0]["recompute"] == "none"
@@ -317,3 +321,60 @@ def test_the_gan_replicates_and_recomputes_nothing():
     gan = coarsen(trace("gan", {"hidden": 32}))
     plan = make_plan(gan, resolve_cluster("cpu:2"), strategy="dp", global_batch=8, dp_degree=2)
     _refused({**_doc(plan), "dp_mode": "full_shard"}, r"dp_mode: the GAN's two players step apart")
+
+
+def test_a_version_3_plan_has_no_tensor_parallelism(hybrid):
+    doc = _doc(hybrid)
+    doc["schema_version"] = 3
+    for key in ("tp_degree", "sequence_parallel"):
+        del doc[key]
+    for rank in doc["ranks"]:
+        del rank["tp_index"]
+    plan = plan_from_json(json.dumps(doc))
+    assert (plan.schema_version, plan.tp_degree, plan.sequence_parallel) == (4, 1, False)
+    assert [r.coords for r in plan.ranks] == [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+
+
+def test_tensor_groups_are_consecutive_ranks_and_checked(gpt):
+    plan = make_plan(
+        gpt,
+        resolve_cluster("cpu:8"),
+        strategy="hybrid",
+        global_batch=8,
+        dp_degree=2,
+        pp_degree=2,
+        tp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+    )
+    assert [r.coords for r in plan.ranks] == [
+        (0, 0, 0),
+        (0, 0, 1),
+        (0, 1, 0),
+        (0, 1, 1),
+        (1, 0, 0),
+        (1, 0, 1),
+        (1, 1, 0),
+        (1, 1, 1),
+    ]
+    assert [r.rank for r in plan.tensor_group(1, 0)] == [4, 5]
+    assert plan_from_json(plan.to_json()) == plan
+    doc = _doc(plan)
+    _refused({**doc, "tp_degree": 4}, r"ranks: dp_degree x pp_degree x tp_degree = 2 x 2 x 4 = 16, but 8")
+    doc["ranks"][1]["tp_index"] = 0
+    _refused(doc, r"ranks\[1\]: coordinates \(0, 0, 0\) \(dp, pp, tp\) are taken twice")
+    doc = _doc(plan)
+    _refused(
+        {
+            **_doc(make_plan(gpt, resolve_cluster("cpu:2"), strategy="dp", global_batch=8, dp_degree=2)),
+            "sequence_parallel": True,
+        },
+        r"sequence_parallel: .* tp_degree 1",
+    )
+    _refused({**doc, "tp_degree": 0}, r"tp_degree: Input should be greater than or equal to 1")
+
+
+def test_the_gan_has_no_tensor_parallel_layout():
+    gan = coarsen(trace("gan", {"hidden": 32}))
+    with pytest.raises(PlanError, match=r"tp_degree: the GAN's networks have no tensor-parallel layout"):
+        make_plan(gan, resolve_cluster("cpu:2"), strategy="dp", global_batch=8, dp_degree=1, tp_degree=2)

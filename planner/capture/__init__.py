@@ -9,7 +9,8 @@
 - `modules`: the module tree the graph records, and the module a failing forward was in;
 - `attention`: scaled-dot-product attention measured as the fused kernel runs it;
 - `graph`: the layer graph itself (a ``networkx.DiGraph``), its sums, block order and digest;
-- `coarsen`: the fine graph grouped into blocks along module boundaries, every total kept.
+- `coarsen`: the fine graph grouped into blocks along module boundaries, every total kept;
+- `tp_layouts`: each block's tensor-parallel layout (`planner.tensor_parallel`), found in the model.
 
 `trace` imports `hooks` (its fallback); `hooks` never imports `trace`.
 May import: torch and transformers, inside the functions that build or trace (so `graph`,

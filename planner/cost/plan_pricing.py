@@ -15,6 +15,7 @@ from planner.cost.sharded import ShardGroups
 from planner.cost.stages import boundary_bytes, stage_cost
 from planner.cost.timing import optimizer_time
 from planner.devices import device_kind
+from planner.errors import PlanError
 from planner.plan import Plan
 from planner.precision import DTYPE_BYTES
 from planner.topology import LinkCost
@@ -32,6 +33,11 @@ class PlanPricing:
     """Everything about pricing one plan."""
 
     def __init__(self, pricer: Pricer, plan: Plan):
+        if plan.tp_degree > 1:
+            raise PlanError(
+                f"tp_degree: {plan.tp_degree}: tensor-parallel plans are not priced yet (the runtime "
+                "trains them with replicated data parallel; the price would count each rank whole)"
+            )
         self.pricer, self.plan = pricer, plan
         self.graph, self.cluster, self.profile, self.options = (
             pricer.graph,

@@ -91,6 +91,8 @@ def make_plan(
     digest: str | None = None,
     dp_mode: str = "replicate",
     recompute: str = "none",
+    tp_degree: int = 1,
+    sequence_parallel: bool = False,
 ) -> Plan:
     """Build and validate a plan.
 
@@ -102,8 +104,9 @@ def make_plan(
     devices
         Device of each global rank, in rank order; the cluster's first devices if omitted.
     coords
-        ``(dp_index, pp_index)`` of each rank; by default the ranks of one pipeline are
-        consecutive: rank = dp_index * pp_degree + pp_index.
+        ``(dp_index, pp_index)`` or ``(dp_index, pp_index, tp_index)`` of each rank; by
+        default a tensor group's ranks are consecutive, then a pipeline's: rank =
+        (dp_index * pp_degree + pp_index) * tp_degree + tp_index.
     shares
         Samples per replica; an even split if omitted.
     digest
@@ -111,6 +114,9 @@ def make_plan(
     dp_mode, recompute
         How the data-parallel groups hold the model, and what every stage recomputes
         (`planner.sharding`).
+    tp_degree, sequence_parallel
+        The tensor groups' size, and whether they split norms along the sequence
+        (`planner.tensor_parallel`).
 
     Raises
     ------
@@ -121,9 +127,9 @@ def make_plan(
     num_stages = pp_degree * virtual_stages
     chosen = list(cuts) if cuts is not None else even_cuts(len(blocks), num_stages)
     stages = stages_for(blocks, chosen, pp_degree, stage_names, recompute)
-    n = dp_degree * pp_degree
+    n = dp_degree * pp_degree * tp_degree
     device_ids = list(devices) if devices is not None else [d.id for d in cluster.devices[:n]]
-    ranks = _rank_assignments(cluster, device_ids, coords, dp_degree, pp_degree)
+    ranks = _rank_assignments(cluster, device_ids, coords, dp_degree, pp_degree, tp_degree)
     if shares is None:
         base, extra = divmod(global_batch, dp_degree)
         shares = [base + (1 if i < extra else 0) for i in range(dp_degree)]
@@ -150,6 +156,8 @@ def make_plan(
             dp_mode=dp_mode,
             dp_degree=dp_degree,
             pp_degree=pp_degree,
+            tp_degree=tp_degree,
+            sequence_parallel=sequence_parallel,
             stages=stages,
             ranks=ranks,
             replicas=replicas,
@@ -161,15 +169,25 @@ def make_plan(
 def _rank_assignments(
     cluster: Cluster,
     devices: list[int],
-    coords: Sequence[tuple[int, int]] | None,
+    coords: Sequence[tuple[int, ...]] | None,
     dp_degree: int,
     pp_degree: int,
+    tp_degree: int = 1,
 ) -> list[RankAssignment]:
-    """Each rank's device, node and coordinates; a pipeline's ranks consecutive by default."""
-    n = dp_degree * pp_degree
-    grid = list(coords) if coords is not None else [(r // pp_degree, r % pp_degree) for r in range(n)]
+    """Each rank's device, node and coordinates; a tensor group's ranks consecutive by
+    default, then a pipeline's (tensor groups inside a node: their collectives run on every
+    block)."""
+    n = dp_degree * pp_degree * tp_degree
+    if coords is None:
+        grid = [(r // (pp_degree * tp_degree), (r // tp_degree) % pp_degree, r % tp_degree) for r in range(n)]
+    else:
+        grid = [(*c, 0) if len(c) == 2 else tuple(c) for c in coords]
+    if len(devices) != n:
+        raise PlanError(f"devices: {len(devices)} listed for dp x pp x tp = {n} ranks")
     return [
-        RankAssignment(rank=r, device=dev, node=cluster.device(dev).node, dp_index=c[0], pp_index=c[1])
+        RankAssignment(
+            rank=r, device=dev, node=cluster.device(dev).node, dp_index=c[0], pp_index=c[1], tp_index=c[2]
+        )
         for r, (dev, c) in enumerate(zip(devices, grid, strict=True))
     ]
 

@@ -78,11 +78,13 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape  # batch, sequence length, embedding dim
         hd = C // self.n_head
-        q = self.q(x).view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k(x).view(B, T, self.n_head, hd).transpose(1, 2)
-        v = self.v(x).view(B, T, self.n_head, hd).transpose(1, 2)
+        # Heads counted from the projections' width, not n_head: split by columns across a
+        # tensor group (planner.tensor_parallel), a rank's q holds n_head / tp of them.
+        q = self.q(x).view(B, T, -1, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k(x).view(B, T, -1, hd).transpose(1, 2)
+        v = self.v(x).view(B, T, -1, hd).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLPSublayer(nn.Module):

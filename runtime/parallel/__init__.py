@@ -1,8 +1,9 @@
 """The parallelisms: what turns one rank's full model into its part of the plan.
 
 - `parallelize`: the one function that applies a plan's parallelism, in a documented order;
-- `mesh`: the rank grid, a ``DeviceMesh`` laid out from the plan's rank coordinates;
+- `mesh`: the rank grid, a (dp, pp, tp) ``DeviceMesh`` laid out from the plan's rank coordinates;
 - `data_parallel`: ``DistributedDataParallel`` over the mesh's dp group;
+- `tensor_parallel`: ``parallelize_module`` per block on the mesh's tp group (Megatron's split);
 - `sharded`: FSDP2's ``fully_shard`` per block and on the root, for a sharded ``dp_mode``;
 - `recompute`: ``checkpoint_wrapper`` around every block the plan recomputes;
 - `pipeline_parallel`: ``torch.distributed.pipelining`` with the plan's cuts, schedule and m;

@@ -4,6 +4,11 @@ DDP averages gradients: g = (1/P) sum_i g_i. Replica i's loss is a mean over its
 samples, so with unequal batch shares its loss is scaled by P * b_i / B: then
 (1/P) sum_i (P b_i / B) g_i = sum_i (b_i / B) g_i, the gradient of the mean over all B
 samples, exactly what one process computes on the whole batch.
+
+With tensor parallelism (``tp_degree`` > 1) the blocks are split across each tensor group
+as the model is made real (runtime.parallel.tensor_parallel), and the replicas' local
+gradients are averaged after backward by one all-reduce over the dp group, with the same
+loss scaling, instead of by DDP.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from planner.plan import Plan
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
+from runtime.parallel.tensor_parallel import average_local_gradients, layouts_of, split_block
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -62,20 +68,30 @@ class DataParallel:
         self.task = task
         self.amp = Amp(plan.training.precision, where.device)
         self.clock = ComputeClock(where.device)
+        self.tensor_parallel = plan.tp_degree > 1
+        self.dp_group = None  # the group the local gradients are averaged over, if not DDP's
         self.module = self.make_real(plan, full, where)
         self.clock.attach_forward(self.module)
         self.model: nn.Module = self.module  # DDP around it, once replicated
         self.optimizer: torch.optim.Optimizer | None = None
 
     def make_real(self, plan: Plan, full: FullModel, where: Placement) -> nn.Module:
-        """The whole model real on this rank, its recomputing blocks wrapped (before DDP)."""
+        """The whole model real on this rank, its blocks split across the tensor group
+        (runtime.parallel.tensor_parallel), then its recomputing blocks wrapped (before DDP)."""
         module = full.materialise(full.module, where.device)
+        for block, layout in layouts_of(plan, module, plan.model.blocks).items():
+            split_block(module.get_submodule(block), layout, where.tp_mesh)
         apply_recompute(module, recomputing_blocks(plan))
         return module
 
     def replicate(self, where: Placement) -> None:
-        """DDP over the dp group (runtime.parallel.parallelize, step 5)."""
-        self.model = wrap_ddp(self.module, where)
+        """DDP over the dp group (runtime.parallel.parallelize, step 5); with tensor
+        parallelism, the local gradients averaged after backward instead
+        (`average_local_gradients`)."""
+        if self.tensor_parallel:
+            self.dp_group = where.dp_group
+        else:
+            self.model = wrap_ddp(self.module, where)
         for p in self.module.parameters():
             p.register_post_accumulate_grad_hook(self.clock.grad_ready)
 
@@ -95,6 +111,10 @@ class DataParallel:
         self.amp.scale(loss * self.loss_scale).backward()
         self.backward_returned()
         self.clock.backward_finished()
+        if self.dp_group is not None:  # tensor parallel: no DDP to average the replicas
+            t = time.perf_counter()
+            average_local_gradients(list(self.module.parameters()), self.dp_group)
+            timeline.waited("communication", t, time.perf_counter(), desc="dp all-reduce")
         t = time.perf_counter()
         self.amp.step([self.optimizer])
         optimizer_s = time.perf_counter() - t

@@ -86,14 +86,28 @@ def check_strategy(plan: Plan) -> None:
 
 
 def check_levers(plan: Plan) -> None:
-    """What this runtime does not train of the memory levers (`planner.sharding`): loss
-    scaling over sharded gradients. A `PlanError` names it."""
+    """What this runtime does not train of the memory levers (`planner.sharding`) and of
+    tensor parallelism: loss scaling over sharded gradients; tensor parallelism with a
+    pipeline, with a sharded data-parallel mode, or with sequence parallelism. A
+    `PlanError` names it."""
     mode = plan.dp_mode
     if mode.sharded and plan.training.precision.recipe.loss_scaling:
         raise PlanError(
             f"training.precision: {plan.training.precision} is not trained sharded (its loss "
             "scaling over sharded gradients is not built); use bf16-mixed"
         )
+    if plan.tp_degree > 1:
+        unbuilt = [
+            ("pp_degree", plan.pp_degree > 1, "with a pipeline"),
+            ("dp_mode", mode.sharded, f"with dp_mode {mode}"),
+            ("sequence_parallel", plan.sequence_parallel, "with sequence parallelism"),
+        ]
+        for field, applies, what in unbuilt:
+            if applies:
+                raise PlanError(
+                    f"{field}: tensor parallelism {what} is not trained by this runtime yet "
+                    "(tp_degree > 1 runs with replicated data parallel only)"
+                )
 
 
 def parallelize(plan: Plan, where: Placement) -> Parallelized:
@@ -105,9 +119,8 @@ def parallelize(plan: Plan, where: Placement) -> Parallelized:
     check_strategy(plan)
     check_levers(plan)
 
-    # 2. Tensor parallel goes here: each block's weights sharded over a tp group, before the
-    #    pipeline cut, so that every stage is cut from sharded blocks and the dp group
-    #    replicates shards. Not implemented: plans have no tp axis yet.
+    # 2. Tensor parallel: each block with a layout split across its tensor group as the
+    #    engine makes it real (runtime.parallel.tensor_parallel), before it is wrapped.
 
     # 3. Pipeline stages, if pp > 1: this rank keeps its own (a GAN's stages are its two
     #    networks); with pp = 1 the whole model stays on this rank.

@@ -151,7 +151,8 @@ class MetricsRecorder:
         self.tensor_peak = tensor_peak
         self.world_size = dist.get_world_size()
         shares = {r.dp_index: r.batch_share for r in plan.replicas}
-        weights = [shares[r.dp_index] / plan.training.global_batch for r in plan.ranks]
+        # Every rank of a tensor group computes its replica's loss: each counts 1 / tp of it.
+        weights = [shares[r.dp_index] / plan.training.global_batch / plan.tp_degree for r in plan.ranks]
         self.loss_weight = torch.tensor(weights, dtype=torch.float64)
         self.interval = 1
         self.pending: list[tuple[int, list[float]]] = []
@@ -286,6 +287,7 @@ class MetricsRecorder:
         }
 
     def _weighted(self, values: torch.Tensor, has: torch.Tensor) -> float:
-        # One rank per replica computes its loss; weighting by share gives the global mean.
+        # One rank per replica (or its tensor group, each weighted 1 / tp) computes its loss;
+        # weighting by share gives the global mean.
         # A NaN anywhere stays NaN (no masking by multiplication: 0 x NaN is NaN, kept).
         return float((values[has] * self.loss_weight[has]).sum())

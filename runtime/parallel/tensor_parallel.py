@@ -1,0 +1,73 @@
+"""Tensor parallel: each block with a layout split across its tensor group (Megatron's split).
+
+`parallelize_module` on the tensor group's mesh, one block at a time, with `ColwiseParallel`
+for the layout's column-split layers and `RowwiseParallel` for its row-split ones
+(`planner.tensor_parallel`): their weights become DTensor shards (`Shard(0)` and
+`Shard(1)`), a row-split layer's output is all-reduced, and everything else in the block
+runs on local tensors. Blocks without a layout stay whole on every rank of the group,
+computing the same thing on the same input.
+
+This is the first of the plan's transformations (torchtitan's order: tensor parallel, then
+recomputation, then sharded data parallel, then the pipeline): a block is made real, split,
+then wrapped. Each rank takes its shard of the block's initial values from the whole block
+it made (`src_data_rank=None`): every rank of the group made the same values from (seed,
+FQN), so nothing is sent.
+
+Gradients: a split layer's local gradient is the gradient of this rank's shard; the rest
+(norms, replicated blocks, a row-split layer's bias) is computed alike on every rank of the
+group. So nothing is summed across the tensor group; across replicas, the local gradients
+are averaged over the dp group as DDP would (`average_local_gradients`): DDP holds DTensor
+parameters only by turning them into plain local ones, which checkpoints would then save
+without their placements.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from planner.capture.tp_layouts import tp_layouts
+from planner.errors import PlanError
+from planner.plan import Plan
+from planner.tensor_parallel import TpLayout
+
+
+def layouts_of(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, TpLayout]:
+    """The layouts of ``blocks`` under the plan's tensor degree (none without one); a
+    `PlanError` names a block the degree cannot split."""
+    if plan.tp_degree == 1:
+        return {}
+    try:
+        return tp_layouts(model, blocks, plan.tp_degree)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+
+
+def split_block(block: nn.Module, layout: TpLayout, mesh: DeviceMesh) -> None:
+    """Split one real block across ``mesh`` (the tensor group) as ``layout`` says, in place."""
+    styles = {name: ColwiseParallel() for name in layout.colwise}
+    styles.update({name: RowwiseParallel() for name in layout.rowwise})
+    parallelize_module(block, mesh, styles, src_data_rank=None)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: its shard of a DTensor, else the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def average_local_gradients(params: list[nn.Parameter], group) -> None:
+    """Each gradient's local part averaged over ``group`` (the dp group), in one collective.
+    The caller scales its loss by P b_i / B, as for DDP (runtime.parallel.data_parallel)."""
+    grads = [local(p.grad) for p in params if p.grad is not None]
+    if not grads or dist.get_world_size(group) == 1:
+        return
+    flat = _flatten_dense_tensors(grads)
+    flat.div_(dist.get_world_size(group))
+    dist.all_reduce(flat, group=group)
+    for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(averaged)

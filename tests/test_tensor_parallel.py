@@ -1,0 +1,73 @@
+"""Tensor-parallel layouts: which blocks split across a tensor group, and how."""
+
+import pytest
+
+from planner.capture.source import build_model, parse_source
+from planner.capture.tp_layouts import block_layout, tp_layouts
+from planner.tensor_parallel import TpLayout
+
+LLAMA = {
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "seq_len": 8,
+}
+
+
+def _model(source, overrides):
+    return build_model(parse_source(source, overrides)).module
+
+
+def test_the_zoo_gpt_splits_attention_and_mlp_megatron_style():
+    model = _model("gpt", {"size": "toy"})
+    layout = block_layout(model, "blocks.0")
+    assert layout == TpLayout(("attn.q", "attn.k", "attn.v", "mlp.fc"), ("attn.proj", "mlp.proj"), 4, 4)
+    # Embeddings, the final norm and the head have no layout: replicated across the group.
+    assert [b for b in ("tok_emb", "pos_emb", "ln_f", "head") if block_layout(model, b)] == []
+    assert set(tp_layouts(model, ["tok_emb", "blocks.0", "blocks.1", "head"], 4)) == {"blocks.0", "blocks.1"}
+    with pytest.raises(ValueError, match=r"tp_degree: block 'blocks.0': tp_degree 3 does not divide its 4"):
+        tp_layouts(model, ["blocks.0"], 3)
+
+
+def test_a_hugging_face_block_follows_its_configs_tp_plan():
+    model = _model("hf:llama", LLAMA)
+    layout = block_layout(model, "model.layers.1")
+    assert layout is not None
+    assert set(layout.colwise) == {
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+    }
+    assert set(layout.rowwise) == {"self_attn.o_proj", "mlp.down_proj"}
+    assert (layout.heads, layout.kv_heads) == (4, 2)
+    assert block_layout(model, "model.embed_tokens") is None
+    # Grouped-query attention: the degree must divide the key/value heads too.
+    assert layout.error(2) is None
+    assert layout.error(4) == "tp_degree 4 does not divide its 2 key/value heads"
+
+
+def test_blocks_without_a_published_layout_are_replicated():
+    gpt2 = _model("hf:gpt2", {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "seq_len": 8})
+    assert block_layout(gpt2, "transformer.h.0") is None  # GPT2Config publishes no tp plan
+    mlp = _model("mlp", {})
+    assert all(block_layout(mlp, name) is None for name, _ in mlp.named_children())
+
+
+def test_a_tensor_parallel_plan_is_refused_by_the_price_until_it_is_priced():
+    from planner.capture.coarsen import coarsen
+    from planner.capture.trace import trace
+    from planner.cluster import resolve_cluster
+    from planner.cost.price import price
+    from planner.errors import PlanError
+    from planner.search.build import make_plan
+
+    graph = coarsen(trace("gpt", {"size": "toy"}))
+    cluster = resolve_cluster("cpu:2")
+    plan = make_plan(graph, cluster, strategy="dp", global_batch=8, tp_degree=2)
+    with pytest.raises(PlanError, match=r"tp_degree: 2: tensor-parallel plans are not priced yet"):
+        price(graph, cluster, plan)
