@@ -138,6 +138,16 @@ def test_tensor_parallel_pipelines_are_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_tensor_degree_that_does_not_divide_the_heads_is_refused_before_anything_starts(tmp_path):
+    plan = zoo_plan("gpt", {"size": "toy"}, ranks=3, strategy="dp", global_batch=6, tp_degree=3)  # 4 heads
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
+    assert done.returncode == 2
+    assert "tp_degree: block 'blocks.0': tp_degree 3 does not divide its 4 attention heads" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_gpu_plan_is_refused_on_a_machine_without_cuda(tmp_path):
     import torch
 

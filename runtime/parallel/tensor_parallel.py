@@ -48,6 +48,18 @@ def layouts_of(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, TpL
         raise PlanError(str(exc)) from None
 
 
+def check_tensor_parallel(plan: Plan) -> None:
+    """Refuse, before anything starts, a degree that a split block of the plan's model cannot
+    take (a `PlanError` naming the block), from a build on the meta device. A ``py:`` model
+    has no layout (its blocks run whole), so it is not built here: it runs only with consent."""
+    if plan.tp_degree == 1 or plan.model.source.startswith("py:"):
+        return
+    from planner.capture.source import build_model, parse_source
+
+    built = build_model(parse_source(plan.model.source, plan.model.overrides), device="meta")
+    layouts_of(plan, built.module, plan.model.blocks)
+
+
 def split_block(block: nn.Module, layout: TpLayout, mesh: DeviceMesh) -> None:
     """Split one real block across ``mesh`` (the tensor group) as ``layout`` says, in place."""
     styles = {name: ColwiseParallel() for name in layout.colwise}

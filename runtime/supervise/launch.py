@@ -29,6 +29,7 @@ from planner.model_check import SKIPPED, check_against_model
 from planner.plan import Plan, load_plan, plan_from_json
 from runtime.parallel import checkpoint
 from runtime.parallel.parallelize import check_levers
+from runtime.parallel.tensor_parallel import check_tensor_parallel
 from runtime.rank.control import pid_alive
 from runtime.rank.model import model_config
 from runtime.rank.task import plan_task
@@ -106,6 +107,8 @@ def preflight(plan: Plan, *, check_model: bool = True, out: TextIO | None = None
         print(f"warning: --skip-model-check: {SKIPPED}", file=out or sys.stderr)
     # The model's config on the meta device (no memory), then its objective and data set.
     plan_task(plan, model_config(plan))
+    if plan.tp_degree > 1:  # every split block's heads divide by the degree
+        check_tensor_parallel(plan)
 
 
 def prepare(
