@@ -20,19 +20,11 @@ import torch
 
 from runtime.parallel import checkpoint
 from tests.runs import run_ranks, step_losses, zoo_plan
+from tests.test_materialise import LLAMA  # 3 layers, 4 heads, 2 key/value heads
 from tests.test_parity import SGD, assert_parity
 
 pytestmark = pytest.mark.slow
 TOY_GPT = {"size": "toy"}
-LLAMA = {
-    "num_hidden_layers": 2,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 300,
-    "seq_len": 8,
-}
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -65,9 +57,9 @@ def test_a_tensor_parallel_block_recomputes_its_forward(tmp_path):
 
 
 def test_hugging_face_llama_with_grouped_query_attention_split_in_two(tmp_path):
-    # At SGD's lr 0.1 this small Llama's loss rises after its first step (5.77, 5.59, 5.73),
-    # and that instability grows the last-bit differences to 2e-5 of the embedding in 10
-    # steps, every loss still within tolerance; at 0.01 it trains, and every parameter matches.
+    # At SGD's lr 0.1 this small Llama's loss rises after its first step (5.78, 5.58, 5.75):
+    # unstable training grows last-bit differences (a 2-layer one's embedding ended 2e-5
+    # apart after 10 steps, every loss within tolerance). At 0.01 it trains.
     sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
     plan = zoo_plan("hf:llama", LLAMA, ranks=2, strategy="dp", global_batch=4, tp_degree=2, training=sgd)
     assert_parity(plan, tmp_path)

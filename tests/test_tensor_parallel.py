@@ -5,16 +5,7 @@ import pytest
 from planner.capture.source import build_model, parse_source
 from planner.capture.tp_layouts import block_layout, tp_layouts
 from planner.tensor_parallel import TpLayout
-
-LLAMA = {
-    "num_hidden_layers": 2,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 128,
-    "seq_len": 8,
-}
+from tests.test_materialise import LLAMA  # 3 layers, 4 heads, 2 key/value heads
 
 
 def _model(source, overrides):
