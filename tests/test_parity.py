@@ -42,6 +42,21 @@ def assert_parity(plan, tmp_path, *, extra_losses=()):
     return per_rank
 
 
+def assert_resumes(before, after, tmp_path, *, steps: int = 8) -> None:
+    """A run of ``before`` checkpointed half way and resumed as ``after`` has the losses of an
+    uninterrupted run of ``after`` (both plans of one model, checkpointing at steps / 2)."""
+    from runtime.parallel import checkpoint
+
+    straight = step_losses(run_ranks(after, tmp_path / "straight", steps=steps))
+    first = run_ranks(before, tmp_path / "first", steps=steps // 2)
+    saved = checkpoint.latest_checkpoint(first / "test")
+    assert saved is not None and saved.step == steps // 2
+    resumed = run_ranks(after, tmp_path / "resumed", steps=steps, resume_from=saved.path)
+    torch.testing.assert_close(
+        torch.tensor(step_losses(resumed)), torch.tensor(straight[steps // 2 :]), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_data_parallel_two_ranks(tmp_path):
     plan = zoo_plan("mlp", ranks=2, strategy="dp", global_batch=32, dp_degree=2)
     assert_parity(plan, tmp_path)

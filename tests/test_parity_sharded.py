@@ -13,9 +13,8 @@ import torch
 
 from planner.cluster import parse_short_form
 from planner.search.build import make_plan
-from runtime.parallel import checkpoint
-from tests.runs import graph_of, run_ranks, step_losses, zoo_plan
-from tests.test_parity import SGD, assert_parity
+from tests.runs import graph_of, zoo_plan
+from tests.test_parity import SGD, assert_parity, assert_resumes
 
 pytestmark = pytest.mark.slow
 TOY_GPT = {"size": "toy"}
@@ -83,14 +82,7 @@ def test_a_ddp_checkpoint_resumes_fully_sharded_with_the_uninterrupted_losses(tm
             training={"steps": 8, "checkpoint_every": 4},
         )
 
-    straight = step_losses(run_ranks(plan("replicate"), tmp_path / "straight", steps=8))
-    first = run_ranks(plan("replicate"), tmp_path / "first", steps=4)
-    saved = checkpoint.latest_checkpoint(first / "test")
-    assert saved is not None and saved.step == 4
-    resumed = run_ranks(plan("full_shard"), tmp_path / "resumed", steps=8, resume_from=saved.path)
-    torch.testing.assert_close(
-        torch.tensor(step_losses(resumed)), torch.tensor(straight[4:]), rtol=1e-5, atol=1e-6
-    )
+    assert_resumes(plan("replicate"), plan("full_shard"), tmp_path)
 
 
 def dp2_pp2(schedule: str, overrides: dict | None = None, **choices):

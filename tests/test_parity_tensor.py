@@ -16,12 +16,10 @@ twice, a replica not averaged) is off by the size of the update itself under eit
 from __future__ import annotations
 
 import pytest
-import torch
 
-from runtime.parallel import checkpoint
-from tests.runs import run_ranks, step_losses, zoo_plan
+from tests.runs import zoo_plan
 from tests.test_materialise import LLAMA  # 3 layers, 4 heads, 2 key/value heads
-from tests.test_parity import SGD, assert_parity
+from tests.test_parity import SGD, assert_parity, assert_resumes
 
 pytestmark = pytest.mark.slow
 TOY_GPT = {"size": "toy"}
@@ -79,11 +77,4 @@ def test_a_tensor_parallel_checkpoint_resumes_without_tensor_parallelism(tmp_pat
             **layout,
         )
 
-    straight = step_losses(run_ranks(plan(dp_degree=2), tmp_path / "straight", steps=8))
-    first = run_ranks(plan(tp_degree=2), tmp_path / "first", steps=4)
-    saved = checkpoint.latest_checkpoint(first / "test")
-    assert saved is not None and saved.step == 4
-    resumed = run_ranks(plan(dp_degree=2), tmp_path / "resumed", steps=8, resume_from=saved.path)
-    torch.testing.assert_close(
-        torch.tensor(step_losses(resumed)), torch.tensor(straight[4:]), rtol=1e-5, atol=1e-6
-    )
+    assert_resumes(plan(tp_degree=2), plan(dp_degree=2), tmp_path)
