@@ -134,8 +134,8 @@ class Profile(StrictModel):
     fsdp_collective_s: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="Per device kind: FSDP2's own work per all-gather or reduce-scatter of a unit "
-        "beyond the bare collective (its bookkeeping, buffers and copies of a unit too small "
-        "to move bytes), from a model too small to compute trained full_shard by the runtime's "
+        "beyond what the price charges for it (this profile's collective fits and FSDP's "
+        "copies), from a model too small to compute trained full_shard by the runtime's "
         "engine, as the runtime counts FSDP's work; where a rank's FSDP work is not timed "
         "apart (a GPU's streams), none.",
     )

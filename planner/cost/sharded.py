@@ -192,7 +192,7 @@ class ShardGroups:
 
     def fsdp_work(self, rank: int) -> tuple[float, float]:
         """FSDP2's own work on ``rank``, measured (`Profile.fsdp_collective_s` and
-        `Profile.fsdp_pass_s`): seconds per collective beyond the collective and its copies,
+        `Profile.fsdp_pass_s`): seconds per collective beyond its fit and its copies,
         and per block forward or backward beyond the block's compute; 0 unmeasured."""
         if rank not in self._fsdp_work:
             profile = self.pricing.profile

@@ -247,17 +247,12 @@ class _Simulation:
             ended[tid] = end
             self.done += 1
             channel = channel_of[tid]
-            if channel is None:
-                node = compute_node[tid]
-                if node is not None:
-                    del shared[node][tid]
-                    reshare(node)
-            else:
+            node = compute_node[tid] if channel is None else comm_node[tid]
+            if node is not None:  # its node's cores are shared: the others speed up
+                del shared[node][tid]
+                reshare(node)
+            if channel is not None:
                 busy_channels.discard(channel)
-                node = comm_node[tid]
-                if node is not None:
-                    del shared[node][tid]
-                    reshare(node)
                 try_channel(channel)
             for d in dependents[tid]:  # start what waited only for this task
                 waiting[d] -= 1

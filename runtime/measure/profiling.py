@@ -540,7 +540,7 @@ class RuntimeCosts(NamedTuple):
     grown_bytes: dict[str, int]
     """Per ``pp`` and ``dp``: how much a rank's peak memory grows to train."""
     fsdp_collective_s: float
-    """FSDP2's own work per all-gather or reduce-scatter, beyond the bare collective."""
+    """FSDP2's own work per all-gather or reduce-scatter, beyond what the price charges."""
     fsdp_pass_s: float
     """What a block's forward or backward computes more as an FSDP2 unit."""
 

@@ -21,9 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from planner.plan import Plan
+from runtime.parallel.grad_sync import average_local
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
-from runtime.parallel.tensor_parallel import average_local_gradients, layouts_of, split_block
+from runtime.parallel.tensor_parallel import layouts_of, split_block
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -87,7 +88,7 @@ class DataParallel:
     def replicate(self, where: Placement) -> None:
         """DDP over the dp group (runtime.parallel.parallelize, step 5); with tensor
         parallelism, the local gradients averaged after backward instead
-        (`average_local_gradients`)."""
+        (`runtime.parallel.grad_sync.average_local`)."""
         if self.tensor_parallel:
             self.dp_group = where.dp_group
         else:
@@ -113,7 +114,7 @@ class DataParallel:
         self.clock.backward_finished()
         if self.dp_group is not None:  # tensor parallel: no DDP to average the replicas
             t = time.perf_counter()
-            average_local_gradients(list(self.module.parameters()), self.dp_group)
+            average_local(list(self.module.parameters()), self.dp_group)
             timeline.waited("communication", t, time.perf_counter(), desc="dp all-reduce")
         t = time.perf_counter()
         self.amp.step([self.optimizer])

@@ -4,6 +4,8 @@
   stage crashed or was silently wrong with several schedules (docs/facts.md); a flat all-reduce
   was correct with all of them. Each replica's gradient is a mean over its b_i samples, so
   it is weighted by b_i / B and summed: the mean over the whole global batch.
+- Across tensor-parallel replicas: the local gradients averaged over the dp group
+  (`average_local`), DDP's average without DDP.
 - Across stages (a tied embedding and head): `pipeline()` gives each stage its own copy,
   and the true gradient is the sum of both copies' gradients.
 """
@@ -16,10 +18,13 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.tensor import DTensor
 
 
-def _all_reduce_sum(grads: list[torch.Tensor], group) -> None:
+def _all_reduce_sum(grads: list[torch.Tensor], group, scale: float = 1.0) -> None:
+    """Each of ``grads`` replaced by ``scale`` x its sum over ``group``, in one collective."""
     if not grads:
         return
     flat = _flatten_dense_tensors(grads)  # one collective instead of one per tensor
+    if scale != 1.0:
+        flat.mul_(scale)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
         grad.copy_(reduced)
@@ -32,6 +37,16 @@ def average_replicas(flat: torch.Tensor, weight: float, group) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
 
 
+def average_local(params: list[torch.nn.Parameter], group) -> None:
+    """Each gradient's local part (its shard, for a DTensor) averaged over ``group``, in one
+    collective: the dp average of tensor-parallel replicas, whose parameters DDP cannot hold
+    as DTensors (runtime.parallel.tensor_parallel). The caller scales its loss by P b_i / B,
+    as for DDP (runtime.parallel.data_parallel)."""
+    size = dist.get_world_size(group)
+    if size > 1:
+        _all_reduce_sum([local(p.grad) for p in params if p.grad is not None], group, 1.0 / size)
+
+
 def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
     """For each tied weight, sum the gradients of its local copies and of the other ranks'.
 
@@ -42,7 +57,7 @@ def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
     """
     sums = []
     for tensors in copies:
-        grads = [_local(t.grad) if t.grad is not None else torch.zeros_like(_local(t)) for t in tensors]
+        grads = [local(t.grad) if t.grad is not None else torch.zeros_like(local(t)) for t in tensors]
         sums.append(torch.stack(grads).sum(0))
     if group is not None:
         _all_reduce_sum(sums, group)
@@ -55,9 +70,9 @@ def sum_tied(copies: list[list[torch.Tensor]], group) -> None:
                     else DTensor.from_local(total.clone(), t.device_mesh, t.placements)
                 )
             else:  # in place: the gradient may be a view of the replicas' flat buffer
-                _local(t.grad).copy_(total)
+                local(t.grad).copy_(total)
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of a tensor: its shard of a DTensor, else the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor

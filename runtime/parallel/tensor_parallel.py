@@ -16,21 +16,18 @@ FQN), so nothing is sent.
 Gradients: a split layer's local gradient is the gradient of this rank's shard; the rest
 (norms, replicated blocks, a row-split layer's bias) is computed alike on every rank of the
 group. So nothing is summed across the tensor group; across replicas, the local gradients
-are averaged over the dp group as DDP would (`average_local_gradients`): DDP holds DTensor
+are averaged over the dp group as DDP would (`runtime.parallel.grad_sync.average_local`): DDP holds DTensor
 parameters only by turning them into plain local ones, which checkpoints would then save
 without their placements.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from planner.capture.source import build_model, parse_source
 from planner.capture.tp_layouts import tp_layouts
 from planner.errors import PlanError
 from planner.plan import Plan
@@ -52,10 +49,8 @@ def check_tensor_parallel(plan: Plan) -> None:
     """Refuse, before anything starts, a degree that a split block of the plan's model cannot
     take (a `PlanError` naming the block), from a build on the meta device. A ``py:`` model
     has no layout (its blocks run whole), so it is not built here: it runs only with consent."""
-    if plan.tp_degree == 1 or plan.model.source.startswith("py:"):
+    if plan.tp_degree == 1 or parse_source(plan.model.source).kind == "py":
         return
-    from planner.capture.source import build_model, parse_source
-
     built = build_model(parse_source(plan.model.source, plan.model.overrides), device="meta")
     layouts_of(plan, built.module, plan.model.blocks)
 
@@ -65,21 +60,3 @@ def split_block(block: nn.Module, layout: TpLayout, mesh: DeviceMesh) -> None:
     styles = {name: ColwiseParallel() for name in layout.colwise}
     styles.update({name: RowwiseParallel() for name in layout.rowwise})
     parallelize_module(block, mesh, styles, src_data_rank=None)
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a tensor: its shard of a DTensor, else the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def average_local_gradients(params: list[nn.Parameter], group) -> None:
-    """Each gradient's local part averaged over ``group`` (the dp group), in one collective.
-    The caller scales its loss by P b_i / B, as for DDP (runtime.parallel.data_parallel)."""
-    grads = [local(p.grad) for p in params if p.grad is not None]
-    if not grads or dist.get_world_size(group) == 1:
-        return
-    flat = _flatten_dense_tensors(grads)
-    flat.div_(dist.get_world_size(group))
-    dist.all_reduce(flat, group=group)
-    for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        grad.copy_(averaged)

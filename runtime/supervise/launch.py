@@ -107,8 +107,7 @@ def preflight(plan: Plan, *, check_model: bool = True, out: TextIO | None = None
         print(f"warning: --skip-model-check: {SKIPPED}", file=out or sys.stderr)
     # The model's config on the meta device (no memory), then its objective and data set.
     plan_task(plan, model_config(plan))
-    if plan.tp_degree > 1:  # every split block's heads divide by the degree
-        check_tensor_parallel(plan)
+    check_tensor_parallel(plan)  # every split block's heads divide by the degree
 
 
 def prepare(
