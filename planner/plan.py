@@ -196,6 +196,12 @@ class Predicted(StrictModel):
     sources: dict[str, str] = Field(
         description="Per figure: 'datasheet', 'profile:<sha256>', or both joined by '+'."
     )
+    mfu: float | None = Field(
+        default=None,
+        ge=0,
+        description="Model FLOPs utilisation: the model's training FLOPs per second (3 x forward, "
+        "recomputation not counted) over the devices' dense peak for the compute dtype.",
+    )
 
 
 def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:

@@ -47,18 +47,3 @@ def test_blocks_without_a_published_layout_are_replicated():
     assert block_layout(gpt2, "transformer.h.0") is None  # GPT2Config publishes no tp plan
     mlp = _model("mlp", {})
     assert all(block_layout(mlp, name) is None for name, _ in mlp.named_children())
-
-
-def test_a_tensor_parallel_plan_is_refused_by_the_price_until_it_is_priced():
-    from planner.capture.coarsen import coarsen
-    from planner.capture.trace import trace
-    from planner.cluster import resolve_cluster
-    from planner.cost.price import price
-    from planner.errors import PlanError
-    from planner.search.build import make_plan
-
-    graph = coarsen(trace("gpt", {"size": "toy"}))
-    cluster = resolve_cluster("cpu:2")
-    plan = make_plan(graph, cluster, strategy="dp", global_batch=8, tp_degree=2)
-    with pytest.raises(PlanError, match=r"tp_degree: 2: tensor-parallel plans are not priced yet"):
-        price(graph, cluster, plan)

@@ -10,7 +10,8 @@
 - `attention`: scaled-dot-product attention measured as the fused kernel runs it;
 - `graph`: the layer graph itself (a ``networkx.DiGraph``), its sums, block order and digest;
 - `coarsen`: the fine graph grouped into blocks along module boundaries, every total kept;
-- `tp_layouts`: each block's tensor-parallel layout (`planner.tensor_parallel`), found in the model.
+- `tp_layouts`: each block's tensor-parallel layout (`planner.tensor_parallel`), found in the model;
+- `tp_roles`: what tensor parallelism divides in each traced op (its role), and per block.
 
 `trace` imports `hooks` (its fallback); `hooks` never imports `trace`.
 May import: torch and transformers, inside the functions that build or trace (so `graph`,

@@ -17,7 +17,8 @@ from typing import Any
 
 import networkx as nx
 
-from planner.capture.graph import NODE_SUMS, block_order
+from planner.capture.graph import NODE_SUMS, block_order, op_entry
+from planner.capture.tp_roles import coarse_tp
 
 CONTAINERS = {"ModuleList", "Sequential", "ModuleDict"}
 
@@ -153,6 +154,7 @@ def coarsen(graph: nx.DiGraph) -> nx.DiGraph:
     for name in order:
         _add_member(coarse, owner[name], graph.nodes[name], graph.graph.get("modules", {}))
     _resaved_across_blocks(graph, owner, coarse)
+    coarse_tp(graph, owner, coarse, order)
     outputs = set(graph.graph.get("outputs", []))
     for name in order:
         _link_across_blocks(graph, owner, coarse, name, outputs)
@@ -186,10 +188,9 @@ def _add_member(coarse: nx.DiGraph, block: str, data: dict[str, Any], modules: d
     for key in NODE_SUMS:
         node[key] += int(data.get(key, 0))
     node["params"].extend(data.get("params", []))
-    weights = int(data.get("weight_read_bytes", 0))
-    moved = int(data.get("read_bytes", 0)) - weights + int(data.get("write_bytes", 0))
-    if data.get("fwd_flops", 0) or moved or weights:
-        node["ops"].append([int(data.get("fwd_flops", 0)), moved, weights])
+    entry = op_entry(data)
+    if entry is not None:
+        node["ops"].append(entry)
     node["shared_params"].extend(p for p in data.get("shared_params", []) if p not in node["shared_params"])
 
 

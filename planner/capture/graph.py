@@ -106,6 +106,15 @@ def summary(graph: nx.DiGraph) -> dict[str, int]:
     }
 
 
+def op_entry(data: dict[str, Any]) -> list[int] | None:
+    """A fine op's ``[fwd_flops, activation bytes moved, weight bytes read]`` in its block's
+    ``ops`` (`planner.capture.graph`), or None when it does no work (a view)."""
+    weights = int(data.get("weight_read_bytes", 0))
+    moved = int(data.get("read_bytes", 0)) - weights + int(data.get("write_bytes", 0))
+    flops = int(data.get("fwd_flops", 0))
+    return [flops, moved, weights] if flops or moved or weights else None
+
+
 def graph_digest(graph: nx.DiGraph) -> str:
     """sha256 of what the planner prices: nodes, edges, source, batch and dtype.
 

@@ -34,12 +34,14 @@ from typing import Any
 import networkx as nx
 
 from planner.capture.attention import is_sdpa, run_attention
+from planner.capture.coarsen import block_fqns
 from planner.capture.graph import node_attrs
 from planner.capture.hooks import trace_with_hooks
 from planner.capture.modules import module_info, running_modules
 from planner.capture.params import ParamOwners
 from planner.capture.source import BuiltModel, ModelSource, build_model, parse_source
 from planner.capture.tensors import SavedTensors, is_view_of, nbytes, storage_key, tensors
+from planner.capture.tp_roles import annotate_tp_roles
 from planner.errors import SourceError, TraceError
 
 Progress = Callable[[int, int], None]
@@ -100,6 +102,7 @@ def trace(
         modules=info,
         trace_seconds=round(time.perf_counter() - started, 3),
     )
+    annotate_tp_roles(graph, built.module, block_fqns(info))
     return graph
 
 

@@ -8,6 +8,7 @@
 - `pipeline`: torch's pipeline schedules and their sends (data parallel is one stage);
 - `gan`: a GAN's own step, as the runtime's GAN engine runs it;
 - `sharded`: sharded data parallel's gathers and reduce-scatters, pass by pass;
+- `tensor_parallel`: a tensor-parallel rank's share of each block, and its group's collectives;
 - `reductions`: tied-weight sums, data-parallel all-reduces, optimizer steps;
 - `collectives`: ring collectives' time and their bytes per link;
 - `timing`: the formulas for one block, one transfer, one all-reduce, one optimizer step;

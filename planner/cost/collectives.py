@@ -37,19 +37,28 @@ def count_ring_bytes(pricing: PlanPricing, devices: list[int], nbytes: float, ha
 
 def all_reduce_time(pricing: PlanPricing, devices: list[int], nbytes: float) -> float:
     """One all-reduce of ``nbytes`` over ``devices``, its bytes counted on their links."""
-    d = len(devices)
-    if d < 2 or nbytes <= 0:
+    if len(devices) < 2 or nbytes <= 0:
         return 0.0
-    hops = ring_hops(devices)
     count_ring_bytes(pricing, devices, nbytes)
+    return all_reduce_fn(pricing, devices)(nbytes)
+
+
+def all_reduce_fn(pricing: PlanPricing, devices: list[int]) -> Callable[[float], float]:
+    """Seconds of one all-reduce of a buffer of n bytes over ``devices``, as a function of n:
+    the profile's fit where it has one, else the ring formula on the slowest hop. Bytes are
+    not counted here (`count_ring_bytes`)."""
+    d = len(devices)
+    if d < 2:
+        return lambda nbytes: 0.0
+    hops = ring_hops(devices)
     measured = pricing.pricer.measured_all_reduce(hops, d)
     if measured is not None:
         pricing.sources_used["communication"].add("profile")
-        return measured.latency_s + nbytes / measured.bandwidth
+        return lambda nbytes: measured.latency_s + nbytes / measured.bandwidth if nbytes > 0 else 0.0
     links = [pricing.link(a, b) for a, b in hops]
     latency = max(link.latency_s for link in links)
     bandwidth = min(link.bandwidth for link in links)
-    return ring_all_reduce_time(nbytes, d, latency, bandwidth)
+    return lambda nbytes: ring_all_reduce_time(nbytes, d, latency, bandwidth)
 
 
 def half_ring(pricing: PlanPricing, devices: list[int], op: str) -> Callable[[float], float]:

@@ -49,9 +49,7 @@ def price_hop(pricing: PlanPricing, ranks: list[int], src: int, dst: int, nbytes
     latency, bandwidth = pricing.link(da, db)
     per_step = nbytes * pricing.micro_batches
     pricing.link_bytes[(da, db)] += per_step
-    for other in pricing.mirrors():  # identical replicas send the same, on their own links
-        oa = plan.rank_of(other, src % pp).device
-        ob = plan.rank_of(other, dst % pp).device
+    for oa, ob in pricing.twins([a, b]):  # identical ranks send the same, on their own links
         pricing.link_bytes[(oa, ob)] += per_step
     return Hop(a, b, transfer_time(nbytes, latency, bandwidth), f"p2p:{da}->{db}", round(nbytes))
 
@@ -130,6 +128,7 @@ class PipelineStep(Step):
         pricing = self.pricing
         stages, pp, measured = len(pricing.stages), pricing.pp_degree, pricing.profile is not None
         groups = pricing.shard_groups
+        tp_comm = pricing.tp_comm if pricing.tp_degree > 1 else None  # filled by stage_time
         for q, order in enumerate(orders):
             rank = ranks[q]
             program = programs[rank]
@@ -145,11 +144,15 @@ class PipelineStep(Step):
                 if passes is None:
                     fwd, bwd = stage_time(rank, a.stage)
                     work = fwd if forward else bwd
+                    if tp_comm:
+                        pricing.comm_in_compute[rank] += tp_comm[(rank, a.stage)][0 if forward else 1]
                 else:
                     stage_time(rank, a.stage)  # the stage's compute alone, for `Prediction.stage_times`
                     work, waited = pass_time(self, rank, a.stage, forward, *passes[a])
                     work += self.action_host(rank)
                     pricing.comm_in_compute[rank] += waited
+                    if tp_comm:
+                        pricing.comm_in_compute[rank] += tp_comm[(rank, a.stage)][0 if forward else 1]
                     key = (rank, a.stage, forward, *passes[a])
                 t = add(
                     kind=forward_kind if forward else backward_kind,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from planner.cost.sharded import ShardGroups
 from planner.cost.stages import boundary_bytes, stage_cost
+from planner.cost.tensor_parallel import TensorGroups, check_tp_degree
 from planner.cost.timing import optimizer_time
 from planner.devices import device_kind
-from planner.errors import PlanError
 from planner.plan import Plan
 from planner.precision import DTYPE_BYTES
 from planner.topology import LinkCost
@@ -33,11 +33,6 @@ class PlanPricing:
     """Everything about pricing one plan."""
 
     def __init__(self, pricer: Pricer, plan: Plan):
-        if plan.tp_degree > 1:
-            raise PlanError(
-                f"tp_degree: {plan.tp_degree}: tensor-parallel plans are not priced yet (the runtime "
-                "trains them with replicated data parallel; the price would count each rank whole)"
-            )
         self.pricer, self.plan = pricer, plan
         self.graph, self.cluster, self.profile, self.options = (
             pricer.graph,
@@ -85,11 +80,16 @@ class PlanPricing:
         self.host_per_step: dict[int, float] = {}
         """Rank -> host seconds at the start of its step, before its first action (loading
         its batch; a pipeline rank's gradients zeroed and, after the step, scaled)."""
+        self.tp_degree = plan.tp_degree
+        self.sequence_parallel = plan.sequence_parallel and plan.tp_degree > 1
+        if self.tp_degree > 1:
+            check_tp_degree(self.graph, self.tp_degree)
         stage_blocks = plan.stage_blocks()
         self.stage_of = {b: i for i, blocks in enumerate(stage_blocks) for b in blocks}
+        sizes = pricer.sizes_for(self.tp_degree, self.sequence_parallel)
         self.stages = [
             stage_cost(
-                pricer.sizes,
+                sizes,
                 blocks,
                 weight_scale=self.weight_scale,
                 scale=self.scale,
@@ -101,10 +101,19 @@ class PlanPricing:
             for blocks, stage in zip(stage_blocks, plan.stages, strict=True)
         ]
         self.boundaries = boundary_bytes(
-            self.graph, self.stage_of, len(self.stages), scale=self.scale, trace_batch=self.trace_batch
+            self.graph,
+            self.stage_of,
+            len(self.stages),
+            scale=self.scale,
+            trace_batch=self.trace_batch,
+            sequence_split=self.tp_degree if self.sequence_parallel else 1,
         )
         self.simulated = self.replicas_to_simulate()
         self.shard_groups = ShardGroups(self)
+        self.tensor_groups = TensorGroups(self)
+        self.tp_comm: dict[tuple[int, int], tuple[float, float]] = {}
+        """(rank, stage) -> (forward, backward) seconds of one micro-batch's tensor-parallel
+        collectives, inside the stage's times (`planner.cost.tensor_parallel`)."""
 
     def optimizer_time(self, params: int, device: int, sharded_tensors: int = 0) -> float:
         """One optimizer step over ``params`` parameters on ``device`` (its source tallied);
@@ -155,12 +164,31 @@ class PlanPricing:
         """Replicas not simulated because replica 0 stands for them."""
         return [] if len(self.simulated) > 1 else list(range(1, self.plan.dp_degree))
 
-    def mirror_rank(self, rank: int) -> int:
-        """The simulated rank that a mirrored rank's timeline copies."""
+    def is_simulated(self, rank: int) -> bool:
+        """Whether ``rank`` has tasks of its own: tensor index 0 of a simulated replica (the
+        other ranks of a tensor group run the same, in step)."""
         r = self.plan.ranks[rank]
-        if r.dp_index in self.simulated:
-            return rank
-        return self.plan.rank_of(self.simulated[0], r.pp_index).rank
+        return r.tp_index == 0 and r.dp_index in self.simulated
+
+    def mirror_rank(self, rank: int) -> int:
+        """The simulated rank whose timeline ``rank``'s copies (itself if simulated)."""
+        r = self.plan.ranks[rank]
+        dp = r.dp_index if r.dp_index in self.simulated else self.simulated[0]
+        return self.plan.rank_of(dp, r.pp_index).rank
+
+    def twins(self, ranks: list[int]) -> list[list[int]]:
+        """The devices of each copy of simulated ``ranks`` (one replica's) that is not
+        simulated: the same pipeline ranks in every mirrored replica, and every other tensor
+        index of them; what they send is counted on their own links."""
+        plan = self.plan
+        dp = plan.ranks[ranks[0]].dp_index
+        copies = [dp, *self.mirrors()] if dp == self.simulated[0] else [dp]
+        return [
+            [plan.rank_of(c, plan.ranks[r].pp_index, t).device for r in ranks]
+            for c in copies
+            for t in range(plan.tp_degree)
+            if (c, t) != (dp, 0)
+        ]
 
     # -- links and sources ----------------------------------------------------------------
     def link(self, a: int, b: int, op: str = "p2p") -> LinkCost:

@@ -29,6 +29,7 @@ from planner.cost.plan_pricing import PlanPricing
 from planner.cost.simulate import COMPUTE_KINDS, Interval, TaskKind, simulate, timeline
 from planner.cost.stages import GraphSizes
 from planner.cost.step import Step
+from planner.cost.tensor_parallel import block_share
 from planner.cost.timing import CostOptions, block_times
 from planner.devices import device_kind
 from planner.errors import PlanError
@@ -58,7 +59,10 @@ class Prediction:
     its step's own before its first action (its batch loaded, its gradients zeroed)."""
     comm_s: dict[int, float] = field(default_factory=dict)
     """Rank -> seconds of its forward and backward intervals spent waiting for a sharded
-    group's gathers and reduce-scatters (`planner.cost.sharded`), not computing."""
+    group's gathers and reduce-scatters (`planner.cost.sharded`) or in its tensor group's
+    collectives (`planner.cost.tensor_parallel`), not computing."""
+    mfu: float = 0.0
+    """Model FLOPs utilisation (`model_flops_utilisation`)."""
 
     @property
     def bytes_sent(self) -> int:
@@ -79,6 +83,7 @@ class Prediction:
             bytes_sent_per_step=self.bytes_sent,
             peak_memory=[{"device": d, "bytes": b} for d, b in self.peak_memory().items()],
             sources=self.sources,
+            mfu=self.mfu,
         )
 
 
@@ -143,7 +148,9 @@ class Pricer:
             raise PlanError(
                 f"profile.graph_digest: measured for graph {profile.graph_digest[:12]}, not this one"
             )
-        self.sizes = GraphSizes.of(graph, model_blocks(graph))
+        self.blocks = model_blocks(graph)
+        self.sizes = GraphSizes.of(graph, self.blocks)
+        self._tp_sizes: dict[tuple[int, bool], GraphSizes] = {(1, False): self.sizes}
         self.profile_digest = profile.digest() if profile is not None else ""
         self.cores = _cores(cluster)
         self.contention = _contention(cluster, profile)
@@ -161,8 +168,9 @@ class Pricer:
         tasks, programs, actions = step.tasks()
         node_of = {r.rank: r.node for r in plan.ranks}
         times, step_s = simulate(tasks, programs, node_of, self.cores, self.contention)
-        # Busy compute time of every rank: the simulated ones count for their mirrors too.
-        copies = plan.dp_degree / len(pricing.simulated)
+        pricing.tensor_groups.count_bytes()
+        # Busy compute time of every rank: the simulated ones count for their copies too.
+        copies = plan.dp_degree * plan.tp_degree / len(pricing.simulated)
         busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
         intervals = []
         if with_timeline:
@@ -188,25 +196,44 @@ class Pricer:
             comm_s={
                 r.rank: pricing.comm_in_compute.get(pricing.mirror_rank(r.rank), 0.0) for r in plan.ranks
             },
+            mfu=model_flops_utilisation(pricing, step_s),
         )
 
+    def sizes_for(self, tp: int, sp: bool) -> GraphSizes:
+        """The graph's sizes on one rank of a tensor group of ``tp`` (`GraphSizes.of`)."""
+        key = (tp, sp and tp > 1)
+        if key not in self._tp_sizes:
+            self._tp_sizes[key] = GraphSizes.of(self.graph, self.blocks, tp, sp)
+        return self._tp_sizes[key]
+
     def block_times(
-        self, block: str, kind_id: str, dtype: str, samples: float, scale: float, trace_batch: int
+        self,
+        block: str,
+        kind_id: str,
+        dtype: str,
+        samples: float,
+        scale: float,
+        trace_batch: int,
+        tp: int = 1,
+        sp: bool = False,
     ) -> tuple[float, float, str]:
-        """(forward, backward, source) of one block: cached, since the search asks often."""
-        key = (block, kind_id, dtype, samples)
+        """(forward, backward, source) of one block on one rank of a tensor group of ``tp``
+        (`planner.cost.tensor_parallel.block_share`): cached, since the search asks often."""
+        data = self.graph.nodes[block]
+        if "tp" not in data:
+            tp = 1
+        key = (block, kind_id, dtype, samples, tp, sp and tp > 1)
         if key not in self._blocks:
-            self._blocks[key] = block_times(
-                block,
-                self.graph.nodes[block].get("ops", []),
-                device_kind(kind_id),
-                dtype,
-                samples,
-                trace_batch,
-                scale,
-                self.options,
-                self.profile,
-            )
+            kind = device_kind(kind_id)
+            if tp > 1:  # the whole block's time, times the share of it one rank computes
+                f, b, source = self.block_times(block, kind_id, dtype, samples, scale, trace_batch)
+                share = block_share(data, tp, sp, kind, dtype, samples / trace_batch, scale, self.options)
+                self._blocks[key] = (f * share, b * share, source)
+            else:
+                ops = data.get("ops", [])
+                self._blocks[key] = block_times(
+                    block, ops, kind, dtype, samples, trace_batch, scale, self.options, self.profile
+                )
         return self._blocks[key]
 
     def link(self, a: int, b: int, op: str) -> PricedLink:
@@ -252,12 +279,29 @@ def _with_collectives(pricing: PlanPricing, tasks, times, intervals: list[Interv
     return sorted(intervals, key=lambda i: (i.rank, i.start, i.kind))
 
 
+def model_flops_utilisation(pricing: PlanPricing, step_s: float) -> float:
+    """The model's training FLOPs per second over the plan's devices' dense peak for its
+    compute dtype: 3 x the traced forward FLOPs per sample x the global batch per step
+    (forward, and backward's two products per forward one; recomputation does not count:
+    MFU, not hardware FLOPs utilisation, Chowdhery et al. 2022). 0 when a device kind has
+    no peak for the dtype or the step takes no time."""
+    graph, plan = pricing.graph, pricing.plan
+    flops = 3 * sum(d.get("fwd_flops", 0) for _, d in graph.nodes(data=True)) / pricing.trace_batch
+    peaks = [
+        device_kind(pricing.cluster.device(r.device).kind).peak_flops.get(pricing.dtype) for r in plan.ranks
+    ]
+    if step_s <= 0 or not all(peaks):
+        return 0.0
+    return flops * plan.training.global_batch / step_s / sum(peaks)
+
+
 def _with_mirrors(pricing: PlanPricing, intervals: list[Interval]) -> list[Interval]:
-    """The simulated ranks' intervals, and a copy of them for each rank of a mirrored replica."""
+    """The simulated ranks' intervals, and a copy of them for each rank that is not simulated
+    (a mirrored replica's, another tensor index's)."""
     plan = pricing.plan
-    if len(pricing.simulated) == plan.dp_degree:
+    source = {r.rank: pricing.mirror_rank(r.rank) for r in plan.ranks if not pricing.is_simulated(r.rank)}
+    if not source:
         return intervals
-    source = {r.rank: pricing.mirror_rank(r.rank) for r in plan.ranks if r.dp_index not in pricing.simulated}
     by_rank: dict[int, list[Interval]] = defaultdict(list)
     for i in intervals:
         by_rank[i.rank].append(i)

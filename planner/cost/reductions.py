@@ -59,10 +59,8 @@ def _tied_weight_sums(
             if len(ranks) < 2:
                 continue
             devices = [plan.ranks[r].device for r in ranks]
-            for other in pricing.mirrors():
-                count_ring_bytes(
-                    pricing, [plan.rank_of(other, plan.ranks[r].pp_index).device for r in ranks], nbytes
-                )
+            for twin in pricing.twins(ranks):
+                count_ring_bytes(pricing, twin, nbytes)
             t = tasks.add(
                 kind=TaskKind.ALL_REDUCE,
                 work=all_reduce_time(pricing, devices, nbytes),
@@ -102,6 +100,10 @@ def _data_parallel_all_reduces(
         elif plan.dp_degree > 1 and not mode.sharded:
             devices = [plan.ranks[r].device for r in group]
             reduced = step.reduced_bytes(cost)
+            for t in range(1, plan.tp_degree):  # each tensor index's replicas, on their own links
+                others = [plan.rank_of(dp, s % pp, t).device for dp in range(plan.dp_degree)]
+                for nbytes in reduced:
+                    count_ring_bytes(pricing, others, nbytes)
             t = tasks.add(
                 kind=TaskKind.ALL_REDUCE,
                 work=sum(all_reduce_time(pricing, devices, nbytes) for nbytes in reduced),
@@ -146,7 +148,7 @@ def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, b
     """Each simulated rank's optimizer step over its stages' parameters (its shard of them
     under a sharded ``dp_mode``), last in its program."""
     for r in pricing.plan.ranks:
-        if r.dp_index not in pricing.simulated:
+        if not pricing.is_simulated(r.rank):
             continue
         mine = [s for s in range(len(pricing.stages)) if s % pricing.pp_degree == r.pp_index]
         params = round(sum(pricing.stages[s].param_count for s in mine) / pricing.shard_groups.size(r.rank))

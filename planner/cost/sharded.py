@@ -32,6 +32,7 @@ around each unit's forward and backward (with the block's compute).
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -148,11 +149,12 @@ class ShardGroups:
         self._memory_speed: dict[int, float] = {}  # rank -> bytes/s its copies move at
         self._fsdp_work: dict[int, tuple[float, float]] = {}  # rank -> (per collective, per pass)
         self._ring: dict[tuple[int, str], Callable[[float], float]] = {}  # (rank, op) -> time per bytes
-        self._groups: dict[int, list[list[int]]] = {}  # pipeline rank -> its shard groups' devices
+        # Pipeline rank -> its shard groups' devices, every tensor index's.
+        self._groups: dict[int, list[list[int]]] = {}
         if not self.mode.sharded:
             return  # every rank holds its stages whole: nothing to look up (the search prices many)
-        for q in range(plan.pp_degree):
-            members = [plan.rank_of(dp, q) for dp in range(plan.dp_degree)]
+        for q, t in itertools.product(range(plan.pp_degree), range(plan.tp_degree)):
+            members = [plan.rank_of(dp, q, t) for dp in range(plan.dp_degree)]
             if self.mode == DpMode.HYBRID_SHARD:
                 by_node: dict[int, list] = defaultdict(list)
                 for r in members:
@@ -160,9 +162,10 @@ class ShardGroups:
                 groups = list(by_node.values())
             else:
                 groups = [members]
-            self._groups[q] = [[r.device for r in g] for g in groups]
+            mine = [[r.device for r in g] for g in groups]
+            self._groups.setdefault(q, []).extend(mine)  # every tensor index's groups
             across = [[other[j].device for other in groups] for j in range(len(groups[0]))]
-            for g, devices in zip(groups, self._groups[q], strict=True):
+            for g, devices in zip(groups, mine, strict=True):
                 for j, r in enumerate(g):
                     self.shard[r.rank] = devices  # one list per group, shared by its ranks
                     self.replicate[r.rank] = across[j]

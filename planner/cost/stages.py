@@ -54,10 +54,14 @@ class GraphSizes:
     """Block -> bytes of its output."""
 
     @classmethod
-    def of(cls, graph: nx.DiGraph, blocks: list[str]) -> GraphSizes:
-        """``blocks``: the model's blocks in execution order."""
-        sizes = graph.graph.get("param_bytes", {})
+    def of(cls, graph: nx.DiGraph, blocks: list[str], tp: int = 1, sp: bool = False) -> GraphSizes:
+        """``blocks``: the model's blocks in execution order; ``tp``: the sizes on one rank of
+        a tensor group of that many, ``sp``: with sequence parallelism (`TpShares`)."""
+        share = TpShares(graph, tp, sp)
+        sizes = {p: share.param(p, n) for p, n in graph.graph.get("param_bytes", {}).items()}
         cast = frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None
+        traced = graph.graph.get("param_bytes", {})
+        own = {b: share.block_params(data, traced) for b, data in graph.nodes(data=True)}
         return cls(
             owners={p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])},
             param_bytes=sizes,
@@ -65,27 +69,76 @@ class GraphSizes:
                 b: max((sizes.get(p, 0) for p in data.get("params", [])), default=0)
                 for b, data in graph.nodes(data=True)
             },
-            largest_op={
-                b: max((op[1] for op in data.get("ops", [])), default=0) for b, data in graph.nodes(data=True)
-            },
+            largest_op={b: share.largest_op(data) for b, data in graph.nodes(data=True)},
             cast_params=cast,
             cast_bytes={
-                b: data.get("param_bytes", 0)
+                b: own[b]
                 if cast is None
                 else sum(sizes.get(p, 0) for p in data.get("params", []) if p in cast)
                 for b, data in graph.nodes(data=True)
             },
             input_bytes={
-                b: sum(d.get("bytes", 0) for _, _, d in graph.in_edges(b, data=True)) for b in graph
+                b: sum(d.get("bytes", 0) for _, _, d in graph.in_edges(b, data=True)) / share.sequence(data)
+                for b, data in graph.nodes(data=True)
             },
             position={b: i for i, b in enumerate(blocks)},
             # Plain dicts: the search reads them for every block of every plan it prices.
-            block_param_bytes={b: data.get("param_bytes", 0) for b, data in graph.nodes(data=True)},
+            block_param_bytes=own,
             block_param_tensors={b: len(data.get("params", [])) for b, data in graph.nodes(data=True)},
-            saved={b: data.get("saved_bytes", 0) for b, data in graph.nodes(data=True)},
+            saved={b: share.saved(data) for b, data in graph.nodes(data=True)},
             resaved={b: data.get("resaved_from", {}) for b, data in graph.nodes(data=True)},
             shared={b: data.get("shared_params", []) for b, data in graph.nodes(data=True)},
             output={b: data.get("output_bytes", 0) for b, data in graph.nodes(data=True)},
+        )
+
+
+class TpShares:
+    """What one rank of a tensor group of ``tp`` holds of each traced size
+    (`planner.capture.tp_roles`): the split parameters' 1/tp; of a block with a layout, its
+    ``split`` ops' saved tensors' 1/tp, its ``col`` ops' whole (their input), its ``seq``
+    ops' whole, or 1/tp under sequence parallelism (``sp``), as are its inputs. Without
+    tensor parallelism (``tp`` 1) every size is the traced one."""
+
+    def __init__(self, graph: nx.DiGraph, tp: int, sp: bool) -> None:
+        self.tp, self.sp = tp, sp
+        self.split = frozenset(graph.graph.get("tp_params", [])) if tp > 1 else frozenset()
+
+    def param(self, fqn: str, nbytes: int) -> float:
+        return nbytes / self.tp if fqn in self.split else nbytes
+
+    def block_params(self, data: dict, traced: dict[str, int]) -> float:
+        """A block's own parameters' bytes on one rank; ``traced``: every parameter's bytes."""
+        split = [traced.get(p, 0) for p in data.get("params", []) if p in self.split]
+        return data.get("param_bytes", 0) - sum(split) + sum(split) / self.tp
+
+    def sequence(self, data: dict) -> int:
+        """What a block's whole activations (its inputs) are divided by: tp for a block with
+        a layout under sequence parallelism, else 1."""
+        return self.tp if self.sp and "tp" in data else 1
+
+    def divides(self, role: str) -> bool:
+        """Whether an op of ``role`` has its activations divided across the group."""
+        return role == "split" or (role == "seq" and self.sp)
+
+    def saved(self, data: dict) -> float:
+        tp = data.get("tp")
+        total = data.get("saved_bytes", 0)
+        if tp is None or self.tp == 1:
+            return total
+        divided = sum(n for role, n in tp["saved"].items() if self.divides(role))
+        return total - divided + divided / self.tp
+
+    def largest_op(self, data: dict) -> float:
+        ops = data.get("ops", [])
+        tp = data.get("tp")
+        if tp is None or self.tp == 1:
+            return max((op[1] for op in ops), default=0)
+        return max(
+            (
+                op[1] / self.tp if self.divides(role) else op[1]
+                for op, role in zip(ops, tp["roles"], strict=True)
+            ),
+            default=0,
         )
 
 
@@ -185,18 +238,28 @@ def _recompute_peak(sizes: GraphSizes, blocks: list[str], recomputed: list[str])
 
 
 def boundary_bytes(
-    graph: nx.DiGraph, stage_of: dict[str, int], stages: int, *, scale: float, trace_batch: int
+    graph: nx.DiGraph,
+    stage_of: dict[str, int],
+    stages: int,
+    *,
+    scale: float,
+    trace_batch: int,
+    sequence_split: int = 1,
 ) -> Boundaries:
-    """Per-sample bytes crossing each of the ``stages - 1`` boundaries, forward and backward.
+    """Per-sample bytes crossing each of the ``stages - 1`` boundaries, forward and backward,
+    from one rank (each rank of a tensor group sends its own copy to its peer of the next
+    stage; under sequence parallelism, ``sequence_split`` > 1, a tensor between two blocks
+    with a layout is split along the sequence, and each rank sends its part).
 
     A tensor that skips stages is sent across every boundary it crosses.
     """
     fwd, bwd = [0.0] * max(stages - 1, 0), [0.0] * max(stages - 1, 0)
     for u, v, d in graph.edges(data=True):
         su, sv = stage_of.get(u, 0), stage_of.get(v, 0)
+        split = sequence_split if "tp" in graph.nodes[u] and "tp" in graph.nodes[v] else 1
         for k in range(su, sv):
-            fwd[k] += d.get("bytes", 0) / trace_batch * scale
-            bwd[k] += d.get("grad_bytes", 0) / trace_batch * scale
+            fwd[k] += d.get("bytes", 0) / trace_batch * scale / split
+            bwd[k] += d.get("grad_bytes", 0) / trace_batch * scale / split
     return Boundaries(fwd, bwd)
 
 

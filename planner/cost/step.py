@@ -102,18 +102,29 @@ class Step(ABC):
         samples = pricing.micro_batch_size(r.dp_index)
         profile = pricing.profile
         cost = pricing.stages[stage]
-        blocks = self._blocks_times(kind, samples, cost.blocks)
+        tp, sp = pricing.tp_degree, pricing.sequence_parallel
+        blocks = self._blocks_times(kind, samples, cost.blocks, tp, sp)
         # A replica of the whole model runs it uncut and eagerly; a pipeline stage runs
         # the pieces pipeline() cuts, which the block timings measured. The whole model's
-        # timing is shared out over its blocks as their own timings share it.
+        # timing is shared out over its blocks as their own timings share it (whole blocks:
+        # a tensor-parallel rank's shares are taken of those).
         timed = profile is not None and len(pricing.stages) == 1 and profile.timed_in(pricing.dtype)
         whole = profile.whole_time(kind, samples) if timed else None
         if whole is not None and self.uses_profiled_loops:
             pricing.sources_used["compute"].add("profile")
-            fwd, bwd = sum(f for f, _ in blocks), sum(b for _, b in blocks)
+            uncut = blocks if tp == 1 else self._blocks_times(kind, samples, cost.blocks)
+            fwd, bwd = sum(f for f, _ in uncut), sum(b for _, b in uncut)
             to_f = whole[0] / fwd if fwd else 0.0
             to_b = whole[1] / bwd if bwd else 0.0
             blocks = [(f * to_f, b * to_b) for f, b in blocks]
+        if tp > 1:  # the tensor group's collectives, in series with each block's ops
+            groups = pricing.tensor_groups
+            comm = [groups.block_comm(rank, b, samples) for b in cost.blocks]
+            blocks = [(f + cf, b + cb) for (f, b), (cf, cb) in zip(blocks, comm, strict=True)]
+            again_comm = sum(
+                cf for name, (cf, _) in zip(cost.blocks, comm, strict=True) if name in cost.recomputed
+            )
+            pricing.tp_comm[(rank, stage)] = (sum(c[0] for c in comm), sum(c[1] for c in comm) + again_comm)
         if not cost.recomputed:
             return blocks
         again = set(cost.recomputed)
@@ -138,15 +149,18 @@ class Step(ABC):
         pricing.host_per_step[rank] = seconds
         return seconds
 
-    def _blocks_times(self, kind: str, samples: float, blocks: list[str]) -> list[tuple[float, float]]:
-        """(forward, backward) of each block, run as often as `passes` says."""
+    def _blocks_times(
+        self, kind: str, samples: float, blocks: list[str], tp: int = 1, sp: bool = False
+    ) -> list[tuple[float, float]]:
+        """(forward, backward) of each block, run as often as `passes` says, on one rank of
+        a tensor group of ``tp`` (its share of each block, `planner.cost.tensor_parallel`)."""
         pricing = self.pricing
         out = []
         for block in blocks:
             fwd = bwd = 0.0
             for times in self.passes(block, blocks):
                 f, b, src = pricing.pricer.block_times(
-                    block, kind, pricing.dtype, samples * times, pricing.scale, pricing.trace_batch
+                    block, kind, pricing.dtype, samples * times, pricing.scale, pricing.trace_batch, tp, sp
                 )
                 fwd, bwd = fwd + f, bwd + b
                 pricing.sources_used["compute"].add(src)

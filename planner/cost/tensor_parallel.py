@@ -1,0 +1,158 @@
+"""Tensor parallelism in a plan's price: each rank's share of a block, and the group's collectives.
+
+Every rank of a tensor group runs every block on the same micro-batch. Of a block with a
+layout (`planner.capture.tp_roles`), a rank computes its share of each op: a ``split`` op's
+FLOPs, bytes and weights over the degree, a ``col`` op's FLOPs and weights (it reads the
+whole input), a ``seq`` op's FLOPs and bytes only under sequence parallelism. The roofline
+prices each op at its share, so a matrix product small enough to become memory-bound is
+priced so; a block's measured time is scaled by the same share (`block_share`).
+
+Megatron's collectives, per block and micro-batch, on the group's links (Shoeybi et al. 2019;
+Korthikanti et al. 2022 for sequence parallelism):
+- forward: one all-reduce of each row-split layer's output; under sequence parallelism an
+  all-gather of each column-split layer's input and a reduce-scatter of each row-split
+  layer's output instead;
+- backward: one all-reduce of the gradient of each column-split layer's input (one per input:
+  q, k and v read the same); under sequence parallelism a reduce-scatter of it and an
+  all-gather of the row-split layers' output gradients.
+They sit between the block's ops, each waiting on the op before and each op after waiting on
+it, so they are priced in series with the block's compute (not overlapped).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from planner.cost.collectives import all_reduce_fn, count_ring_bytes, half_ring
+from planner.cost.timing import CostOptions, op_time
+from planner.devices import DeviceKind
+from planner.errors import PlanError
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from planner.cost.plan_pricing import PlanPricing
+
+
+def check_tp_degree(graph: nx.DiGraph, tp: int) -> None:
+    """Raise PlanError naming the first block whose heads ``tp`` does not divide."""
+    for block, data in graph.nodes(data=True):
+        layout = data.get("tp")
+        if layout is None:
+            continue
+        for what, n in (("attention heads", layout["heads"]), ("key/value heads", layout["kv_heads"])):
+            if n % tp:
+                raise PlanError(f"tp_degree: {tp} does not divide the {n} {what} of block {block!r}")
+
+
+def divisors(role: str, tp: int, sp: bool) -> tuple[int, int, int]:
+    """What an op of ``role`` divides its (FLOPs, activation bytes, weight bytes) by."""
+    if role == "split":
+        return tp, tp, tp
+    if role == "col":
+        return tp, 1, tp
+    if role == "seq" and sp:
+        return tp, tp, 1
+    return 1, 1, 1
+
+
+def block_share(
+    data: dict[str, Any],
+    tp: int,
+    sp: bool,
+    kind: DeviceKind,
+    dtype: str,
+    per: float,
+    scale: float,
+    opts: CostOptions,
+) -> float:
+    """The fraction of a block's forward one rank of a tensor group of ``tp`` computes, by the
+    roofline op by op; ``per``: samples / traced samples, ``scale``: training / traced bytes."""
+    whole = mine = 0.0
+    for (f, a, w), role in zip(data["ops"], data["tp"]["roles"], strict=True):
+        df, da, dw = divisors(role, tp, sp)
+        whole += op_time(f * per, (a * per + w) * scale, kind, dtype, opts)
+        mine += op_time(f * per / df, (a * per / da + w / dw) * scale, kind, dtype, opts)
+    return mine / whole if whole else 1.0
+
+
+class TensorGroups:
+    """The tensor groups of a plan: their devices, and what their collectives cost."""
+
+    def __init__(self, pricing: PlanPricing) -> None:
+        plan = pricing.plan
+        self.pricing = weakref.proxy(pricing)  # owned by it: no reference cycle (see ShardGroups)
+        self.tp = plan.tp_degree
+        self.sp = plan.sequence_parallel and self.tp > 1
+        self._times: dict[tuple[int, str], Callable[[float], float]] = {}
+        self.per_step: dict[tuple[int, int], float] = {}
+        """(rank, stage) -> the bytes of one micro-batch's collectives of the stage, per sample,
+        counted on each group's links once the step's micro-batches are known (`count_bytes`)."""
+
+    def devices(self, rank: int) -> list[int]:
+        """The devices of ``rank``'s tensor group."""
+        r = self.pricing.plan.ranks[rank]
+        return [g.device for g in self.pricing.plan.tensor_group(r.dp_index, r.pp_index)]
+
+    def _op(self, rank: int, op: str) -> Callable[[float], float]:
+        if (rank, op) not in self._times:
+            devices = self.devices(rank)
+            self._times[rank, op] = (
+                all_reduce_fn(self.pricing, devices)
+                if op == "all_reduce"
+                else half_ring(self.pricing, devices, op)
+            )
+        return self._times[rank, op]
+
+    def block_comm(self, rank: int, block: str, samples: float) -> tuple[float, float]:
+        """(forward, backward) seconds of ``block``'s collectives for ``samples`` on ``rank``."""
+        if self.tp == 1:
+            return 0.0, 0.0
+        tp = self.pricing.graph.nodes[block].get("tp")
+        if tp is None:
+            return 0.0, 0.0
+        per = samples / self.pricing.trace_batch * self.pricing.scale
+        gathered = [n * per for n in tp["gathered"]]
+        reduced = [n * per for n in tp["reduced"]]
+        if self.sp:
+            gather, scatter = self._op(rank, "all_gather"), self._op(rank, "reduce_scatter")
+            forward = sum(map(gather, gathered)) + sum(map(scatter, reduced))
+            backward = sum(map(scatter, gathered)) + sum(map(gather, reduced))
+        else:
+            reduce = self._op(rank, "all_reduce")
+            forward, backward = sum(map(reduce, reduced)), sum(map(reduce, gathered))
+        return forward, backward
+
+    def block_bytes(self, block: str, samples: float) -> tuple[float, float]:
+        """(forward, backward) bytes ``block``'s collectives move for ``samples``, as whole
+        buffers of all-gathers and reduce-scatters (an all-reduce counts as one of each)."""
+        tp = self.pricing.graph.nodes[block].get("tp")
+        if self.tp == 1 or tp is None:
+            return 0.0, 0.0
+        per = samples / self.pricing.trace_batch * self.pricing.scale
+        gathered, reduced = sum(tp["gathered"]) * per, sum(tp["reduced"]) * per
+        if self.sp:
+            return gathered + reduced, gathered + reduced
+        return 2 * reduced, 2 * gathered
+
+    def count_bytes(self) -> None:
+        """Put every tensor group's collectives of the step on its links: each group runs its
+        stages' blocks once per micro-batch, forward and backward, and a recomputing block's
+        forward again in its backward."""
+        if self.tp == 1:
+            return
+        pricing = self.pricing
+        for r in pricing.plan.ranks:
+            if r.tp_index:
+                continue
+            samples = pricing.micro_batch_size(r.dp_index)
+            nbytes = 0.0
+            for s in range(r.pp_index, len(pricing.stages), pricing.pp_degree):
+                cost = pricing.stages[s]
+                again = set(cost.recomputed)
+                for b in cost.blocks:
+                    forward, backward = self.block_bytes(b, samples)
+                    nbytes += forward * (2 if b in again else 1) + backward
+            count_ring_bytes(pricing, self.devices(r.rank), nbytes * pricing.micro_batches, halves=1)
