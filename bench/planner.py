@@ -13,10 +13,12 @@
     devices: the predicted step time of the plan the search picks, against the same
     degrees with an even layer split (Megatron's default) and a parameter-balanced split
     (DeepSpeed's default), as ratios (> 1: the baseline is slower).
-(c) The models users bring, bf16-mixed, the whole space (data-parallel modes and
-    recomputation included): Llama-7B at 4,096 tokens, global batch 32, on 8 A100-40GB; the
-    zoo's 70B GPT, global batch 512, on 64 and on 512 H100s. Search time on one core (the
-    trace, on the meta device, not counted), the plan chosen, its peak memory per device.
+(c) The models users bring, bf16-mixed, the whole space (data-parallel modes, recomputation
+    and tensor-parallel degrees included): Llama-7B at 4,096 tokens, global batch 32, on 8
+    A100-40GB; the zoo's 70B GPT, global batch 512, on 64 and on 512 H100s; GPT-3's 175B
+    shape (`size=175b`), global batch 1536, on 128 nodes of 8 A100-80GB, once with sequence
+    parallelism. Search time on one core (the trace, on the meta device, not counted), the
+    plan chosen, its predicted MFU and peak memory per device.
 """
 
 from __future__ import annotations
@@ -190,9 +192,11 @@ def part_b(devices_list) -> None:
 
 
 LLMS = (
-    ("Llama-7B, 4k tokens", "hf:llama", {"seq_len": 4096}, "a100-40gb:8", 32),
-    ("GPT 70B", "gpt", {"size": "70b"}, "h100:8x8", 512),
-    ("GPT 70B", "gpt", {"size": "70b"}, "h100:8x64", 512),
+    ("Llama-7B, 4k tokens", "hf:llama", {"seq_len": 4096}, "a100-40gb:8", 32, False),
+    ("GPT 70B", "gpt", {"size": "70b"}, "h100:8x8", 512, False),
+    ("GPT 70B", "gpt", {"size": "70b"}, "h100:8x64", 512, False),
+    ("GPT 175B", "gpt", {"size": "175b"}, "a100-80gb:8x128", 1536, False),
+    ("GPT 175B, seq. par.", "gpt", {"size": "175b"}, "a100-80gb:8x128", 1536, True),
 )
 
 
@@ -200,25 +204,37 @@ def part_c() -> None:
     from planner.capture.coarsen import coarsen
     from planner.capture.trace import trace
 
-    print("\n(c) LLMs, bf16-mixed, every data-parallel mode and recomputation: one core")
-    print(f"  {'model':<20} {'cluster':<12} {'batch':>5} {'time s':>7}  {'best plan':<58} peak/device")
+    print("\n(c) LLMs, bf16-mixed, every data-parallel mode, recomputation and tp degree: one core")
+    print(
+        f"  {'model':<20} {'cluster':<16} {'batch':>5} {'time s':>7}  {'best plan':<72} "
+        f"{'step s':>7} {'MFU':>6}  peak/device"
+    )
     graphs = {}
-    for name, source, overrides, spec, batch in LLMS:
+    for name, source, overrides, spec, batch, sp in LLMS:
         key = (source, tuple(sorted(overrides.items())))
         if key not in graphs:
             graphs[key] = coarsen(trace(source, dict(overrides)))
         cluster = resolve_cluster(spec)
         t0 = time.perf_counter()
-        result = search(graphs[key], cluster, global_batch=batch, training={"precision": "bf16-mixed"})
+        result = search(
+            graphs[key],
+            cluster,
+            global_batch=batch,
+            sequence_parallel=sp,
+            training={"precision": "bf16-mixed"},
+        )
         dt = time.perf_counter() - t0
         best = result.best
         if best is None:  # the candidates say which stage on which device is over
-            label, peak = f"none fits: {result.candidates[0].reason}", ""
+            label, figures = f"none fits: {result.candidates[0].reason}", ""
         else:
             label = best.label
             top = max(best.prediction.memory, key=lambda m: m.total)
-            peak = f"{top.total / 2**30:.1f} of {top.capacity / 2**30:.0f} GiB"
-        print(f"  {name:<20} {spec:<12} {batch:>5} {dt:>7.2f}  {label[:58]:<58} {peak}")
+            figures = (
+                f"{best.prediction.step_time_s:>7.2f} {best.prediction.mfu:>6.1%}  "
+                f"{top.total / 2**30:.1f} of {top.capacity / 2**30:.0f} GiB"
+            )
+        print(f"  {name:<20} {spec:<16} {batch:>5} {dt:>7.2f}  {label[:72]:<72} {figures}")
 
 
 def _even_layers(blocks: list[str], k: int) -> list[int]:

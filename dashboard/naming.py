@@ -27,6 +27,8 @@ def layout_name(
     mesh: str = "",
     dp_mode: str = "replicate",
     recompute: str = "none",
+    tp: int = 1,
+    sequence_parallel: bool = False,
 ) -> str:
     """How a layout splits the model, in a few words (its memory levers when it pulls them).
 
@@ -38,6 +40,10 @@ def layout_name(
     ('data parallel × 2', 'one device')
     >>> layout_name("dp", 8, 1, None, 1, 1, dp_mode="full_shard", recompute="full")
     'data parallel × 8, ZeRO-3, recompute full'
+    >>> layout_name("dp", 1, 1, None, 1, 1, tp=8)
+    'tensor parallel × 8'
+    >>> layout_name("dp", 4, 1, None, 1, 1, tp=2, sequence_parallel=True)
+    'data parallel × 4, tensor × 2, sequence parallel'
     """
     if strategy == Strategy.DP:
         text = f"data parallel × {dp}" if dp > 1 else "one device"
@@ -50,6 +56,9 @@ def layout_name(
         split = f"pipeline × {pp}" if strategy == Strategy.PP else f"dp {dp} × pp {pp}"
         batches = f"{micro_batches} micro-batch{'es' if micro_batches != 1 else ''}"
         text = f"{split}, {name}, {batches}"
+    if tp > 1:
+        text = f"tensor parallel × {tp}" if text == "one device" else f"{text}, tensor × {tp}"
+        text += ", sequence parallel" if sequence_parallel else ""
     if dp_mode in SHARDING_NAMES:
         text += f", {SHARDING_NAMES[dp_mode]}"
     if recompute != "none":
@@ -70,6 +79,8 @@ def candidate_name(candidate) -> str:
         c.mesh,
         c.dp_mode,
         c.recompute,
+        c.tp_degree,
+        c.sequence_parallel,
     )
 
 
@@ -84,6 +95,8 @@ def strategy_name(plan: Plan) -> str:
         plan.training.micro_batches,
         dp_mode=plan.dp_mode,
         recompute=_recompute(plan),
+        tp=plan.tp_degree,
+        sequence_parallel=plan.sequence_parallel,
     )
 
 

@@ -92,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
         "block); auto: none unless only recomputation fits",
     )
     p.add_argument(
+        "--tp",
+        default="auto",
+        metavar="{auto,N}",
+        help="tensor-parallel degree: ranks per tensor group (Megatron-style split of attention and MLP, "
+        "inside a node); auto: each divisor of the devices per node that divides the heads",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with tp > 1: split the tensor groups' norms along the sequence (all-gather / reduce-scatter "
+        "in place of all-reduce)",
+    )
+    p.add_argument(
         "--precision",
         default=Precision.FP32.value,
         choices=[p.value for p in Precision],
@@ -200,6 +213,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         micro_batches=args.micro_batches,
         dp_mode=args.dp_mode,
         recompute=args.recompute,
+        tp=args.tp,
+        sequence_parallel=args.sequence_parallel,
         training={"precision": args.precision, "steps": args.steps},
         profile=profile,
     )
@@ -210,10 +225,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         f"on {cluster.name} ({len(cluster.devices)} devices): "
         f"{result.screened} layouts screened, {len(result.candidates)} priced"
     )
+    for note in result.notes:
+        print(f"note: {note}")
     header = (
-        f"{'':2}{'strategy':<8} {'devices':<14} {'dp':>3} {'pp':>3} {'m':>3} {'schedule':<19} "
+        f"{'':2}{'strategy':<8} {'devices':<14} {'dp':>3} {'pp':>3} {'tp':>5} {'m':>3} {'schedule':<19} "
         f"{'dp mode':<13} {'recompute':<9} {'step':>10} "
-        f"{'samples/s':>10} {'peak mem/dev':>13} {'sent/step':>11} {'bubble':>7}  notes"
+        f"{'samples/s':>10} {'MFU':>6} {'peak mem/dev':>13} {'sent/step':>11} {'bubble':>7}  notes"
     )
     print(header)
     for c in result.candidates[: args.top]:
@@ -230,15 +247,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             )
             if x
         )
+        tp = f"{row['tp']}{' sp' if row['sp'] else ''}"
         head = (
-            f"{mark}{row['strategy']:<8} {devices[:14]:<14} {row['dp']:>3} {row['pp']:>3} {row['m']:>3} "
-            f"{row['schedule']:<19} {row['dp_mode']:<13} {row['recompute']:<9} "
+            f"{mark}{row['strategy']:<8} {devices[:14]:<14} {row['dp']:>3} {row['pp']:>3} {tp:>5} "
+            f"{row['m']:>3} {row['schedule']:<19} {row['dp_mode']:<13} {row['recompute']:<9} "
         )
         if row["step_s"] is None:
             print(f"{head}{notes}")
             continue
         print(
-            f"{head}{_seconds(row['step_s']):>10} {row['samples_s']:>10.1f} "
+            f"{head}{_seconds(row['step_s']):>10} {row['samples_s']:>10.1f} {row['mfu']:>6.1%} "
             f"{_bytes(row['peak_mem']):>13} {_bytes(row['bytes_sent']):>11} {row['bubble']:>7.1%}  {notes}"
         )
     best = result.best

@@ -76,6 +76,22 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback():
             ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--schedule", "x"],
             "(choose from 'gpipe', '1f1b', 'interleaved_1f1b')",
         ),
+        (
+            ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--tp", "two"],
+            "tp: 'two' is not auto or a positive whole number of ranks",
+        ),
+        (
+            ["plan", "--model", "gpt", "--cluster", "cpu:6", "--global-batch", "8", "--tp", "3"],
+            "tp: 3 does not divide the 4 attention heads of block 'blocks.0'",
+        ),
+        (
+            ["plan", "--model", "mlp", "--cluster", "cpu:2", "--global-batch", "8", "--tp", "2"],
+            "tp: 2: no block of this model has a tensor-parallel layout (use 1)",
+        ),
+        (
+            ["plan", "--model", "mlp", "--cluster", "cpu:2", "--global-batch", "8", "--sequence-parallel"],
+            "sequence_parallel: splits a tensor group's norms; no tensor degree above 1 applies",
+        ),
     ]:
         out = planner(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
@@ -122,3 +138,29 @@ def test_a_large_cluster_is_summed_up_per_run_of_identical_nodes():
         "  nodes 0-19 (20): 4 x a100-80gb 80.0 GiB, 4 x v100-32gb 32.0 GiB each node",
     ]
     assert len(lines) < 10  # not one line per device, nor per pair
+
+
+def test_plan_searches_tensor_parallel_degrees_and_shows_them_with_mfu():
+    out = planner(
+        "plan",
+        "--model",
+        "gpt",
+        "--set",
+        "size=toy",
+        "--cluster",
+        "h100:4",
+        "--global-batch",
+        "8",
+        "--tp",
+        "2",
+        "--sequence-parallel",
+        "--precision",
+        "bf16-mixed",
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if "strategy" in line)
+    assert " tp " in header and " MFU " in header
+    rows = [line for line in lines[lines.index(header) + 1 :] if line.strip()]
+    assert rows and all(" 2 sp " in row for row in rows), rows  # the pinned degree, everywhere
+    assert any(line.startswith("note: 4 blocks without a tensor-parallel layout") for line in lines)

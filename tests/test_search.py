@@ -87,9 +87,10 @@ def test_pure_strategies_are_always_listed_with_the_reason_they_do_not_fit():
         and "(a100-80gb) needs" in dp.reason
         and "over its 80.00 GiB" in dp.reason
     )
-    assert result.best is not None and result.best.pp_degree > 1  # 7B with AdamW needs ~107 GB
+    # 7B with AdamW needs ~107 GB: the model is split, into stages or tensor groups.
+    assert result.best is not None and (result.best.pp_degree > 1 or result.best.tp_degree > 1)
     # Sharded over the four replicas (ZeRO-2 holds 107 / 4 GB and the gathered blocks), it fits.
-    sharded = search(graph, resolve_cluster("a100-80gb:4"), global_batch=8, strategy="dp")
+    sharded = search(graph, resolve_cluster("a100-80gb:4"), global_batch=8, strategy="dp", tp=1)
     assert sharded.best is not None and sharded.best.dp_mode != "replicate"
 
 
@@ -218,3 +219,26 @@ def test_data_parallel_replicas_of_different_speeds_take_unequal_shares():
     assert best.dp_degree == 2 and share[0] > 2 * share[1] and sum(share.values()) == 64
     even = make_plan(graph, cluster, strategy="dp", dp_degree=2, global_batch=64)
     assert best.prediction.step_time_s < price(graph, cluster, even).step_time_s
+
+
+def test_tensor_parallel_degrees_are_searched_where_the_heads_and_nodes_allow():
+    graph = coarsen(trace("gpt", {"d_model": 192, "n_head": 12, "n_layer": 4, "seq_len": 64}))
+    result = search(graph, resolve_cluster("h100:8"), global_batch=16)
+    assert "tp 8 not tried: 8 does not divide the 12 attention heads of block 'blocks.0'" in result.notes
+    degrees = {c.tp_degree for c in result.candidates}
+    assert degrees == {1, 2, 4}  # the best of each degree is priced and listed
+    for c in result.candidates:
+        assert c.plan.tp_degree == c.tp_degree
+        for r in c.plan.ranks:  # a tensor group's ranks lie in one node
+            assert r.node == c.plan.rank_of(r.dp_index, r.pp_index).node
+    # Across nodes a tensor group stays in one: 4 devices per node allow 1, 2 and 4 only.
+    two_nodes = search(graph, resolve_cluster("h100:4x2"), global_batch=16, tp=4)
+    assert {c.tp_degree for c in two_nodes.candidates} == {4}
+    with pytest.raises(PlannerError, match=r"tp: 8 does not divide every node's devices of a kind \(4\)"):
+        search(graph, resolve_cluster("h100:4x2"), global_batch=16, tp=8)
+
+
+def test_a_model_without_layouts_is_searched_without_tensor_parallelism():
+    result = search(coarsen(trace("mlp", {})), resolve_cluster("h100:8"), global_batch=16)
+    assert result.notes == ["tp 1 only: no block of this model has a tensor-parallel layout"]
+    assert {c.tp_degree for c in result.candidates} == {1}

@@ -180,6 +180,7 @@ st.dataframe(
             "peak memory": fmt.size(r["peak_mem"]),
             "sent per step": fmt.size(r["bytes_sent"]),
             "bubble": fmt.percent(r["bubble"]),
+            "mfu": fmt.percent(r["mfu"]),
             "split": "proven best" if r["exact"] else "balanced",
         }
         for r in rows
@@ -189,7 +190,7 @@ st.dataframe(
     width="stretch",
     column_config={
         "plan": st.column_config.TextColumn(
-            "Plan", help="strategy, data × pipeline degrees, micro-batches, schedule", width="large"
+            "Plan", help="strategy, data × pipeline × tensor degrees, micro-batches, schedule", width="large"
         ),
         "fits": st.column_config.TextColumn("Fits", help="Whether every device's memory holds its part"),
         "step": st.column_config.TextColumn("Time per step", help="Predicted time of one optimizer step"),
@@ -197,6 +198,11 @@ st.dataframe(
         "peak memory": st.column_config.TextColumn("Peak memory", help="On the fullest device"),
         "sent per step": st.column_config.TextColumn("Sent per step", help="Bytes over all links"),
         "bubble": st.column_config.TextColumn("Bubble", help="Share of the step the devices sit idle"),
+        "mfu": st.column_config.TextColumn(
+            "MFU",
+            help="Model FLOPs utilisation: the model's training FLOPs per second (3 x forward) "
+            "over the devices' dense peak",
+        ),
         "split": st.column_config.TextColumn(
             "Stage split", help="Proven best by branch and bound, or the split that balances work"
         ),

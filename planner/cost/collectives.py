@@ -18,6 +18,7 @@ from planner.cost.timing import ring_all_reduce_time
 
 if TYPE_CHECKING:
     from planner.cost.plan_pricing import PlanPricing
+    from planner.cost.price import Pricer
 
 
 def ring_hops(devices: list[int]) -> list[tuple[int, int]]:
@@ -47,39 +48,50 @@ def all_reduce_fn(pricing: PlanPricing, devices: list[int]) -> Callable[[float],
     """Seconds of one all-reduce of a buffer of n bytes over ``devices``, as a function of n:
     the profile's fit where it has one, else the ring formula on the slowest hop. Bytes are
     not counted here (`count_ring_bytes`)."""
-    d = len(devices)
-    if d < 2:
-        return lambda nbytes: 0.0
-    hops = ring_hops(devices)
-    measured = pricing.pricer.measured_all_reduce(hops, d)
-    if measured is not None:
-        pricing.sources_used["communication"].add("profile")
-        return lambda nbytes: measured.latency_s + nbytes / measured.bandwidth if nbytes > 0 else 0.0
-    links = [pricing.link(a, b) for a, b in hops]
-    latency = max(link.latency_s for link in links)
-    bandwidth = min(link.bandwidth for link in links)
-    return lambda nbytes: ring_all_reduce_time(nbytes, d, latency, bandwidth)
+    return _ring(pricing, devices, "all_reduce")
 
 
 def half_ring(pricing: PlanPricing, devices: list[int], op: str) -> Callable[[float], float]:
     """Seconds of one ``op`` (all_gather or reduce_scatter) of a buffer of n bytes whole over
     ``devices``, as a function of n: the profile's fit of that op where it has one, else
-    half an all-reduce of the buffer. The ring's links are looked up once (a group of 512
-    gathers thousands of blocks). Bytes are not counted here: the caller counts each
+    half an all-reduce of the buffer. Bytes are not counted here: the caller counts each
     collective once per step (`count_ring_bytes` with ``halves=1``)."""
+    return _ring(pricing, devices, op)
+
+
+def _ring(pricing: PlanPricing, devices: list[int], op: str) -> Callable[[float], float]:
+    """`ring_time`, looked up once per device ring and op for all the plans a pricer prices
+    (a group of 512 looks up 512 links), its sources noted for this plan."""
+    fn, sources = pricing.pricer.ring(tuple(devices), op)
+    pricing.sources_used["communication"].update(sources)
+    return fn
+
+
+def ring_time(
+    pricer: Pricer, devices: tuple[int, ...], op: str
+) -> tuple[Callable[[float], float], frozenset]:
+    """(seconds of one ``op`` of a buffer of n bytes whole over ``devices`` as a function of
+    n, where its figures came from): a profile's fit of the op itself (all_gather and
+    reduce_scatter), else of the all-reduce (an all-gather or reduce-scatter is half of it),
+    else the ring formula on the slowest hop of the cluster's links."""
     d = len(devices)
     if d < 2:
-        return lambda nbytes: 0.0
-    hops = ring_hops(devices)
-    own = pricing.pricer.measured_collective(op, hops, d)
+        return (lambda nbytes: 0.0), frozenset()
+    hops = ring_hops(list(devices))
+    own = pricer.measured_collective(op, hops, d) if op != "all_reduce" else None
     if own is not None:
-        pricing.sources_used["communication"].add("profile")
-        return lambda nbytes: own.latency_s + nbytes / own.bandwidth if nbytes > 0 else 0.0
-    measured = pricing.pricer.measured_all_reduce(hops, d)
+        return (lambda nbytes: own.latency_s + nbytes / own.bandwidth if nbytes > 0 else 0.0), PROFILE
+    halves = 1 if op == "all_reduce" else 2
+    measured = pricer.measured_all_reduce(hops, d)
     if measured is not None:
-        pricing.sources_used["communication"].add("profile")
-        return lambda nbytes: (measured.latency_s + nbytes / measured.bandwidth) / 2 if nbytes > 0 else 0.0
-    links = [pricing.link(a, b) for a, b in hops]
+        return (
+            lambda nbytes: (measured.latency_s + nbytes / measured.bandwidth) / halves if nbytes > 0 else 0.0
+        ), PROFILE
+    links = [pricer.link(a, b, "p2p") for a, b in hops]
     latency = max(link.latency_s for link in links)
     bandwidth = min(link.bandwidth for link in links)
-    return lambda nbytes: ring_all_reduce_time(nbytes, d, latency, bandwidth) / 2
+    sources = frozenset(link.source for link in links)
+    return (lambda nbytes: ring_all_reduce_time(nbytes, d, latency, bandwidth) / halves), sources
+
+
+PROFILE = frozenset({"profile"})

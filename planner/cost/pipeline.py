@@ -83,7 +83,8 @@ class PipelineStep(Step):
 
     def __init__(self, pricing: PlanPricing) -> None:
         super().__init__(pricing)
-        self._held: dict[tuple[int, float], float] = {}  # replicas of a pipeline rank hold the same
+        # (pipeline rank, micro-batch size) -> what it holds: its replicas and tensor peers alike.
+        self._held: dict[tuple[int, float], StepMemory] = {}
 
     def schedule(self) -> Schedule:
         """The plan's schedule; a plan without one has one stage per rank and runs each
@@ -213,17 +214,17 @@ class PipelineStep(Step):
         key = (rank.pp_index, samples)
         if key not in self._held:
             saved = {s: pricing.stages[s].saved_per_sample * samples for s in stages}
-            self._held[key] = held_peak(actions, saved)
-        last = len(pricing.stages) - 1
-        loss = pricing.loss_copies * pricing.stages[last].out_per_sample if last in stages else 0.0
-        return StepMemory(
-            in_flight=in_flight(actions),
-            micro_batch_size=samples,
-            loss_output_per_sample=loss,
-            buffers=self._receive_buffers(stages, samples),
-            activations_held=self._held[key],
-            runtime_strategy=Strategy.PP if pricing.pp_degree > 1 else Strategy.DP,
-        )
+            last = len(pricing.stages) - 1
+            loss = pricing.loss_copies * pricing.stages[last].out_per_sample if last in stages else 0.0
+            self._held[key] = StepMemory(
+                in_flight=in_flight(actions),
+                micro_batch_size=samples,
+                loss_output_per_sample=loss,
+                buffers=self._receive_buffers(stages, samples),
+                activations_held=held_peak(actions, saved),
+                runtime_strategy=Strategy.PP if pricing.pp_degree > 1 else Strategy.DP,
+            )
+        return self._held[key]
 
     def _receive_buffers(self, stages: list[int], samples: float) -> float:
         """Bytes of the receive buffers of ``stages``: m per input activation (not on the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ import networkx as nx
 
 from planner.capture.graph import graph_digest, model_blocks
 from planner.cluster import Cluster
+from planner.cost.collectives import ring_time
 from planner.cost.gan import GanReplicaStep, GanStep
 from planner.cost.memory import MemoryBreakdown, plan_memory
 from planner.cost.pipeline import PipelineStep
@@ -155,6 +157,7 @@ class Pricer:
         self.cores = _cores(cluster)
         self.contention = _contention(cluster, profile)
         self._links: dict[tuple[int, int, str], PricedLink] = {}
+        self._rings: dict[tuple[tuple[int, ...], str], tuple[Callable[[float], float], frozenset]] = {}
         self._blocks: dict[tuple[str, str, str, float], tuple[float, float, str]] = {}
 
     def __call__(self, plan: Plan, *, with_timeline: bool = True) -> Prediction:
@@ -235,6 +238,13 @@ class Pricer:
                     block, ops, kind, dtype, samples, trace_batch, scale, self.options, self.profile
                 )
         return self._blocks[key]
+
+    def ring(self, devices: tuple[int, ...], op: str) -> tuple[Callable[[float], float], frozenset]:
+        """`planner.cost.collectives.ring_time` of ``op`` over ``devices``: cached."""
+        key = (devices, op)
+        if key not in self._rings:
+            self._rings[key] = ring_time(self, devices, op)
+        return self._rings[key]
 
     def link(self, a: int, b: int, op: str) -> PricedLink:
         """Between devices a and b: a profile's fit for the link's kind, else the catalog's path."""

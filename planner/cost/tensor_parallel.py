@@ -36,15 +36,24 @@ if TYPE_CHECKING:
     from planner.cost.plan_pricing import PlanPricing
 
 
-def check_tp_degree(graph: nx.DiGraph, tp: int) -> None:
-    """Raise PlanError naming the first block whose heads ``tp`` does not divide."""
+def heads_error(graph: nx.DiGraph, tp: int) -> str | None:
+    """Why ``tp`` cannot split the blocks with a layout (the first whose heads it does not
+    divide), or None."""
     for block, data in graph.nodes(data=True):
         layout = data.get("tp")
         if layout is None:
             continue
         for what, n in (("attention heads", layout["heads"]), ("key/value heads", layout["kv_heads"])):
             if n % tp:
-                raise PlanError(f"tp_degree: {tp} does not divide the {n} {what} of block {block!r}")
+                return f"{tp} does not divide the {n} {what} of block {block!r}"
+    return None
+
+
+def check_tp_degree(graph: nx.DiGraph, tp: int) -> None:
+    """Raise PlanError naming the first block whose heads ``tp`` does not divide."""
+    why = heads_error(graph, tp)
+    if why is not None:
+        raise PlanError(f"tp_degree: {why}")
 
 
 def divisors(role: str, tp: int, sp: bool) -> tuple[int, int, int]:

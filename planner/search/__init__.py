@@ -4,6 +4,7 @@
 - `layouts`: what the search may try, every layout of the model on the cluster;
 - `candidate`: one layout considered: its degrees, devices and shares, then its price;
 - `levers`: the memory levers (sharding, recomputation) a candidate tries, cheapest first;
+- `tensor_degrees`: which tensor-parallel degrees the search tries, and why not the others;
 - `screen`: a quick step time for every candidate, so only the most promising are priced;
 - `pricing`: price one candidate: build its plan, choose its stages, simulate its step;
 - `stage_problem`, `partition`: a candidate's blocks split into stages, exactly (branch and bound);

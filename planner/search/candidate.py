@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.cost.price import Prediction
@@ -24,13 +24,16 @@ class Candidate:
     strategy: Strategy
     dp_degree: int
     pp_degree: int
+    tp_degree: int = 1
+    """Ranks per tensor group (`with_tensor_groups`)."""
+    sequence_parallel: bool = False
     micro_batches: int
     schedule: Schedule | None
     virtual_stages: int
     devices: list[int]
     """Device of each rank, in rank order."""
-    coords: list[tuple[int, int]]
-    """``(dp_index, pp_index)`` of each rank."""
+    coords: list[tuple[int, ...]]
+    """``(dp_index, pp_index)`` of each rank, or ``(dp_index, pp_index, tp_index)``."""
     shares: list[int]
     """Samples per replica."""
     mesh: str = ""
@@ -112,6 +115,20 @@ class Candidate:
             names=list(networks),
         )
 
+    def with_tensor_groups(self, groups: dict[int, list[int]], sequence_parallel: bool) -> Candidate:
+        """This layout with each of its devices standing for a tensor group: ``groups`` maps
+        each device to its group's devices (itself first); the group's ranks are consecutive."""
+        tp = len(next(iter(groups.values())))
+        if tp == 1:
+            return self
+        return replace(
+            self,
+            tp_degree=tp,
+            sequence_parallel=sequence_parallel,
+            devices=[d for lead in self.devices for d in groups[lead]],
+            coords=[(dp, q, t) for dp, q in self.coords for t in range(tp)],
+        )
+
     @property
     def family(self) -> tuple:
         """What the results list once: the variants of a family differ in order, mesh,
@@ -121,6 +138,8 @@ class Candidate:
             len(self.devices),
             self.dp_degree,
             self.pp_degree,
+            self.tp_degree,
+            self.sequence_parallel,
             self.schedule,
             self.virtual_stages,
         )
@@ -138,7 +157,10 @@ class Candidate:
     @property
     def label(self) -> str:
         parts = (
-            f"{self.strategy} dp{self.dp_degree}xpp{self.pp_degree} m{self.micro_batches}",
+            f"{self.strategy} dp{self.dp_degree}xpp{self.pp_degree}"
+            + (f"xtp{self.tp_degree}" if self.tp_degree > 1 else "")
+            + (" sp" if self.sequence_parallel else "")
+            + f" m{self.micro_batches}",
             self.schedule_text,
             "" if self.dp_mode == DpMode.REPLICATE else str(self.dp_mode),
             "" if self.recompute == "none" else f"recompute {self.recompute}",
@@ -153,6 +175,8 @@ class Candidate:
             "strategy": str(self.strategy),
             "dp": self.dp_degree,
             "pp": self.pp_degree,
+            "tp": self.tp_degree,
+            "sp": self.sequence_parallel,
             "m": self.micro_batches,
             "schedule": self.schedule_text,
             "dp_mode": str(self.dp_mode),
@@ -163,6 +187,7 @@ class Candidate:
             "peak_mem": max((m.total for m in p.memory), default=0) if p else None,
             "bytes_sent": p.bytes_sent if p else None,
             "bubble": p.bubble_fraction if p else None,
+            "mfu": p.mfu if p else None,
             "exact": self.exact,
             "feasible": self.feasible,
             "reason": self.reason,

@@ -1,6 +1,8 @@
 """What the search may try: every layout of the model on the cluster, as candidates.
 
-Enumerated: the devices to use (all, each kind alone, the fastest one), dp x pp over them,
+Enumerated: the devices to use (all, each kind alone, the fastest one), the tensor-parallel
+degrees given (each group on consecutive devices of one kind in one node: its collectives run
+on every block), dp x pp over the groups,
 both mesh orders (a pipeline's ranks on neighbouring devices, so stage-to-stage traffic
 stays on the fast links inside a node; or a replica group's), every order of device kinds
 along a pipeline, micro-batch counts, schedules (GPipe, 1F1B, interleaved with v = 2), and
@@ -12,7 +14,7 @@ data parallel or as `mp`, its networks on their own devices.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from planner.cluster import Cluster
@@ -37,16 +39,42 @@ def candidates(
     wanted: Strategy | None,
     schedule: str | None,
     micro_batches: int | None,
+    tp_degrees: Sequence[int] = (1,),
+    sequence_parallel: bool = False,
 ) -> list[Candidate]:
     """Every layout of ``wanted`` (None: any strategy) that honours the pinned schedule and
-    micro-batch count; the GAN's own layouts when the blocks are a GAN's networks."""
+    micro-batch count, for each of ``tp_degrees`` (under sequence parallelism when asked);
+    the GAN's own layouts when the blocks are a GAN's networks."""
     if is_adversarial(blocks):
         return adversarial_candidates(cluster, speeds, blocks, batch, wanted)
     if wanted == Strategy.MP:
         raise PlannerError(
             "mp places named sub-networks (a GAN's generator and discriminator); this model has none: use pp"
         )
-    return list(layouts(cluster, speeds, len(blocks), batch, wanted, schedule, micro_batches))
+    out = []
+    for tp in tp_degrees:
+        seen: set[tuple] = set()  # device sets can repeat a layout (a kind of one device is the fastest)
+        for device_set in _device_sets(cluster, speeds):
+            groups = tensor_groups(cluster, device_set, tp)
+            if groups is None:
+                continue
+            leads = device_set if tp == 1 else list(groups)
+            found = layouts(cluster, speeds, leads, len(blocks), batch, wanted, schedule, micro_batches, seen)
+            out += [c.with_tensor_groups(groups, sequence_parallel and tp > 1) for c in found]
+    return out
+
+
+def tensor_groups(cluster: Cluster, devices: list[int], tp: int) -> dict[int, list[int]] | None:
+    """``devices`` in groups of ``tp``: consecutive devices of one kind in one node, keyed by
+    each group's first device; None when some node's devices of a kind do not divide by tp."""
+    by_place: dict[tuple[int, str], list[int]] = {}
+    for d in sorted(devices, key=lambda d: (cluster.device(d).node, cluster.device(d).kind, d)):
+        by_place.setdefault((cluster.device(d).node, cluster.device(d).kind), []).append(d)
+    if any(len(members) % tp for members in by_place.values()):
+        return None
+    return {
+        members[i]: members[i : i + tp] for members in by_place.values() for i in range(0, len(members), tp)
+    }
 
 
 def device_speeds(
@@ -89,15 +117,17 @@ class _Placement(NamedTuple):
 def layouts(
     cluster: Cluster,
     speeds: dict[int, float],
+    devices: list[int],
     n_blocks: int,
     batch: int,
     wanted: Strategy | None,
     schedule: str | None,
     pinned_m: int | None,
+    seen: set[tuple],
 ) -> Iterator[Candidate]:
-    """Each distinct layout once: every placement with its micro-batches, shares and schedules."""
-    seen = set()
-    for at in _placements(cluster, speeds, n_blocks, wanted):
+    """Each layout of ``devices`` not in ``seen`` (then added to it): every placement with
+    its micro-batches, shares and schedules."""
+    for at in _placements(cluster, devices, n_blocks, wanted):
         for m, shares, sched, v in _variants(speeds, at.replicas, at.pp, batch, n_blocks, schedule, pinned_m):
             key = (tuple(at.devices), tuple(at.coords), m, sched, v, tuple(shares))
             if key not in seen:
@@ -106,25 +136,24 @@ def layouts(
 
 
 def _placements(
-    cluster: Cluster, speeds: dict[int, float], n_blocks: int, wanted: Strategy | None
+    cluster: Cluster, device_set: list[int], n_blocks: int, wanted: Strategy | None
 ) -> Iterator[_Placement]:
-    """For each device set and dp x pp of ``wanted``: each order of device kinds and, for
-    hybrids across nodes or link kinds, each mesh order."""
+    """For each dp x pp of ``wanted`` over ``device_set``: each order of device kinds and,
+    for hybrids across nodes or link kinds, each mesh order."""
     # On one node with one kind of link every mesh order is the same plan.
     uniform = len(cluster.nodes()) == 1 and len(cluster.link_kinds()) <= 1
-    for device_set in _device_sets(cluster, speeds):
-        for dp, pp in _shapes(len(device_set), n_blocks):
-            if wanted not in (None, _strategy_of(dp, pp)):
-                continue
-            meshes = [PIPELINES_IN_NODES, REPLICAS_IN_NODES] if dp > 1 and pp > 1 and not uniform else [""]
-            for kinds, ordered in _orders(cluster, device_set[: dp * pp]):
-                for mesh in meshes:
-                    coords = _grid(mesh, dp, pp)
-                    replicas: list[list[int]] = [[] for _ in range(dp)]  # one pass: up to 10^5 ranks
-                    for r, (dp_index, _) in enumerate(coords):
-                        replicas[dp_index].append(ordered[r])
-                    label = ", ".join(x for x in (mesh, kinds) if x)
-                    yield _Placement(dp, pp, label, ordered, coords, replicas)
+    for dp, pp in _shapes(len(device_set), n_blocks):
+        if wanted not in (None, _strategy_of(dp, pp)):
+            continue
+        meshes = [PIPELINES_IN_NODES, REPLICAS_IN_NODES] if dp > 1 and pp > 1 and not uniform else [""]
+        for kinds, ordered in _orders(cluster, device_set[: dp * pp]):
+            for mesh in meshes:
+                coords = _grid(mesh, dp, pp)
+                replicas: list[list[int]] = [[] for _ in range(dp)]  # one pass: up to 10^5 ranks
+                for r, (dp_index, _) in enumerate(coords):
+                    replicas[dp_index].append(ordered[r])
+                label = ", ".join(x for x in (mesh, kinds) if x)
+                yield _Placement(dp, pp, label, ordered, coords, replicas)
 
 
 def _strategy_of(dp: int, pp: int) -> Strategy:

@@ -54,6 +54,6 @@ def levers(
 def _spans_nodes_evenly(c: Candidate, cluster: Cluster) -> bool:
     """Whether every data-parallel group of ``c`` can shard in its nodes and replicate across."""
     nodes: dict[int, list[int]] = {}
-    for device, (_, q) in zip(c.devices, c.coords, strict=True):
-        nodes.setdefault(q, []).append(cluster.device(device).node)
+    for device, coord in zip(c.devices, c.coords, strict=True):
+        nodes.setdefault(coord[1:], []).append(cluster.device(device).node)
     return hybrid_shard_error(nodes.values()) is None

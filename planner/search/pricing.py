@@ -98,6 +98,8 @@ def candidate_plan(graph: nx.DiGraph, cluster: Cluster, c: Candidate, **choices:
         devices=c.devices,
         coords=c.coords,
         shares=c.shares,
+        tp_degree=c.tp_degree,
+        sequence_parallel=c.sequence_parallel,
         **choices,
     )
 

@@ -10,6 +10,7 @@ cached, since many candidates share them.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import networkx as nx
@@ -33,8 +34,13 @@ class Screen:
         self.trace_batch = int(graph.graph.get("batch_size", 1))
         weight_scale = recipe.weight_bytes / traced
         self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * weight_scale
-        self._totals: dict[tuple[str, float], tuple[float, float]] = {}
+        self._totals: dict[tuple[str, float, int, bool], tuple[float, float]] = {}
         self._links: dict[tuple[int, ...], float] = {}
+        tp_bytes = [graph.nodes[b].get("tp") for b in blocks]
+        self.tp_bytes = (
+            sum(2 * (sum(t["gathered"]) + sum(t["reduced"])) for t in tp_bytes if t) / self.trace_batch
+        )
+        """Bytes per sample of a tensor group's collectives over the whole model, in the traced dtype."""
 
     def slowest_link(self, cluster: Cluster, devices: tuple[int, ...]) -> float:
         """Least bandwidth between neighbours in this device order (many candidates share one)."""
@@ -42,12 +48,15 @@ class Screen:
             self._links[devices] = min(cluster.path(a, b).bandwidth for a, b in itertools.pairwise(devices))
         return self._links[devices]
 
-    def totals(self, kind: str, mb: float) -> tuple[float, float]:
-        """(whole model, largest block) forward + backward seconds per micro-batch on ``kind``."""
-        key = (kind, mb)
+    def totals(self, kind: str, mb: float, tp: int = 1, sp: bool = False) -> tuple[float, float]:
+        """(whole model, largest block) forward + backward seconds per micro-batch on ``kind``,
+        on one rank of a tensor group of ``tp``."""
+        key = (kind, mb, tp, sp)
         if key not in self._totals:
             times = [
-                sum(self.pricer.block_times(b, kind, self.dtype, mb, self.scale, self.trace_batch)[:2])
+                sum(
+                    self.pricer.block_times(b, kind, self.dtype, mb, self.scale, self.trace_batch, tp, sp)[:2]
+                )
                 for b in self.blocks
             ]
             self._totals[key] = (sum(times), max(times))
@@ -59,16 +68,21 @@ class Screen:
         if c.strategy == Strategy.MP:
             return 0.0  # few enough to price them all
         worst = 0.0
+        tp, sp = c.tp_degree, c.sequence_parallel
         kinds_of: list[list[str]] = [[] for _ in range(c.dp_degree)]  # one pass, not one per replica
         for r, device in enumerate(c.devices):
-            kinds_of[c.coords[r][0]].append(cluster.device(device).kind)
+            if r % tp == 0:  # a tensor group's ranks are consecutive and run alike
+                kinds_of[c.coords[r][0]].append(cluster.device(device).kind)
+        # The tensor group's collectives, on its slowest link, spread over the pipeline.
+        group = self.slowest_link(cluster, tuple(c.devices[:tp])) if tp > 1 else math.inf
+        tp_comm = self.tp_bytes * self.scale * 2 * (tp - 1) / tp / group / c.pp_degree
         for dp in range(c.dp_degree):
             mb = c.shares[dp] / c.micro_batches
-            totals = [self.totals(k, mb) for k in kinds_of[dp]]
+            totals = [self.totals(k, mb, tp, sp) for k in kinds_of[dp]]
             balanced = 1 / sum(1 / t for t, _ in totals)  # work split in proportion to speed
-            stage = max(balanced, max(b for _, b in totals))  # a block is never split
+            stage = max(balanced, max(b for _, b in totals)) + tp_comm * mb  # a block is never split
             fill = (c.pp_degree - 1) / c.virtual_stages
             worst = max(worst, (c.micro_batches + fill) * stage)
         if c.dp_degree > 1:
-            worst += 2 * self.grad_bytes / c.pp_degree / self.slowest_link(cluster, tuple(c.devices))
+            worst += 2 * self.grad_bytes / tp / c.pp_degree / self.slowest_link(cluster, tuple(c.devices))
         return worst

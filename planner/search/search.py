@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -35,6 +35,7 @@ from planner.search.levers import AUTO, check_levers, levers
 from planner.search.pricing import price_candidate
 from planner.search.screen import Screen
 from planner.search.stage_problem import unit_starts
+from planner.search.tensor_degrees import tp_degrees
 
 STRATEGIES = (AUTO, *(s.value for s in Strategy))  # plain strings: widget options and messages
 
@@ -49,6 +50,8 @@ class SearchResult:
     """How many candidate layouts were screened before pricing."""
     units: int
     """Nodes actually partitioned (blocks, or groups of blocks for very long graphs)."""
+    notes: list[str] = field(default_factory=list)
+    """What limited the search, in words (the tensor-parallel degrees not tried, and why)."""
 
     @property
     def best(self) -> Candidate | None:
@@ -77,6 +80,8 @@ def search(
     micro_batches: int | None = None,
     dp_mode: str = AUTO,
     recompute: str = AUTO,
+    tp: str | int = AUTO,
+    sequence_parallel: bool = False,
     training: dict[str, Any] | None = None,
     profile: Profile | None = None,
     options: CostOptions | None = None,
@@ -91,7 +96,9 @@ def search(
     less than ``exact_budget_s``; after that, and for problems past
     `planner.search.pricing.EXACT_LIMIT`, the split that balances work is priced once and
     the row says it is not proven. ``dp_mode`` and ``recompute`` pin the memory levers
-    (`planner.search.levers`; auto: the cheapest that fits).
+    (`planner.search.levers`; auto: the cheapest that fits); ``tp`` the tensor-parallel
+    degree (auto: each one the model and nodes allow, `planner.search.tensor_degrees`),
+    ``sequence_parallel`` splits the tensor groups' norms along the sequence.
     """
     budget = _Budget(max_priced, max_evaluations, max_nodes, exact_budget_s, time.perf_counter())
     if strategy not in STRATEGIES:
@@ -105,7 +112,14 @@ def search(
     precision = Precision(training.get("precision", Precision.FP32))
     speeds = device_speeds(cluster, profile, blocks, precision.recipe.compute)
     wanted = None if strategy == AUTO else Strategy(strategy)
-    candidates = layout_candidates(cluster, speeds, blocks, global_batch, wanted, schedule, micro_batches)
+    degrees, notes = tp_degrees(graph, cluster, tp)
+    if sequence_parallel and max(degrees) == 1:
+        raise PlannerError(
+            "sequence_parallel: splits a tensor group's norms; no tensor degree above 1 applies"
+        )
+    candidates = layout_candidates(
+        cluster, speeds, blocks, global_batch, wanted, schedule, micro_batches, degrees, sequence_parallel
+    )
     adversarial = is_adversarial(blocks)
     tries = {id(c): levers(c, cluster, dp_mode, recompute, adversarial) for c in candidates}
     candidates = [c for c in candidates if tries[id(c)]]  # a pinned lever that cannot apply
@@ -118,22 +132,27 @@ def search(
     for c in candidates:
         c.estimate = screen(cluster, c)
     candidates.sort(key=lambda c: c.estimate)
-    chosen = _price_promising(pricer, graph, cluster, candidates, training, units, budget, tries)
+    chosen = _price_promising(pricer, graph, cluster, candidates, training, units, budget, tries, degrees)
     chosen.sort(key=lambda c: (not c.feasible, c.prediction.step_time_s if c.prediction else math.inf))
-    return SearchResult(_best_per_family(chosen), len(candidates), len(units) if units else len(blocks))
+    return SearchResult(
+        _best_per_family(chosen), len(candidates), len(units) if units else len(blocks), notes
+    )
 
 
 def _price_promising(
-    pricer, graph, cluster, screened, training, units, budget: _Budget, tries
+    pricer, graph, cluster, screened, training, units, budget: _Budget, tries, degrees=(1,)
 ) -> list[Candidate]:
-    """Price the best-screened variant of the first families, the pure strategies, and, while
-    none of those fits, further families down the screened list."""
+    """Price the best-screened variant of the first families, the pure strategies, the best
+    of each tensor-parallel degree, and, while none of those fits, further families down the
+    screened list."""
     chosen = _best_per_family(screened)[: budget.max_priced]
-    # Always compare against pure data parallel, pure pipeline parallel and one device alone.
+    # Always compare against pure data parallel, pure pipeline parallel and one device alone,
+    # and show each tensor-parallel degree tried.
     for must in (
-        lambda c: c.strategy == Strategy.DP and len(c.devices) > 1,
-        lambda c: c.strategy == Strategy.PP,
+        lambda c: c.strategy == Strategy.DP and len(c.devices) > 1 and c.tp_degree == 1,
+        lambda c: c.strategy == Strategy.PP and c.tp_degree == 1,
         lambda c: len(c.devices) == 1,
+        *((lambda c, t=t: c.tp_degree == t) for t in degrees if t > 1),
     ):
         pure = next((c for c in screened if must(c)), None)
         if pure is not None and pure not in chosen:
@@ -145,6 +164,7 @@ def _price_promising(
 
     for c in chosen:
         price(c, time.perf_counter() - budget.started < budget.exact_budget_s)
+    chosen = [_smaller_micro_batches(c, screened, price) for c in chosen]
     # When memory rules out every candidate priced so far, keep going down the screened list.
     rest = [c for c in _best_per_family(screened) if c not in chosen]
     while rest and not any(c.feasible for c in chosen) and len(chosen) < 4 * budget.max_priced:
@@ -152,6 +172,26 @@ def _price_promising(
         price(c, False)
         chosen.append(c)
     return chosen
+
+
+def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries: int = 3) -> Candidate:
+    """``c``, or, when its memory does not fit with any lever, the best-screened variant of its
+    family whose micro-batches are at most half as large, priced (halving up to ``tries``
+    times, while none fits): the screen ranks a family's variants by time alone, and fewer
+    samples per micro-batch hold fewer activations and logits."""
+    for _ in range(tries):
+        if c.feasible or c.prediction is None:
+            return c
+        size = max(c.shares) / c.micro_batches
+        smaller = next(
+            (o for o in screened if o.family == c.family and max(o.shares) / o.micro_batches <= size / 2),
+            None,
+        )
+        if smaller is None:
+            return c
+        price(smaller, False)
+        c = smaller
+    return c
 
 
 def _best_per_family(ranked: list[Candidate]) -> list[Candidate]:

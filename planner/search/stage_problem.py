@@ -80,6 +80,7 @@ class StageProblem:
         """Per stage position, each block's forward + backward seconds per micro-batch."""
         kinds = {d.id: d.kind for d in self.pricer.cluster.devices}
         dtype = self.recipe.compute
+        tp = (self.template.tp_degree, self.template.sequence_parallel)  # each rank's share of a block
         rows: dict[tuple, list[float]] = {}  # one row per distinct (kind, micro-batch) set
         work = []
         for j in range(self.k):
@@ -87,7 +88,9 @@ class StageProblem:
             if key not in rows:
                 per_place = [
                     [
-                        sum(self.pricer.block_times(b, kind, dtype, mb, self.scale, self.trace_batch)[:2])
+                        sum(
+                            self.pricer.block_times(b, kind, dtype, mb, self.scale, self.trace_batch, *tp)[:2]
+                        )
                         for b in self.blocks
                     ]
                     for kind, mb in key
@@ -116,7 +119,7 @@ class StageProblem:
         grads, gathered = 1 / shard, 0.0
         if mode.sharded and self.k > 1:
             grads, gathered = 1.0, self.recipe.compute_bytes / traced
-        sizes = self.pricer.sizes
+        sizes = self.pricer.sizes_for(plan.tp_degree, plan.sequence_parallel)
         own = sizes.block_param_bytes
         per_byte = self.weight_scale * (1 / shard + grads) + gathered + per_param / traced / shard
         fixed = [own[b] * per_byte for b in self.blocks]

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Named sizes for `size=...`; d_ff defaults to 4 * d_model. Parameter counts are about
+# Named sizes for `size=...`; d_ff defaults to 4 * d_model. 175b is GPT-3's shape as Megatron-LM
+# trained it (Narayanan et al. 2021, Table 1: vocabulary padded to 51200). Parameter counts are about
 # 12 * n_layer * d_model**2 plus the embeddings (and the head unless tied). 70b widens the
 # MLP to 4.5 * d_model so that two matrices reach Llama-2-70B's size (it has three).
 SIZES: dict[str, dict[str, int]] = {
@@ -22,6 +23,7 @@ SIZES: dict[str, dict[str, int]] = {
     "125m": dict(vocab_size=50257, seq_len=1024, d_model=768, n_layer=12, n_head=12),
     "7b": dict(vocab_size=32000, seq_len=2048, d_model=4096, n_layer=32, n_head=32),
     "70b": dict(vocab_size=32000, seq_len=2048, d_model=8192, n_layer=80, n_head=64, d_ff=36864),
+    "175b": dict(vocab_size=51200, seq_len=2048, d_model=12288, n_layer=96, n_head=96),
 }
 
 
