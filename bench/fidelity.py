@@ -72,6 +72,7 @@ class Case:
     pp: int
     choices: dict = field(default_factory=dict)  # strategy, schedule, micro_batches, levers
     precision: str = "fp32"
+    tp: int = 1
 
 
 # A table, one plan per line, aligned by hand.
@@ -99,6 +100,8 @@ CASES = [
          dict(strategy="pp", schedule="1f1b", micro_batches=4, recompute="full")),
     Case("GAN G|D", "gan", "cpu:2", 1, 2, dict(strategy="mp")),
     Case("GAN DP x2", "gan", "cpu:2", 2, 1, dict(strategy="dp")),
+    Case("GPT TP2", "gpt", "cpu:2", 1, 1, dict(strategy="dp"), tp=2),
+    Case("GPT DP2 x TP2", "gpt", "cpu:4", 2, 1, dict(strategy="dp"), tp=2),
     Case("GPT DP2 x PP2 1F1B m4", "gpt", "cpu:4", 2, 2,
          dict(strategy="hybrid", schedule="1f1b", micro_batches=4)),
     Case("GPT DP2 x PP2 1F1B m4 ZeRO-3", "gpt", "cpu:4", 2, 2,
@@ -130,7 +133,14 @@ def plan_for(case: Case, graph, profile) -> Plan:
     if case.choices["strategy"] == "dp":  # nothing to split; search would also offer 1 rank
         levers = {k: v for k, v in case.choices.items() if k in ("dp_mode", "recompute")}
         plan = make_plan(
-            graph, cluster, strategy="dp", dp_degree=case.dp, global_batch=batch, training=training, **levers
+            graph,
+            cluster,
+            strategy="dp",
+            dp_degree=case.dp,
+            tp_degree=case.tp,
+            global_batch=batch,
+            training=training,
+            **levers,
         )
         return plan.model_copy(update={"predicted": Pricer(graph, cluster, profile)(plan).to_predicted()})
     result = search(graph, cluster, global_batch=batch, training=training, profile=profile, **case.choices)

@@ -10,7 +10,8 @@
     plan is proven optimal. Where the branch and bound gives up, the gap of the
     screening split to the exact split is printed at the largest size exact still runs.
 (b) A GPT with a large vocabulary (16384, d_model 256, 8 blocks; docs/facts.md) on 4 and 8
-    devices: the predicted step time of the plan the search picks, against the same
+    devices, pipelines without tensor parallelism: the predicted step time of the plan the
+    search picks, against the same
     degrees with an even layer split (Megatron's default) and a parameter-balanced split
     (DeepSpeed's default), as ratios (> 1: the baseline is slower).
 (c) The models users bring, bf16-mixed, the whole space (data-parallel modes, recomputation
@@ -18,7 +19,8 @@
     A100-40GB; the zoo's 70B GPT, global batch 512, on 64 and on 512 H100s; GPT-3's 175B
     shape (`size=175b`), global batch 1536, on 128 nodes of 8 A100-80GB, once with sequence
     parallelism. Search time on one core (the trace, on the meta device, not counted), the
-    plan chosen, its predicted MFU and peak memory per device.
+    plan chosen, its predicted MFU and peak memory per device; and the 175B priced in
+    Megatron-LM's layouts (tensor 8 in a node, pipeline 8 or 16 across nodes).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import networkx as nx
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer
 from planner.devices import device_kind
+from planner.search.build import model_blocks
 from planner.search.partition import min_bottleneck_cuts
 from planner.search.search import search
 from planner.search.stage_problem import StageProblem
@@ -163,7 +166,6 @@ def heuristic_gap(sizes, spec: str, pp: int, m: int) -> None:
 def part_b(devices_list) -> None:
     from planner.capture.coarsen import coarsen
     from planner.capture.trace import trace
-    from planner.search.build import model_blocks
     from planner.search.pricing import candidate_plan
 
     print("\n(b) GPT, vocab 16384, d_model 256, 8 blocks, global batch 32: baseline step / chosen step")
@@ -174,7 +176,7 @@ def part_b(devices_list) -> None:
     params = [graph.nodes[b]["param_count"] for b in blocks]
     for n in devices_list:
         cluster = resolve_cluster(f"a100-80gb:{n}")
-        result = search(graph, cluster, global_batch=32, strategy="pp")
+        result = search(graph, cluster, global_batch=32, strategy="pp", tp=1)  # pipeline splits alone
         best = result.best
         k = best.pp_degree * best.virtual_stages
         pricer = Pricer(graph, cluster)
@@ -206,7 +208,7 @@ def part_c() -> None:
 
     print("\n(c) LLMs, bf16-mixed, every data-parallel mode, recomputation and tp degree: one core")
     print(
-        f"  {'model':<20} {'cluster':<16} {'batch':>5} {'time s':>7}  {'best plan':<72} "
+        f"  {'model':<20} {'cluster':<16} {'batch':>5} {'time s':>7}  {'best plan':<84} "
         f"{'step s':>7} {'MFU':>6}  peak/device"
     )
     graphs = {}
@@ -234,7 +236,42 @@ def part_c() -> None:
                 f"{best.prediction.step_time_s:>7.2f} {best.prediction.mfu:>6.1%}  "
                 f"{top.total / 2**30:.1f} of {top.capacity / 2**30:.0f} GiB"
             )
-        print(f"  {name:<20} {spec:<16} {batch:>5} {dt:>7.2f}  {label[:72]:<72} {figures}")
+        print(f"  {name:<20} {spec:<16} {batch:>5} {dt:>7.2f}  {label[:84]:<84} {figures}")
+    megatron_layout(graphs[("gpt", (("size", "175b"),))])
+
+
+def megatron_layout(graph) -> None:
+    """The 175B GPT priced in Megatron-LM's layouts: tensor parallelism 8 inside a node and the
+    pipeline across nodes, as Narayanan et al. 2021 (Table 1) lay out every model from 18B up,
+    with the pipeline depths of their 145B and 310B rows (8 and 16) and data parallel over
+    the rest; 1F1B with 64 micro-batches a replica (the search's most), every block
+    recomputed, layers split evenly."""
+    from planner.search.build import make_plan
+
+    cluster = resolve_cluster("a100-80gb:8x128")
+    blocks = model_blocks(graph)
+    for pp in (8, 16):
+        plan = make_plan(
+            graph,
+            cluster,
+            strategy="hybrid",
+            global_batch=1536,
+            dp_degree=1024 // 8 // pp,
+            pp_degree=pp,
+            tp_degree=8,
+            schedule="1f1b",
+            micro_batches=64,
+            cuts=_even_layers(blocks, pp),
+            recompute="full",
+            training={"precision": "bf16-mixed"},
+        )
+        p = Pricer(graph, cluster)(plan, with_timeline=False)
+        top = max(p.memory, key=lambda m: m.total)
+        label = f"hybrid dp{plan.dp_degree}xpp{pp}xtp8 m64 1f1b recompute full, layers split evenly"
+        print(
+            f"  {'GPT 175B, Megatron':<20} {'a100-80gb:8x128':<16} {1536:>5} {'-':>7}  {label:<84} "
+            f"{p.step_time_s:>7.2f} {p.mfu:>6.1%}  {top.total / 2**30:.1f} of {top.capacity / 2**30:.0f} GiB"
+        )
 
 
 def _even_layers(blocks: list[str], k: int) -> list[int]:

@@ -150,7 +150,8 @@ def changes(base: Edits, edits: Edits, blocks: list[str]) -> list[str]:
 
 
 def apply(graph: nx.DiGraph, base: Plan, edits: Edits) -> Plan:
-    """The candidate with ``edits``: same devices, coordinates, shares and training settings.
+    """The candidate with ``edits``: same devices, coordinates, tensor groups, shares and
+    training settings.
 
     Raises `planner.errors.PlanError` (naming the field) when the result is not a valid plan.
     """
@@ -166,13 +167,15 @@ def apply(graph: nx.DiGraph, base: Plan, edits: Edits) -> Plan:
         virtual_stages=base.virtual_stages,
         cuts=list(edits.cuts),
         devices=[r.device for r in base.ranks],
-        coords=[(r.dp_index, r.pp_index) for r in base.ranks],
+        coords=[r.coords for r in base.ranks],
         shares=[r.batch_share for r in base.replicas],
         stage_names=[s.name for s in base.stages],
         training=base.training.model_dump(exclude={"global_batch", "micro_batches"}),
         digest=base.model.graph_digest,
         dp_mode=edits.dp_mode,
         recompute="none" if edits.recompute == MIXED else edits.recompute,
+        tp_degree=base.tp_degree,
+        sequence_parallel=base.sequence_parallel,
     )
     update = {"model": base.model, "unused_devices": base.unused_devices}
     if edits.recompute == MIXED:  # each stage keeps the candidate's setting (validated there)

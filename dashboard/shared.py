@@ -30,6 +30,7 @@ DEFAULT_MODEL = ("gpt", "")
 DEFAULT_BATCH = 8
 DEFAULT_STRATEGY = "auto"
 DEFAULT_PRECISION = "fp32"
+DEFAULT_TP = "auto"
 IMPORTED = "imported plan"
 
 
@@ -142,9 +143,15 @@ def plan_graph_json(model_json: str, dtype: str) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def searched(
-    graph_data: dict, cluster_json: str, global_batch: int, strategy: str, precision: str = DEFAULT_PRECISION
-) -> list[dict]:
-    """Candidates as rows, each with its label and its plan's JSON when it has one (cached)."""
+    graph_data: dict,
+    cluster_json: str,
+    global_batch: int,
+    strategy: str,
+    precision: str = DEFAULT_PRECISION,
+    tp: str | int = DEFAULT_TP,
+) -> tuple[list[dict], list[str]]:
+    """Candidates as rows, each with its label and its plan's JSON when it has one, and what
+    limited the search in words (cached)."""
     from planner.capture.graph import from_json
     from planner.cluster import cluster_from_json
     from planner.search.search import search
@@ -154,6 +161,7 @@ def searched(
         cluster_from_json(cluster_json),
         global_batch=global_batch,
         strategy=strategy,
+        tp=tp,
         training={"precision": precision},
     )
     rows = []
@@ -163,7 +171,7 @@ def searched(
         row["title"] = candidate_name(c)
         row["plan_json"] = c.plan.to_json() if c.plan is not None else None
         rows.append(row)
-    return rows
+    return rows, list(result.notes)
 
 
 def current_search() -> list[dict]:
@@ -171,28 +179,45 @@ def current_search() -> list[dict]:
     source, overrides = current_model()
     inputs = plan_inputs()
     graph = coarse_graph_json(source, tuple(overrides.split()))
-    return searched(
-        graph, current_cluster_json(), inputs["global_batch"], inputs["strategy"], inputs["precision"]
+    rows, _ = searched(
+        graph,
+        current_cluster_json(),
+        inputs["global_batch"],
+        inputs["strategy"],
+        inputs["precision"],
+        inputs["tp"],
     )
+    return rows
 
 
 # -- the plan ----------------------------------------------------------------------------------
 def plan_inputs() -> dict:
-    """``{"global_batch", "strategy", "precision", "choice"}`` from the Plan page (choice None:
-    the fastest)."""
+    """``{"global_batch", "strategy", "precision", "tp", "choice"}`` from the Plan page (choice
+    None: the fastest; tp "auto": every degree the model and devices allow)."""
     saved = st.session_state.get("plan_inputs") or {}
     return {
         "global_batch": saved.get("global_batch", DEFAULT_BATCH),
         "strategy": saved.get("strategy", DEFAULT_STRATEGY),
         "precision": saved.get("precision", DEFAULT_PRECISION),
+        "tp": saved.get("tp", DEFAULT_TP),
         "choice": saved.get("choice"),
     }
 
 
 def set_plan_inputs(
-    global_batch: int, strategy: str, choice: str | None, precision: str = DEFAULT_PRECISION
+    global_batch: int,
+    strategy: str,
+    choice: str | None,
+    precision: str = DEFAULT_PRECISION,
+    tp: str | int = "auto",
 ) -> None:
-    inputs = {"global_batch": global_batch, "strategy": strategy, "precision": precision, "choice": choice}
+    inputs = {
+        "global_batch": global_batch,
+        "strategy": strategy,
+        "precision": precision,
+        "tp": tp,
+        "choice": choice,
+    }
     if st.session_state.get("plan_inputs") != inputs:
         st.session_state["plan_inputs"] = inputs
         state.save()

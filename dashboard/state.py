@@ -18,7 +18,7 @@ import streamlit as st
 
 from dashboard import session_store
 from planner.errors import PlannerError
-from planner.limits import MAX_GLOBAL_BATCH, check_text
+from planner.limits import MAX_DEVICES_PER_NODE, MAX_GLOBAL_BATCH, check_text
 
 log = logging.getLogger("stagecraft.dashboard")
 
@@ -122,10 +122,14 @@ def _inputs(value: Any) -> dict[str, Any]:
         raise ValueError("global batch or strategy out of range")
     if precision not in {p.value for p in Precision}:
         raise ValueError("precision out of range")
+    tp = value.get("tp", "auto")  # absent in sessions saved before it
+    if tp != "auto" and (type(tp) is not int or not 1 <= tp <= MAX_DEVICES_PER_NODE):
+        raise ValueError("tensor-parallel degree out of range")
     return {
         "global_batch": batch,
         "strategy": strategy,
         "precision": precision,
+        "tp": tp,
         "choice": None if choice is None else _str(choice),
     }
 

@@ -145,6 +145,13 @@ class Profile(StrictModel):
         "the block is an FSDP2 unit (its hooks around the block and the autograd functions it "
         "adds), from the same tiny model's compute full_shard against DDP.",
     )
+    tp_pass_s: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="Per device kind: what one forward or backward of a block split across a "
+        "tensor group of two takes more than its share of compute and its collectives' fits "
+        "(DTensor's dispatch around each split layer, the redistributions of its inputs and "
+        "outputs), from a tiny GPT trained at tp 2 against the same model under DDP.",
+    )
     batch_load: list[BatchTiming] = Field(
         default_factory=list,
         description="Loading a step's samples of the model's data set on one rank (the step's "

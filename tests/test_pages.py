@@ -60,15 +60,16 @@ def offered(monkeypatch) -> dict[str, bytes]:
 @pytest.fixture
 def candidates(monkeypatch) -> dict[tuple[int, str], list[dict]]:
     """The candidates the Plan page was given, per (global batch, strategy), and per (global
-    batch, strategy, precision) for a precision other than fp32."""
+    batch, strategy, precision) for a precision other than fp32; a pinned tensor-parallel
+    degree t adds "tp<t>" to the key."""
     seen: dict[tuple, list[dict]] = {}
     original = dashboard.shared.searched
 
-    def recorded(graph_data, cluster_json, global_batch, strategy, precision="fp32"):
-        rows = original(graph_data, cluster_json, global_batch, strategy, precision)
+    def recorded(graph_data, cluster_json, global_batch, strategy, precision="fp32", tp="auto"):
+        rows, notes = original(graph_data, cluster_json, global_batch, strategy, precision, tp)
         key = (global_batch, strategy) if precision == "fp32" else (global_batch, strategy, precision)
-        seen[key] = rows
-        return rows
+        seen[key if tp == "auto" else (*key, f"tp{tp}")] = rows
+        return rows, notes
 
     monkeypatch.setattr(dashboard.shared, "searched", recorded)
     return seen
@@ -167,7 +168,7 @@ def test_plan_page_opens_with_a_worked_example():
     at = open_page("views/plan.py")
     assert not at.exception
     assert {"Step time", "Samples per second", "Bubble", "Peak memory", "Sent per step"} <= set(metrics(at))
-    assert len(at.get("plotly_chart")) == 3  # placement, memory, schedule
+    assert len(at.get("plotly_chart")) == 4  # placement, rank grid, memory, schedule
     assert at.dataframe and len(at.download_button) == 1
     sidebar = sidebar_text(at)  # drawn before the page ran, filled as the page chose
     choice = at.selectbox(key="plan_choice")
@@ -206,6 +207,25 @@ def test_a_precision_is_searched_priced_and_exported(offered, candidates):
     assert downloaded(at, "plan_download", offered) == chosen and plan.training.precision == "bf16-mixed"
     at.switch_page("views/export.py").run()
     assert downloaded(at, "export_download", offered) == chosen
+
+
+def test_a_tensor_parallel_degree_is_searched_priced_drawn_and_exported(offered, candidates):
+    at = open_page("views/plan.py")
+    at.selectbox(key="plan_tp").set_value(2).run()
+    assert not at.exception and not at.error
+    rows = candidates[(8, "auto", "tp2")]
+    assert rows and all(r["tp"] == 2 for r in rows)
+    plan = plan_from_json(downloaded(at, "plan_download", offered))
+    assert plan.tp_degree == 2 and metrics(at)["Step time"] == fmt.duration(plan.predicted.step_time_s)
+    grid = chart(at, "The rank grid")  # each rank's cell at its (dp, pp, tp) place
+    cells = sorted(zip(values(grid["data"][0]["x"]), values(grid["data"][0]["y"]), strict=True))
+    assert len(cells) == len(plan.ranks) and len(set(cells)) == len(cells)
+    gantt = chart(at, "One training step")
+    assert any(trace["name"] == "tensor collective" for trace in gantt["data"])
+    # The model's blocks without a layout are named once, above the candidates.
+    assert any("without a tensor-parallel layout" in c.value for c in at.caption)
+    at.switch_page("views/export.py").run()
+    assert plan_from_json(downloaded(at, "export_download", offered)).tp_degree == 2
 
 
 def test_a_change_of_batch_or_strategy_starts_the_edits_again(offered, candidates):
@@ -354,7 +374,7 @@ def test_an_edit_that_fails_keeps_the_last_valid_plan_and_says_why(monkeypatch, 
     assert not at.exception
     assert len(at.error) == 1 and "the simulator refused this plan" in plain(at.error[0].value)
     assert "last valid plan" in plain(at.error[0].value)
-    assert len(at.get("plotly_chart")) == 3 and metrics(at) == shown  # the charts did not blank
+    assert len(at.get("plotly_chart")) == 4 and metrics(at) == shown  # the charts did not blank
     assert downloaded(at, "plan_download", offered) == before
     assert at.session_state["current_plan"]["json"] == before
 

@@ -47,6 +47,24 @@ def test_replicas_of_a_tensor_group_with_unequal_shares(tmp_path):
     assert_parity(plan, tmp_path)
 
 
+@pytest.mark.parametrize(("dp_mode", "recompute"), [("full_shard", "none"), ("shard_grad_op", "full")])
+def test_sharded_replicas_of_tensor_groups(tmp_path, dp_mode, recompute):
+    # FSDP2 shards each rank's tensor-parallel shards over the dp group (2-D parameters).
+    plan = zoo_plan(
+        "gpt",
+        TOY_GPT,
+        ranks=4,
+        strategy="dp",
+        global_batch=8,
+        dp_degree=2,
+        tp_degree=2,
+        dp_mode=dp_mode,
+        recompute=recompute,
+        training=SGD,
+    )
+    assert_parity(plan, tmp_path)
+
+
 def test_a_tensor_parallel_block_recomputes_its_forward(tmp_path):
     plan = zoo_plan(
         "gpt", TOY_GPT, ranks=2, strategy="dp", global_batch=8, tp_degree=2, recompute="full", training=SGD

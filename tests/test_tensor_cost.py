@@ -165,3 +165,25 @@ def test_mfu_is_the_models_flops_over_the_devices_peak(gpt):
     eight = Pricer(big, cluster)(_plan(big, cluster, 8, precision="bf16-mixed"))
     assert 0 < eight.mfu < one.mfu  # the group's collectives and the whole head cost it
     assert eight.to_predicted().mfu == eight.mfu
+
+
+def test_a_tensor_groups_ranks_share_cpu_cores_as_they_compute_in_step(gpt):
+    from planner.cluster import Cluster
+
+    shared = Cluster(  # four ranks on two cores
+        name="cpu-4-on-2",
+        devices=[
+            {"id": i, "kind": "cpu", "node": 0, "memory_bytes": 2**34, "compute_share": 0.5} for i in range(4)
+        ],
+        links=[
+            {"a": a, "b": b, "kind": "loopback", "latency": 0.0, "bandwidth": 1e30}
+            for a in range(4)
+            for b in range(a + 1, 4)
+        ],
+    )
+    plan = make_plan(gpt, shared, strategy="dp", global_batch=8, dp_degree=2, tp_degree=2)
+    prediction = Pricer(gpt, shared)(plan)
+    forward = next(i for i in prediction.timeline if i.kind == "forward" and i.rank == 0)
+    work = prediction.stage_times[(0, 0)][0]  # one rank's forward, alone on a core
+    # Two replicas, each a tensor group of two: four processes computing on two cores.
+    assert forward.end - forward.start == pytest.approx(2 * work, rel=1e-6)

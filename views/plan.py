@@ -14,7 +14,7 @@ import json
 import streamlit as st
 
 from dashboard import format as fmt
-from dashboard.figures.plan import gantt_figure, memory_figure, placement_figure, time_split
+from dashboard.figures.plan import gantt_figure, memory_figure, placement_figure, rank_grid_figure, time_split
 from dashboard.messages import guarded, md, one_line
 from dashboard.naming import SCHEDULE_NAMES
 from dashboard.plan_edit import (
@@ -55,6 +55,7 @@ from planner.plan import Strategy, plan_from_json
 from planner.precision import Precision
 from planner.search.build import model_blocks
 from planner.search.search import STRATEGIES
+from planner.search.tensor_degrees import degrees_in_nodes
 
 PRECISION_NAMES = {
     "fp32": "fp32",
@@ -132,7 +133,9 @@ st.caption(
 inputs = plan_inputs()
 ss["plan_global_batch"], ss["plan_strategy"] = inputs["global_batch"], inputs["strategy"]
 ss["plan_precision"] = inputs["precision"]
-left, right, third = st.columns(3)
+tp_choices = ["auto", *degrees_in_nodes(cluster_from_json(cluster_json))]
+ss["plan_tp"] = inputs["tp"] if inputs["tp"] in tp_choices else "auto"
+left, right, third, fourth = st.columns(4)
 batch = int(
     left.number_input(
         "Global batch (samples per step)",
@@ -162,14 +165,26 @@ precision = third.selectbox(
     help="Mixed: fp32 weights and optimizer state, 16-bit matrix products (torch.autocast). "
     "bf16: everything in bf16, 8 B a parameter, and updates smaller than a weight's bf16 spacing are lost.",
 )
+tp = fourth.selectbox(
+    "Tensor parallel",
+    tp_choices,
+    key="plan_tp",
+    format_func=lambda t: "any degree that fits" if t == "auto" else f"{t} ranks per tensor group",
+    on_change=keep_input,
+    args=("tp", "plan_tp"),
+    help="Ranks each block with a Megatron layout is split across (attention heads and the MLP), "
+    "inside a node; the search tries every degree the heads and the nodes allow, or this one.",
+)
 with st.spinner("Tracing and searching..."), guarded("Searching for plans"):
     graph_data = coarse_graph_json(source, tuple(overrides.split()))
-    rows = searched(graph_data, cluster_json, batch, strategy, precision)
+    rows, search_notes = searched(graph_data, cluster_json, batch, strategy, precision, tp)
 
 st.subheader("Candidates")
 tokens = graph_data.get("graph", {}).get("config", {}).get("seq_len")
 if tokens:  # what every figure below is for: a sample of this many tokens
     st.caption(f"Planned for samples of {fmt.count(tokens)} tokens (the model's seq_len).")
+for search_note in search_notes:  # why some tensor-parallel degrees were not tried
+    st.caption(md(search_note[0].upper() + search_note[1:] + "."))
 st.dataframe(
     [
         {
@@ -239,7 +254,7 @@ choice = st.selectbox(
     on_change=keep_input,
     args=("choice", "plan_choice"),
 )
-set_plan_inputs(batch, strategy, choice, precision)
+set_plan_inputs(batch, strategy, choice, precision, tp)
 name = imported_plan_name() if choice == IMPORTED else feasible[choice]["title"]
 base_json = imported if choice == IMPORTED else feasible[choice]["plan_json"]
 base = plan_from_json(base_json)
@@ -249,7 +264,7 @@ graph = from_json(graph_data)
 blocks = model_blocks(graph)
 
 # -- edits: they belong to one candidate of one search ------------------------------------------
-search_and_choice = [context_key(), batch, strategy, choice, base_json]
+search_and_choice = [context_key(), batch, strategy, tp, choice, base_json]
 base_key = hashlib.sha256(json.dumps(search_and_choice).encode()).hexdigest()
 base_edits = edits_of(base)
 if ss.get("plan_edits", {}).get("base") != base_key:
@@ -406,6 +421,7 @@ if not prediction.feasible:
 opened = st.multiselect("Expand blocks into their ops", blocks, key="plan_expand")
 ops = block_ops(source, tuple(overrides.split())) if opened else {}
 st.plotly_chart(placement_figure(graph, plan, {b: ops.get(b, [b]) for b in opened}), key="plan_placement")
+st.plotly_chart(rank_grid_figure(plan), key="plan_rank_grid")
 left, right = st.columns([3, 2])
 left.plotly_chart(memory_figure(prediction), key="plan_memory")
 split = time_split(prediction)

@@ -16,6 +16,7 @@ from dashboard.figures.graph import WEBGL_FROM, chain_layout
 from planner.cost.price import Prediction
 from planner.cost.sharded import GATHER, REDUCE
 from planner.cost.simulate import IDLE_CAUSES
+from planner.cost.tensor_parallel import TP_COLLECTIVE
 from planner.plan import Plan
 
 MiB = 2**20
@@ -56,6 +57,7 @@ KIND_COLOURS = {
     "all-reduce": "#E45756",
     "all-gather": "#72B7B2",
     "reduce-scatter": "#FF9DA6",
+    TP_COLLECTIVE: "#9D755D",
     "idle": "#DDDDDD",
 }
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D")
@@ -143,6 +145,62 @@ def placement_figure(
         xaxis=dict(visible=False),
         yaxis=dict(visible=False),
         title="Where each block runs: blocks coloured by pipeline rank, red edges cross devices",
+    )
+    return fig
+
+
+def rank_grid_figure(plan: Plan, max_ranks: int = 4096) -> go.Figure:
+    """The mesh: one cell per rank at its (dp, pp, tp) coordinates, a replica per column
+    group (its tensor group's ranks side by side), a pipeline rank per row, coloured by the
+    stages the row holds; each cell names its device. Past ``max_ranks`` ranks, the first
+    replicas that fit are drawn and the title says how many."""
+    tp, pp = plan.tp_degree, plan.pp_degree
+    shown = max(1, min(plan.dp_degree, max_ranks // (tp * pp)))
+    ranks = [r for r in plan.ranks if r.dp_index < shown]
+    stages = {q: [s.index for s in plan.stages if s.pp_rank == q] for q in range(pp)}
+    scatter = go.Scattergl if len(ranks) > WEBGL_FROM else go.Scatter
+    fig = go.Figure()
+    for q in range(pp):
+        mine = [r for r in ranks if r.pp_index == q]
+        held = ", ".join(map(str, stages[q]))
+        fig.add_trace(
+            scatter(
+                x=[r.dp_index * (tp + 1) + r.tp_index for r in mine],
+                y=[q for _ in mine],
+                mode="markers+text" if len(ranks) <= 64 else "markers",
+                text=[str(r.device) for r in mine],
+                marker=dict(
+                    symbol="square", size=26 if len(ranks) <= 64 else 8, color=PALETTE[q % len(PALETTE)]
+                ),
+                hovertext=[
+                    f"rank {r.rank} on device {r.device} (node {r.node})<br>"
+                    f"dp {r.dp_index}, pp {r.pp_index}, tp {r.tp_index}: "
+                    f"stage{'s' if len(stages[q]) > 1 else ''} {held}"
+                    for r in mine
+                ],
+                hoverinfo="text",
+                name=f"pipeline rank {q}: stage{'s' if len(stages[q]) > 1 else ''} {held}",
+            )
+        )
+    part = f" (the first {shown} of {plan.dp_degree} replicas)" if shown < plan.dp_degree else ""
+    fig.update_layout(
+        height=120 + 50 * pp,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(
+            title=f"replica (dp){', its tensor group side by side (tp)' if tp > 1 else ''}",
+            tickvals=[d * (tp + 1) + (tp - 1) / 2 for d in range(shown)] if shown <= 64 else None,
+            ticktext=[f"dp {d}" for d in range(shown)] if shown <= 64 else None,
+            zeroline=False,
+            showgrid=False,
+        ),
+        yaxis=dict(
+            title="pipeline rank (pp)",
+            tickvals=list(range(pp)),
+            autorange="reversed",
+            zeroline=False,
+            showgrid=False,
+        ),
+        title=f"The rank grid, dp {plan.dp_degree} x pp {pp} x tp {tp}: each rank's device{part}",
     )
     return fig
 
@@ -289,14 +347,14 @@ def time_split(prediction: Prediction) -> dict[int, dict[str, float]]:
         lambda: {"compute": 0.0, "communication": 0.0, "idle": 0.0}
     )
     for i in prediction.timeline:
-        if i.kind in (GATHER, REDUCE):
-            continue  # beside compute; what compute waited for is in comm_s, below
+        if i.kind in (GATHER, REDUCE, TP_COLLECTIVE):
+            continue  # inside compute's intervals; what compute waited for is in comm_s, below
         if i.kind in ("forward", "backward", "optimizer"):
             key = "compute"
         else:
             key = "idle" if i.kind == "idle" else "communication"
         out[i.rank][key] += i.end - i.start
-    for rank, waited in prediction.comm_s.items():  # a sharded group's gathers, inside compute
+    for rank, waited in prediction.comm_s.items():  # sharded gathers, tensor all-reduces: in compute
         if rank in out and waited:
             out[rank]["compute"] -= waited
             out[rank]["communication"] += waited

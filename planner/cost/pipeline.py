@@ -163,6 +163,8 @@ class PipelineStep(Step):
                     micro_batch=a.micro_batch,
                 )
                 compute[(a.kind, a.stage, a.micro_batch)] = t
+                if tp_comm and passes is None:  # its collectives on the timeline (not sharded)
+                    pricing.tp_task[t.id] = (rank, a.stage, forward)
                 if passes is not None:
                     pricing.sharded_task[t.id] = key
                 if before:

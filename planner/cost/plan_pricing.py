@@ -114,6 +114,12 @@ class PlanPricing:
         self.tp_comm: dict[tuple[int, int], tuple[float, float]] = {}
         """(rank, stage) -> (forward, backward) seconds of one micro-batch's tensor-parallel
         collectives, inside the stage's times (`planner.cost.tensor_parallel`)."""
+        self.tp_spans: dict[tuple[int, int], tuple[list, list]] = {}
+        """(rank, stage) -> those collectives' spans from the start of its forward and of its
+        backward (`planner.cost.tensor_parallel.collective_spans`)."""
+        self.tp_task: dict[int, tuple[int, int, bool]] = {}
+        """A forward or backward task's id -> (rank, stage, forward): the timeline draws its
+        tensor group's collectives."""
 
     def optimizer_time(self, params: int, device: int, sharded_tensors: int = 0) -> float:
         """One optimizer step over ``params`` parameters on ``device`` (its source tallied);

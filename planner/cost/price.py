@@ -170,7 +170,9 @@ class Pricer:
         step = step_for(pricing)
         tasks, programs, actions = step.tasks()
         node_of = {r.rank: r.node for r in plan.ranks}
-        times, step_s = simulate(tasks, programs, node_of, self.cores, self.contention)
+        # A simulated tensor-parallel rank's compute stands for its group's, on shared cores.
+        stands_for = {r.rank: plan.tp_degree for r in plan.ranks} if plan.tp_degree > 1 else None
+        times, step_s = simulate(tasks, programs, node_of, self.cores, self.contention, stands_for)
         pricing.tensor_groups.count_bytes()
         # Busy compute time of every rank: the simulated ones count for their copies too.
         copies = plan.dp_degree * plan.tp_degree / len(pricing.simulated)
@@ -278,12 +280,19 @@ class Pricer:
 
 
 def _with_collectives(pricing: PlanPricing, tasks, times, intervals: list[Interval]) -> list[Interval]:
-    """The intervals, and the sharded group's gathers and reduce-scatters inside each pass."""
-    for tid, key in pricing.sharded_task.items():
+    """The intervals, and the collectives inside each forward and backward: the sharded
+    group's gathers and reduce-scatters, the tensor group's all-reduces (drawn for a plan
+    that is not sharded: a sharded pass interleaves them with its gathers)."""
+    spans_of = [(tid, pricing.sharded_spans[key]) for tid, key in pricing.sharded_task.items()]
+    spans_of += [
+        (tid, pricing.tp_spans[(rank, stage)][0 if forward else 1])
+        for tid, (rank, stage, forward) in pricing.tp_task.items()
+    ]
+    for tid, spans in spans_of:
         start, task = times[tid][0], tasks[tid]
         intervals += [
             Interval(task.rank, start + a, start + b, kind, task.stage, task.micro_batch)
-            for kind, a, b in pricing.sharded_spans[key]
+            for kind, a, b in spans
             if b > a
         ]
     return sorted(intervals, key=lambda i: (i.rank, i.start, i.kind))

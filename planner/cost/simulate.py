@@ -115,6 +115,7 @@ def simulate(
     node_of: dict[int, int],
     cores: dict[int, float],
     contention: dict[int, float] | None = None,
+    stands_for: dict[int, int] | None = None,
 ) -> tuple[list[tuple[float, float]], float]:
     """Run the tasks; return every task's ``(start, end)``, indexed by its id, and the step's
     end time.
@@ -123,11 +124,13 @@ def simulate(
     order; ``cores[node]`` is how many compute tasks the node runs at full speed at once
     (``math.inf`` for GPUs). ``contention[node]`` (measured, `planner.profile`) slows
     every compute task on a shared node by ``1 + c`` while all its cores are busy, and in
-    proportion while some are.
+    proportion while some are. ``stands_for[rank]``: how many processes a rank's compute
+    stands for on its node's cores (a tensor group's ranks compute in step, and only one
+    of them is simulated); 1 for a rank not in it.
     """
     if any(t.id != i for i, t in enumerate(tasks)):
         raise ValueError("task ids must be their positions in the list")
-    run = _Simulation(tasks, programs, node_of, cores, contention or {})
+    run = _Simulation(tasks, programs, node_of, cores, contention or {}, stands_for or {})
     run.start()
     run.run()
     return run.times()
@@ -169,6 +172,7 @@ class _Simulation:
         node_of: dict[int, int],
         cores: dict[int, float],
         contention: dict[int, float],
+        stands_for: dict[int, int],
     ) -> None:
         n = len(tasks)
         self.tasks, self.cores, self.contention = tasks, cores, contention
@@ -203,6 +207,7 @@ class _Simulation:
                 if t.channel is None:
                     if not unshared[node_of[t.rank]]:
                         self.compute_node[t.id] = node_of[t.rank]
+                        self.weight[t.id] = float(stands_for.get(t.rank, 1))
                     continue
                 procs = t.peers or t.lanes or (t.rank,)
                 nodes = {node_of[r] for r in procs}
@@ -266,11 +271,12 @@ class _Simulation:
 
     def reshare(self, node: int) -> None:
         """Processor sharing: the node's running compute tasks split its cores evenly from
-        now on, each slower by the node's contention for every other busy core; its running
-        communication gets the share of its processes next to them."""
+        now on (a task standing for several processes takes a share for each), each slower
+        by the node's contention for every other busy core; its running communication gets
+        the share of its processes next to them."""
         running, cores, now = self.shared[node], self.cores[node], self.now
         comm_node, weight = self.comm_node, self.weight
-        computing = sum(1 for tid in running if comm_node[tid] is None)
+        computing = sum(weight[tid] for tid in running if comm_node[tid] is None)
         processes = computing + sum(weight[tid] for tid in running if comm_node[tid] is not None)
         rate = min(1.0, cores / computing) if computing else 1.0
         busy = min(computing, cores)

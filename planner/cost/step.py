@@ -17,6 +17,7 @@ from planner.cost.memory import StepMemory
 from planner.cost.plan_pricing import PlanPricing
 from planner.cost.simulate import Task
 from planner.cost.stages import StageCost
+from planner.cost.tensor_parallel import collective_spans
 from planner.plan import RankAssignment
 from planner.schedules import Action
 
@@ -119,7 +120,13 @@ class Step(ABC):
             blocks = [(f * to_f, b * to_b) for f, b in blocks]
         if tp > 1:  # the tensor group's collectives, in series with each block's ops
             groups = pricing.tensor_groups
+            own = groups.pass_work(rank)  # measured: DTensor's work around each split block
+            if own:
+                split = [("tp" in pricing.graph.nodes[b]) * own for b in cost.blocks]
+                blocks = [(f + w, b + w) for (f, b), w in zip(blocks, split, strict=True)]
             comm = [groups.block_comm(rank, b, samples) for b in cost.blocks]
+            again = [name in cost.recomputed for name in cost.blocks]
+            pricing.tp_spans[(rank, stage)] = collective_spans(blocks, comm, again)
             blocks = [(f + cf, b + cb) for (f, b), (cf, cb) in zip(blocks, comm, strict=True)]
             again_comm = sum(
                 cf for name, (cf, _) in zip(cost.blocks, comm, strict=True) if name in cost.recomputed

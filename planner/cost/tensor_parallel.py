@@ -16,7 +16,9 @@ Korthikanti et al. 2022 for sequence parallelism):
   q, k and v read the same); under sequence parallelism a reduce-scatter of it and an
   all-gather of the row-split layers' output gradients.
 They sit between the block's ops, each waiting on the op before and each op after waiting on
-it, so they are priced in series with the block's compute (not overlapped).
+it, so they are priced in series with the block's compute (not overlapped). Where a profile
+measured it, each split block's forward and backward also pay tensor parallelism's own work
+(`Profile.tp_pass_s`: DTensor's dispatch and redistributions around the split layers).
 """
 
 from __future__ import annotations
@@ -54,6 +56,39 @@ def check_tp_degree(graph: nx.DiGraph, tp: int) -> None:
     why = heads_error(graph, tp)
     if why is not None:
         raise PlanError(f"tp_degree: {why}")
+
+
+TP_COLLECTIVE = "tensor collective"
+"""What the timeline calls a tensor group's all-reduces (all-gathers and reduce-scatters under
+sequence parallelism) inside a forward or backward (`planner.cost.price`)."""
+
+
+def collective_spans(
+    blocks: list[tuple[float, float]], comm: list[tuple[float, float]], recomputed: list[bool]
+) -> tuple[list[tuple[str, float, float]], list[tuple[str, float, float]]]:
+    """Where each block's collectives fall in a stage's forward and in its backward, from
+    the start of each: ``blocks`` the blocks' (forward, backward) compute, ``comm`` their
+    collectives' (forward, backward), in order; a recomputing block runs its forward (and
+    its collectives) again before its backward.
+
+    >>> collective_spans([(1, 2), (1, 2)], [(0.5, 0.25), (0.5, 0.25)], [False, False])[0]
+    [('tensor collective', 1, 1.5), ('tensor collective', 2.5, 3.0)]
+    """
+    forward, t = [], 0.0
+    for (f, _), (cf, _) in zip(blocks, comm, strict=True):
+        t += f
+        forward.append((TP_COLLECTIVE, t, t + cf))
+        t += cf
+    backward, t = [], 0.0
+    for (f, b), (cf, cb), again in reversed(list(zip(blocks, comm, recomputed, strict=True))):
+        if again:
+            t += f
+            backward.append((TP_COLLECTIVE, t, t + cf))
+            t += cf
+        t += b
+        backward.append((TP_COLLECTIVE, t, t + cb))
+        t += cb
+    return forward, backward
 
 
 def divisors(role: str, tp: int, sp: bool) -> tuple[int, int, int]:
@@ -114,6 +149,15 @@ class TensorGroups:
                 else half_ring(self.pricing, devices, op)
             )
         return self._times[rank, op]
+
+    def pass_work(self, rank: int) -> float:
+        """Tensor parallelism's own work per split block and pass on ``rank``, where the profile
+        measured it (`Profile.tp_pass_s`: DTensor's dispatch around the split layers), else 0."""
+        profile = self.pricing.profile
+        if profile is None:
+            return 0.0
+        kind = self.pricing.cluster.device(self.pricing.plan.ranks[rank].device).kind
+        return profile.tp_pass_s.get(kind, 0.0)
 
     def block_comm(self, rank: int, block: str, samples: float) -> tuple[float, float]:
         """(forward, backward) seconds of ``block``'s collectives for ``samples`` on ``rank``."""

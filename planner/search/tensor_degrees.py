@@ -40,14 +40,14 @@ def tp_degrees(graph: nx.DiGraph, cluster: Cluster, tp: str | int) -> tuple[list
         if tp == AUTO:
             return [1], ["tp 1 only: no block of this model has a tensor-parallel layout"]
         raise PlannerError(f"tp: {tp}: no block of this model has a tensor-parallel layout (use 1)")
-    counts = sorted(set(Counter((d.node, d.kind) for d in cluster.devices).values()))
-    per_node = math.gcd(*counts)
-    if tp != AUTO and per_node % tp:
+    allowed = degrees_in_nodes(cluster)
+    if tp != AUTO and tp not in allowed:
+        counts = sorted(set(Counter((d.node, d.kind) for d in cluster.devices).values()))
         raise PlannerError(
             f"tp: {tp} does not divide every node's devices of a kind ({', '.join(map(str, counts))}): "
             "a tensor group stays in a node"
         )
-    wanted = [t for t in range(1, per_node + 1) if per_node % t == 0] if tp == AUTO else [tp]
+    wanted = allowed if tp == AUTO else [tp]
     degrees, notes = [], []
     for t in wanted:
         why = heads_error(graph, t)
@@ -66,6 +66,13 @@ def tp_degrees(graph: nx.DiGraph, cluster: Cluster, tp: str | int) -> tuple[list
             f"{len(replicated)} blocks without a tensor-parallel layout run whole on each rank: {shown}"
         )
     return degrees, notes
+
+
+def degrees_in_nodes(cluster: Cluster) -> list[int]:
+    """The tensor-parallel degrees whose groups fit inside every node: the divisors of the
+    devices of a kind per node (their greatest common divisor, on a mixed cluster)."""
+    per_node = math.gcd(*Counter((d.node, d.kind) for d in cluster.devices).values())
+    return [t for t in range(1, per_node + 1) if per_node % t == 0]
 
 
 def _blocks(graph: nx.DiGraph) -> list[str]:

@@ -69,6 +69,7 @@ from runtime.measure.tiny_run import (
     actions_per_rank,
     fsdp_collectives,
     tiny_plan,
+    tiny_tensor_plans,
 )
 from runtime.rank.amp import Amp
 from runtime.rank.host_allocator import fix_malloc_thresholds
@@ -507,8 +508,14 @@ def _tiny_run_worker(
     base = memory_baseline(plan, device)  # as the runtime's worker measures it
     built = parallelize(plan, Placement(plan.ranks[rank], build_mesh(plan, device.type), device))
     samples = plan.replicas[plan.ranks[rank].dp_index].batch_share
-    inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
-    targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
+    if plan.model.source == "gpt":  # the tiny GPT: token ids in, the next ones as targets
+        shape = (samples, plan.model.overrides["seq_len"])
+        vocab = plan.model.overrides["vocab_size"]
+        inputs = torch.randint(0, vocab, shape, device=device)
+        targets = torch.randint(0, vocab, shape, device=device)
+    else:
+        inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
+        targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
     hosts, computes, comms = [], [], []
     for i in range(repeats + 1):  # the first is a warm-up: it allocates
         t = time.perf_counter()
@@ -543,6 +550,9 @@ class RuntimeCosts(NamedTuple):
     """FSDP2's own work per all-gather or reduce-scatter, beyond what the price charges."""
     fsdp_pass_s: float
     """What a block's forward or backward computes more as an FSDP2 unit."""
+    tp_pass_s: float = 0.0
+    """What a split block's forward or backward takes more at tp 2 than its share and its
+    all-reduces' fits."""
 
 
 def runtime_costs(
@@ -597,7 +607,16 @@ def runtime_costs(
         per_collective = max(run["comm_s"] - priced, 0.0) / (gathers + reduces)
         blocks = len(sharded.plan.model.blocks)
         per_pass = max(run["compute_s"] - runs[DDP_STEP]["compute_s"], 0.0) / (2 * blocks)
-    return RuntimeCosts(action, per_byte, grown, per_collective, per_pass)
+    tp_pass = 0.0
+    if "all_reduce" in fits:
+        tiny_tp = tiny_tensor_plans(cluster, devices)
+        alone = _spawned(_tiny_run_worker, 2, workers, tiny_tp.replicated.to_json(), device_type)
+        split = _spawned(_tiny_run_worker, 2, workers, tiny_tp.split.to_json(), device_type)
+        fit = fits["all_reduce"]
+        priced = tiny_tp.collectives * (fit.latency_s + tiny_tp.activation_bytes / fit.bandwidth)
+        extra = split["compute_s"] - alone["compute_s"] - priced
+        tp_pass = max(extra, 0.0) / (2 * tiny_tp.split_blocks)
+    return RuntimeCosts(action, per_byte, grown, per_collective, per_pass, tp_pass)
 
 
 def _contention_worker(
@@ -719,6 +738,7 @@ def make_profile(
                 "grad_s_per_byte": {kind: costs.grad_s_per_byte},
                 "fsdp_collective_s": {kind: costs.fsdp_collective_s},
                 "fsdp_pass_s": {kind: costs.fsdp_pass_s},
+                "tp_pass_s": {kind: costs.tp_pass_s},
                 "runtime_bytes": {kind: costs.grown_bytes},
             }
             if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages

@@ -14,6 +14,11 @@ The 1F1B pipeline is trained once more with blocks `WIDE` wide: what its step's 
 grows by, per byte of the gradients a rank holds, is the cost of zeroing them in place
 before a step and scaling them after it (`Profile.grad_s_per_byte`).
 
+A tiny GPT is trained as two DDP replicas and as one replica split across a tensor group
+of two (`tiny_tensor_plans`): what the second's compute takes more, less what the price
+charges for its all-reduces (the profile's fit), per split block and pass, is tensor
+parallelism's own work (`Profile.tp_pass_s`).
+
 The data-parallel pair is trained once more full_shard (FSDP2): what the runtime counts as
 FSDP's work, less what the price charges for collectives of units that small (the profile's
 own fits), is FSDP's own work per collective (`Profile.fsdp_collective_s`); what its
@@ -94,6 +99,35 @@ def tiny_plan(
     held = sum(graph.graph["param_bytes"].values()) * plan.dp_degree / len(plan.ranks)
     unit = max(graph.nodes[b].get("param_bytes", 0) for b in plan.model.blocks)
     return TinyPlan(plan, held, unit)
+
+
+TINY_GPT = {"vocab_size": 256, "seq_len": 8, "d_model": 8, "n_layer": 2, "n_head": 2}
+"""The tiny GPT whose blocks split across a tensor group of two (`tiny_tensor_plans`)."""
+
+
+class TinyTensorPlans(NamedTuple):
+    replicated: Plan
+    """Two replicas under DDP, each on `ACTION_M` samples."""
+    split: Plan
+    """One replica split across a tensor group of two, on the same `ACTION_M` samples."""
+    collectives: int
+    """All-reduces a rank of ``split`` runs in a step: two a split block forward, two backward."""
+    activation_bytes: float
+    """The bytes of each: one block's output for the replica's samples."""
+    split_blocks: int
+
+
+def tiny_tensor_plans(cluster: Cluster, devices: tuple[int, int]) -> TinyTensorPlans:
+    """The tiny GPT twice on ``devices``: each rank computing `ACTION_M` samples, as two DDP
+    replicas and as one replica at tp 2. Its compute is nothing; what the second's compute
+    takes more, less its all-reduces' fits, is tensor parallelism's own work."""
+    graph = coarsen(trace("gpt", TINY_GPT))
+    common = dict(strategy="dp", devices=devices, training=_TRAINING)
+    replicated = make_plan(graph, cluster, global_batch=2 * ACTION_M, dp_degree=2, **common)
+    split = make_plan(graph, cluster, global_batch=ACTION_M, tp_degree=2, **common)
+    blocks = [b for b in split.model.blocks if "tp" in graph.nodes[b]]
+    sample = TINY_GPT["seq_len"] * TINY_GPT["d_model"] * 4  # float32
+    return TinyTensorPlans(replicated, split, 4 * len(blocks), ACTION_M * sample, len(blocks))
 
 
 def fsdp_collectives(plan: Plan) -> tuple[int, int]:

@@ -6,7 +6,8 @@ before it left, as torchtitan's ``parallelize_*`` functions do:
 1. Build the full model on the meta device from source and seed (runtime.rank.model), and
    the task it trains (runtime.rank.task). Each engine below makes real only the part this
    rank holds (runtime.rank.materialise).
-2. Tensor parallel: not yet (see the comment in `parallelize`).
+2. Tensor parallel: each block with a layout split across its tensor group as the engine
+   makes it real (runtime.parallel.tensor_parallel), before anything wraps it.
 3. Pipeline stages, if pp > 1: the model cut at the plan's FQNs, this rank keeping its own
    stages, with torch's schedule (runtime.parallel.pipeline_parallel); a GAN's stages are its
    two networks, each on its own rank, with the hand-written adversarial step
@@ -36,6 +37,7 @@ import torch
 
 from planner.errors import PlanError
 from planner.plan import Plan, Strategy
+from planner.sharding import DpMode
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.gan import DataParallelGAN, ModelParallelGAN
 from runtime.parallel.mesh import Placement
@@ -88,8 +90,8 @@ def check_strategy(plan: Plan) -> None:
 def check_levers(plan: Plan) -> None:
     """What this runtime does not train of the memory levers (`planner.sharding`) and of
     tensor parallelism: loss scaling over sharded gradients; tensor parallelism with a
-    pipeline, with a sharded data-parallel mode, or with sequence parallelism. A
-    `PlanError` names it."""
+    pipeline, with ``hybrid_shard`` (its mesh is not an axis of the plan's), or with
+    sequence parallelism. A `PlanError` names it."""
     mode = plan.dp_mode
     if mode.sharded and plan.training.precision.recipe.loss_scaling:
         raise PlanError(
@@ -99,14 +101,14 @@ def check_levers(plan: Plan) -> None:
     if plan.tp_degree > 1:
         unbuilt = [
             ("pp_degree", plan.pp_degree > 1, "with a pipeline"),
-            ("dp_mode", mode.sharded, f"with dp_mode {mode}"),
+            ("dp_mode", mode == DpMode.HYBRID_SHARD, f"with dp_mode {mode}"),
             ("sequence_parallel", plan.sequence_parallel, "with sequence parallelism"),
         ]
         for field, applies, what in unbuilt:
             if applies:
                 raise PlanError(
                     f"{field}: tensor parallelism {what} is not trained by this runtime yet "
-                    "(tp_degree > 1 runs with replicated data parallel only)"
+                    "(tp_degree > 1 runs with replicate, shard_grad_op or full_shard data parallel)"
                 )
 
 

@@ -43,6 +43,7 @@ from planner.sharding import DpMode
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, recomputing_blocks
+from runtime.parallel.tensor_parallel import layouts_of, split_block
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -92,15 +93,22 @@ def make_sharded(
 ) -> None:
     """Make ``module`` (the whole model on meta, or a pipeline stage cut from it) real unit by
     unit, each sharded as soon as it is real: `fully_shard` on each FSDP unit of ``blocks``
-    (`fsdp_units`), a recomputing block wrapped first (runtime.parallel.recompute), then on
-    ``module``, the root that holds what no block does. A rank so holds its shards and one
+    (`fsdp_units`), a block with a tensor-parallel layout split across its tensor group
+    first (runtime.parallel.tensor_parallel; FSDP then shards each rank's shards over the dp
+    group: the dp and tp meshes are axes of one root mesh), a recomputing block wrapped
+    next (runtime.parallel.recompute), then on ``module``, the root that holds what no
+    block does. A rank so holds its shards and one
     unit whole at a time, never the whole model: the values each unit gets are those of
     (seed, FQN), as everywhere (runtime.rank.materialise)."""
     options = {"mesh": mesh, "reshard_after_forward": plan.dp_mode.reshards_after_forward}
     precision = plan.training.precision
     recomputing = set(recomputing_blocks(plan))
+    layouts = layouts_of(plan, module, blocks)
     for unit in fsdp_units(module, blocks):
         full.materialise_parts([(module.get_submodule(b), b) for b in unit], where.device)
+        for b in unit:  # tensor parallel first: FSDP then shards each rank's DTensor shards
+            if b in layouts:
+                split_block(module.get_submodule(b), layouts[b], where.tp_mesh)
         apply_recompute(module, [b for b in unit if b in recomputing])
         parts = [module.get_submodule(b) for b in unit]  # a recomputing block's wrapper, under its FQN
         fully_shard(parts if len(parts) > 1 else parts[0], mp_policy=mixed_precision(precision), **options)
