@@ -50,9 +50,10 @@ def test_the_trace_marks_what_a_megatron_split_divides(gpt):
     assert (tp["heads"], tp["kv_heads"]) == (HEADS, HEADS)
     assert len(tp["roles"]) == len(gpt.nodes["blocks.0"]["ops"])
     sbh = S * H * 4  # float32 trace
-    # q, k and v read one input, the MLP's first layer another: one all-reduce of each's
-    # gradient in backward; the two row-split layers' outputs: one all-reduce each in forward.
-    assert tp["gathered"] == [sbh, sbh]
+    # Each column-split layer's input gradient is all-reduced in backward (torch makes each
+    # layer's input a DTensor apart: q, k and v three times, then the MLP's first layer);
+    # the two row-split layers' outputs once each in forward.
+    assert tp["gathered"] == [sbh, sbh, sbh, sbh]
     assert tp["reduced"] == [sbh, sbh]
     assert "tp" not in gpt.nodes["head"] and "tp" not in gpt.nodes["tok_emb"]
 
@@ -113,9 +114,9 @@ def test_the_tensor_groups_collectives_are_priced_on_its_links(gpt):
     m = plan.training.micro_batches
     samples = plan.replicas[0].batch_share / m
     sbh = S * H * 4  # float32 training
-    # Per block and micro-batch: two all-reduces forward, two backward, each 2(t-1)/t of the
-    # buffer on each hop of the ring.
-    per_hop = 2 * 4 * sbh * samples * m * (2 - 1) / 2 * 2  # 2 blocks
+    # Per block and micro-batch: two all-reduces forward, four backward, each 2(t-1)/t of
+    # the buffer on each hop of the ring.
+    per_hop = 2 * 6 * sbh * samples * m * (2 - 1) / 2 * 2  # 2 blocks
     assert prediction.link_bytes[(0, 1)] == pytest.approx(per_hop, rel=1e-6)
     assert prediction.link_bytes[(1, 0)] == pytest.approx(per_hop, rel=1e-6)
     assert prediction.comm_s[0] == prediction.comm_s[1] > 0

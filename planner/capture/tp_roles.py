@@ -18,11 +18,13 @@ of such a block has a role (fine node attribute ``tp_role``):
 Ops outside any such block have no role: whole on every rank, always.
 
 The coarse block then carries ``tp`` (`coarse_tp`): its heads, each op's role (aligned with
-its ``ops``), its saved bytes by role, the bytes of each activation a column-split layer
-gathers (its input: one all-reduce of its gradient in backward, or an all-gather in forward
-under sequence parallelism) and of each row-split layer's output (one all-reduce in forward,
-or a reduce-scatter). The graph carries ``tp_params``: the parameters split across the group
-(column-split layers' weights and biases, row-split layers' weights).
+its ``ops``), its saved bytes by role, the bytes of each column-split layer's input (one
+all-reduce of its gradient in backward, or an all-gather in forward under sequence
+parallelism: torch's `ColwiseParallel` makes its input a DTensor layer by layer, so q, k and
+v reading one input all-reduce three gradients, where Megatron's fused QKV layer makes one)
+and of each row-split layer's output (one all-reduce in forward, or a reduce-scatter). The
+graph carries ``tp_params``: the parameters split across the group (column-split layers'
+weights and biases, row-split layers' weights).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def coarse_tp(graph: nx.DiGraph, owner: dict[str, str], coarse: nx.DiGraph, orde
                 "gathered": [],
                 "reduced": [],
             }
-    gathered_from: dict[str, set[str]] = {}  # block -> producers of its column-split layers' inputs
+    gathered_from: dict[str, set[str]] = {}  # block -> its column-split layers whose input is counted
     last_of_row: dict[tuple[str, str], str] = {}  # (block, row-split layer) -> its last op
     for name in order:
         data = graph.nodes[name]
@@ -125,12 +127,11 @@ def coarse_tp(graph: nx.DiGraph, owner: dict[str, str], coarse: nx.DiGraph, orde
             tp["roles"].append(role)
         if role:
             tp["saved"][role] += int(data.get("saved_bytes", 0))
-        if role == COL:
-            for producer in graph.predecessors(name):
-                if producer not in gathered_from.setdefault(block, set()):
-                    gathered_from[block].add(producer)
-                    tp["gathered"].append(int(graph.edges[producer, name].get("bytes", 0)))
         layer = data.get("tp_layer", "")
+        inputs = [int(graph.edges[p, name].get("bytes", 0)) for p in graph.predecessors(name)]
+        if role == COL and inputs and layer not in gathered_from.setdefault(block, set()):
+            gathered_from[block].add(layer)  # the layer's first op that reads an activation
+            tp["gathered"].append(sum(inputs))
         if layer in layouts[block]["rowwise"]:
             last_of_row[(block, layer)] = name
     for (block, _), name in last_of_row.items():

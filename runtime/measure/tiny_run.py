@@ -111,7 +111,8 @@ class TinyTensorPlans(NamedTuple):
     split: Plan
     """One replica split across a tensor group of two, on the same `ACTION_M` samples."""
     collectives: int
-    """All-reduces a rank of ``split`` runs in a step: two a split block forward, two backward."""
+    """All-reduces a rank of ``split`` runs in a step: one per row-split layer forward, one per
+    column-split layer backward (`planner.capture.tp_roles`)."""
     activation_bytes: float
     """The bytes of each: one block's output for the replica's samples."""
     split_blocks: int
@@ -126,8 +127,9 @@ def tiny_tensor_plans(cluster: Cluster, devices: tuple[int, int]) -> TinyTensorP
     replicated = make_plan(graph, cluster, global_batch=2 * ACTION_M, dp_degree=2, **common)
     split = make_plan(graph, cluster, global_batch=ACTION_M, tp_degree=2, **common)
     blocks = [b for b in split.model.blocks if "tp" in graph.nodes[b]]
-    sample = TINY_GPT["seq_len"] * TINY_GPT["d_model"] * 4  # float32
-    return TinyTensorPlans(replicated, split, 4 * len(blocks), ACTION_M * sample, len(blocks))
+    per_block = {len(graph.nodes[b]["tp"]["gathered"]) + len(graph.nodes[b]["tp"]["reduced"]) for b in blocks}
+    sample = TINY_GPT["seq_len"] * TINY_GPT["d_model"] * 4  # float32: each collective's bytes a sample
+    return TinyTensorPlans(replicated, split, per_block.pop() * len(blocks), ACTION_M * sample, len(blocks))
 
 
 def fsdp_collectives(plan: Plan) -> tuple[int, int]:
