@@ -244,30 +244,32 @@ def megatron_layout(graph) -> None:
     """The 175B GPT priced in Megatron-LM's layouts: tensor parallelism 8 inside a node and the
     pipeline across nodes, as Narayanan et al. 2021 (Table 1) lay out every model from 18B up,
     with the pipeline depths of their 145B and 310B rows (8 and 16) and data parallel over
-    the rest; 1F1B with 64 micro-batches a replica (the search's most), every block
-    recomputed, layers split evenly."""
+    the rest; 1F1B with micro-batches of one sample, every block recomputed, layers split
+    evenly."""
     from planner.search.build import make_plan
 
     cluster = resolve_cluster("a100-80gb:8x128")
     blocks = model_blocks(graph)
     for pp in (8, 16):
+        dp = 1024 // 8 // pp
+        m = 1536 // dp  # one sample a micro-batch
         plan = make_plan(
             graph,
             cluster,
             strategy="hybrid",
             global_batch=1536,
-            dp_degree=1024 // 8 // pp,
+            dp_degree=dp,
             pp_degree=pp,
             tp_degree=8,
             schedule="1f1b",
-            micro_batches=64,
+            micro_batches=m,
             cuts=_even_layers(blocks, pp),
             recompute="full",
             training={"precision": "bf16-mixed"},
         )
         p = Pricer(graph, cluster)(plan, with_timeline=False)
         top = max(p.memory, key=lambda m: m.total)
-        label = f"hybrid dp{plan.dp_degree}xpp{pp}xtp8 m64 1f1b recompute full, layers split evenly"
+        label = f"hybrid dp{dp}xpp{pp}xtp8 m{m} 1f1b recompute full, layers split evenly"
         print(
             f"  {'GPT 175B, Megatron':<20} {'a100-80gb:8x128':<16} {1536:>5} {'-':>7}  {label:<84} "
             f"{p.step_time_s:>7.2f} {p.mfu:>6.1%}  {top.total / 2**30:.1f} of {top.capacity / 2**30:.0f} GiB"

@@ -9,6 +9,7 @@ the stage, the device and by how much memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
@@ -35,14 +36,16 @@ def price_candidate(
     units: list[int] | None,
     max_evaluations: int,
     max_nodes: int,
-    prove: bool = True,
+    prove: bool | Callable[[], bool] = True,
     levers: list[tuple[DpMode, str]] | None = None,
 ) -> None:
     """Fill in ``c.plan``, ``c.prediction``, ``c.exact``, its levers and, when it cannot run,
     ``c.reason``.
 
     ``units``: cut only at these block indices (`planner.search.stage_problem.unit_starts`);
-    ``prove``: try to prove the split optimal (else balance work and price once);
+    ``prove``: try to prove the split optimal (else balance work and price once); a callable
+    is asked again before each lever (the search's time budget for proofs runs out between
+    them);
     ``levers``: (dp_mode, recompute) to try in order until one fits (default: the
     candidate's own).
     """
@@ -51,7 +54,16 @@ def price_candidate(
         c.dp_mode, c.recompute, c.reason = dp_mode, recompute, ""
         last = i == len(tries) - 1  # priced even when it cannot fit: its row says why
         _price_with_levers(
-            pricer, graph, cluster, c, training, units, max_evaluations, max_nodes, prove, last
+            pricer,
+            graph,
+            cluster,
+            c,
+            training,
+            units,
+            max_evaluations,
+            max_nodes,
+            prove() if callable(prove) else prove,
+            last,
         )
         if c.feasible:
             return

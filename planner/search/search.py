@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,12 +159,15 @@ def _price_promising(
         if pure is not None and pure not in chosen:
             chosen.append(pure)
 
-    def price(c: Candidate, prove: bool) -> None:
+    def price(c: Candidate, prove: bool | Callable[[], bool]) -> None:
         limits = (budget.max_evaluations, budget.max_nodes)
         price_candidate(pricer, graph, cluster, c, training, units, *limits, prove, tries[id(c)])
 
+    def within_budget() -> bool:  # asked before each lever: a proof may take the budget's rest
+        return time.perf_counter() - budget.started < budget.exact_budget_s
+
     for c in chosen:
-        price(c, time.perf_counter() - budget.started < budget.exact_budget_s)
+        price(c, within_budget)
     chosen = [_smaller_micro_batches(c, screened, price) for c in chosen]
     # When memory rules out every candidate priced so far, keep going down the screened list.
     rest = [c for c in _best_per_family(screened) if c not in chosen]
