@@ -184,7 +184,7 @@ def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries
     times, while none fits): the screen ranks a family's variants by time alone, and fewer
     samples per micro-batch hold fewer activations and logits."""
     for _ in range(tries):
-        if c.feasible or c.prediction is None:
+        if c.feasible or c.prediction is None or not _batch_bound(c):
             return c
         size = max(c.shares) / c.micro_batches
         smaller = next(
@@ -196,6 +196,15 @@ def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries
         price(smaller, False)
         c = smaller
     return c
+
+
+def _batch_bound(c: Candidate) -> bool:
+    """Whether ``c``'s fullest device would fit without what grows with the micro-batch (its
+    activations, the loss's outputs, a recomputed block's, the receive buffers): else no
+    smaller micro-batch can make it fit."""
+    worst = max(c.prediction.memory, key=lambda m: m.over_bytes)
+    grows = worst.activations + worst.loss_outputs + worst.recomputed + worst.buffers
+    return worst.total - grows <= worst.capacity
 
 
 def _best_per_family(ranked: list[Candidate]) -> list[Candidate]:
