@@ -228,7 +228,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     header = (
-        f"{'':2}{'strategy':<8} {'devices':<14} {'dp':>3} {'pp':>3} {'tp':>5} {'m':>3} {'schedule':<19} "
+        f"{'':2}{'strategy':<8} {'devices':<16} {'dp':>4} {'pp':>3} {'tp':>5} {'m':>3} {'schedule':<19} "
         f"{'dp mode':<13} {'recompute':<9} {'step':>10} "
         f"{'samples/s':>10} {'MFU':>6} {'peak mem/dev':>13} {'sent/step':>11} {'bubble':>7}  notes"
     )
@@ -249,7 +249,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         )
         tp = f"{row['tp']}{' sp' if row['sp'] else ''}"
         head = (
-            f"{mark}{row['strategy']:<8} {devices[:14]:<14} {row['dp']:>3} {row['pp']:>3} {tp:>5} "
+            f"{mark}{row['strategy']:<8} {devices[:16]:<16} {row['dp']:>4} {row['pp']:>3} {tp:>5} "
             f"{row['m']:>3} {row['schedule']:<19} {row['dp_mode']:<13} {row['recompute']:<9} "
         )
         if row["step_s"] is None:
