@@ -148,9 +148,10 @@ class Profile(StrictModel):
     tp_pass_s: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="Per device kind: what one forward or backward of a block split across a "
-        "tensor group of two takes more than its share of compute and its collectives' fits "
+        "tensor group of two takes more than its share of compute and its all-reduces "
         "(DTensor's dispatch around each split layer, the redistributions of its inputs and "
-        "outputs), from a tiny GPT trained at tp 2 against the same model under DDP.",
+        "outputs), from a tiny GPT trained at tp 2 against the same model under DDP, its "
+        "all-reduces timed plain in the same processes.",
     )
     batch_load: list[BatchTiming] = Field(
         default_factory=list,

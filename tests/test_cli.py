@@ -81,6 +81,10 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback():
             "tp: 'two' is not auto or a positive whole number of ranks",
         ),
         (
+            ["plan", "--model", "gpt", "--cluster", "cpu:2", "--global-batch", "8", "--tp", "\uff12"],
+            "tp: '\uff12' is not auto or a positive whole number of ranks",  # a full-width 2
+        ),
+        (
             ["plan", "--model", "gpt", "--cluster", "cpu:6", "--global-batch", "8", "--tp", "3"],
             "tp: 3 does not divide the 4 attention heads of block 'blocks.0'",
         ),

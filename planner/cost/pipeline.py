@@ -145,16 +145,14 @@ class PipelineStep(Step):
                 if passes is None:
                     fwd, bwd = stage_time(rank, a.stage)
                     work = fwd if forward else bwd
-                    if tp_comm:
-                        pricing.comm_in_compute[rank] += tp_comm[(rank, a.stage)][0 if forward else 1]
                 else:
                     stage_time(rank, a.stage)  # the stage's compute alone, for `Prediction.stage_times`
                     work, waited = pass_time(self, rank, a.stage, forward, *passes[a])
                     work += self.action_host(rank)
                     pricing.comm_in_compute[rank] += waited
-                    if tp_comm:
-                        pricing.comm_in_compute[rank] += tp_comm[(rank, a.stage)][0 if forward else 1]
                     key = (rank, a.stage, forward, *passes[a])
+                if tp_comm:  # the tensor group's collectives inside this forward or backward
+                    pricing.comm_in_compute[rank] += tp_comm[(rank, a.stage)][0 if forward else 1]
                 t = add(
                     kind=forward_kind if forward else backward_kind,
                     work=work,

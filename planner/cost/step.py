@@ -128,10 +128,9 @@ class Step(ABC):
             again = [name in cost.recomputed for name in cost.blocks]
             pricing.tp_spans[(rank, stage)] = collective_spans(blocks, comm, again)
             blocks = [(f + cf, b + cb) for (f, b), (cf, cb) in zip(blocks, comm, strict=True)]
-            again_comm = sum(
-                cf for name, (cf, _) in zip(cost.blocks, comm, strict=True) if name in cost.recomputed
-            )
-            pricing.tp_comm[(rank, stage)] = (sum(c[0] for c in comm), sum(c[1] for c in comm) + again_comm)
+            forward = sum(cf for cf, _ in comm)
+            redone = sum(cf for (cf, _), a in zip(comm, again, strict=True) if a)  # forwards run again
+            pricing.tp_comm[(rank, stage)] = (forward, sum(cb for _, cb in comm) + redone)
         if not cost.recomputed:
             return blocks
         again = set(cost.recomputed)

@@ -72,7 +72,7 @@ def collective_spans(
     its collectives) again before its backward.
 
     >>> collective_spans([(1, 2), (1, 2)], [(0.5, 0.25), (0.5, 0.25)], [False, False])[0]
-    [('tensor collective', 1, 1.5), ('tensor collective', 2.5, 3.0)]
+    [('tensor collective', 1.0, 1.5), ('tensor collective', 2.5, 3.0)]
     """
     forward, t = [], 0.0
     for (f, _), (cf, _) in zip(blocks, comm, strict=True):

@@ -25,7 +25,7 @@ def parse_tp(value: str | int) -> str | int:
     if value == AUTO:
         return AUTO
     text = str(value)
-    if not text.isdigit() or int(text) < 1 or len(text) > 6:
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < 1:
         raise PlannerError(f"tp: {text[:40]!r} is not auto or a positive whole number of ranks")
     return int(text)
 

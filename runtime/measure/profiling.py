@@ -488,13 +488,21 @@ def batch_load_timings(source: str, overrides: dict, sizes: list[int], repeats: 
 
 
 def _tiny_run_worker(
-    rank: int, init: str, out: str, repeats: int, plan_json: str, device_type: str = "cpu"
+    rank: int,
+    init: str,
+    out: str,
+    repeats: int,
+    plan_json: str,
+    device_type: str = "cpu",
+    all_reduces: tuple[int, int] = (0, 0),
 ) -> None:
     """Train a tiny plan (`runtime.measure.tiny_run`) with the runtime's own engines
     (`runtime.parallel.parallelize`), and record the host work of a step, the rule of
     `runtime.rank.metrics`: the step less its compute, optimizer step and waits, as the
     runtime's clocks count them; the two ranks' mean of the steps' median. And how much the
-    peak memory grew from the moment the process group was up."""
+    peak memory grew from the moment the process group was up. ``all_reduces``: (count,
+    bytes) of plain all-reduces timed after training, as many as a step of the plan makes,
+    in the same processes (``all_reduce_s``, the median of ``repeats``)."""
     import json
 
     from planner.plan import plan_from_json
@@ -526,15 +534,28 @@ def _tiny_run_worker(
             hosts.append(step_s - result.compute_s - result.optimizer_s - sum(result.waits.values()))
             computes.append(result.compute_s)
             comms.append(result.waits.get("communication", 0.0))
+    count, nbytes = all_reduces
+    reduces = [0.0]
+    if count:
+        buffer = torch.zeros(max(nbytes // 4, 1), device=device)
+        reduces = []
+        for _ in range(repeats + 1):
+            dist.barrier()
+            t = time.perf_counter()
+            for _ in range(count):
+                dist.all_reduce(buffer)
+            _sync(device)
+            reduces.append(time.perf_counter() - t)
+        reduces = reduces[1:]  # the first is a warm-up
     # The ranks' means of each median.
-    means = torch.tensor(
-        [statistics.median(x) / 2 for x in (hosts, computes, comms)], dtype=torch.float64, device=device
-    )
+    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms, reduces)]
+    means = torch.tensor(medians, dtype=torch.float64, device=device)
     dist.all_reduce(means)
     grown = torch.tensor([memory_peaks(device)[1] - base], dtype=torch.float64, device=device)
     dist.all_reduce(grown, op=dist.ReduceOp.MAX)
     if rank == 0:
-        measured = dict(zip(("host_s", "compute_s", "comm_s"), means.tolist(), strict=True))
+        names = ("host_s", "compute_s", "comm_s", "all_reduce_s")
+        measured = dict(zip(names, means.tolist(), strict=True))
         Path(out).write_text(json.dumps({**measured, "grown_bytes": int(grown[0])}))
     _leave()
 
@@ -574,7 +595,11 @@ def runtime_costs(
     less what the price already charges for those collectives (``links``' all-gather and
     reduce-scatter fits at the tiny units' bytes), over the collectives the price counts, is
     FSDP's own work per collective; what its compute takes more than DDP's, per block and
-    pass, is its hooks. Without ``links``, neither is measured (0)."""
+    pass, is its hooks. Without ``links``, neither is measured (0).
+
+    Tensor parallelism: a tiny GPT as two DDP replicas and as one replica at tp 2; what the
+    second's compute takes more, less as many plain all-reduces of its activations as it
+    makes (timed in the same processes), per split block and pass, is its own work."""
     workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
     devices = (cluster.devices[0].id, cluster.devices[1].id)
     action: dict[str, float] = {}
@@ -607,15 +632,14 @@ def runtime_costs(
         per_collective = max(run["comm_s"] - priced, 0.0) / (gathers + reduces)
         blocks = len(sharded.plan.model.blocks)
         per_pass = max(run["compute_s"] - runs[DDP_STEP]["compute_s"], 0.0) / (2 * blocks)
-    tp_pass = 0.0
-    if "all_reduce" in fits:
-        tiny_tp = tiny_tensor_plans(cluster, devices)
-        alone = _spawned(_tiny_run_worker, 2, workers, tiny_tp.replicated.to_json(), device_type)
-        split = _spawned(_tiny_run_worker, 2, workers, tiny_tp.split.to_json(), device_type)
-        fit = fits["all_reduce"]
-        priced = tiny_tp.collectives * (fit.latency_s + tiny_tp.activation_bytes / fit.bandwidth)
-        extra = split["compute_s"] - alone["compute_s"] - priced
-        tp_pass = max(extra, 0.0) / (2 * tiny_tp.split_blocks)
+    tiny_tp = tiny_tensor_plans(cluster, devices)
+    alone = _spawned(_tiny_run_worker, 2, workers, tiny_tp.replicated.to_json(), device_type)
+    reduces = (tiny_tp.collectives, int(tiny_tp.activation_bytes))
+    split = _spawned(_tiny_run_worker, 2, workers, tiny_tp.split.to_json(), device_type, reduces)
+    # Its all-reduces timed plain in the same processes, not by the fits (whose latency,
+    # timed after compute, is more than a tiny all-reduce costs here).
+    extra = split["compute_s"] - alone["compute_s"] - split["all_reduce_s"]
+    tp_pass = max(extra, 0.0) / (2 * tiny_tp.split_blocks)
     return RuntimeCosts(action, per_byte, grown, per_collective, per_pass, tp_pass)
 
 

@@ -15,9 +15,9 @@ grows by, per byte of the gradients a rank holds, is the cost of zeroing them in
 before a step and scaling them after it (`Profile.grad_s_per_byte`).
 
 A tiny GPT is trained as two DDP replicas and as one replica split across a tensor group
-of two (`tiny_tensor_plans`): what the second's compute takes more, less what the price
-charges for its all-reduces (the profile's fit), per split block and pass, is tensor
-parallelism's own work (`Profile.tp_pass_s`).
+of two (`tiny_tensor_plans`): what the second's compute takes more, less as many plain
+all-reduces of its activations as it makes (timed in the same processes after training),
+per split block and pass, is tensor parallelism's own work (`Profile.tp_pass_s`).
 
 The data-parallel pair is trained once more full_shard (FSDP2): what the runtime counts as
 FSDP's work, less what the price charges for collectives of units that small (the profile's
@@ -121,7 +121,7 @@ class TinyTensorPlans(NamedTuple):
 def tiny_tensor_plans(cluster: Cluster, devices: tuple[int, int]) -> TinyTensorPlans:
     """The tiny GPT twice on ``devices``: each rank computing `ACTION_M` samples, as two DDP
     replicas and as one replica at tp 2. Its compute is nothing; what the second's compute
-    takes more, less its all-reduces' fits, is tensor parallelism's own work."""
+    takes more, less its all-reduces, is tensor parallelism's own work."""
     graph = coarsen(trace("gpt", TINY_GPT))
     common = dict(strategy="dp", devices=devices, training=_TRAINING)
     replicated = make_plan(graph, cluster, global_batch=2 * ACTION_M, dp_degree=2, **common)
