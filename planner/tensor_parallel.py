@@ -19,7 +19,9 @@ divide the attention heads and the key/value heads of every split block (`TpLayo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,20 @@ class TpLayout:
         if self.kv_heads % tp:
             return f"tp_degree {tp} does not divide its {self.kv_heads} key/value heads"
         return None
+
+    def to_doc(self) -> dict[str, Any]:
+        """The layout as the traced graph keeps it (``graph.graph["tp_layouts"]``)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> TpLayout:
+        return cls(tuple(doc["colwise"]), tuple(doc["rowwise"]), doc["heads"], doc["kv_heads"])
+
+
+def split_error(layouts: Mapping[str, TpLayout], tp: int) -> str | None:
+    """Why ``tp`` cannot split every block of ``layouts``, naming the first it cannot, or None."""
+    for block, layout in layouts.items():
+        error = layout.error(tp)
+        if error:
+            return f"block {block!r}: {error}"
+    return None

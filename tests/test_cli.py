@@ -86,7 +86,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_traceback():
         ),
         (
             ["plan", "--model", "gpt", "--cluster", "cpu:6", "--global-batch", "8", "--tp", "3"],
-            "tp: 3 does not divide the 4 attention heads of block 'blocks.0'",
+            "tp: block 'blocks.0': tp_degree 3 does not divide its 4 attention heads",
         ),
         (
             ["plan", "--model", "mlp", "--cluster", "cpu:2", "--global-batch", "8", "--tp", "2"],

@@ -224,7 +224,9 @@ def test_data_parallel_replicas_of_different_speeds_take_unequal_shares():
 def test_tensor_parallel_degrees_are_searched_where_the_heads_and_nodes_allow():
     graph = coarsen(trace("gpt", {"d_model": 192, "n_head": 12, "n_layer": 4, "seq_len": 64}))
     result = search(graph, resolve_cluster("h100:8"), global_batch=16)
-    assert "tp 8 not tried: 8 does not divide the 12 attention heads of block 'blocks.0'" in result.notes
+    assert (
+        "tp 8 not tried: block 'blocks.0': tp_degree 8 does not divide its 12 attention heads" in result.notes
+    )
     degrees = {c.tp_degree for c in result.candidates}
     assert degrees == {1, 2, 4}  # the best of each degree is priced and listed
     for c in result.candidates:

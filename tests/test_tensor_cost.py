@@ -131,7 +131,7 @@ def test_a_degree_that_does_not_divide_the_heads_is_refused_naming_the_block(gpt
     cluster = gpus(6)
     plan = _plan(gpt, cluster, 6)
     with pytest.raises(
-        PlanError, match=r"tp_degree: 6 does not divide the 8 attention heads of block 'blocks.0'"
+        PlanError, match=r"tp_degree: block 'blocks.0': tp_degree 6 does not divide its 8 attention heads"
     ):
         Pricer(gpt, cluster)(plan)
 

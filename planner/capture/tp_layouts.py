@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING
 
-from planner.tensor_parallel import TpLayout
+from planner.tensor_parallel import TpLayout, split_error
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,13 +70,8 @@ def _hf_layout(model: nn.Module, fqn: str) -> TpLayout | None:
 def tp_layouts(model: nn.Module, blocks: list[str], tp: int) -> dict[str, TpLayout]:
     """The layout of every block of ``blocks`` that has one; raises ValueError naming the
     first block ``tp`` cannot split."""
-    out = {}
-    for fqn in blocks:
-        layout = block_layout(model, fqn)
-        if layout is None:
-            continue
-        error = layout.error(tp)
-        if error:
-            raise ValueError(f"tp_degree: block {fqn!r}: {error}")
-        out[fqn] = layout
+    out = {fqn: layout for fqn in blocks if (layout := block_layout(model, fqn)) is not None}
+    error = split_error(out, tp)
+    if error:
+        raise ValueError(f"tp_degree: {error}")
     return out

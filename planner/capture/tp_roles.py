@@ -60,15 +60,7 @@ def annotate_tp_roles(graph: nx.DiGraph, model: nn.Module, blocks: set[str]) -> 
             split |= {f"{fqn}.{path}.weight", f"{fqn}.{path}.bias"} & names
         for path in layout.rowwise:
             split |= {f"{fqn}.{path}.weight"} & names
-    graph.graph["tp_layouts"] = {
-        fqn: {
-            "colwise": list(lay.colwise),
-            "rowwise": list(lay.rowwise),
-            "heads": lay.heads,
-            "kv_heads": lay.kv_heads,
-        }
-        for fqn, lay in layouts.items()
-    }
+    graph.graph["tp_layouts"] = {fqn: lay.to_doc() for fqn, lay in layouts.items()}
     graph.graph["tp_params"] = sorted(split)
     sharded: set[str] = set()  # ops whose output is split across the group
     for name in graph.graph.get("order", list(graph.nodes)):

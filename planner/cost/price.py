@@ -171,8 +171,7 @@ class Pricer:
         tasks, programs, actions = step.tasks()
         node_of = {r.rank: r.node for r in plan.ranks}
         # A simulated tensor-parallel rank's compute stands for its group's, on shared cores.
-        stands_for = {r.rank: plan.tp_degree for r in plan.ranks} if plan.tp_degree > 1 else None
-        times, step_s = simulate(tasks, programs, node_of, self.cores, self.contention, stands_for)
+        times, step_s = simulate(tasks, programs, node_of, self.cores, self.contention, plan.tp_degree)
         pricing.tensor_groups.count_bytes()
         # Busy compute time of every rank: the simulated ones count for their copies too.
         copies = plan.dp_degree * plan.tp_degree / len(pricing.simulated)

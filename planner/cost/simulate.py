@@ -115,7 +115,7 @@ def simulate(
     node_of: dict[int, int],
     cores: dict[int, float],
     contention: dict[int, float] | None = None,
-    stands_for: dict[int, int] | None = None,
+    stands_for: int = 1,
 ) -> tuple[list[tuple[float, float]], float]:
     """Run the tasks; return every task's ``(start, end)``, indexed by its id, and the step's
     end time.
@@ -124,13 +124,13 @@ def simulate(
     order; ``cores[node]`` is how many compute tasks the node runs at full speed at once
     (``math.inf`` for GPUs). ``contention[node]`` (measured, `planner.profile`) slows
     every compute task on a shared node by ``1 + c`` while all its cores are busy, and in
-    proportion while some are. ``stands_for[rank]``: how many processes a rank's compute
+    proportion while some are. ``stands_for``: how many processes each rank's compute
     stands for on its node's cores (a tensor group's ranks compute in step, and only one
-    of them is simulated); 1 for a rank not in it.
+    of them is simulated).
     """
     if any(t.id != i for i, t in enumerate(tasks)):
         raise ValueError("task ids must be their positions in the list")
-    run = _Simulation(tasks, programs, node_of, cores, contention or {}, stands_for or {})
+    run = _Simulation(tasks, programs, node_of, cores, contention or {}, stands_for)
     run.start()
     run.run()
     return run.times()
@@ -172,7 +172,7 @@ class _Simulation:
         node_of: dict[int, int],
         cores: dict[int, float],
         contention: dict[int, float],
-        stands_for: dict[int, int],
+        stands_for: int,
     ) -> None:
         n = len(tasks)
         self.tasks, self.cores, self.contention = tasks, cores, contention
@@ -207,7 +207,7 @@ class _Simulation:
                 if t.channel is None:
                     if not unshared[node_of[t.rank]]:
                         self.compute_node[t.id] = node_of[t.rank]
-                        self.weight[t.id] = float(stands_for.get(t.rank, 1))
+                        self.weight[t.id] = float(stands_for)
                     continue
                 procs = t.peers or t.lanes or (t.rank,)
                 nodes = {node_of[r] for r in procs}

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import networkx as nx
 
+from planner.cost.tensor_parallel import divisors
+
 
 @dataclass(frozen=True)
 class GraphSizes:
@@ -58,9 +60,9 @@ class GraphSizes:
         """``blocks``: the model's blocks in execution order; ``tp``: the sizes on one rank of
         a tensor group of that many, ``sp``: with sequence parallelism (`TpShares`)."""
         share = TpShares(graph, tp, sp)
-        sizes = {p: share.param(p, n) for p, n in graph.graph.get("param_bytes", {}).items()}
-        cast = frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None
         traced = graph.graph.get("param_bytes", {})
+        sizes = {p: share.param(p, n) for p, n in traced.items()}
+        cast = frozenset(graph.graph["cast_params"]) if "cast_params" in graph.graph else None
         own = {b: share.block_params(data, traced) for b, data in graph.nodes(data=True)}
         return cls(
             owners={p: b for b in graph.nodes for p in graph.nodes[b].get("params", [])},
@@ -118,7 +120,7 @@ class TpShares:
 
     def divides(self, role: str) -> bool:
         """Whether an op of ``role`` has its activations divided across the group."""
-        return role == "split" or (role == "seq" and self.sp)
+        return divisors(role, self.tp, self.sp)[1] > 1
 
     def saved(self, data: dict) -> float:
         tp = data.get("tp")

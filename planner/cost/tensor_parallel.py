@@ -12,9 +12,10 @@ Korthikanti et al. 2022 for sequence parallelism):
 - forward: one all-reduce of each row-split layer's output; under sequence parallelism an
   all-gather of each column-split layer's input and a reduce-scatter of each row-split
   layer's output instead;
-- backward: one all-reduce of the gradient of each column-split layer's input (one per input:
-  q, k and v read the same); under sequence parallelism a reduce-scatter of it and an
-  all-gather of the row-split layers' output gradients.
+- backward: one all-reduce of the gradient of each column-split layer's input (torch's
+  `ColwiseParallel` makes each layer's input a DTensor apart: q, k and v all-reduce three,
+  where Megatron's fused QKV makes one); under sequence parallelism a reduce-scatter of it
+  and an all-gather of the row-split layers' output gradients.
 They sit between the block's ops, each waiting on the op before and each op after waiting on
 it, so they are priced in series with the block's compute (not overlapped). Where a profile
 measured it, each split block's forward and backward also pay tensor parallelism's own work
@@ -31,6 +32,7 @@ from planner.cost.collectives import all_reduce_fn, count_ring_bytes, half_ring
 from planner.cost.timing import CostOptions, op_time
 from planner.devices import DeviceKind
 from planner.errors import PlanError
+from planner.tensor_parallel import TpLayout, split_error
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -39,16 +41,10 @@ if TYPE_CHECKING:
 
 
 def heads_error(graph: nx.DiGraph, tp: int) -> str | None:
-    """Why ``tp`` cannot split the blocks with a layout (the first whose heads it does not
-    divide), or None."""
-    for block, data in graph.nodes(data=True):
-        layout = data.get("tp")
-        if layout is None:
-            continue
-        for what, n in (("attention heads", layout["heads"]), ("key/value heads", layout["kv_heads"])):
-            if n % tp:
-                return f"{tp} does not divide the {n} {what} of block {block!r}"
-    return None
+    """Why ``tp`` cannot split the traced blocks with a layout (`planner.tensor_parallel.split_error`),
+    or None."""
+    layouts = graph.graph.get("tp_layouts", {})
+    return split_error({b: TpLayout.from_doc(doc) for b, doc in layouts.items() if b in graph}, tp)
 
 
 def check_tp_degree(graph: nx.DiGraph, tp: int) -> None:
