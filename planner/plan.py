@@ -347,8 +347,13 @@ class Plan(StrictModel):
             )
         if self.tp_degree > 1 and self.adversarial:
             raise ValueError("tp_degree: the GAN's networks have no tensor-parallel layout (use 1)")
-        if self.tp_degree > 1 and self.model.seq_len is None and self.sequence_parallel:
+        if self.sequence_parallel and self.model.seq_len is None:
             raise ValueError("sequence_parallel: the model has no sequence to split")
+        if self.sequence_parallel and self.model.seq_len % self.tp_degree:
+            raise ValueError(
+                f"sequence_parallel: tp_degree {self.tp_degree} does not divide the sequence "
+                f"length {self.model.seq_len} (each rank of a tensor group holds an equal slice)"
+            )
 
     def _check_ranks(self) -> None:
         n = len(self.ranks)

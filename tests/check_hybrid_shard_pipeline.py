@@ -1,10 +1,12 @@
-"""hybrid_shard inside pipeline stages against one process, on 8 ranks (run by hand).
+"""hybrid_shard inside pipeline stages and over tensor groups against one process, on 8
+ranks (run by hand).
 
-    python tests/check_hybrid_shard_pipeline.py [SCHEDULE ...]
+    python tests/check_hybrid_shard_pipeline.py [CASE ...]
 
-The toy GPT as 4 replicas of a 2-stage pipeline on two nodes of four CPU ranks
-(``cpu:4x2``): each stage sharded over the two replicas on its node and replicated across
-the nodes, a (pp, replicate, shard) mesh. Every step's loss and every parameter after 10
+Cases: the toy GPT as 4 replicas of a 2-stage pipeline on two nodes of four CPU ranks
+(``cpu:4x2``), one case per schedule: each stage sharded over the two replicas on its node
+and replicated across the nodes, a (pp, replicate, shard) mesh; and ``tensor``: 4 replicas
+of a tensor group of 2, a (replicate, shard, tp) mesh. Every step's loss and every parameter after 10
 steps must match one process (`tests.test_parity.assert_parity`). Eight ranks are more
 than the suite starts on a 2-core machine (it runs at most 4), so this is not collected by
 pytest; each schedule takes about half a minute here.
@@ -23,34 +25,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.cluster import parse_short_form
 from planner.search.build import make_plan
 from tests.runs import graph_of
-from tests.test_parity import assert_parity
+from tests.test_parity import SGD, assert_parity
 
-LAYOUTS = {"gpipe": 1, "1f1b": 1, "interleaved_1f1b": 2}  # schedule -> virtual stages
+PIPELINES = {"gpipe": 1, "1f1b": 1, "interleaved_1f1b": 2}  # schedule -> virtual stages
+CASES = {
+    **{
+        schedule: {
+            "strategy": "hybrid",
+            "dp_degree": 4,
+            "pp_degree": 2,
+            "schedule": schedule,
+            "micro_batches": 2,
+            "virtual_stages": virtual,
+        }
+        for schedule, virtual in PIPELINES.items()
+    },
+    # Each node's four ranks two tensor groups of two, sharded over the two groups and
+    # replicated across the nodes: a (replicate, shard, tp) mesh, 2-D DTensor parameters.
+    # SGD, as tests/test_parity_tensor.py says why.
+    "tensor": {"strategy": "dp", "dp_degree": 4, "tp_degree": 2, "training": {"steps": 10, **SGD}},
+}
+ADAMW = {"steps": 10, "optimizer": {"name": "adamw", "lr": 1e-3}}
 
 
-def main(schedules: list[str]) -> None:
-    for schedule in schedules:
+def main(cases: list[str]) -> None:
+    for case in cases:
         plan = make_plan(
             graph_of("gpt", '{"size": "toy"}'),
             parse_short_form("cpu:4x2"),
-            strategy="hybrid",
             global_batch=16,
-            dp_degree=4,
-            pp_degree=2,
-            schedule=schedule,
-            micro_batches=2,
-            virtual_stages=LAYOUTS[schedule],
             dp_mode="hybrid_shard",
-            training={"steps": 10, "optimizer": {"name": "adamw", "lr": 1e-3}},
+            **{"training": ADAMW, **CASES[case]},
         )
-        tmp = Path(tempfile.mkdtemp(prefix="hsdp-pp-"))
+        tmp = Path(tempfile.mkdtemp(prefix="hsdp-"))
         try:
             t = time.perf_counter()
             assert_parity(plan, tmp)
-            print(f"{schedule}: parity holds on {len(plan.ranks)} ranks ({time.perf_counter() - t:.0f} s)")
+            print(f"{case}: parity holds on {len(plan.ranks)} ranks ({time.perf_counter() - t:.0f} s)")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(LAYOUTS))
+    main(sys.argv[1:] or list(CASES))

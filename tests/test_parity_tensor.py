@@ -65,6 +65,32 @@ def test_sharded_replicas_of_tensor_groups(tmp_path, dp_mode, recompute):
     assert_parity(plan, tmp_path)
 
 
+@pytest.mark.parametrize("tp", [2, 4])
+def test_sequence_parallel_gpt(tmp_path, tp):
+    # Norms and residual adds on each rank's slice of the sequence, reduce-scatters and
+    # all-gathers in place of the all-reduces; the head whole on every rank.
+    sp = {"tp_degree": tp, "sequence_parallel": True}
+    plan = zoo_plan("gpt", TOY_GPT, ranks=tp, strategy="dp", global_batch=8, training=SGD, **sp)
+    assert_parity(plan, tmp_path)
+
+
+def test_sequence_parallel_under_sharded_replicas_recomputing(tmp_path):
+    plan = zoo_plan(
+        "gpt",
+        TOY_GPT,
+        ranks=4,
+        strategy="dp",
+        global_batch=8,
+        dp_degree=2,
+        tp_degree=2,
+        sequence_parallel=True,
+        dp_mode="full_shard",
+        recompute="full",
+        training=SGD,
+    )
+    assert_parity(plan, tmp_path)
+
+
 def test_a_tensor_parallel_block_recomputes_its_forward(tmp_path):
     plan = zoo_plan(
         "gpt", TOY_GPT, ranks=2, strategy="dp", global_batch=8, tp_degree=2, recompute="full", training=SGD
@@ -78,6 +104,15 @@ def test_hugging_face_llama_with_grouped_query_attention_split_in_two(tmp_path):
     # apart after 10 steps, every loss within tolerance). At 0.01 it trains.
     sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
     plan = zoo_plan("hf:llama", LLAMA, ranks=2, strategy="dp", global_batch=4, tp_degree=2, training=sgd)
+    assert_parity(plan, tmp_path)
+
+
+def test_hugging_face_llama_sequence_parallel(tmp_path):
+    # The decoder layers take the sequence's slices; the attention (called with a
+    # ``hidden_states`` keyword) gathers them, its rotary embeddings and mask made whole.
+    sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
+    sp = {"tp_degree": 2, "sequence_parallel": True}
+    plan = zoo_plan("hf:llama", LLAMA, ranks=2, strategy="dp", global_batch=4, training=sgd, **sp)
     assert_parity(plan, tmp_path)
 
 

@@ -372,6 +372,9 @@ def test_tensor_groups_are_consecutive_ranks_and_checked(gpt):
         r"sequence_parallel: .* tp_degree 1",
     )
     _refused({**doc, "tp_degree": 0}, r"tp_degree: Input should be greater than or equal to 1")
+    odd = {**doc, "sequence_parallel": True, "model": {**doc["model"], "seq_len": 63}}
+    _refused(odd, r"sequence_parallel: tp_degree 2 does not divide the sequence length 63")
+    assert plan_from_json(json.dumps({**doc, "sequence_parallel": True})).sequence_parallel
 
 
 def test_the_gan_has_no_tensor_parallel_layout():

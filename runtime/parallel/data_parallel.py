@@ -24,7 +24,7 @@ from planner.plan import Plan
 from runtime.parallel.grad_sync import average_local
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
-from runtime.parallel.tensor_parallel import layouts_of, split_block
+from runtime.parallel.tensor_parallel import block_splits, split_block
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -80,8 +80,8 @@ class DataParallel:
         """The whole model real on this rank, its blocks split across the tensor group
         (runtime.parallel.tensor_parallel), then its recomputing blocks wrapped (before DDP)."""
         module = full.materialise(full.module, where.device)
-        for block, layout in layouts_of(plan, module, plan.model.blocks).items():
-            split_block(module.get_submodule(block), layout, where.tp_mesh)
+        for block, split in block_splits(plan, module, plan.model.blocks).items():
+            split_block(module.get_submodule(block), split, where.tp_mesh)
         apply_recompute(module, recomputing_blocks(plan))
         return module
 

@@ -37,7 +37,6 @@ import torch
 
 from planner.errors import PlanError
 from planner.plan import Plan, Strategy
-from planner.sharding import DpMode
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.gan import DataParallelGAN, ModelParallelGAN
 from runtime.parallel.mesh import Placement
@@ -90,26 +89,18 @@ def check_strategy(plan: Plan) -> None:
 def check_levers(plan: Plan) -> None:
     """What this runtime does not train of the memory levers (`planner.sharding`) and of
     tensor parallelism: loss scaling over sharded gradients; tensor parallelism with a
-    pipeline, with ``hybrid_shard`` (its mesh is not an axis of the plan's), or with
-    sequence parallelism. A `PlanError` names it."""
+    pipeline. A `PlanError` names it."""
     mode = plan.dp_mode
     if mode.sharded and plan.training.precision.recipe.loss_scaling:
         raise PlanError(
             f"training.precision: {plan.training.precision} is not trained sharded (its loss "
             "scaling over sharded gradients is not built); use bf16-mixed"
         )
-    if plan.tp_degree > 1:
-        unbuilt = [
-            ("pp_degree", plan.pp_degree > 1, "with a pipeline"),
-            ("dp_mode", mode == DpMode.HYBRID_SHARD, f"with dp_mode {mode}"),
-            ("sequence_parallel", plan.sequence_parallel, "with sequence parallelism"),
-        ]
-        for field, applies, what in unbuilt:
-            if applies:
-                raise PlanError(
-                    f"{field}: tensor parallelism {what} is not trained by this runtime yet "
-                    "(tp_degree > 1 runs with replicate, shard_grad_op or full_shard data parallel)"
-                )
+    if plan.tp_degree > 1 and plan.pp_degree > 1:
+        raise PlanError(
+            "pp_degree: tensor parallelism with a pipeline is not trained by this runtime yet "
+            "(tp_degree > 1 runs with a pipeline of one stage, under any dp_mode)"
+        )
 
 
 def parallelize(plan: Plan, where: Placement) -> Parallelized:

@@ -39,7 +39,7 @@ from planner.schedules import Schedule
 from runtime.parallel.grad_sync import average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
-from runtime.parallel.sharded import make_sharded, shard_mesh, watch_collectives
+from runtime.parallel.sharded import make_sharded, shard_meshes, watch_collectives
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -103,15 +103,15 @@ class PipelineParallel:
         # autocast would have nothing to cast, and stages return float32, as traced.
         self.amp = Amp(Precision.FP32 if self.sharded else precision, where.device)
         recomputing = set(recomputing_blocks(plan))
-        mesh = shard_mesh(plan, where) if self.sharded else None
-        if mesh is not None and where.device.type == "cpu":
+        meshes = shard_meshes(plan, where) if self.sharded else None
+        if meshes is not None and where.device.type == "cpu":
             watch_collectives(self.clock)
         for i, blocks in enumerate(plan.stage_blocks()):
             if i not in mine:  # only this rank's stages become real; the others stay on meta
                 continue
             module = pipe.get_stage_module(i)
-            if mesh is not None:  # made real unit by unit, each sharded at once
-                make_sharded(full, module, blocks, plan, where, mesh, output_dtype=torch.float32)
+            if meshes is not None:  # made real unit by unit, each sharded at once
+                make_sharded(full, module, blocks, plan, where, meshes, output_dtype=torch.float32)
                 continue
             full.materialise(module, where.device)
             apply_recompute(module, [b for b in blocks if b in recomputing])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ from planner.sharding import DpMode
 from runtime.parallel.data_parallel import DataParallel
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, recomputing_blocks
-from runtime.parallel.tensor_parallel import layouts_of, split_block
+from runtime.parallel.tensor_parallel import block_splits, split_block
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -51,23 +52,37 @@ from runtime.rank.model import FullModel
 from runtime.rank.task import Task
 
 
-def shard_mesh(plan: Plan, where: Placement) -> DeviceMesh:
-    """The mesh FSDP shards this rank's stages over: its dp group, or for ``hybrid_shard`` that
-    group's ranks laid out (node, rank in node), replicated across the first dimension. Every
-    rank builds it (it creates process groups), from the grid of every pipeline rank's group,
-    so all ranks create the same groups in the same order."""
+@dataclass(frozen=True)
+class ShardMeshes:
+    """The mesh FSDP shards over and the tensor group's mesh, cut from one root mesh: FSDP2
+    shards a tensor-parallel DTensor only over a mesh that shares its root with the tensor
+    group's (2-D parameters: (dp, tp), or (replicate, shard, tp) for ``hybrid_shard``)."""
+
+    fsdp: DeviceMesh
+    tp: DeviceMesh
+
+
+def shard_meshes(plan: Plan, where: Placement) -> ShardMeshes:
+    """The meshes this rank's stages are sharded and split over: its dp group and its tensor
+    group, or for ``hybrid_shard`` its dp group's ranks laid out (node, rank in node),
+    replicated across the first dimension, each with its tensor group (a tensor group lies on
+    one node, so every tensor index of a replica is on the same node). Every rank builds them
+    (they create process groups), from the grid of every pipeline rank's group, so all ranks
+    create the same groups in the same order."""
     if plan.dp_mode != DpMode.HYBRID_SHARD:
-        return where.mesh["dp"]
+        return ShardMeshes(where.mesh["dp"], where.tp_mesh)
+    tp = range(plan.tp_degree)
     grid = []
     for q in range(plan.pp_degree):
-        by_node: dict[int, list[int]] = defaultdict(list)
+        by_node: dict[int, list[list[int]]] = defaultdict(list)
         for dp in range(plan.dp_degree):
-            r = plan.rank_of(dp, q)
-            by_node[r.node].append(r.rank)
+            by_node[plan.rank_of(dp, q).node].append([plan.rank_of(dp, q, t).rank for t in tp])
         grid.append([by_node[node] for node in sorted(by_node)])
     # One shape for every group (the plan checks it: `planner.sharding.hybrid_shard_error`).
-    mesh = DeviceMesh(where.device.type, torch.tensor(grid), mesh_dim_names=("pp", "replicate", "shard"))
-    return mesh["replicate", "shard"]
+    mesh = DeviceMesh(
+        where.device.type, torch.tensor(grid), mesh_dim_names=("pp", "replicate", "shard", "tp")
+    )
+    return ShardMeshes(mesh["replicate", "shard"], mesh["tp"])
 
 
 def mixed_precision(precision: Precision, output_dtype: torch.dtype | None = None) -> MixedPrecisionPolicy:
@@ -87,7 +102,7 @@ def make_sharded(
     blocks: list[str],
     plan: Plan,
     where: Placement,
-    mesh: DeviceMesh,
+    meshes: ShardMeshes,
     *,
     output_dtype: torch.dtype | None = None,
 ) -> None:
@@ -95,20 +110,20 @@ def make_sharded(
     unit, each sharded as soon as it is real: `fully_shard` on each FSDP unit of ``blocks``
     (`fsdp_units`), a block with a tensor-parallel layout split across its tensor group
     first (runtime.parallel.tensor_parallel; FSDP then shards each rank's shards over the dp
-    group: the dp and tp meshes are axes of one root mesh), a recomputing block wrapped
+    group: ``meshes`` are axes of one root mesh), a recomputing block wrapped
     next (runtime.parallel.recompute), then on ``module``, the root that holds what no
     block does. A rank so holds its shards and one
     unit whole at a time, never the whole model: the values each unit gets are those of
     (seed, FQN), as everywhere (runtime.rank.materialise)."""
-    options = {"mesh": mesh, "reshard_after_forward": plan.dp_mode.reshards_after_forward}
+    options = {"mesh": meshes.fsdp, "reshard_after_forward": plan.dp_mode.reshards_after_forward}
     precision = plan.training.precision
     recomputing = set(recomputing_blocks(plan))
-    layouts = layouts_of(plan, module, blocks)
+    splits = block_splits(plan, module, blocks)
     for unit in fsdp_units(module, blocks):
         full.materialise_parts([(module.get_submodule(b), b) for b in unit], where.device)
         for b in unit:  # tensor parallel first: FSDP then shards each rank's DTensor shards
-            if b in layouts:
-                split_block(module.get_submodule(b), layouts[b], where.tp_mesh)
+            if b in splits:
+                split_block(module.get_submodule(b), splits[b], meshes.tp)
         apply_recompute(module, [b for b in unit if b in recomputing])
         parts = [module.get_submodule(b) for b in unit]  # a recomputing block's wrapper, under its FQN
         fully_shard(parts if len(parts) > 1 else parts[0], mp_policy=mixed_precision(precision), **options)
@@ -201,7 +216,7 @@ class ShardedDataParallel(DataParallel):
         """The model real unit by unit, each sharded over the dp group as it is made
         (`make_sharded`): steps 4 and 5 of runtime.parallel.parallelize at once, so that no
         rank holds the whole model."""
-        make_sharded(full, full.module, plan.model.blocks, plan, where, shard_mesh(plan, where))
+        make_sharded(full, full.module, plan.model.blocks, plan, where, shard_meshes(plan, where))
         return full.module
 
     def replicate(self, where: Placement) -> None:

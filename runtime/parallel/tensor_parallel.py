@@ -19,13 +19,35 @@ group. So nothing is summed across the tensor group; across replicas, the local 
 are averaged over the dp group as DDP would (`runtime.parallel.grad_sync.average_local`): DDP holds DTensor
 parameters only by turning them into plain local ones, which checkpoints would then save
 without their placements.
+
+Sequence parallelism (Megatron-SP, Korthikanti et al. 2022), an option of the plan: between
+split blocks, and through a split block's norms and residual adds, each rank of the group
+holds its slice of the sequence (dim 1). The first split block of a run takes its input
+whole and keeps its own slice (nothing sent; its backward all-gathers the gradient), a
+sub-layer holding split layers (attention, MLP) all-gathers its input's slices, its
+row-split layers reduce-scatter their outputs in place of the all-reduce, the block's norms
+run on their slice (`SequenceParallel`: their weights' gradients summed over the group by
+DTensor), and the last split block of a run all-gathers its output for the blocks after it
+(the final norm and the head, whole on every rank). The sequence length must divide by the
+degree (the plan checks it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from planner.capture.source import build_model, parse_source
 from planner.capture.tp_layouts import tp_layouts
@@ -55,8 +77,80 @@ def check_tensor_parallel(plan: Plan) -> None:
     layouts_of(plan, built.module, plan.model.blocks)
 
 
-def split_block(block: nn.Module, layout: TpLayout, mesh: DeviceMesh) -> None:
-    """Split one real block across ``mesh`` (the tensor group) as ``layout`` says, in place."""
-    styles = {name: ColwiseParallel() for name in layout.colwise}
-    styles.update({name: RowwiseParallel() for name in layout.rowwise})
+SEQUENCE = Shard(1)
+"""A sequence-parallel activation: (batch, sequence, features), split along the sequence."""
+
+
+@dataclass(frozen=True)
+class BlockSplit:
+    """How one block is split across its tensor group."""
+
+    layout: TpLayout
+    sequence_parallel: bool = False
+    scatters_input: bool = False
+    """Under sequence parallelism, the first split block of a run: its input comes whole."""
+    gathers_output: bool = False
+    """Under sequence parallelism, the last of a run: the blocks after it take it whole."""
+
+
+def block_splits(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, BlockSplit]:
+    """The split of each block of ``blocks`` (in execution order) that has a layout under the
+    plan's tensor degree; a `PlanError` names a block the degree cannot split."""
+    layouts = layouts_of(plan, model, blocks)
+    sp = plan.sequence_parallel
+    out = {}
+    for i, block in enumerate(blocks):
+        if block in layouts:
+            after_whole = i == 0 or blocks[i - 1] not in layouts
+            before_whole = i == len(blocks) - 1 or blocks[i + 1] not in layouts
+            out[block] = BlockSplit(layouts[block], sp, sp and after_whole, sp and before_whole)
+    return out
+
+
+def split_block(block: nn.Module, split: BlockSplit, mesh: DeviceMesh) -> None:
+    """Split one real block across ``mesh`` (the tensor group) as ``split`` says, in place."""
+    layout = split.layout
+    rows_out: Placement = SEQUENCE if split.sequence_parallel else Replicate()
+    styles: dict[str, ParallelStyle] = {name: ColwiseParallel() for name in layout.colwise}
+    styles.update({name: RowwiseParallel(output_layouts=rows_out) for name in layout.rowwise})
+    if split.sequence_parallel:
+        split_layers = (*layout.colwise, *layout.rowwise)
+        for name, child in block.named_children():
+            if any(path == name or path.startswith(name + ".") for path in split_layers):
+                child.register_forward_pre_hook(_gathers_input(mesh), with_kwargs=True)
+            elif any(True for _ in child.parameters()):  # a norm: per token, on this rank's slice
+                styles[name] = SequenceParallel(use_local_output=True)
+        if split.scatters_input:
+            block.register_forward_pre_hook(_scatters_input(mesh), with_kwargs=True)
+        if split.gathers_output:
+            block.register_forward_hook(lambda _m, _a, out: _redistribute(out, mesh, SEQUENCE, Replicate()))
     parallelize_module(block, mesh, styles, src_data_rank=None)
+
+
+def _redistribute(x: torch.Tensor, mesh: DeviceMesh, held: Placement, wanted: Placement) -> torch.Tensor:
+    """This rank's part of ``x`` (held as ``held`` across ``mesh``) as ``wanted`` places it;
+    differentiable (a gather's backward keeps this rank's slice of the gradient, a slice's
+    backward gathers it)."""
+    return DTensor.from_local(x, mesh, [held], run_check=False).redistribute(mesh, [wanted]).to_local()
+
+
+def _hidden_state_hook(mesh: DeviceMesh, held: Placement, wanted: Placement):
+    """A forward pre-hook redistributing a module's hidden state: its first positional
+    argument, or its ``hidden_states`` keyword (a Hugging Face attention's)."""
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        if args:
+            return (_redistribute(args[0], mesh, held, wanted), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": _redistribute(kwargs["hidden_states"], mesh, held, wanted)}
+
+    return hook
+
+
+def _gathers_input(mesh: DeviceMesh):
+    """A sub-layer with split layers computes on the whole sequence: all-gather its input."""
+    return _hidden_state_hook(mesh, SEQUENCE, Replicate())
+
+
+def _scatters_input(mesh: DeviceMesh):
+    """The first split block of a run keeps its slice of the whole input it is given."""
+    return _hidden_state_hook(mesh, Replicate(), SEQUENCE)
