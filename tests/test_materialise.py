@@ -38,7 +38,7 @@ def stage_by_stage(plan) -> dict[str, torch.Tensor]:
     for i in range(len(plan.stages)):
         full = build_full_model(plan)
         assert full.on_meta
-        pipe = split_model(plan, full, 2)
+        pipe = split_model(plan, full, 2, torch.device("cpu"))
         stage = full.materialise(pipe.get_stage_module(i), "cpu")
         for j in range(pipe.num_stages):  # the other stages were never made real
             if j != i:

@@ -12,6 +12,7 @@ import torch
 from runtime.measure.reference import train_single
 from runtime.rank.model import build_full_model, shared_parameter_groups
 from tests.runs import rank_parameters, run_ranks, step_losses, zoo_plan
+from tests.test_materialise import LLAMA
 
 pytestmark = pytest.mark.slow
 STEPS = 10
@@ -188,3 +189,21 @@ def test_hugging_face_gpt2_pipeline_with_tied_head(tmp_path):
     assert plan.training.dataset == "bytes:stdlib"
     per_rank = assert_parity(plan, tmp_path)
     assert "lm_head.weight" in per_rank[0] and "lm_head.weight" in per_rank[1]  # tied to wte
+
+
+def test_hugging_face_llama_pipeline(tmp_path):
+    # pipeline() traces its rotary embedding: a no_grad region and a move to its input's
+    # device, both handled by runtime.parallel.pipeline_parallel.split_model.
+    sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
+    plan = zoo_plan(
+        "hf:llama",
+        LLAMA,
+        ranks=2,
+        strategy="pp",
+        global_batch=4,
+        pp_degree=2,
+        schedule="1f1b",
+        micro_batches=2,
+        training=sgd,
+    )
+    assert_parity(plan, tmp_path)

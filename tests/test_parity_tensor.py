@@ -15,6 +15,8 @@ twice, a replica not averaged) is off by the size of the update itself under eit
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.runs import zoo_plan
@@ -23,6 +25,21 @@ from tests.test_parity import SGD, assert_parity, assert_resumes
 
 pytestmark = pytest.mark.slow
 TOY_GPT = {"size": "toy"}
+GPT_SPLIT = ("attn.q.weight", "attn.proj.weight")
+LLAMA_SPLIT = ("self_attn.q_proj.weight", "self_attn.o_proj.weight")
+
+
+def assert_split(plan, tmp_path, colwise: str, rowwise: str) -> None:
+    """Every rank held its own shard of the split layers it ran, not a whole copy: each
+    parameter ending in ``colwise`` sharded by rows (``S(0)``, a linear layer's output
+    features) on the tensor axis (the last), each ending in ``rowwise`` by columns (``S(1)``).
+    Parity alone cannot tell: a model left whole on every rank trains the same."""
+    for rank in range(len(plan.ranks)):
+        held = json.loads((tmp_path / "runs" / "params" / f"rank{rank}.placements.json").read_text())
+        cols = [pl[-1] for fqn, pl in held.items() if fqn.endswith(colwise)]
+        rows = [pl[-1] for fqn, pl in held.items() if fqn.endswith(rowwise)]
+        assert cols and set(cols) == {"S(0)"}, (rank, held)
+        assert rows and set(rows) == {"S(1)"}, (rank, held)
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -30,6 +47,7 @@ def test_the_gpt_split_across_a_tensor_group(tmp_path, tp):
     plan = zoo_plan("gpt", TOY_GPT, ranks=tp, strategy="dp", global_batch=8, tp_degree=tp, training=SGD)
     assert [r.coords for r in plan.ranks] == [(0, 0, t) for t in range(tp)]
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
 
 
 def test_replicas_of_a_tensor_group_with_unequal_shares(tmp_path):
@@ -45,6 +63,7 @@ def test_replicas_of_a_tensor_group_with_unequal_shares(tmp_path):
         training=SGD,
     )
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
 
 
 @pytest.mark.parametrize(("dp_mode", "recompute"), [("full_shard", "none"), ("shard_grad_op", "full")])
@@ -63,6 +82,7 @@ def test_sharded_replicas_of_tensor_groups(tmp_path, dp_mode, recompute):
         training=SGD,
     )
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -72,6 +92,7 @@ def test_sequence_parallel_gpt(tmp_path, tp):
     sp = {"tp_degree": tp, "sequence_parallel": True}
     plan = zoo_plan("gpt", TOY_GPT, ranks=tp, strategy="dp", global_batch=8, training=SGD, **sp)
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
 
 
 def test_sequence_parallel_under_sharded_replicas_recomputing(tmp_path):
@@ -89,6 +110,32 @@ def test_sequence_parallel_under_sharded_replicas_recomputing(tmp_path):
         training=SGD,
     )
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "choices"),
+    [("1f1b", {}), ("gpipe", {"sequence_parallel": True, "recompute": "full"})],
+)
+def test_pipeline_stages_split_across_tensor_groups(tmp_path, schedule, choices):
+    # The stages are traced by pipeline(): their linear layers are traced modules, split by
+    # the same layouts; each tensor index is a pipeline of its own, sending whole activations.
+    plan = zoo_plan(
+        "gpt",
+        TOY_GPT,
+        ranks=4,
+        strategy="pp",
+        global_batch=8,
+        pp_degree=2,
+        tp_degree=2,
+        schedule=schedule,
+        micro_batches=2,
+        training=SGD,
+        **choices,
+    )
+    assert [r.coords for r in plan.ranks] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]
+    assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
 
 
 def test_a_tensor_parallel_block_recomputes_its_forward(tmp_path):
@@ -96,6 +143,7 @@ def test_a_tensor_parallel_block_recomputes_its_forward(tmp_path):
         "gpt", TOY_GPT, ranks=2, strategy="dp", global_batch=8, tp_degree=2, recompute="full", training=SGD
     )
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT_SPLIT)
 
 
 def test_hugging_face_llama_with_grouped_query_attention_split_in_two(tmp_path):
@@ -105,6 +153,7 @@ def test_hugging_face_llama_with_grouped_query_attention_split_in_two(tmp_path):
     sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
     plan = zoo_plan("hf:llama", LLAMA, ranks=2, strategy="dp", global_batch=4, tp_degree=2, training=sgd)
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *LLAMA_SPLIT)
 
 
 def test_hugging_face_llama_sequence_parallel(tmp_path):
@@ -114,6 +163,7 @@ def test_hugging_face_llama_sequence_parallel(tmp_path):
     sp = {"tp_degree": 2, "sequence_parallel": True}
     plan = zoo_plan("hf:llama", LLAMA, ranks=2, strategy="dp", global_batch=4, training=sgd, **sp)
     assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *LLAMA_SPLIT)
 
 
 def test_a_tensor_parallel_checkpoint_resumes_without_tensor_parallelism(tmp_path):

@@ -15,6 +15,7 @@ from planner.plan import save_plan
 from runtime.supervise import store
 from tests.runs import run_ranks, step_losses, zoo_plan
 from tests.supervision import ENV, runtime_cli, small_disk
+from tests.test_materialise import LLAMA
 
 pytestmark = pytest.mark.slow
 
@@ -118,10 +119,10 @@ def test_fp16_mixed_sharded_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_tensor_parallel_pipelines_are_refused_before_anything_starts(tmp_path):
+def test_hugging_face_tensor_parallel_pipelines_are_refused_before_anything_starts(tmp_path):
     plan = zoo_plan(
-        "gpt",
-        {"size": "toy"},
+        "hf:llama",
+        LLAMA,
         ranks=4,
         strategy="pp",
         global_batch=8,
@@ -133,7 +134,7 @@ def test_tensor_parallel_pipelines_are_refused_before_anything_starts(tmp_path):
     (tmp_path / "plan.json").write_text(plan.to_json())
     done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
     assert done.returncode == 2
-    assert "pp_degree: tensor parallelism with a pipeline is not trained by this runtime yet" in done.stderr
+    assert "pp_degree: tensor parallelism with a pipeline is not trained for hf:llama" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 

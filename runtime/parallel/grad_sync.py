@@ -4,8 +4,8 @@
   stage crashed or was silently wrong with several schedules (docs/facts.md); a flat all-reduce
   was correct with all of them. Each replica's gradient is a mean over its b_i samples, so
   it is weighted by b_i / B and summed: the mean over the whole global batch.
-- Across tensor-parallel replicas: the local gradients averaged over the dp group
-  (`average_local`), DDP's average without DDP.
+- Across tensor-parallel replicas (with or without a pipeline): the local gradients
+  averaged over the dp group (`average_local`), DDP's average without DDP.
 - Across stages (a tied embedding and head): `pipeline()` gives each stage its own copy,
   and the true gradient is the sum of both copies' gradients.
 """
@@ -37,14 +37,16 @@ def average_replicas(flat: torch.Tensor, weight: float, group) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
 
 
-def average_local(params: list[torch.nn.Parameter], group) -> None:
+def average_local(params: list[torch.nn.Parameter], group, weight: float | None = None) -> None:
     """Each gradient's local part (its shard, for a DTensor) averaged over ``group``, in one
     collective: the dp average of tensor-parallel replicas, whose parameters DDP cannot hold
-    as DTensors (runtime.parallel.tensor_parallel). The caller scales its loss by P b_i / B,
-    as for DDP (runtime.parallel.data_parallel)."""
+    as DTensors (runtime.parallel.tensor_parallel). Without ``weight`` the caller scales its
+    loss by P b_i / B, as for DDP (runtime.parallel.data_parallel); a pipeline's replica
+    weights its gradient by ``weight`` = b_i / B instead, as `average_replicas` does."""
     size = dist.get_world_size(group)
     if size > 1:
-        _all_reduce_sum([local(p.grad) for p in params if p.grad is not None], group, 1.0 / size)
+        scale = 1.0 / size if weight is None else weight
+        _all_reduce_sum([local(p.grad) for p in params if p.grad is not None], group, scale)
 
 
 def sum_tied(copies: list[list[torch.Tensor]], group) -> None:

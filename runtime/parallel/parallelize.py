@@ -7,7 +7,8 @@ before it left, as torchtitan's ``parallelize_*`` functions do:
    the task it trains (runtime.rank.task). Each engine below makes real only the part this
    rank holds (runtime.rank.materialise).
 2. Tensor parallel: each block with a layout split across its tensor group as the engine
-   makes it real (runtime.parallel.tensor_parallel), before anything wraps it.
+   makes it real (runtime.parallel.tensor_parallel), before anything wraps it; in a
+   pipeline, the stage's traced block.
 3. Pipeline stages, if pp > 1: the model cut at the plan's FQNs, this rank keeping its own
    stages, with torch's schedule (runtime.parallel.pipeline_parallel); a GAN's stages are its
    two networks, each on its own rank, with the hand-written adversarial step
@@ -87,19 +88,13 @@ def check_strategy(plan: Plan) -> None:
 
 
 def check_levers(plan: Plan) -> None:
-    """What this runtime does not train of the memory levers (`planner.sharding`) and of
-    tensor parallelism: loss scaling over sharded gradients; tensor parallelism with a
-    pipeline. A `PlanError` names it."""
+    """What this runtime does not train of the memory levers (`planner.sharding`): loss
+    scaling over sharded gradients. A `PlanError` names it."""
     mode = plan.dp_mode
     if mode.sharded and plan.training.precision.recipe.loss_scaling:
         raise PlanError(
             f"training.precision: {plan.training.precision} is not trained sharded (its loss "
             "scaling over sharded gradients is not built); use bf16-mixed"
-        )
-    if plan.tp_degree > 1 and plan.pp_degree > 1:
-        raise PlanError(
-            "pp_degree: tensor parallelism with a pipeline is not trained by this runtime yet "
-            "(tp_degree > 1 runs with a pipeline of one stage, under any dp_mode)"
         )
 
 

@@ -36,10 +36,11 @@ from planner.errors import PlanError
 from planner.plan import Plan
 from planner.precision import Precision
 from planner.schedules import Schedule
-from runtime.parallel.grad_sync import average_replicas, sum_tied
+from runtime.parallel.grad_sync import average_local, average_replicas, sum_tied
 from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
 from runtime.parallel.sharded import make_sharded, shard_meshes, watch_collectives
+from runtime.parallel.tensor_parallel import block_splits, split_block
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -65,19 +66,53 @@ def load_tracer() -> None:
     pipeline(tiny, mb_args=(torch.zeros(1, 2),), split_spec={"1": SplitPoint.BEGINNING})
 
 
-def split_model(plan: Plan, full: FullModel, micro_batch: int):
-    """`pipeline()` over the full model, cut where the plan's stages begin."""
+def split_model(plan: Plan, full: FullModel, micro_batch: int, device: torch.device):
+    """`pipeline()` over the full model, cut where the plan's stages begin.
+
+    Traced without autograd: a module that turns it off (Hugging Face's rotary embedding,
+    under ``torch.no_grad``) is otherwise recorded as a higher-order op whose inputs torch's
+    unflattening does not pass (the stage failed at its first forward). The trace records
+    the ops alone; the stages run them with autograd on. The trace's devices are then moved
+    off meta (`_unpin_meta`)."""
     split_spec = {stage.first: SplitPoint.BEGINNING for stage in plan.stages[1:]}
     example = tuple(a.expand(micro_batch, *a.shape[1:]).contiguous() for a in full.example_args)
     try:
-        pipe = pipeline(full.module, mb_args=example, split_spec=split_spec)
+        with torch.no_grad():
+            pipe = pipeline(full.module, mb_args=example, split_spec=split_spec)
     except Exception as exc:
         raise PlanError(f"stages: torch.distributed.pipelining could not cut the model there: {exc}") from exc
+    _unpin_meta(pipe.split_gm, device)
     if pipe.num_stages != len(plan.stages):
         raise PlanError(
             f"stages: cutting at {sorted(split_spec)} gave {pipe.num_stages} stages, not {len(plan.stages)}"
         )
     return pipe
+
+
+def _unpin_meta(root: torch.nn.Module, device: torch.device) -> None:
+    """Point every device the trace wrote into the stages' graphs at ``device``: the model
+    is traced on the meta device, and an op that moves a tensor to its input's device
+    (Hugging Face's rotary embedding: ``inv_freq.to(x.device)``) is recorded as a move to
+    meta, which would turn the real tensor back into a shapeless one."""
+    meta = torch.device("meta")
+
+    def fix(value):
+        if isinstance(value, torch.device) and value == meta:
+            return device
+        if isinstance(value, (list, tuple)):
+            return type(value)(fix(v) for v in value)
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        return value
+
+    for module in root.modules():
+        graph = getattr(module, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue
+        for node in graph.nodes:
+            node.args, node.kwargs = fix(node.args), fix(node.kwargs)
+        if isinstance(module, torch.fx.GraphModule):
+            module.recompile()
 
 
 class PipelineParallel:
@@ -90,10 +125,11 @@ class PipelineParallel:
         self.dp_degree = plan.dp_degree
         self.dp_group = None  # set by `replicate` when there are replicas to average
         self.sharded = plan.dp_mode.sharded
+        self.tensor_parallel = plan.tp_degree > 1
         # FSDP averages over the group as DDP does: a replica's loss is scaled by P b_i / B
         # (runtime.parallel.data_parallel says why), and the losses reported are unscaled.
         self.loss_scale = plan.dp_degree * self.weight if self.sharded else 1.0
-        pipe = split_model(plan, full, share // m)
+        pipe = split_model(plan, full, share // m, where.device)
         num_stages = pipe.num_stages
         mine = [i for i in range(num_stages) if i % p == where.rank.pp_index]
         self.holds_first, self.holds_last = 0 in mine, num_stages - 1 in mine
@@ -114,6 +150,11 @@ class PipelineParallel:
                 make_sharded(full, module, blocks, plan, where, meshes, output_dtype=torch.float32)
                 continue
             full.materialise(module, where.device)
+            # Tensor parallel first: the layouts read from the model as built, applied to the
+            # stage's traced blocks (runs of split blocks end at the stage's edges: a stage
+            # sends and receives its activations whole).
+            for block, split in block_splits(plan, full.module, blocks).items():
+                split_block(module.get_submodule(block), split, where.tp_mesh)
             apply_recompute(module, [b for b in blocks if b in recomputing])
         self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]
         timeline.watch_pipeline_p2p()  # which waits are for a peer's data, which for sends
@@ -156,9 +197,9 @@ class PipelineParallel:
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         # Here, not at construction: loading a checkpoint initialises the optimizer state only
         # while no parameter has a gradient (torch.distributed.checkpoint), and frees them.
-        if self.dp_group is not None:
+        if self.dp_group is not None and not self.tensor_parallel:
             self.flat_grads = flat_gradients(self.params, self.flat_grads)
-        else:
+        else:  # a DTensor's gradient cannot be a view of a flat buffer
             keep_gradients(self.params)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=False)
@@ -169,7 +210,9 @@ class PipelineParallel:
         t = time.perf_counter()
         for copies, group in self.tied:
             sum_tied(copies, group)
-        if self.dp_group is not None:
+        if self.dp_group is not None and self.tensor_parallel:
+            average_local(self.params, self.dp_group, self.weight)
+        elif self.dp_group is not None:
             average_replicas(self.flat_grads, self.weight, self.dp_group)
         if self.tied or self.dp_group is not None:
             timeline.waited("communication", t, time.perf_counter(), desc="tied and replica gradients")
@@ -227,10 +270,11 @@ def _tied_copies(plan: Plan, pipe, full: FullModel, stages, where: Placement):
         group = None
         if len(pp_ranks) > 1:
             for d in range(plan.dp_degree):
-                ranks = [plan.rank_of(d, q).rank for q in pp_ranks]
-                made = dist.new_group(ranks)
-                if d == where.rank.dp_index:
-                    group = made
+                for t in range(plan.tp_degree):  # a tied weight is whole on its tensor group
+                    ranks = [plan.rank_of(d, q, t).rank for q in pp_ranks]
+                    made = dist.new_group(ranks)
+                    if (d, t) == (where.rank.dp_index, where.rank.tp_index):
+                        group = made
         if where.rank.pp_index not in pp_ranks:
             continue
         copies = []

@@ -118,7 +118,7 @@ def make_sharded(
     options = {"mesh": meshes.fsdp, "reshard_after_forward": plan.dp_mode.reshards_after_forward}
     precision = plan.training.precision
     recomputing = set(recomputing_blocks(plan))
-    splits = block_splits(plan, module, blocks)
+    splits = block_splits(plan, full.module, blocks)  # layouts read from the model as built
     for unit in fsdp_units(module, blocks):
         full.materialise_parts([(module.get_submodule(b), b) for b in unit], where.device)
         for b in unit:  # tensor parallel first: FSDP then shards each rank's DTensor shards

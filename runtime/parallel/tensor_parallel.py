@@ -35,12 +35,13 @@ degree (the plan checks it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
+from torch.distributed.tensor import DTensor, Placement, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -69,10 +70,21 @@ def layouts_of(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, TpL
 
 def check_tensor_parallel(plan: Plan) -> None:
     """Refuse, before anything starts, a degree that a split block of the plan's model cannot
-    take (a `PlanError` naming the block), from a build on the meta device. A ``py:`` model
-    has no layout (its blocks run whole), so it is not built here: it runs only with consent."""
-    if plan.tp_degree == 1 or parse_source(plan.model.source).kind == "py":
+    take (a `PlanError` naming the block), from a build on the meta device, and a Hugging
+    Face model's tensor groups in a pipeline: `pipeline()` traces its attention with the
+    head counts written into its reshapes (grouped-query attention's ``repeat_kv`` expands
+    to the key/value heads it saw), which a split cannot change; the zoo GPT counts its heads
+    from its projections' width and is traced without them. A ``py:`` model has no layout
+    (its blocks run whole), so it is not built here: it runs only with consent."""
+    kind = parse_source(plan.model.source).kind
+    if plan.tp_degree == 1 or kind == "py":
         return
+    if plan.pp_degree > 1 and kind == "hf":
+        raise PlanError(
+            f"pp_degree: tensor parallelism with a pipeline is not trained for {plan.model.source} "
+            "(its traced stages fix the attention's head counts; the zoo's GPT runs so): use "
+            "pp_degree 1 or tp_degree 1"
+        )
     built = build_model(parse_source(plan.model.source, plan.model.overrides), device="meta")
     layouts_of(plan, built.module, plan.model.blocks)
 
@@ -107,12 +119,50 @@ def block_splits(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, B
     return out
 
 
+class TracedColwise(ColwiseParallel):
+    """`ColwiseParallel` for a linear layer as `pipeline()` traced it: a module holding
+    ``weight`` (out, in) and ``bias`` whose graph calls ``aten.linear`` (torch's style takes
+    only ``nn.Linear``). The same partition and hooks: the traced call computes on the
+    DTensor weight as ``nn.Linear`` does."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        return distribute_module(
+            module,
+            device_mesh,
+            self._partition_linear_fn,
+            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
+        )
+
+
+class TracedRowwise(RowwiseParallel):
+    """`RowwiseParallel` for a traced linear layer (`TracedColwise` says why)."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        self.desired_input_layouts = (Shard(-1),)  # as torch's style sets it for a linear layer
+        return distribute_module(
+            module,
+            device_mesh,
+            self._partition_linear_fn,
+            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
+        )
+
+
+def _styles(block: nn.Module, paths: tuple[str, ...], style: type, traced: type, **options) -> dict:
+    """``style`` for each of ``paths`` that is an ``nn.Linear``, ``traced`` for one that a
+    trace turned into a module of its own (a pipeline stage's)."""
+    pick = {path: style if isinstance(block.get_submodule(path), nn.Linear) else traced for path in paths}
+    return {path: chosen(**options) for path, chosen in pick.items()}
+
+
 def split_block(block: nn.Module, split: BlockSplit, mesh: DeviceMesh) -> None:
-    """Split one real block across ``mesh`` (the tensor group) as ``split`` says, in place."""
+    """Split one real block across ``mesh`` (the tensor group) as ``split`` says, in place:
+    a block of the model as built, or of a pipeline stage as `pipeline()` traced it."""
     layout = split.layout
     rows_out: Placement = SEQUENCE if split.sequence_parallel else Replicate()
-    styles: dict[str, ParallelStyle] = {name: ColwiseParallel() for name in layout.colwise}
-    styles.update({name: RowwiseParallel(output_layouts=rows_out) for name in layout.rowwise})
+    styles: dict[str, ParallelStyle] = _styles(block, layout.colwise, ColwiseParallel, TracedColwise)
+    styles.update(_styles(block, layout.rowwise, RowwiseParallel, TracedRowwise, output_layouts=rows_out))
     if split.sequence_parallel:
         split_layers = (*layout.colwise, *layout.rowwise)
         for name, child in block.named_children():

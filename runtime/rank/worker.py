@@ -328,6 +328,13 @@ def finish(
             for fqn, p in engine.local_parameters().items()
         }
         torch.save(params, save_parameters / f"rank{run.rank}.pt")
+        # How each DTensor was laid out on this rank: what a test reads to see a split happen.
+        placements = {
+            fqn: [str(pl) for pl in p.placements]
+            for fqn, p in engine.local_parameters().items()
+            if isinstance(p, DTensor)
+        }
+        (save_parameters / f"rank{run.rank}.placements.json").write_text(json.dumps(placements))
     if run.conn is not None:
         fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
         metric = store.Metric(last, store.STEP_RANK, "logging_fraction", fraction, time.time())
