@@ -29,17 +29,20 @@ GPT_SPLIT = ("attn.q.weight", "attn.proj.weight")
 LLAMA_SPLIT = ("self_attn.q_proj.weight", "self_attn.o_proj.weight")
 
 
-def assert_split(plan, tmp_path, colwise: str, rowwise: str) -> None:
+def assert_split(plan, tmp_path, colwise: str, rowwise: str, columns=("S(0)", "S(1)")) -> None:
     """Every rank held its own shard of the split layers it ran, not a whole copy: each
-    parameter ending in ``colwise`` sharded by rows (``S(0)``, a linear layer's output
-    features) on the tensor axis (the last), each ending in ``rowwise`` by columns (``S(1)``).
-    Parity alone cannot tell: a model left whole on every rank trains the same."""
+    parameter ending in ``colwise`` sharded along its output features (``columns[0]``: a
+    linear layer's weight rows) on the tensor axis (the last), each ending in ``rowwise``
+    along its input features (``columns[1]``); GPT-2's ``Conv1D`` weights are stored (in,
+    out), and its fused q | k | v is a strided shard. Parity alone cannot tell: a model left
+    whole on every rank trains the same."""
+    out_features, in_features = columns
     for rank in range(len(plan.ranks)):
         held = json.loads((tmp_path / "runs" / "params" / f"rank{rank}.placements.json").read_text())
         cols = [pl[-1] for fqn, pl in held.items() if fqn.endswith(colwise)]
         rows = [pl[-1] for fqn, pl in held.items() if fqn.endswith(rowwise)]
-        assert cols and set(cols) == {"S(0)"}, (rank, held)
-        assert rows and set(rows) == {"S(1)"}, (rank, held)
+        assert cols and set(cols) == {out_features}, (rank, held)
+        assert rows and set(rows) == {in_features}, (rank, held)
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -164,6 +167,41 @@ def test_hugging_face_llama_sequence_parallel(tmp_path):
     plan = zoo_plan("hf:llama", LLAMA, ranks=2, strategy="dp", global_batch=4, training=sgd, **sp)
     assert_parity(plan, tmp_path)
     assert_split(plan, tmp_path, *LLAMA_SPLIT)
+
+
+GPT2 = {
+    "n_layer": 2,
+    "n_embd": 64,
+    "n_head": 4,
+    "seq_len": 32,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("ranks", "choices"),
+    [
+        (2, {"tp_degree": 2}),
+        (4, {"tp_degree": 4, "sequence_parallel": True}),
+    ],
+)
+def test_hugging_face_gpt2_with_its_fused_qkv_split_by_heads(tmp_path, ranks, choices):
+    # c_attn holds q | k | v: each rank keeps its heads of each (a strided shard), and the
+    # gathered weight is GPT-2's own. Dropout off; SGD (tests/test_parity.py says why).
+    plan = zoo_plan("hf:gpt2", GPT2, ranks=ranks, strategy="dp", global_batch=4, training=SGD, **choices)
+    assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, "attn.c_attn.weight", "attn.c_proj.weight", columns=("_S(1, 3)", "S(0)"))
+
+
+def test_a_gpt2_tensor_parallel_checkpoint_resumes_without_tensor_parallelism(tmp_path):
+    # DCP writes a shard as one block of the whole: the fused q | k | v go through it whole.
+    def plan(**layout):
+        train = {**SGD, "steps": 8, "checkpoint_every": 4}
+        return zoo_plan("hf:gpt2", GPT2, ranks=2, strategy="dp", global_batch=4, training=train, **layout)
+
+    assert_resumes(plan(tp_degree=2), plan(dp_degree=2), tmp_path)
 
 
 def test_a_tensor_parallel_checkpoint_resumes_without_tensor_parallelism(tmp_path):

@@ -5,12 +5,14 @@ import pytest
 
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
+from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer
 from planner.cost.tensor_parallel import block_share
 from planner.cost.timing import CostOptions
 from planner.devices import device_kind
 from planner.errors import PlanError
 from planner.search.build import make_plan
+from planner.search.search import search
 from tests.handmade import gpus
 
 S, H, HEADS = 256, 512, 8  # sequence, width, heads: one sample per trace (b = 1)
@@ -188,3 +190,25 @@ def test_a_tensor_groups_ranks_share_cpu_cores_as_they_compute_in_step(gpt):
     work = prediction.stage_times[(0, 0)][0]  # one rank's forward, alone on a core
     # Two replicas, each a tensor group of two: four processes computing on two cores.
     assert forward.end - forward.start == pytest.approx(2 * work, rel=1e-6)
+
+
+def test_gpt2s_fused_qkv_is_priced_as_one_column_split_layer():
+    gpt2 = coarsen(trace("hf:gpt2", {"n_layer": 2, "n_embd": 64, "n_head": 4, "seq_len": 32}))
+    assert {p for p in gpt2.graph["tp_params"] if ".h.0." in p} == {
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_attn.bias",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_fc.bias",
+        "transformer.h.0.mlp.c_proj.weight",
+    }
+    tp = gpt2.nodes["transformer.h.0"]["tp"]
+    sbh = 32 * 64 * 4  # float32 trace
+    # One all-reduce of each column-split layer's input gradient (q, k and v are one layer,
+    # runtime.parallel.conv1d_parallel), one of each row-split layer's output.
+    assert tp["gathered"] == [sbh, sbh]
+    assert tp["reduced"] == [sbh, sbh]
+    # A Conv1D traces as view, addmm, view: the addmm keeps its whole input, as a linear does.
+    assert tp["saved"]["col"] == 2 * sbh
+    result = search(gpt2, resolve_cluster("h100:4"), global_batch=16, tp="auto")
+    assert {c.tp_degree for c in result.candidates} >= {1, 2, 4}

@@ -1,7 +1,8 @@
 """Find each block's tensor-parallel layout (`planner.tensor_parallel.TpLayout`) in a model.
 
-The zoo GPT's blocks by their class; a Hugging Face block from its config's
-``base_model_tp_plan``. Anything else has no layout: it is replicated across the group.
+The zoo GPT's blocks and Hugging Face GPT-2's by their class; another Hugging Face block
+from its config's ``base_model_tp_plan``. Anything else has no layout: it is replicated
+across the group.
 """
 
 from __future__ import annotations
@@ -25,7 +26,26 @@ def block_layout(model: nn.Module, fqn: str) -> TpLayout | None:
     if isinstance(block, Block):
         heads = block.attn.n_head
         return TpLayout(("attn.q", "attn.k", "attn.v", "mlp.fc"), ("attn.proj", "mlp.proj"), heads, heads)
+    if type(block).__name__ == "GPT2Block" and type(block).__module__.startswith("transformers."):
+        return _gpt2_layout(block)
     return _hf_layout(model, fqn)
+
+
+def _gpt2_layout(block: nn.Module) -> TpLayout | None:
+    """GPT-2's block (self-attention only: a cross-attention block has none): q, k and v
+    fused in ``c_attn``, split by heads part by part; its attention cuts them apart by
+    ``split_size``, a rank's third of its ``c_attn`` output."""
+    if getattr(block, "crossattention", None) is not None:
+        return None
+    heads = block.attn.num_heads
+    return TpLayout(
+        ("attn.c_attn", "mlp.c_fc"),
+        ("attn.c_proj", "mlp.c_proj"),
+        heads,
+        heads,
+        fused=(("attn.c_attn", 3),),
+        widths=("attn.split_size",),
+    )
 
 
 def _hf_layout(model: nn.Module, fqn: str) -> TpLayout | None:

@@ -73,19 +73,21 @@ def annotate_tp_roles(graph: nx.DiGraph, model: nn.Module, blocks: set[str]) -> 
         inside = {m[len(block) + 1 :] for m in stack if m.startswith(block + ".")}
         in_col = any(_under(m, p) for m in inside for p in layout.colwise)
         in_row = any(_under(m, p) for m in inside for p in layout.rowwise)
-        reads_split = any(p in sharded for p in graph.predecessors(name))
+        layer = next((p for p in (*layout.colwise, *layout.rowwise) for m in inside if _under(m, p)), "")
+        split_inputs = [p for p in graph.predecessors(name) if p in sharded]
         if in_col:
-            data["tp_role"] = SPLIT if reads_split else COL
+            # A layer traced as several ops (GPT-2's Conv1D: view, addmm, view) computes on
+            # its whole input throughout: only an input split before the layer makes it split.
+            from_before = any(graph.nodes[p].get("tp_layer") != layer for p in split_inputs)
+            data["tp_role"] = SPLIT if from_before else COL
             sharded.add(name)
-        elif reads_split:
+        elif split_inputs:
             data["tp_role"] = SPLIT
             if not in_row:
                 sharded.add(name)
         else:
             data["tp_role"] = SEQ
-        data["tp_layer"] = next(
-            (p for p in (*layout.colwise, *layout.rowwise) for m in inside if _under(m, p)), ""
-        )
+        data["tp_layer"] = layer
 
 
 def _under(module: str, path: str) -> bool:

@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor.placement_types import _StridedShard
 
 KEEP = 2  # complete checkpoints kept per run
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -79,6 +81,22 @@ def _state(parts: list[tuple[nn.Module, list[torch.optim.Optimizer]]]) -> dict:
     return state
 
 
+def _strided(state: dict) -> dict[str, DTensor]:
+    """The values of ``state`` held as strided shards (GPT-2's fused q | k | v split by heads,
+    runtime.parallel.conv1d_parallel). DCP writes a shard as one block of the whole, which a
+    rank's slice of each of q, k and v is not; these go through DCP whole instead."""
+    return {
+        k: v
+        for k, v in state.items()
+        if isinstance(v, DTensor) and any(isinstance(pl, _StridedShard) for pl in v.placements)
+    }
+
+
+def _whole(state: dict) -> dict:
+    """``state`` with its strided shards gathered whole (collective; `_strided`)."""
+    return {**state, **{k: v.full_tensor() for k, v in _strided(state).items()}}
+
+
 def save(run_dir: Path, step: int, parts, *, rank: int, group=None, scaler: dict | None = None) -> Checkpoint:
     """Save the state of ``step`` (the number of optimizer steps taken); collective.
     ``scaler``: the loss scaler's state (fp16-mixed), kept with the RNG states."""
@@ -87,7 +105,7 @@ def save(run_dir: Path, step: int, parts, *, rank: int, group=None, scaler: dict
         shutil.rmtree(path)  # an incomplete attempt at this step (no complete.json)
     dist.barrier(group=group)
     path.mkdir(parents=True, exist_ok=True)
-    dcp.save(_state(parts), checkpoint_id=path)
+    dcp.save(_whole(_state(parts)), checkpoint_id=path)
     rng = {"cpu": torch.get_rng_state(), "scaler": scaler or {}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -107,8 +125,11 @@ def save(run_dir: Path, step: int, parts, *, rank: int, group=None, scaler: dict
 def load(checkpoint: Checkpoint, parts, *, rank: int) -> dict:
     """Load model and optimizer state into this rank's parts (any layout of the same model);
     returns the loss scaler's state saved with it (empty if none)."""
-    state = _state(parts)
+    shards = _state(parts)
+    state = _whole(shards)
     dcp.load(state, checkpoint_id=checkpoint.path)
+    for k, held in _strided(shards).items():  # this rank's slices of what was read whole
+        state[k] = distribute_tensor(state[k], held.device_mesh, held.placements, src_data_rank=None)
     for module, optimizers in parts:
         model_sd, optim_sd = get_state_dict(module, optimizers, options=OPTIONS)
         set_state_dict(

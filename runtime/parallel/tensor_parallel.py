@@ -55,6 +55,7 @@ from planner.capture.tp_layouts import tp_layouts
 from planner.errors import PlanError
 from planner.plan import Plan
 from planner.tensor_parallel import TpLayout
+from runtime.parallel.conv1d_parallel import is_conv1d, split_columns, split_rows
 
 
 def layouts_of(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, TpLayout]:
@@ -75,7 +76,9 @@ def check_tensor_parallel(plan: Plan) -> None:
     head counts written into its reshapes (grouped-query attention's ``repeat_kv`` expands
     to the key/value heads it saw), which a split cannot change; the zoo GPT counts its heads
     from its projections' width and is traced without them. A ``py:`` model has no layout
-    (its blocks run whole), so it is not built here: it runs only with consent."""
+    (its blocks run whole), so it is not built here: it runs only with consent. GPT-2's fused
+    q, k and v split across a group are not sharded by FSDP2: it shards their bias along the
+    dimension the split strides, and gathers it whole out of order."""
     kind = parse_source(plan.model.source).kind
     if plan.tp_degree == 1 or kind == "py":
         return
@@ -86,7 +89,13 @@ def check_tensor_parallel(plan: Plan) -> None:
             "pp_degree 1 or tp_degree 1"
         )
     built = build_model(parse_source(plan.model.source, plan.model.overrides), device="meta")
-    layouts_of(plan, built.module, plan.model.blocks)
+    layouts = layouts_of(plan, built.module, plan.model.blocks)
+    if plan.dp_mode.sharded and any(layout.fused for layout in layouts.values()):
+        raise PlanError(
+            f"dp_mode: {plan.dp_mode} does not shard {plan.model.source}'s fused q, k and v split "
+            "across a tensor group (FSDP2 lays its strided shards out of order when it gathers "
+            "them whole); use replicate, or tp_degree 1"
+        )
 
 
 SEQUENCE = Shard(1)
@@ -151,9 +160,26 @@ class TracedRowwise(RowwiseParallel):
 
 def _styles(block: nn.Module, paths: tuple[str, ...], style: type, traced: type, **options) -> dict:
     """``style`` for each of ``paths`` that is an ``nn.Linear``, ``traced`` for one that a
-    trace turned into a module of its own (a pipeline stage's)."""
-    pick = {path: style if isinstance(block.get_submodule(path), nn.Linear) else traced for path in paths}
+    trace turned into a module of its own (a pipeline stage's); none for a ``Conv1D``."""
+    layers = {path: block.get_submodule(path) for path in paths}
+    layers = {path: m for path, m in layers.items() if not is_conv1d(m)}
+    pick = {path: style if isinstance(m, nn.Linear) else traced for path, m in layers.items()}
     return {path: chosen(**options) for path, chosen in pick.items()}
+
+
+def _split_conv1d(block: nn.Module, layout: TpLayout, mesh: DeviceMesh, rows_out: Placement) -> None:
+    """Split the block's ``Conv1D`` layers (runtime.parallel.conv1d_parallel) and divide the
+    widths its layout names by the degree."""
+    for path in layout.colwise:
+        if is_conv1d(layer := block.get_submodule(path)):
+            split_columns(layer, mesh, layout.parts(path))
+    for path in layout.rowwise:
+        if is_conv1d(layer := block.get_submodule(path)):
+            split_rows(layer, mesh, rows_out)
+    for width in layout.widths:
+        owner, _, name = width.rpartition(".")
+        module = block.get_submodule(owner) if owner else block
+        setattr(module, name, getattr(module, name) // mesh.size())
 
 
 def split_block(block: nn.Module, split: BlockSplit, mesh: DeviceMesh) -> None:
@@ -161,6 +187,7 @@ def split_block(block: nn.Module, split: BlockSplit, mesh: DeviceMesh) -> None:
     a block of the model as built, or of a pipeline stage as `pipeline()` traced it."""
     layout = split.layout
     rows_out: Placement = SEQUENCE if split.sequence_parallel else Replicate()
+    _split_conv1d(block, layout, mesh, rows_out)
     styles: dict[str, ParallelStyle] = _styles(block, layout.colwise, ColwiseParallel, TracedColwise)
     styles.update(_styles(block, layout.rowwise, RowwiseParallel, TracedRowwise, output_layouts=rows_out))
     if split.sequence_parallel:
