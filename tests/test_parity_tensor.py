@@ -159,6 +159,14 @@ def test_hugging_face_llama_with_grouped_query_attention_split_in_two(tmp_path):
     assert_split(plan, tmp_path, *LLAMA_SPLIT)
 
 
+def test_hugging_face_llama_sharded_replicas_of_tensor_groups(tmp_path):
+    sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
+    layout = {"dp_degree": 2, "tp_degree": 2, "dp_mode": "full_shard"}
+    plan = zoo_plan("hf:llama", LLAMA, ranks=4, strategy="dp", global_batch=4, training=sgd, **layout)
+    assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *LLAMA_SPLIT)
+
+
 def test_hugging_face_llama_sequence_parallel(tmp_path):
     # The decoder layers take the sequence's slices; the attention (called with a
     # ``hidden_states`` keyword) gathers them, its rotary embeddings and mask made whole.
