@@ -149,6 +149,7 @@ def searched(
     strategy: str,
     precision: str = DEFAULT_PRECISION,
     tp: str | int = DEFAULT_TP,
+    sequence_parallel: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """Candidates as rows, each with its label and its plan's JSON when it has one, and what
     limited the search in words (cached)."""
@@ -162,6 +163,7 @@ def searched(
         global_batch=global_batch,
         strategy=strategy,
         tp=tp,
+        sequence_parallel=sequence_parallel,
         training={"precision": precision},
     )
     rows = []
@@ -186,20 +188,23 @@ def current_search() -> list[dict]:
         inputs["strategy"],
         inputs["precision"],
         inputs["tp"],
+        inputs["sp"],
     )
     return rows
 
 
 # -- the plan ----------------------------------------------------------------------------------
 def plan_inputs() -> dict:
-    """``{"global_batch", "strategy", "precision", "tp", "choice"}`` from the Plan page (choice
-    None: the fastest; tp "auto": every degree the model and devices allow)."""
+    """``{"global_batch", "strategy", "precision", "tp", "sp", "choice"}`` from the Plan page
+    (choice None: the fastest; tp "auto": every degree the model and devices allow; sp:
+    sequence parallelism in the tensor groups)."""
     saved = st.session_state.get("plan_inputs") or {}
     return {
         "global_batch": saved.get("global_batch", DEFAULT_BATCH),
         "strategy": saved.get("strategy", DEFAULT_STRATEGY),
         "precision": saved.get("precision", DEFAULT_PRECISION),
         "tp": saved.get("tp", DEFAULT_TP),
+        "sp": saved.get("sp", False) and saved.get("tp", DEFAULT_TP) != 1,  # nothing to split at tp 1
         "choice": saved.get("choice"),
     }
 
@@ -210,12 +215,14 @@ def set_plan_inputs(
     choice: str | None,
     precision: str = DEFAULT_PRECISION,
     tp: str | int = "auto",
+    sp: bool = False,
 ) -> None:
     inputs = {
         "global_batch": global_batch,
         "strategy": strategy,
         "precision": precision,
         "tp": tp,
+        "sp": sp,
         "choice": choice,
     }
     if st.session_state.get("plan_inputs") != inputs:

@@ -125,11 +125,15 @@ def _inputs(value: Any) -> dict[str, Any]:
     tp = value.get("tp", "auto")  # absent in sessions saved before it
     if tp != "auto" and (type(tp) is not int or not 1 <= tp <= MAX_DEVICES_PER_NODE):
         raise ValueError("tensor-parallel degree out of range")
+    sp = value.get("sp", False)  # absent in sessions saved before it
+    if type(sp) is not bool:
+        raise ValueError("sequence parallelism is not true or false")
     return {
         "global_batch": batch,
         "strategy": strategy,
         "precision": precision,
         "tp": tp,
+        "sp": sp,
         "choice": None if choice is None else _str(choice),
     }
 

@@ -61,14 +61,15 @@ def offered(monkeypatch) -> dict[str, bytes]:
 def candidates(monkeypatch) -> dict[tuple[int, str], list[dict]]:
     """The candidates the Plan page was given, per (global batch, strategy), and per (global
     batch, strategy, precision) for a precision other than fp32; a pinned tensor-parallel
-    degree t adds "tp<t>" to the key."""
+    degree t adds "tp<t>" to the key, sequence parallelism "sp"."""
     seen: dict[tuple, list[dict]] = {}
     original = dashboard.shared.searched
 
-    def recorded(graph_data, cluster_json, global_batch, strategy, precision="fp32", tp="auto"):
-        rows, notes = original(graph_data, cluster_json, global_batch, strategy, precision, tp)
+    def recorded(graph_data, cluster_json, global_batch, strategy, precision="fp32", tp="auto", sp=False):
+        rows, notes = original(graph_data, cluster_json, global_batch, strategy, precision, tp, sp)
         key = (global_batch, strategy) if precision == "fp32" else (global_batch, strategy, precision)
-        seen[key if tp == "auto" else (*key, f"tp{tp}")] = rows
+        key = key if tp == "auto" else (*key, f"tp{tp}")
+        seen[(*key, "sp") if sp else key] = rows
         return rows, notes
 
     monkeypatch.setattr(dashboard.shared, "searched", recorded)
@@ -226,6 +227,15 @@ def test_a_tensor_parallel_degree_is_searched_priced_drawn_and_exported(offered,
     assert any("without a tensor-parallel layout" in c.value for c in at.caption)
     at.switch_page("views/export.py").run()
     assert plan_from_json(downloaded(at, "export_download", offered)).tp_degree == 2
+    # Sequence parallelism: searched again, the chosen plan carries it, kept in the session.
+    at.switch_page("views/plan.py").run()
+    at.toggle(key="plan_sp").set_value(True).run()
+    assert not at.exception and not at.error
+    assert candidates[(8, "auto", "tp2", "sp")]
+    assert plan_from_json(downloaded(at, "plan_download", offered)).sequence_parallel
+    at.selectbox(key="plan_tp").set_value(1).run()  # nothing to split along the sequence
+    assert at.toggle(key="plan_sp").disabled and not at.exception and not at.error
+    assert not plan_from_json(downloaded(at, "plan_download", offered)).sequence_parallel
 
 
 def test_a_change_of_batch_or_strategy_starts_the_edits_again(offered, candidates):
@@ -558,6 +568,11 @@ def test_a_damaged_session_file_is_a_fresh_start(runs_dir):
     at = open_page("views/plan.py", session=session)
     assert not at.exception and not at.error
     assert at.selectbox(key="plan_strategy").value == "auto"
+    inputs = {"global_batch": 8, "strategy": "pp", "choice": None, "tp": 2, "sp": "yes"}
+    path.write_text(json.dumps({"schema": 1, "plan_inputs": inputs}))
+    at = open_page("views/plan.py", session=session)
+    assert not at.exception and not at.error
+    assert at.selectbox(key="plan_strategy").value == "auto" and not at.toggle(key="plan_sp").value
 
 
 def test_monitor_page_without_runs_shows_the_plans_prediction(tmp_path, monkeypatch):

@@ -135,6 +135,7 @@ ss["plan_global_batch"], ss["plan_strategy"] = inputs["global_batch"], inputs["s
 ss["plan_precision"] = inputs["precision"]
 tp_choices = ["auto", *degrees_in_nodes(cluster_from_json(cluster_json))]
 ss["plan_tp"] = inputs["tp"] if inputs["tp"] in tp_choices else "auto"
+ss["plan_sp"] = inputs["sp"]
 left, right, third, fourth = st.columns(4)
 batch = int(
     left.number_input(
@@ -175,9 +176,19 @@ tp = fourth.selectbox(
     help="Ranks each block with a Megatron layout is split across (attention heads and the MLP), "
     "inside a node; the search tries every degree the heads and the nodes allow, or this one.",
 )
+sp = fourth.toggle(
+    "Sequence parallel",
+    key="plan_sp",
+    disabled=tp == 1,
+    on_change=keep_input,
+    args=("sp", "plan_sp"),
+    help="Megatron-SP: in each tensor group the norms and residual adds run on each rank's slice of "
+    "the sequence, with all-gathers and reduce-scatters in place of the all-reduces.",
+)
+sp = sp and tp != 1  # nothing to split along the sequence without a tensor group
 with st.spinner("Tracing and searching..."), guarded("Searching for plans"):
     graph_data = coarse_graph_json(source, tuple(overrides.split()))
-    rows, search_notes = searched(graph_data, cluster_json, batch, strategy, precision, tp)
+    rows, search_notes = searched(graph_data, cluster_json, batch, strategy, precision, tp, sp)
 
 st.subheader("Candidates")
 tokens = graph_data.get("graph", {}).get("config", {}).get("seq_len")
@@ -254,7 +265,7 @@ choice = st.selectbox(
     on_change=keep_input,
     args=("choice", "plan_choice"),
 )
-set_plan_inputs(batch, strategy, choice, precision, tp)
+set_plan_inputs(batch, strategy, choice, precision, tp, sp)
 name = imported_plan_name() if choice == IMPORTED else feasible[choice]["title"]
 base_json = imported if choice == IMPORTED else feasible[choice]["plan_json"]
 base = plan_from_json(base_json)
