@@ -135,13 +135,7 @@ class TracedColwise(ColwiseParallel):
     DTensor weight as ``nn.Linear`` does."""
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        return distribute_module(
-            module,
-            device_mesh,
-            self._partition_linear_fn,
-            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
-            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
-        )
+        return _as_linear(self, module, device_mesh)
 
 
 class TracedRowwise(RowwiseParallel):
@@ -149,13 +143,18 @@ class TracedRowwise(RowwiseParallel):
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         self.desired_input_layouts = (Shard(-1),)  # as torch's style sets it for a linear layer
-        return distribute_module(
-            module,
-            device_mesh,
-            self._partition_linear_fn,
-            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
-            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
-        )
+        return _as_linear(self, module, device_mesh)
+
+
+def _as_linear(style: ColwiseParallel | RowwiseParallel, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+    """``module`` distributed as ``style`` distributes an ``nn.Linear``, whatever its class."""
+    return distribute_module(
+        module,
+        mesh,
+        style._partition_linear_fn,
+        partial(style._prepare_input_fn, style.input_layouts, style.desired_input_layouts),
+        partial(style._prepare_output_fn, style.output_layouts, style.use_local_output),
+    )
 
 
 def _styles(block: nn.Module, paths: tuple[str, ...], style: type, traced: type, **options) -> dict:
