@@ -135,7 +135,7 @@ ss["plan_global_batch"], ss["plan_strategy"] = inputs["global_batch"], inputs["s
 ss["plan_precision"] = inputs["precision"]
 tp_choices = ["auto", *degrees_in_nodes(cluster_from_json(cluster_json))]
 ss["plan_tp"] = inputs["tp"] if inputs["tp"] in tp_choices else "auto"
-ss["plan_sp"] = inputs["sp"]
+ss["plan_sp"] = inputs["sp"]  # off at tp 1 (`plan_inputs`): nothing to split along the sequence
 left, right, third, fourth = st.columns(4)
 batch = int(
     left.number_input(
@@ -185,7 +185,6 @@ sp = fourth.toggle(
     help="Megatron-SP: in each tensor group the norms and residual adds run on each rank's slice of "
     "the sequence, with all-gathers and reduce-scatters in place of the all-reduces.",
 )
-sp = sp and tp != 1  # nothing to split along the sequence without a tensor group
 with st.spinner("Tracing and searching..."), guarded("Searching for plans"):
     graph_data = coarse_graph_json(source, tuple(overrides.split()))
     rows, search_notes = searched(graph_data, cluster_json, batch, strategy, precision, tp, sp)

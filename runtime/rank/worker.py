@@ -322,18 +322,15 @@ def finish(
     spent logging (rank 0), and a barrier that every rank reaches before any leaves."""
     if save_parameters is not None:
         save_parameters.mkdir(parents=True, exist_ok=True)
+        held = engine.local_parameters()
         # A sharded engine's parameters are DTensors: each is gathered whole (collective).
         params = {
-            fqn: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu()
-            for fqn, p in engine.local_parameters().items()
+            fqn: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu() for fqn, p in held.items()
         }
         torch.save(params, save_parameters / f"rank{run.rank}.pt")
         # How each DTensor was laid out on this rank: what a test reads to see a split happen.
-        placements = {
-            fqn: [str(pl) for pl in p.placements]
-            for fqn, p in engine.local_parameters().items()
-            if isinstance(p, DTensor)
-        }
+        split = {fqn: p for fqn, p in held.items() if isinstance(p, DTensor)}
+        placements = {fqn: [str(pl) for pl in p.placements] for fqn, p in split.items()}
         (save_parameters / f"rank{run.rank}.placements.json").write_text(json.dumps(placements))
     if run.conn is not None:
         fraction = recorder.logging_s / recorder.step_s if recorder.step_s else 0.0
