@@ -501,8 +501,10 @@ def _tiny_run_worker(
     `runtime.rank.metrics`: the step less its compute, optimizer step and waits, as the
     runtime's clocks count them; the two ranks' mean of the steps' median. And how much the
     peak memory grew from the moment the process group was up. ``all_reduces``: (count,
-    bytes) of plain all-reduces timed after training, as many as a step of the plan makes,
-    in the same processes (``all_reduce_s``, the median of ``repeats``)."""
+    bytes) of plain all-reduces, as many as a step of the plan makes, timed after each step
+    in the same processes; ``compute_less_reduces_s``: the median of each step's compute less
+    its all-reduces (paired step by step, so that a slow spell of the machine falls on both
+    sides of the difference, not on one)."""
     import json
 
     from planner.plan import plan_from_json
@@ -525,6 +527,9 @@ def _tiny_run_worker(
         inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
         targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
     hosts, computes, comms = [], [], []
+    count, nbytes = all_reduces
+    buffer = torch.zeros(max(nbytes // 4, 1), device=device)
+    apart = [] if count else [0.0]
     for i in range(repeats + 1):  # the first is a warm-up: it allocates
         t = time.perf_counter()
         result = built.engine.train_step(inputs, targets)
@@ -534,27 +539,22 @@ def _tiny_run_worker(
             hosts.append(step_s - result.compute_s - result.optimizer_s - sum(result.waits.values()))
             computes.append(result.compute_s)
             comms.append(result.waits.get("communication", 0.0))
-    count, nbytes = all_reduces
-    reduces = [0.0]
-    if count:
-        buffer = torch.zeros(max(nbytes // 4, 1), device=device)
-        reduces = []
-        for _ in range(repeats + 1):
+        if count:
             dist.barrier()
             t = time.perf_counter()
             for _ in range(count):
                 dist.all_reduce(buffer)
             _sync(device)
-            reduces.append(time.perf_counter() - t)
-        reduces = reduces[1:]  # the first is a warm-up
+            if i:
+                apart.append(result.compute_s - (time.perf_counter() - t))
     # The ranks' means of each median.
-    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms, reduces)]
+    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms, apart)]
     means = torch.tensor(medians, dtype=torch.float64, device=device)
     dist.all_reduce(means)
     grown = torch.tensor([memory_peaks(device)[1] - base], dtype=torch.float64, device=device)
     dist.all_reduce(grown, op=dist.ReduceOp.MAX)
     if rank == 0:
-        names = ("host_s", "compute_s", "comm_s", "all_reduce_s")
+        names = ("host_s", "compute_s", "comm_s", "compute_less_reduces_s")
         measured = dict(zip(names, means.tolist(), strict=True))
         Path(out).write_text(json.dumps({**measured, "grown_bytes": int(grown[0])}))
     _leave()
@@ -573,7 +573,7 @@ class RuntimeCosts(NamedTuple):
     """What a block's forward or backward computes more as an FSDP2 unit."""
     tp_pass_s: float = 0.0
     """What a split block's forward or backward takes more at tp 2 than its share and its
-    all-reduces' fits."""
+    all-reduces (timed plain, step by step, in the same processes)."""
 
 
 def runtime_costs(
@@ -599,7 +599,8 @@ def runtime_costs(
 
     Tensor parallelism: a tiny GPT as two DDP replicas and as one replica at tp 2; what the
     second's compute takes more, less as many plain all-reduces of its activations as it
-    makes (timed in the same processes), per split block and pass, is its own work."""
+    makes (timed after each step in the same processes), per split block and pass, is its
+    own work."""
     workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
     devices = (cluster.devices[0].id, cluster.devices[1].id)
     action: dict[str, float] = {}
@@ -637,8 +638,9 @@ def runtime_costs(
     reduces = (tiny_tp.collectives, int(tiny_tp.activation_bytes))
     split = _spawned(_tiny_run_worker, 2, workers, tiny_tp.split.to_json(), device_type, reduces)
     # Its all-reduces timed plain in the same processes, not by the fits (whose latency,
-    # timed after compute, is more than a tiny all-reduce costs here).
-    extra = split["compute_s"] - alone["compute_s"] - split["all_reduce_s"]
+    # timed after compute, is more than a tiny all-reduce costs here), each after its step:
+    # timed apart, a slow spell on one side swung the difference below zero.
+    extra = split["compute_less_reduces_s"] - alone["compute_s"]
     tp_pass = max(extra, 0.0) / (2 * tiny_tp.split_blocks)
     return RuntimeCosts(action, per_byte, grown, per_collective, per_pass, tp_pass)
 
