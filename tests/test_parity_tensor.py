@@ -200,7 +200,64 @@ def test_hugging_face_gpt2_with_its_fused_qkv_split_by_heads(tmp_path, ranks, ch
     # gathered weight is GPT-2's own. Dropout off; SGD (tests/test_parity.py says why).
     plan = zoo_plan("hf:gpt2", GPT2, ranks=ranks, strategy="dp", global_batch=4, training=SGD, **choices)
     assert_parity(plan, tmp_path)
-    assert_split(plan, tmp_path, "attn.c_attn.weight", "attn.c_proj.weight", columns=("_S(1, 3)", "S(0)"))
+    assert_split(plan, tmp_path, *GPT2_SPLIT, columns=GPT2_COLUMNS)
+
+
+GPT2_SPLIT = ("attn.c_attn.weight", "attn.c_proj.weight")
+GPT2_COLUMNS = ("_S(1, 3)", "S(0)")  # Conv1D weights are (in, out); c_attn a strided shard
+
+
+@pytest.mark.parametrize(
+    ("source", "overrides", "choices"),
+    [
+        ("hf:llama", LLAMA, {"schedule": "1f1b"}),
+        ("hf:llama", LLAMA, {"schedule": "gpipe", "sequence_parallel": True, "recompute": "full"}),
+        ("hf:gpt2", GPT2, {"schedule": "1f1b", "sequence_parallel": True}),
+    ],
+)
+def test_hugging_face_pipeline_stages_split_across_tensor_groups(tmp_path, source, overrides, choices):
+    # The stages are traced: grouped-query attention's head count left to the tensor, GPT-2's
+    # Conv1D layers put back as built, its cut of q | k | v divided; under sequence
+    # parallelism the traced attention's hidden state found among its inputs (GPT-2's comes
+    # after the mask).
+    sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}} if source == "hf:llama" else SGD
+    plan = zoo_plan(
+        source,
+        overrides,
+        ranks=4,
+        strategy="pp",
+        global_batch=8,
+        pp_degree=2,
+        tp_degree=2,
+        micro_batches=2,
+        training=sgd,
+        **choices,
+    )
+    assert_parity(plan, tmp_path)
+    if source == "hf:llama":
+        assert_split(plan, tmp_path, *LLAMA_SPLIT)
+    else:
+        assert_split(plan, tmp_path, *GPT2_SPLIT, columns=GPT2_COLUMNS)
+
+
+def test_hugging_face_gpt2_sharded_replicas_of_tensor_groups(tmp_path):
+    # FSDP2 shards c_attn's bias along the dim the tensor group strides: each rank's part is
+    # gathered split by split (runtime.parallel.conv1d_parallel.whole), here and in checkpoints.
+    layout = {"dp_degree": 2, "tp_degree": 2, "dp_mode": "full_shard"}
+    plan = zoo_plan("hf:gpt2", GPT2, ranks=4, strategy="dp", global_batch=4, training=SGD, **layout)
+    assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *GPT2_SPLIT, columns=GPT2_COLUMNS)
+
+
+@pytest.mark.parametrize("sharded_first", [True, False])
+def test_a_sharded_gpt2_tensor_parallel_checkpoint_and_replicas_resume_each_other(tmp_path, sharded_first):
+    # Saved whole from its two splits, and each rank's part taken back from the whole.
+    def plan(ranks, **layout):
+        train = {**SGD, "steps": 8, "checkpoint_every": 4}
+        return zoo_plan("hf:gpt2", GPT2, ranks=ranks, strategy="dp", global_batch=4, training=train, **layout)
+
+    sharded, replicas = plan(4, dp_degree=2, tp_degree=2, dp_mode="full_shard"), plan(2, dp_degree=2)
+    assert_resumes(*((sharded, replicas) if sharded_first else (replicas, sharded)), tmp_path)
 
 
 def test_a_gpt2_tensor_parallel_checkpoint_resumes_without_tensor_parallelism(tmp_path):

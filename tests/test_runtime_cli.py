@@ -15,7 +15,6 @@ from planner.plan import save_plan
 from runtime.supervise import store
 from tests.runs import run_ranks, step_losses, zoo_plan
 from tests.supervision import ENV, runtime_cli, small_disk
-from tests.test_materialise import LLAMA
 
 pytestmark = pytest.mark.slow
 
@@ -115,26 +114,6 @@ def test_fp16_mixed_sharded_is_refused_before_anything_starts(tmp_path):
     done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
     assert done.returncode == 2
     assert "training.precision: fp16-mixed is not trained sharded" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "runs").exists()
-
-
-def test_hugging_face_tensor_parallel_pipelines_are_refused_before_anything_starts(tmp_path):
-    plan = zoo_plan(
-        "hf:llama",
-        LLAMA,
-        ranks=4,
-        strategy="pp",
-        global_batch=8,
-        pp_degree=2,
-        tp_degree=2,
-        schedule="1f1b",
-        micro_batches=2,
-    )
-    (tmp_path / "plan.json").write_text(plan.to_json())
-    done = runtime_cli("run", tmp_path / "plan.json", "--runs-dir", tmp_path / "runs")
-    assert done.returncode == 2
-    assert "pp_degree: tensor parallelism with a pipeline is not trained for hf:llama" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 

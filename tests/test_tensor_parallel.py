@@ -4,10 +4,7 @@ import pytest
 
 from planner.capture.source import build_model, parse_source
 from planner.capture.tp_layouts import block_layout, tp_layouts
-from planner.errors import PlanError
 from planner.tensor_parallel import TpLayout
-from runtime.parallel.tensor_parallel import check_tensor_parallel
-from tests.runs import zoo_plan
 from tests.test_materialise import LLAMA  # 3 layers, 4 heads, 2 key/value heads
 
 GPT2 = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "seq_len": 8}
@@ -63,17 +60,6 @@ def test_gpt2s_fused_qkv_is_split_part_by_part():
     older = {k: v for k, v in layout.to_doc().items() if k not in ("fused", "widths")}  # traced before
     assert TpLayout.from_doc(older) == TpLayout(layout.colwise, layout.rowwise, 4, 4)
     assert block_layout(gpt2, "transformer.wte") is None
-
-
-def test_gpt2s_fused_qkv_split_is_not_sharded():
-    # FSDP2 would shard c_attn's bias along the dimension the split strides.
-    def plan(dp_mode):
-        layout = {"dp_degree": 2, "tp_degree": 2, "dp_mode": dp_mode}
-        return zoo_plan("hf:gpt2", GPT2, ranks=4, strategy="dp", global_batch=4, **layout)
-
-    with pytest.raises(PlanError, match=r"dp_mode: full_shard does not shard hf:gpt2's fused q, k and v"):
-        check_tensor_parallel(plan("full_shard"))
-    check_tensor_parallel(plan("replicate"))
 
 
 def test_blocks_without_a_published_layout_are_replicated():

@@ -5,6 +5,7 @@
 - `data_parallel`: ``DistributedDataParallel`` over the mesh's dp group;
 - `tensor_parallel`: ``parallelize_module`` per block on the mesh's tp group (Megatron's split);
 - `conv1d_parallel`: the same split of Hugging Face's ``Conv1D`` layers (GPT-2's fused q, k, v);
+- `traced_split`: what a traced pipeline stage needs mended before its blocks are split;
 - `sharded`: FSDP2's ``fully_shard`` per block and on the root, for a sharded ``dp_mode``;
 - `recompute`: ``checkpoint_wrapper`` around every block the plan recomputes;
 - `pipeline_parallel`: ``torch.distributed.pipelining`` with the plan's cuts, schedule and m;

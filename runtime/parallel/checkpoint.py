@@ -29,8 +29,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.distributed.tensor.placement_types import _StridedShard
+from torch.distributed.tensor import DTensor
+
+from runtime.parallel.conv1d_parallel import held_part, is_strided, whole
 
 KEEP = 2  # complete checkpoints kept per run
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -85,16 +86,12 @@ def _strided(state: dict) -> dict[str, DTensor]:
     """The values of ``state`` held as strided shards (GPT-2's fused q | k | v split by heads,
     runtime.parallel.conv1d_parallel). DCP writes a shard as one block of the whole, which a
     rank's slice of each of q, k and v is not; these go through DCP whole instead."""
-    return {
-        k: v
-        for k, v in state.items()
-        if isinstance(v, DTensor) and any(isinstance(pl, _StridedShard) for pl in v.placements)
-    }
+    return {k: v for k, v in state.items() if is_strided(v)}
 
 
 def _whole(state: dict) -> dict:
     """``state`` with its strided shards gathered whole (collective; `_strided`)."""
-    return {**state, **{k: v.full_tensor() for k, v in _strided(state).items()}}
+    return {**state, **{k: whole(v) for k, v in _strided(state).items()}}
 
 
 def save(run_dir: Path, step: int, parts, *, rank: int, group=None, scaler: dict | None = None) -> Checkpoint:
@@ -129,7 +126,7 @@ def load(checkpoint: Checkpoint, parts, *, rank: int) -> dict:
     state = _whole(shards)
     dcp.load(state, checkpoint_id=checkpoint.path)
     for k, held in _strided(shards).items():  # this rank's slices of what was read whole
-        state[k] = distribute_tensor(state[k], held.device_mesh, held.placements, src_data_rank=None)
+        state[k] = held_part(state[k], held)
     for module, optimizers in parts:
         model_sd, optim_sd = get_state_dict(module, optimizers, options=OPTIONS)
         set_state_dict(

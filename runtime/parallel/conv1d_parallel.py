@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Partial, Placement, Replicate, Shard
+from torch.distributed.tensor import DTensor, Partial, Placement, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.placement_types import _StridedShard
 
 
@@ -79,3 +79,54 @@ def _keep_share(
 def _copy_to(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
     """Megatron's f: ``x`` unchanged forward; in backward the group's partial gradients summed."""
     return DTensor.from_local(x, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
+def is_strided(t: torch.Tensor) -> bool:
+    """A DTensor laid out with a strided shard (a fused layer split by parts)."""
+    return isinstance(t, DTensor) and any(isinstance(pl, _StridedShard) for pl in t.placements)
+
+
+def _step(placements: tuple[Placement, ...], i: int) -> Placement:
+    """Mesh dim ``i``'s placement as one step of a nested split: FSDP2 marks its shard of a
+    tensor the tensor group already split along the same dim `_StridedShard` (it is a
+    plain shard of what this rank's group holds); the last dim's is the group's own."""
+    placement = placements[i]
+    if i < len(placements) - 1 and isinstance(placement, _StridedShard):
+        return Shard(placement.dim)
+    return placement
+
+
+def _along(mesh: DeviceMesh, i: int) -> DeviceMesh:
+    return mesh if mesh.ndim == 1 else mesh[mesh.mesh_dim_names[i]]
+
+
+def whole(t: DTensor) -> torch.Tensor:
+    """The whole tensor a strided DTensor stands for, gathered one mesh dim at a time from the
+    first (collective). Under FSDP2 GPT-2's fused bias is split twice along its one dim (the
+    tensor group's strided shard, then FSDP's shard of it): `DTensor.full_tensor` put its
+    elements out of order (and zeros in place of some), this gathers each split in turn."""
+    mesh, placements = t.device_mesh, t.placements
+    local = t.to_local()
+    for i in range(mesh.ndim):
+        inner = list(t.shape)  # what the dims after i still split
+        for j in range(i + 1, mesh.ndim):
+            if isinstance(placements[j], (Shard, _StridedShard)):
+                inner[placements[j].dim] //= mesh.size(j)  # the group splits evenly (by heads)
+        size = torch.Size(inner)
+        stride = torch.empty(size, device="meta").stride()
+        along, placement = _along(mesh, i), [_step(placements, i)]
+        step = DTensor.from_local(local, along, placement, run_check=False, shape=size, stride=stride)
+        local = step.full_tensor()
+    return local
+
+
+def held_part(full: torch.Tensor, like: DTensor) -> DTensor:
+    """This rank's part of ``full`` laid out as ``like`` (the inverse of `whole`: split by the
+    last mesh dim first)."""
+    mesh, placements = like.device_mesh, like.placements
+    local = full
+    for i in reversed(range(mesh.ndim)):
+        placement = [_step(placements, i)]
+        local = distribute_tensor(local, _along(mesh, i), placement, src_data_rank=None).to_local()
+    shape, stride = like.shape, like.stride()
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=shape, stride=stride)

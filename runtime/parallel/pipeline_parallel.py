@@ -41,6 +41,7 @@ from runtime.parallel.mesh import Placement
 from runtime.parallel.recompute import apply_recompute, plain_fqn, recomputing_blocks
 from runtime.parallel.sharded import make_sharded, shard_meshes, watch_collectives
 from runtime.parallel.tensor_parallel import block_splits, split_block
+from runtime.parallel.traced_split import eager_conv1d, heads_left_to_the_tensor
 from runtime.rank import timeline
 from runtime.rank.amp import Amp
 from runtime.rank.clock import ComputeClock
@@ -73,11 +74,13 @@ def split_model(plan: Plan, full: FullModel, micro_batch: int, device: torch.dev
     under ``torch.no_grad``) is otherwise recorded as a higher-order op whose inputs torch's
     unflattening does not pass (the stage failed at its first forward). The trace records
     the ops alone; the stages run them with autograd on. The trace's devices are then moved
-    off meta (`_unpin_meta`)."""
+    off meta (`_unpin_meta`). Grouped-query attention is traced with its key/value head
+    count left to the tensor (`runtime.parallel.traced_split`), so that a stage split across
+    a tensor group computes on its share of the heads."""
     split_spec = {stage.first: SplitPoint.BEGINNING for stage in plan.stages[1:]}
     example = tuple(a.expand(micro_batch, *a.shape[1:]).contiguous() for a in full.example_args)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), heads_left_to_the_tensor():  # a tensor group's shapes
             pipe = pipeline(full.module, mb_args=example, split_spec=split_spec)
     except Exception as exc:
         raise PlanError(f"stages: torch.distributed.pipelining could not cut the model there: {exc}") from exc
@@ -146,6 +149,9 @@ class PipelineParallel:
             if i not in mine:  # only this rank's stages become real; the others stay on meta
                 continue
             module = pipe.get_stage_module(i)
+            splits = block_splits(plan, full.module, blocks)
+            for block, split in splits.items():  # while on meta: a traced Conv1D fixes its width
+                eager_conv1d(module, full.module, block, split.layout)
             if meshes is not None:  # made real unit by unit, each sharded at once
                 make_sharded(full, module, blocks, plan, where, meshes, output_dtype=torch.float32)
                 continue
@@ -153,7 +159,7 @@ class PipelineParallel:
             # Tensor parallel first: the layouts read from the model as built, applied to the
             # stage's traced blocks (runs of split blocks end at the stage's edges: a stage
             # sends and receives its activations whole).
-            for block, split in block_splits(plan, full.module, blocks).items():
+            for block, split in splits.items():
                 split_block(module.get_submodule(block), split, where.tp_mesh)
             apply_recompute(module, [b for b in blocks if b in recomputing])
         self.stages = [pipe.build_stage(i, where.device, where.pp_group) for i in mine]

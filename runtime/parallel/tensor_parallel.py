@@ -56,6 +56,7 @@ from planner.errors import PlanError
 from planner.plan import Plan
 from planner.tensor_parallel import TpLayout
 from runtime.parallel.conv1d_parallel import is_conv1d, split_columns, split_rows
+from runtime.parallel.traced_split import divide_fused_cuts, drop_metadata_checks, hidden_state_index
 
 
 def layouts_of(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, TpLayout]:
@@ -71,31 +72,14 @@ def layouts_of(plan: Plan, model: nn.Module, blocks: list[str]) -> dict[str, TpL
 
 def check_tensor_parallel(plan: Plan) -> None:
     """Refuse, before anything starts, a degree that a split block of the plan's model cannot
-    take (a `PlanError` naming the block), from a build on the meta device, and a Hugging
-    Face model's tensor groups in a pipeline: `pipeline()` traces its attention with the
-    head counts written into its reshapes (grouped-query attention's ``repeat_kv`` expands
-    to the key/value heads it saw), which a split cannot change; the zoo GPT counts its heads
-    from its projections' width and is traced without them. A ``py:`` model has no layout
-    (its blocks run whole), so it is not built here: it runs only with consent. GPT-2's fused
-    q, k and v split across a group are not sharded by FSDP2: it shards their bias along the
-    dimension the split strides, and gathers it whole out of order."""
+    take (a `PlanError` naming the block), from a build on the meta device. A ``py:`` model
+    has no layout (its blocks run whole), so it is not built here: it runs only with
+    consent."""
     kind = parse_source(plan.model.source).kind
     if plan.tp_degree == 1 or kind == "py":
         return
-    if plan.pp_degree > 1 and kind == "hf":
-        raise PlanError(
-            f"pp_degree: tensor parallelism with a pipeline is not trained for {plan.model.source} "
-            "(its traced stages fix the attention's head counts; the zoo's GPT runs so): use "
-            "pp_degree 1 or tp_degree 1"
-        )
     built = build_model(parse_source(plan.model.source, plan.model.overrides), device="meta")
-    layouts = layouts_of(plan, built.module, plan.model.blocks)
-    if plan.dp_mode.sharded and any(layout.fused for layout in layouts.values()):
-        raise PlanError(
-            f"dp_mode: {plan.dp_mode} does not shard {plan.model.source}'s fused q, k and v split "
-            "across a tensor group (FSDP2 lays its strided shards out of order when it gathers "
-            "them whole); use replicate, or tp_degree 1"
-        )
+    layouts_of(plan, built.module, plan.model.blocks)
 
 
 SEQUENCE = Shard(1)
@@ -146,6 +130,18 @@ class TracedRowwise(RowwiseParallel):
         return _as_linear(self, module, device_mesh)
 
 
+class TracedSequenceParallel(SequenceParallel):
+    """`SequenceParallel` for a norm as `pipeline()` traced it, which may return several
+    tensors (Llama's RMSNorm returns its float32 input too, the residual the trace reuses):
+    each made local."""
+
+    @staticmethod
+    def _prepare_output_fn(use_local_output, mod, outputs, device_mesh):
+        if not isinstance(outputs, (list, tuple)):
+            return SequenceParallel._prepare_output_fn(use_local_output, mod, outputs, device_mesh)
+        return [o.to_local() if use_local_output and isinstance(o, DTensor) else o for o in outputs]
+
+
 def _as_linear(style: ColwiseParallel | RowwiseParallel, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     """``module`` distributed as ``style`` distributes an ``nn.Linear``, whatever its class."""
     return distribute_module(
@@ -178,7 +174,9 @@ def _split_conv1d(block: nn.Module, layout: TpLayout, mesh: DeviceMesh, rows_out
     for width in layout.widths:
         owner, _, name = width.rpartition(".")
         module = block.get_submodule(owner) if owner else block
-        setattr(module, name, getattr(module, name) // mesh.size())
+        if not hasattr(module, "graph"):  # a traced one has the width in its graph: below
+            setattr(module, name, getattr(module, name) // mesh.size())
+    divide_fused_cuts(block, layout, mesh.size())
 
 
 def split_block(block: nn.Module, split: BlockSplit, mesh: DeviceMesh) -> None:
@@ -191,13 +189,20 @@ def split_block(block: nn.Module, split: BlockSplit, mesh: DeviceMesh) -> None:
     styles.update(_styles(block, layout.rowwise, RowwiseParallel, TracedRowwise, output_layouts=rows_out))
     if split.sequence_parallel:
         split_layers = (*layout.colwise, *layout.rowwise)
+        norms = set()
         for name, child in block.named_children():
-            if any(path == name or path.startswith(name + ".") for path in split_layers):
-                child.register_forward_pre_hook(_gathers_input(mesh), with_kwargs=True)
+            inner = {p[len(name) + 1 :].partition(".")[0] for p in split_layers if p.startswith(name + ".")}
+            if name in split_layers or inner:
+                index = hidden_state_index(child, inner)
+                child.register_forward_pre_hook(_gathers_input(mesh, index), with_kwargs=True)
             elif any(True for _ in child.parameters()):  # a norm: per token, on this rank's slice
-                styles[name] = SequenceParallel(use_local_output=True)
+                traced = hasattr(child, "graph")
+                styles[name] = (TracedSequenceParallel if traced else SequenceParallel)(use_local_output=True)
+                drop_metadata_checks(child)
+                norms.add(name)
         if split.scatters_input:
-            block.register_forward_pre_hook(_scatters_input(mesh), with_kwargs=True)
+            index = hidden_state_index(block, norms)
+            block.register_forward_pre_hook(_scatters_input(mesh, index), with_kwargs=True)
         if split.gathers_output:
             block.register_forward_hook(lambda _m, _a, out: _redistribute(out, mesh, SEQUENCE, Replicate()))
     parallelize_module(block, mesh, styles, src_data_rank=None)
@@ -210,23 +215,25 @@ def _redistribute(x: torch.Tensor, mesh: DeviceMesh, held: Placement, wanted: Pl
     return DTensor.from_local(x, mesh, [held], run_check=False).redistribute(mesh, [wanted]).to_local()
 
 
-def _hidden_state_hook(mesh: DeviceMesh, held: Placement, wanted: Placement):
-    """A forward pre-hook redistributing a module's hidden state: its first positional
-    argument, or its ``hidden_states`` keyword (a Hugging Face attention's)."""
+def _hidden_state_hook(mesh: DeviceMesh, held: Placement, wanted: Placement, index: int | None):
+    """A forward pre-hook redistributing a module's hidden state: its positional argument
+    ``index`` (a traced module's, `traced_split.hidden_state_index`), else its first, or its
+    ``hidden_states`` keyword (a Hugging Face attention's)."""
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         if args:
-            return (_redistribute(args[0], mesh, held, wanted), *args[1:]), kwargs
+            i = index or 0
+            return (*args[:i], _redistribute(args[i], mesh, held, wanted), *args[i + 1 :]), kwargs
         return args, {**kwargs, "hidden_states": _redistribute(kwargs["hidden_states"], mesh, held, wanted)}
 
     return hook
 
 
-def _gathers_input(mesh: DeviceMesh):
+def _gathers_input(mesh: DeviceMesh, index: int | None = None):
     """A sub-layer with split layers computes on the whole sequence: all-gather its input."""
-    return _hidden_state_hook(mesh, SEQUENCE, Replicate())
+    return _hidden_state_hook(mesh, SEQUENCE, Replicate(), index)
 
 
-def _scatters_input(mesh: DeviceMesh):
+def _scatters_input(mesh: DeviceMesh, index: int | None = None):
     """The first split block of a run keeps its slice of the whole input it is given."""
-    return _hidden_state_hook(mesh, Replicate(), SEQUENCE)
+    return _hidden_state_hook(mesh, Replicate(), SEQUENCE, index)

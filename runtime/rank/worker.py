@@ -39,6 +39,7 @@ from planner.errors import PlanError
 from planner.plan import Plan, Strategy, load_plan
 from runtime.measure import compare
 from runtime.parallel import checkpoint
+from runtime.parallel.conv1d_parallel import is_strided, whole
 from runtime.parallel.mesh import Placement, build_mesh
 from runtime.parallel.parallelize import Engine, Parallelized, parallelize
 from runtime.parallel.pipeline_parallel import load_tracer
@@ -315,6 +316,13 @@ def checkpoint_or_stop(
     return stopping
 
 
+def _gathered(p: torch.Tensor) -> torch.Tensor:
+    """A parameter whole: a strided shard gathered split by split (`conv1d_parallel.whole`)."""
+    if is_strided(p):
+        return whole(p)
+    return p.full_tensor() if isinstance(p, DTensor) else p
+
+
 def finish(
     run: RankRun, engine: Engine, recorder: MetricsRecorder, last: int, save_parameters: Path | None
 ) -> None:
@@ -324,9 +332,7 @@ def finish(
         save_parameters.mkdir(parents=True, exist_ok=True)
         held = engine.local_parameters()
         # A sharded engine's parameters are DTensors: each is gathered whole (collective).
-        params = {
-            fqn: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu() for fqn, p in held.items()
-        }
+        params = {fqn: _gathered(p).detach().cpu() for fqn, p in held.items()}
         torch.save(params, save_parameters / f"rank{run.rank}.pt")
         # How each DTensor was laid out on this rank: what a test reads to see a split happen.
         split = {fqn: p for fqn, p in held.items() if isinstance(p, DTensor)}
