@@ -167,6 +167,20 @@ def test_hugging_face_llama_sharded_replicas_of_tensor_groups(tmp_path):
     assert_split(plan, tmp_path, *LLAMA_SPLIT)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "layout"),
+    [({"num_key_value_heads": 4}, {"tp_degree": 4}), ({}, {"dp_degree": 2, "tp_degree": 2})],
+)
+def test_hugging_face_llama_at_tp_4_and_replicas_of_tensor_groups(tmp_path, overrides, layout):
+    # tp 4 needs as many key/value heads (this Llama's 2 do not divide by 4).
+    sgd = {"optimizer": {**SGD["optimizer"], "lr": 0.01}}
+    plan = zoo_plan(
+        "hf:llama", {**LLAMA, **overrides}, ranks=4, strategy="dp", global_batch=4, training=sgd, **layout
+    )
+    assert_parity(plan, tmp_path)
+    assert_split(plan, tmp_path, *LLAMA_SPLIT)
+
+
 def test_hugging_face_llama_sequence_parallel(tmp_path):
     # The decoder layers take the sequence's slices; the attention (called with a
     # ``hidden_states`` keyword) gathers them, its rotary embeddings and mask made whole.
@@ -193,6 +207,7 @@ GPT2 = {
     [
         (2, {"tp_degree": 2}),
         (4, {"tp_degree": 4, "sequence_parallel": True}),
+        (4, {"dp_degree": 2, "tp_degree": 2}),
     ],
 )
 def test_hugging_face_gpt2_with_its_fused_qkv_split_by_heads(tmp_path, ranks, choices):

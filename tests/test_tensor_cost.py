@@ -4,6 +4,7 @@ its memory, and the activations checked against Korthikanti et al. 2022."""
 import pytest
 
 from planner.capture.coarsen import coarsen
+from planner.capture.graph import graph_digest
 from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
 from planner.cost.price import Pricer
@@ -11,6 +12,7 @@ from planner.cost.tensor_parallel import block_share
 from planner.cost.timing import CostOptions
 from planner.devices import device_kind
 from planner.errors import PlanError
+from planner.profile import OptimizerTiming, Profile
 from planner.search.build import make_plan
 from planner.search.search import search
 from tests.handmade import gpus
@@ -212,3 +214,29 @@ def test_gpt2s_fused_qkv_is_priced_as_one_column_split_layer():
     assert tp["saved"]["col"] == 2 * sbh
     result = search(gpt2, resolve_cluster("h100:4"), global_batch=16, tp="auto")
     assert {c.tp_degree for c in result.candidates} >= {1, 2, 4}
+
+
+@pytest.mark.parametrize(("sp", "dtensors"), [(False, 22), (True, 30)])
+def test_the_optimizer_pays_the_profiled_cost_of_each_split_tensor(gpt, sp, dtensors):
+    # The zoo GPT's block: q, v, proj, fc and proj with weight and bias, k without a bias
+    # (11 tensors split across the group), and two norms of two tensors each, which sequence
+    # parallelism makes DTensors too; two blocks. The profile: 0.5 ms more per DTensor.
+    cluster = resolve_cluster("cpu:2")
+    timing = OptimizerTiming(
+        device_kind="cpu", optimizer="adamw", seconds_per_param=1e-9, sharded_s_per_tensor=0.5e-3
+    )
+    bare = Profile(graph_digest=graph_digest(gpt))
+    measured = bare.model_copy(update={"optimizers": [timing]})
+    untimed = timing.model_copy(update={"sharded_s_per_tensor": 0.0})
+
+    def optimizer_s(plan, profile):
+        prediction = Pricer(gpt, cluster, profile)(plan)
+        return sum(i.end - i.start for i in prediction.timeline if i.rank == 0 and i.kind == "optimizer")
+
+    plan = _plan(gpt, cluster, 2, sp)
+    extra = optimizer_s(plan, measured) - optimizer_s(plan, bare.model_copy(update={"optimizers": [untimed]}))
+    assert extra == pytest.approx(dtensors * 0.5e-3)
+    replicas = make_plan(gpt, cluster, strategy="dp", global_batch=8, dp_degree=2)  # no DTensor
+    assert optimizer_s(replicas, measured) == pytest.approx(
+        optimizer_s(replicas, bare.model_copy(update={"optimizers": [untimed]}))
+    )

@@ -147,12 +147,16 @@ def _shards_across_nodes(
 def _optimizer_steps(pricing: PlanPricing, tasks: TaskList, programs: TaskIds, before: TaskIds) -> None:
     """Each simulated rank's optimizer step over its stages' parameters (its shard of them
     under a sharded ``dp_mode``), last in its program."""
+    stage_blocks = pricing.plan.stage_blocks()
     for r in pricing.plan.ranks:
         if not pricing.is_simulated(r.rank):
             continue
         mine = [s for s in range(len(pricing.stages)) if s % pricing.pp_degree == r.pp_index]
         params = round(sum(pricing.stages[s].param_count for s in mine) / pricing.shard_groups.size(r.rank))
-        sharded = sum(pricing.stages[s].param_tensors for s in mine) if pricing.plan.dp_mode.sharded else 0
+        if pricing.plan.dp_mode.sharded:  # every tensor a DTensor shard
+            sharded = sum(pricing.stages[s].param_tensors for s in mine)
+        else:  # a tensor group's split layers (and norms, under sequence parallelism)
+            sharded = pricing.tensor_groups.dtensor_count([b for s in mine for b in stage_blocks[s]])
         work = pricing.optimizer_time(params, r.device, sharded)
         t = tasks.add(kind=TaskKind.OPTIMIZER, work=work, rank=r.rank, deps=sorted(set(before[r.rank])))
         programs[r.rank].append(t.id)

@@ -155,6 +155,23 @@ class TensorGroups:
         kind = self.pricing.cluster.device(self.pricing.plan.ranks[rank].device).kind
         return profile.tp_pass_s.get(kind, 0.0)
 
+    def dtensor_count(self, blocks: list[str]) -> int:
+        """How many of ``blocks``' parameter tensors a rank holds as DTensors: its split
+        layers' (weights and biases), and under sequence parallelism every other one of a
+        split block (its norms: `SequenceParallel`). The optimizer steps each through DTensor's
+        dispatch, which the profile measured (`Profile.optimizers`' ``sharded_s_per_tensor``)."""
+        if self.tp == 1:
+            return 0
+        layouts = self.pricing.graph.graph.get("tp_layouts", {})
+        count = 0
+        for block in blocks:
+            if block not in layouts:
+                continue
+            params = self.pricing.graph.nodes[block].get("params", [])
+            layers = [f"{block}.{p}" for p in (*layouts[block]["colwise"], *layouts[block]["rowwise"])]
+            count += sum(self.sp or any(f.startswith(layer + ".") for layer in layers) for f in params)
+        return count
+
     def block_comm(self, rank: int, block: str, samples: float) -> tuple[float, float]:
         """(forward, backward) seconds of ``block``'s collectives for ``samples`` on ``rank``."""
         if self.tp == 1:
