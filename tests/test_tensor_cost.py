@@ -7,6 +7,7 @@ from planner.capture.coarsen import coarsen
 from planner.capture.graph import graph_digest
 from planner.capture.trace import trace
 from planner.cluster import resolve_cluster
+from planner.cost.plan_pricing import PlanPricing
 from planner.cost.price import Pricer
 from planner.cost.tensor_parallel import block_share
 from planner.cost.timing import CostOptions
@@ -240,3 +241,46 @@ def test_the_optimizer_pays_the_profiled_cost_of_each_split_tensor(gpt, sp, dten
     assert optimizer_s(replicas, measured) == pytest.approx(
         optimizer_s(replicas, bare.model_copy(update={"optimizers": [untimed]}))
     )
+
+
+def test_sequence_parallel_stages_gather_at_their_edges_and_send_whole(gpt):
+    # The runtime gathers the sequence's slices at the end of each stage's run of split
+    # blocks and sends whole activations: a stage pays one all-gather forward (its output)
+    # and one backward (its input's gradient) more than its blocks' own collectives, and
+    # the pipeline's links carry what they carry without sequence parallelism.
+    cluster = resolve_cluster("a100-40gb:4")
+
+    def priced(sp):
+        plan = make_plan(
+            gpt,
+            cluster,
+            strategy="pp",
+            global_batch=8,
+            pp_degree=2,
+            tp_degree=2,
+            micro_batches=2,
+            schedule="gpipe",
+            sequence_parallel=sp,
+        )
+        pricer = Pricer(gpt, cluster)
+        pricing = PlanPricing(pricer, plan)
+        across = {
+            (a, b): n
+            for (a, b), n in pricer(plan).link_bytes.items()
+            if plan.ranks[a].pp_index != plan.ranks[b].pp_index
+        }
+        return pricing, across
+
+    pricing, across = priced(True)
+    assert across == priced(False)[1] and across
+    groups = pricing.tensor_groups
+    for stage in pricing.stages:  # each stage's split blocks are one run
+        edges = groups.run_edges(stage.blocks)
+        assert sum(ends for ends, _ in edges) == 1 and sum(starts for _, starts in edges) == 1
+        blocks = [groups.block_comm(0, b, 4) for b in stage.blocks]
+        edges = groups.stage_comm(0, stage.blocks, 4)
+        split = [b for b in stage.blocks if "tp" in gpt.nodes[b]]
+        gather = groups._op(0, "all_gather")(groups.edge_bytes(split[0], 4))
+        assert gather > 1e-6  # on NVLink, the gather of 4 samples' 256 x 512 floats
+        assert sum(f for f, _ in edges) - sum(f for f, _ in blocks) == pytest.approx(gather)
+        assert sum(b for _, b in edges) - sum(b for _, b in blocks) == pytest.approx(gather)

@@ -106,7 +106,6 @@ class PlanPricing:
             len(self.stages),
             scale=self.scale,
             trace_batch=self.trace_batch,
-            sequence_split=self.tp_degree if self.sequence_parallel else 1,
         )
         self.simulated = self.replicas_to_simulate()
         self.shard_groups = ShardGroups(self)

@@ -246,22 +246,21 @@ def boundary_bytes(
     *,
     scale: float,
     trace_batch: int,
-    sequence_split: int = 1,
 ) -> Boundaries:
     """Per-sample bytes crossing each of the ``stages - 1`` boundaries, forward and backward,
     from one rank (each rank of a tensor group sends its own copy to its peer of the next
-    stage; under sequence parallelism, ``sequence_split`` > 1, a tensor between two blocks
-    with a layout is split along the sequence, and each rank sends its part).
+    stage, whole: under sequence parallelism the runtime gathers a stage's output before it
+    sends it, `planner.cost.tensor_parallel.TensorGroups.run_edges`, where Megatron sends each
+    rank's slice).
 
     A tensor that skips stages is sent across every boundary it crosses.
     """
     fwd, bwd = [0.0] * max(stages - 1, 0), [0.0] * max(stages - 1, 0)
     for u, v, d in graph.edges(data=True):
         su, sv = stage_of.get(u, 0), stage_of.get(v, 0)
-        split = sequence_split if "tp" in graph.nodes[u] and "tp" in graph.nodes[v] else 1
         for k in range(su, sv):
-            fwd[k] += d.get("bytes", 0) / trace_batch * scale / split
-            bwd[k] += d.get("grad_bytes", 0) / trace_batch * scale / split
+            fwd[k] += d.get("bytes", 0) / trace_batch * scale
+            bwd[k] += d.get("grad_bytes", 0) / trace_batch * scale
     return Boundaries(fwd, bwd)
 
 

@@ -124,7 +124,7 @@ class Step(ABC):
             if own:
                 split = [("tp" in pricing.graph.nodes[b]) * own for b in cost.blocks]
                 blocks = [(f + w, b + w) for (f, b), w in zip(blocks, split, strict=True)]
-            comm = [groups.block_comm(rank, b, samples) for b in cost.blocks]
+            comm = groups.stage_comm(rank, cost.blocks, samples)
             again = [name in cost.recomputed for name in cost.blocks]
             pricing.tp_spans[(rank, stage)] = collective_spans(blocks, comm, again)
             blocks = [(f + cf, b + cb) for (f, b), (cf, cb) in zip(blocks, comm, strict=True)]

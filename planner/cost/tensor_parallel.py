@@ -15,7 +15,11 @@ Korthikanti et al. 2022 for sequence parallelism):
 - backward: one all-reduce of the gradient of each column-split layer's input (torch's
   `ColwiseParallel` makes each layer's input a DTensor apart: q, k and v all-reduce three,
   where Megatron's fused QKV makes one); under sequence parallelism a reduce-scatter of it
-  and an all-gather of the row-split layers' output gradients.
+  and an all-gather of the row-split layers' output gradients;
+- under sequence parallelism, at the edges of each run of split blocks in a stage, as the
+  runtime does: an all-gather of the run's output (forward) and of its input's gradient
+  (backward). A stage sends and receives whole activations (Megatron sends each rank's
+  slice; the runtime's stages are traced with whole shapes).
 They sit between the block's ops, each waiting on the op before and each op after waiting on
 it, so they are priced in series with the block's compute (not overlapped). Where a profile
 measured it, each split block's forward and backward also pay tensor parallelism's own work
@@ -191,6 +195,34 @@ class TensorGroups:
             forward, backward = sum(map(reduce, reduced)), sum(map(reduce, gathered))
         return forward, backward
 
+    def run_edges(self, blocks: list[str]) -> list[tuple[bool, bool]]:
+        """Per block of a stage, in order: (it ends a run of split blocks, it starts one). Under
+        sequence parallelism the runtime gathers the sequence's slices after a run's last block
+        (its forward) and, as the backward of the first block keeping its slice, before the
+        run's first (`runtime.parallel.tensor_parallel`); a stage's edges end its runs (a stage
+        sends and receives whole activations)."""
+        split = [self.sp and "tp" in self.pricing.graph.nodes[b] for b in blocks]
+        before, after = [False, *split[:-1]], [*split[1:], False]
+        return [(s and not a, s and not b) for s, a, b in zip(split, after, before, strict=True)]
+
+    def edge_bytes(self, block: str, samples: float) -> float:
+        """The hidden state a run's edge gathers at ``block``, for ``samples``: the size of its
+        row-split layers' outputs (the residual stream's)."""
+        reduced = self.pricing.graph.nodes[block]["tp"]["reduced"]
+        per = samples / self.pricing.trace_batch * self.pricing.scale
+        return sum(reduced) / len(reduced) * per if reduced else 0.0
+
+    def stage_comm(self, rank: int, blocks: list[str], samples: float) -> list[tuple[float, float]]:
+        """(forward, backward) seconds of each block's collectives (`block_comm`), with a run's
+        edge gathers under sequence parallelism (`run_edges`)."""
+        comm = [self.block_comm(rank, b, samples) for b in blocks]
+        for i, (ends, starts) in enumerate(self.run_edges(blocks)):
+            if ends or starts:
+                gather = self._op(rank, "all_gather")(self.edge_bytes(blocks[i], samples))
+                f, b = comm[i]
+                comm[i] = (f + gather * ends, b + gather * starts)
+        return comm
+
     def block_bytes(self, block: str, samples: float) -> tuple[float, float]:
         """(forward, backward) bytes ``block``'s collectives move for ``samples``, as whole
         buffers of all-gathers and reduce-scatters (an all-reduce counts as one of each)."""
@@ -218,7 +250,9 @@ class TensorGroups:
             for s in range(r.pp_index, len(pricing.stages), pricing.pp_degree):
                 cost = pricing.stages[s]
                 again = set(cost.recomputed)
-                for b in cost.blocks:
+                for b, (ends, starts) in zip(cost.blocks, self.run_edges(cost.blocks), strict=True):
                     forward, backward = self.block_bytes(b, samples)
+                    edge = self.edge_bytes(b, samples) if ends or starts else 0.0
+                    forward, backward = forward + edge * ends, backward + edge * starts
                     nbytes += forward * (2 if b in again else 1) + backward
             count_ring_bytes(pricing, self.devices(r.rank), nbytes * pricing.micro_batches, halves=1)

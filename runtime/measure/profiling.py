@@ -20,6 +20,9 @@ after compute is either as fast as back to back or a few milliseconds slower, mo
 than back to back (`bench/links.py` prints both ways for the fidelity bench's gradients);
 the figure is the mean of the tries, what a step pays on average.
 
+Tensor parallelism's own work (`tensor_parallel_pass_s`): the model trained as two DDP
+replicas and split across a tensor group of two, at the largest size profiled.
+
 GPUs: when the cluster's devices are GPUs, the same measurements run on this machine's
 first GPU (the blocks, the whole model, the optimizer) and first two (the links and the
 runtime's own costs, over nccl), each timing between two `torch.cuda.synchronize` calls;
@@ -48,6 +51,8 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from planner.capture.coarsen import coarsen
+from planner.capture.trace import trace
 from planner.cluster import kind_of_gpu
 from planner.devices import device_kind
 from planner.errors import ClusterError, PlanError
@@ -68,8 +73,8 @@ from runtime.measure.tiny_run import (
     WIDE,
     actions_per_rank,
     fsdp_collectives,
+    tensor_plans,
     tiny_plan,
-    tiny_tensor_plans,
 )
 from runtime.rank.amp import Amp
 from runtime.rank.host_allocator import fix_malloc_thresholds
@@ -494,17 +499,12 @@ def _tiny_run_worker(
     repeats: int,
     plan_json: str,
     device_type: str = "cpu",
-    all_reduces: tuple[int, int] = (0, 0),
 ) -> None:
     """Train a tiny plan (`runtime.measure.tiny_run`) with the runtime's own engines
     (`runtime.parallel.parallelize`), and record the host work of a step, the rule of
     `runtime.rank.metrics`: the step less its compute, optimizer step and waits, as the
     runtime's clocks count them; the two ranks' mean of the steps' median. And how much the
-    peak memory grew from the moment the process group was up. ``all_reduces``: (count,
-    bytes) of plain all-reduces, as many as a step of the plan makes, timed after each step
-    in the same processes; ``compute_less_reduces_s``: the median of each step's compute less
-    its all-reduces (paired step by step, so that a slow spell of the machine falls on both
-    sides of the difference, not on one)."""
+    peak memory grew from the moment the process group was up."""
     import json
 
     from planner.plan import plan_from_json
@@ -518,18 +518,9 @@ def _tiny_run_worker(
     base = memory_baseline(plan, device)  # as the runtime's worker measures it
     built = parallelize(plan, Placement(plan.ranks[rank], build_mesh(plan, device.type), device))
     samples = plan.replicas[plan.ranks[rank].dp_index].batch_share
-    if plan.model.source == "gpt":  # the tiny GPT: token ids in, the next ones as targets
-        shape = (samples, plan.model.overrides["seq_len"])
-        vocab = plan.model.overrides["vocab_size"]
-        inputs = torch.randint(0, vocab, shape, device=device)
-        targets = torch.randint(0, vocab, shape, device=device)
-    else:
-        inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
-        targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
+    inputs = torch.randn(samples, plan.model.overrides["in_features"], device=device)
+    targets = torch.randint(0, TINY_WIDTH, (samples,), device=device)
     hosts, computes, comms = [], [], []
-    count, nbytes = all_reduces
-    buffer = torch.zeros(max(nbytes // 4, 1), device=device)
-    apart = [] if count else [0.0]
     for i in range(repeats + 1):  # the first is a warm-up: it allocates
         t = time.perf_counter()
         result = built.engine.train_step(inputs, targets)
@@ -539,24 +530,52 @@ def _tiny_run_worker(
             hosts.append(step_s - result.compute_s - result.optimizer_s - sum(result.waits.values()))
             computes.append(result.compute_s)
             comms.append(result.waits.get("communication", 0.0))
-        if count:
-            dist.barrier()
-            t = time.perf_counter()
-            for _ in range(count):
-                dist.all_reduce(buffer)
-            _sync(device)
-            if i:
-                apart.append(result.compute_s - (time.perf_counter() - t))
     # The ranks' means of each median.
-    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms, apart)]
+    medians = [statistics.median(x) / 2 for x in (hosts, computes, comms)]
     means = torch.tensor(medians, dtype=torch.float64, device=device)
     dist.all_reduce(means)
     grown = torch.tensor([memory_peaks(device)[1] - base], dtype=torch.float64, device=device)
     dist.all_reduce(grown, op=dist.ReduceOp.MAX)
     if rank == 0:
-        names = ("host_s", "compute_s", "comm_s", "compute_less_reduces_s")
+        names = ("host_s", "compute_s", "comm_s")
         measured = dict(zip(names, means.tolist(), strict=True))
         Path(out).write_text(json.dumps({**measured, "grown_bytes": int(grown[0])}))
+    _leave()
+
+
+def _tensor_pair_worker(
+    rank: int, init: str, out: str, repeats: int, plans: tuple[str, str], share: float, device_type: str
+) -> None:
+    """Train a model's two `tiny_run.tensor_plans` in the same two processes, a step of one
+    then a step of the other (paired: this machine's speed drifts by 10-30% over minutes),
+    and record the median over pairs of the split step's compute less ``share`` of the
+    replica's, the two ranks' mean."""
+    import json
+
+    from planner.capture.source import build_model, parse_source
+    from planner.plan import plan_from_json
+    from runtime.parallel.mesh import Placement, build_mesh
+    from runtime.parallel.parallelize import parallelize
+
+    device = _join(rank, init, 2, device_type)
+    replicated, split = (plan_from_json(p) for p in plans)
+    engines = [
+        parallelize(plan, Placement(plan.ranks[rank], build_mesh(plan, device.type), device)).engine
+        for plan in (replicated, split)
+    ]
+    model = replicated.model
+    example = build_model(parse_source(model.source, model.overrides), device="meta").args[0]
+    samples = split.training.global_batch  # each rank computes them, whole or split
+    inputs = torch.randint(0, 2, (samples, *example.shape[1:]), device=device)  # ids any vocabulary has
+    left = []
+    for i in range(repeats + 1):  # the first is a warm-up: it allocates
+        alone, together = (engine.train_step(inputs, inputs.clone()).compute_s for engine in engines)
+        if i:
+            left.append(together - share * alone)
+    mean = torch.tensor([statistics.median(left) / 2], dtype=torch.float64, device=device)
+    dist.all_reduce(mean)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"left_s": float(mean[0])}))
     _leave()
 
 
@@ -571,9 +590,6 @@ class RuntimeCosts(NamedTuple):
     """FSDP2's own work per all-gather or reduce-scatter, beyond what the price charges."""
     fsdp_pass_s: float
     """What a block's forward or backward computes more as an FSDP2 unit."""
-    tp_pass_s: float = 0.0
-    """What a split block's forward or backward takes more at tp 2 than its share and its
-    all-reduces (timed plain, step by step, in the same processes)."""
 
 
 def runtime_costs(
@@ -595,12 +611,7 @@ def runtime_costs(
     less what the price already charges for those collectives (``links``' all-gather and
     reduce-scatter fits at the tiny units' bytes), over the collectives the price counts, is
     FSDP's own work per collective; what its compute takes more than DDP's, per block and
-    pass, is its hooks. Without ``links``, neither is measured (0).
-
-    Tensor parallelism: a tiny GPT as two DDP replicas and as one replica at tp 2; what the
-    second's compute takes more, less as many plain all-reduces of its activations as it
-    makes (timed after each step in the same processes), per split block and pass, is its
-    own work."""
+    pass, is its hooks. Without ``links``, neither is measured (0)."""
     workers = max(repeats, 30)  # a tiny step takes milliseconds: enough tries to be steady
     devices = (cluster.devices[0].id, cluster.devices[1].id)
     action: dict[str, float] = {}
@@ -633,16 +644,37 @@ def runtime_costs(
         per_collective = max(run["comm_s"] - priced, 0.0) / (gathers + reduces)
         blocks = len(sharded.plan.model.blocks)
         per_pass = max(run["compute_s"] - runs[DDP_STEP]["compute_s"], 0.0) / (2 * blocks)
-    tiny_tp = tiny_tensor_plans(cluster, devices)
-    alone = _spawned(_tiny_run_worker, 2, workers, tiny_tp.replicated.to_json(), device_type)
-    reduces = (tiny_tp.collectives, int(tiny_tp.activation_bytes))
-    split = _spawned(_tiny_run_worker, 2, workers, tiny_tp.split.to_json(), device_type, reduces)
-    # Its all-reduces timed plain in the same processes, not by the fits (whose latency,
-    # timed after compute, is more than a tiny all-reduce costs here), each after its step:
-    # timed apart, a slow spell on one side swung the difference below zero.
-    extra = split["compute_less_reduces_s"] - alone["compute_s"]
-    tp_pass = max(extra, 0.0) / (2 * tiny_tp.split_blocks)
-    return RuntimeCosts(action, per_byte, grown, per_collective, per_pass, tp_pass)
+    return RuntimeCosts(action, per_byte, grown, per_collective, per_pass)
+
+
+def tensor_parallel_pass_s(
+    profile: Profile, source: str, overrides: dict, cluster, size: int, repeats: int, device_type: str = "cpu"
+) -> float:
+    """Tensor parallelism's own work per split block and pass, on the profiled model itself
+    at ``size`` samples (0 when none of its blocks splits in two): the model as two DDP
+    replicas and as one replica at tp 2 (`tiny_run.tensor_plans`), between the cluster's
+    first two devices. Of the second's compute (which holds its collectives: the runtime
+    does not time them apart inside a forward), what is left beyond what the price gives a
+    rank of the group (its share of the first's compute, and its collectives at
+    ``profile``'s fits) is its own (`_tensor_pair_worker`: the two step by step): DTensor's
+    dispatch and redistributions, and half-width products running less efficiently than
+    half the whole ones. Measured on a tiny GPT
+    instead, it was a fifth of what a 1M-parameter GPT showed; less plain all-reduces timed
+    in the same processes instead of the fits, the price charged those twice."""
+    from planner.cost.price import Pricer
+
+    graph = coarsen(trace(source, overrides))
+    devices = (cluster.devices[0].id, cluster.devices[1].id)
+    plans = tensor_plans(graph, cluster, devices, size, profile.precision.value)
+    if plans is None:
+        return 0.0
+    pricer = Pricer(graph, cluster, profile)
+    replicas, split = pricer(plans.replicated), pricer(plans.split)
+    comm = split.comm_s.get(0, 0.0)
+    share = (sum(split.stage_times[(0, 0)]) - comm) / sum(replicas.stage_times[(0, 0)])
+    jsons = (plans.replicated.to_json(), plans.split.to_json())
+    left = _spawned(_tensor_pair_worker, 2, max(repeats, 10), jsons, share, device_type)["left_s"]
+    return max(left - comm, 0.0) / (2 * plans.split_blocks)
 
 
 def _contention_worker(
@@ -753,6 +785,10 @@ def make_profile(
         if link_kind is not None:
             links, overhead = link_timings(link_kind, repeats, device.type)
             costs = runtime_costs(cluster, repeats, device.type, links)
+            # At the largest size profiled: a tensor group's plan runs its micro-batch whole.
+            with_links = profile.model_copy(update={"links": links})  # the fits the price charges
+            tp = (with_links, source, overrides, cluster, sizes[-1], repeats, device.type)
+            tp_pass = tensor_parallel_pass_s(*tp)
             sharded = profile.optimizers[0].model_copy(
                 update={"sharded_s_per_tensor": sharded_optimizer_s_per_tensor(repeats, device.type)}
             )
@@ -764,7 +800,7 @@ def make_profile(
                 "grad_s_per_byte": {kind: costs.grad_s_per_byte},
                 "fsdp_collective_s": {kind: costs.fsdp_collective_s},
                 "fsdp_pass_s": {kind: costs.fsdp_pass_s},
-                "tp_pass_s": {kind: costs.tp_pass_s},
+                "tp_pass_s": {kind: tp_pass},
                 "runtime_bytes": {kind: costs.grown_bytes},
             }
             if device.type == "cpu":  # a GPU rank's memory is its GPU's, not the process's pages

@@ -14,10 +14,9 @@ The 1F1B pipeline is trained once more with blocks `WIDE` wide: what its step's 
 grows by, per byte of the gradients a rank holds, is the cost of zeroing them in place
 before a step and scaling them after it (`Profile.grad_s_per_byte`).
 
-A tiny GPT is trained as two DDP replicas and as one replica split across a tensor group
-of two (`tiny_tensor_plans`): what the second's compute takes more, less as many plain
-all-reduces of its activations as it makes (timed in the same processes after training),
-per split block and pass, is tensor parallelism's own work (`Profile.tp_pass_s`).
+The profiled model itself is trained as two DDP replicas and as one replica split across a
+tensor group of two (`tensor_plans`; runtime.measure.profiling.tensor_parallel_pass_s says
+what is taken from them).
 
 The data-parallel pair is trained once more full_shard (FSDP2): what the runtime counts as
 FSDP's work, less what the price charges for collectives of units that small (the profile's
@@ -34,6 +33,7 @@ from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cluster import Cluster
 from planner.cost.sharded import collectives_per_step, pass_plan
+from planner.errors import PlanError
 from planner.plan import Plan
 from planner.profile import DDP_STEP
 from planner.schedules import Schedule, rank_actions
@@ -101,35 +101,30 @@ def tiny_plan(
     return TinyPlan(plan, held, unit)
 
 
-TINY_GPT = {"vocab_size": 256, "seq_len": 8, "d_model": 8, "n_layer": 2, "n_head": 2}
-"""The tiny GPT whose blocks split across a tensor group of two (`tiny_tensor_plans`)."""
-
-
-class TinyTensorPlans(NamedTuple):
+class TensorPlans(NamedTuple):
     replicated: Plan
-    """Two replicas under DDP, each on `ACTION_M` samples."""
+    """Two replicas under DDP, each on the samples."""
     split: Plan
-    """One replica split across a tensor group of two, on the same `ACTION_M` samples."""
-    collectives: int
-    """All-reduces a rank of ``split`` runs in a step: one per row-split layer forward, one per
-    column-split layer backward (`planner.capture.tp_roles`)."""
-    activation_bytes: float
-    """The bytes of each: one block's output for the replica's samples."""
+    """One replica split across a tensor group of two, on the same samples."""
     split_blocks: int
 
 
-def tiny_tensor_plans(cluster: Cluster, devices: tuple[int, int]) -> TinyTensorPlans:
-    """The tiny GPT twice on ``devices``: each rank computing `ACTION_M` samples, as two DDP
-    replicas and as one replica at tp 2. Its compute is nothing; what the second's compute
-    takes more, less its all-reduces, is tensor parallelism's own work."""
-    graph = coarsen(trace("gpt", TINY_GPT))
-    common = dict(strategy="dp", devices=devices, training=_TRAINING)
-    replicated = make_plan(graph, cluster, global_batch=2 * ACTION_M, dp_degree=2, **common)
-    split = make_plan(graph, cluster, global_batch=ACTION_M, tp_degree=2, **common)
+def tensor_plans(
+    graph, cluster: Cluster, devices: tuple[int, int], samples: int, precision: str = "fp32"
+) -> TensorPlans | None:
+    """The model of ``graph`` twice on ``devices``, each rank computing ``samples``: as two DDP
+    replicas and as one replica at tp 2 (None when no block of it splits in two)."""
+    training = {**_TRAINING, "precision": precision}
+    common = dict(strategy="dp", devices=devices, training=training)
+    try:
+        split = make_plan(graph, cluster, global_batch=samples, tp_degree=2, **common)
+    except PlanError:  # no layout, or heads that two does not divide
+        return None
     blocks = [b for b in split.model.blocks if "tp" in graph.nodes[b]]
-    per_block = {len(graph.nodes[b]["tp"]["gathered"]) + len(graph.nodes[b]["tp"]["reduced"]) for b in blocks}
-    sample = TINY_GPT["seq_len"] * TINY_GPT["d_model"] * 4  # float32: each collective's bytes a sample
-    return TinyTensorPlans(replicated, split, per_block.pop() * len(blocks), ACTION_M * sample, len(blocks))
+    if not blocks:
+        return None
+    replicated = make_plan(graph, cluster, global_batch=2 * samples, dp_degree=2, **common)
+    return TensorPlans(replicated, split, len(blocks))
 
 
 def fsdp_collectives(plan: Plan) -> tuple[int, int]:
