@@ -658,9 +658,9 @@ def tensor_parallel_pass_s(
     rank of the group (its share of the first's compute, and its collectives at
     ``profile``'s fits) is its own (`_tensor_pair_worker`: the two step by step): DTensor's
     dispatch and redistributions, and half-width products running less efficiently than
-    half the whole ones. Measured on a tiny GPT
-    instead, it was a fifth of what a 1M-parameter GPT showed; less plain all-reduces timed
-    in the same processes instead of the fits, the price charged those twice."""
+    half the whole ones. Measured on a tiny GPT instead, it was a fifth of what a
+    1M-parameter GPT showed; less plain all-reduces timed in the same processes instead of
+    the fits, the price charged the difference twice."""
     from planner.cost.price import Pricer
 
     graph = coarsen(trace(source, overrides))

@@ -49,8 +49,8 @@ def _repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def heads_left_to_the_tensor() -> Iterator[None]:
-    """Every loaded Hugging Face module's ``repeat_kv`` replaced by `_repeat_kv` while the
-    block runs, then restored (each modeling file and the attention integrations hold a copy
+    """Every loaded Hugging Face module's ``repeat_kv`` replaced by `_repeat_kv` inside the
+    ``with``, then restored (each modeling file and the attention integrations hold a copy
     of their own)."""
     replaced = []
     for name, module in list(sys.modules.items()):
