@@ -61,8 +61,10 @@ def test_profile_measures_every_block_and_the_link_and_round_trips(tmp_path):
     # FSDP's own work beyond the price's collective fits (none here: the fits' latencies,
     # timed after compute, cover a tiny unit's collective), and its hooks per block pass.
     assert 0 <= profile.fsdp_collective_s["cpu"] < 0.05 and 0 < profile.fsdp_pass_s["cpu"] < 0.05
-    # Tensor parallelism's own work per split block and pass (DTensor around the split layers).
-    assert 0 < profile.tp_pass_s["cpu"] < 0.05
+    # Tensor parallelism's own work per split block and pass, measured on this toy GPT at 2
+    # samples less the price's share and fits: it may come out 0 (a slow spell during the
+    # replicas' steps), never negative, and small.
+    assert "cpu" in profile.tp_pass_s and 0 <= profile.tp_pass_s["cpu"] < 0.05
     assert [b.samples for b in profile.batch_load] == [1, 2, 8, 16]  # each size, and 8 times it
     assert (
         set(profile.runtime_bytes["cpu"]) == {"pp", "dp"} and min(profile.runtime_bytes["cpu"].values()) >= 0
