@@ -81,6 +81,7 @@ from runtime.rank.host_allocator import fix_malloc_thresholds
 
 SIZES_BYTES = [2**k for k in range(10, 25, 2)]  # 1 KiB .. 16 MiB
 CPU = torch.device("cpu")
+WARM_RUN = 3  # steps a model trains in a row when two alternate; the first is dropped
 COMPUTE_BEFORE_ALL_REDUCE_S = 0.01  # a backward's worth: the fidelity bench's steps take 10-150 ms
 
 
@@ -546,10 +547,12 @@ def _tiny_run_worker(
 def _tensor_pair_worker(
     rank: int, init: str, out: str, repeats: int, plans: tuple[str, str], share: float, device_type: str
 ) -> None:
-    """Train a model's two `tiny_run.tensor_plans` in the same two processes, a step of one
-    then a step of the other (paired: this machine's speed drifts by 10-30% over minutes),
-    and record the median over pairs of the split step's compute less ``share`` of the
-    replica's, the two ranks' mean."""
+    """Train a model's two `tiny_run.tensor_plans` in the same two processes, a few steps of
+    one then a few of the other (paired: this machine's speed drifts by 10-30% over
+    minutes), and record the median over pairs of the split step's compute less ``share``
+    of the replica's, the two ranks' mean. Each run of steps drops its first: right after
+    the other model's steps, its weights and buffers are out of the caches, which a plan
+    training on never pays."""
     import json
 
     from planner.capture.source import build_model, parse_source
@@ -567,9 +570,14 @@ def _tensor_pair_worker(
     example = build_model(parse_source(model.source, model.overrides), device="meta").args[0]
     samples = split.training.global_batch  # each rank computes them, whole or split
     inputs = torch.randint(0, 2, (samples, *example.shape[1:]), device=device)  # ids any vocabulary has
+
+    def warm_compute_s(engine) -> float:
+        run = [engine.train_step(inputs, inputs.clone()).compute_s for _ in range(WARM_RUN)]
+        return statistics.median(run[1:])
+
     left = []
     for i in range(repeats + 1):  # the first is a warm-up: it allocates
-        alone, together = (engine.train_step(inputs, inputs.clone()).compute_s for engine in engines)
+        alone, together = (warm_compute_s(engine) for engine in engines)
         if i:
             left.append(together - share * alone)
     mean = torch.tensor([statistics.median(left) / 2], dtype=torch.float64, device=device)
