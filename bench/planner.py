@@ -21,6 +21,11 @@
     parallelism. Search time on one core (the trace, on the meta device, not counted), the
     plan chosen, its predicted MFU and peak memory per device; and the 175B priced in
     Megatron-LM's layouts (tensor 8 in a node, pipeline 8 or 16 across nodes).
+(d) Sizing (`python -m planner size`): Llama-7B at 4,096 tokens on 1T tokens, global batch
+    512, bf16-mixed, within 720 hours, over the default price catalogue (six GPU kinds): the
+    shapes planned and the wall time on one core (the trace not counted), and the front.
+
+    python bench/planner.py --only d    # one part: a, b, c or d
 """
 
 from __future__ import annotations
@@ -284,17 +289,52 @@ def _even_layers(blocks: list[str], k: int) -> list[int]:
     return [layers[round(per * j)] for j in range(1, k)]
 
 
+def part_d() -> None:
+    from planner.capture.coarsen import coarsen
+    from planner.capture.trace import trace
+    from planner.sizing.catalog import default_catalog
+    from planner.sizing.size import size
+
+    print("\n(d) sizing: Llama-7B at 4,096 tokens, 1T tokens within 720 h, default catalogue: one core")
+    t0 = time.perf_counter()
+    graph = coarsen(trace("hf:llama", {"seq_len": 4096}))
+    traced = time.perf_counter() - t0
+    catalog = default_catalog()
+    sizing = size(graph, catalog, tokens=10**12, global_batch=512, hours=720.0)
+    per_kind = {k: sum(p.shape.kind == k for p in sizing.points) for k in catalog.kinds()}
+    print(
+        f"  {len(catalog.kinds())} kinds, {len(sizing.points)} shapes planned in {sizing.seconds:.1f} s "
+        f"(trace {traced:.1f} s, not counted); shapes per kind: "
+        + ", ".join(f"{k} {n}" for k, n in per_kind.items())
+    )
+    for p in sizing.front:
+        print(
+            f"  front: {p.shape.short_form:<16} {p.hours:>8,.0f} h  ${p.cost_usd:>12,.0f}  "
+            f"{p.best.label[:60]:<60} MFU {p.best.prediction.mfu:.1%}"
+        )
+
+
+PARTS = "abcd"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the smaller sizes")
+    parser.add_argument("--only", choices=list(PARTS), help="one part")
     args = parser.parse_args()
-    if args.quick:
-        part_a([100, 1000], ["h100:8", "h100:8x8"])
-    else:
-        part_a([100, 1000, 10000], ["h100:8", "h100:8x8", "h100:8x64"])
-    heuristic_gap([20, 50, 100], "h100:8", pp=8, m=16)
-    part_b([4, 8])
-    part_c()
+    parts = args.only or PARTS
+    if "a" in parts:
+        if args.quick:
+            part_a([100, 1000], ["h100:8", "h100:8x8"])
+        else:
+            part_a([100, 1000, 10000], ["h100:8", "h100:8x8", "h100:8x64"])
+        heuristic_gap([20, 50, 100], "h100:8", pp=8, m=16)
+    if "b" in parts:
+        part_b([4, 8])
+    if "c" in parts:
+        part_c()
+    if "d" in parts:
+        part_d()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python -m planner cluster a100-80gb:4+v100-32gb:4
     python -m planner cluster --list
     python -m planner plan --model gpt --cluster cpu:2 --global-batch 16 -o plan.json
+    python -m planner size --model hf:llama --set seq_len=4096 --tokens 1T --hours 720
     python -m planner validate plan.json
     python -m planner schema
 
@@ -20,6 +21,7 @@ import json
 import sys
 from typing import Any
 
+from planner import cli_size
 from planner.cli_args import OneLineParser, allow_py_option, answer, dtype_alias, grant_consent, positive
 from planner.limits import MAX_GLOBAL_BATCH, MAX_OVERRIDE_INT, MAX_STEPS
 from planner.model_check import SKIPPED
@@ -137,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the plan's JSON Schema")
     s.set_defaults(func=_cmd_schema)
+
+    cli_size.add_parser(sub)
 
     c = sub.add_parser("cluster", help="describe a cluster (preset, JSON file or short form)")
     c.add_argument("spec", nargs="?", help="e.g. dgx-h100, cluster.json, h100:8, a100-80gb:8x4, cpu:2")

@@ -9,6 +9,7 @@ are the ones the packages' docstrings state and docs/architecture.md draws:
     planner.capture    builds and traces models (torch inside its functions)
     planner.cost       pure Python: prices a plan
     planner.search     pure Python: finds plans, prices them with planner.cost
+    planner.sizing     pure Python: plans a catalogue's cluster shapes with planner.search
     planner.zoo        the built-in torch models
     runtime            trains plans with torch.distributed; may import the planner
     dashboard          what the pages share, and the plotly figures
@@ -27,15 +28,31 @@ import networkx as nx
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("planner", "runtime", "dashboard", "views")
-COMMANDS = {"planner.cli", "planner.cli_args", "planner.model_check", "planner.__main__"}
+COMMANDS = {"planner.cli", "planner.cli_args", "planner.cli_size", "planner.model_check", "planner.__main__"}
 
-PLANNER = {"planner", "planner commands", "planner.capture", "planner.cost", "planner.search", "planner.zoo"}
+PLANNER = {
+    "planner",
+    "planner commands",
+    "planner.capture",
+    "planner.cost",
+    "planner.search",
+    "planner.sizing",
+    "planner.zoo",
+}
 MAY_IMPORT: dict[str, set[str]] = {
     "planner": {"planner"},
-    "planner commands": {"planner", "planner commands", "planner.capture", "planner.cost", "planner.search"},
+    "planner commands": {
+        "planner",
+        "planner commands",
+        "planner.capture",
+        "planner.cost",
+        "planner.search",
+        "planner.sizing",
+    },
     "planner.capture": {"planner", "planner.capture", "planner.zoo"},
     "planner.cost": {"planner", "planner.cost"},
     "planner.search": {"planner", "planner.cost", "planner.search"},
+    "planner.sizing": {"planner", "planner.cost", "planner.search", "planner.sizing"},
     "planner.zoo": {"planner", "planner.zoo"},
     "runtime": PLANNER | {"runtime"},
     "dashboard": PLANNER | {"runtime", "dashboard"},
@@ -49,6 +66,7 @@ ALSO_MAY_IMPORT: dict[str, set[str]] = {
     # The layer graph is the document cost and search read; the rest of capture needs torch.
     "planner.cost": {"planner.capture.graph"},
     "planner.search": {"planner.capture.graph"},
+    "planner.sizing": {"planner.capture.graph"},
 }
 """Layer -> single modules of another layer it may import as well."""
 
@@ -58,12 +76,13 @@ NEVER_IMPORT: dict[str, set[str]] = {
     "planner.capture": {"plotly", "streamlit"},
     "planner.cost": {"torch", "transformers", "plotly", "streamlit"},
     "planner.search": {"torch", "transformers", "plotly", "streamlit"},
+    "planner.sizing": {"torch", "transformers", "plotly", "streamlit"},
     "planner.zoo": {"plotly", "streamlit"},
     "runtime": {"plotly", "streamlit"},
 }
 """Layer -> third-party packages none of its modules imports, at any level."""
 
-LIGHT = ("planner", "planner commands", "planner.cost", "planner.search")
+LIGHT = ("planner", "planner commands", "planner.cost", "planner.search", "planner.sizing")
 """Layers whose module-level imports, followed through the project, never reach HEAVY."""
 HEAVY = {"torch", "transformers", "plotly", "streamlit"}
 

@@ -90,6 +90,7 @@ def search(
     max_evaluations: int = 32,
     max_nodes: int = 20000,
     exact_budget_s: float = 2.0,
+    compare: bool = True,
 ) -> SearchResult:
     """Find the fastest plan that fits; return it with the alternatives that were priced.
 
@@ -99,7 +100,9 @@ def search(
     the row says it is not proven. ``dp_mode`` and ``recompute`` pin the memory levers
     (`planner.search.levers`; auto: the cheapest that fits); ``tp`` the tensor-parallel
     degree (auto: each one the model and nodes allow, `planner.search.tensor_degrees`),
-    ``sequence_parallel`` splits the tensor groups' norms along the sequence.
+    ``sequence_parallel`` splits the tensor groups' norms along the sequence. ``compare``
+    False prices only the best-screened families (no pure strategies or single device to
+    compare with): what sizing needs of each cluster it tries.
     """
     budget = _Budget(max_priced, max_evaluations, max_nodes, exact_budget_s, time.perf_counter())
     if strategy not in STRATEGIES:
@@ -133,7 +136,9 @@ def search(
     for c in candidates:
         c.estimate = screen(cluster, c)
     candidates.sort(key=lambda c: c.estimate)
-    chosen = _price_promising(pricer, graph, cluster, candidates, training, units, budget, tries, degrees)
+    chosen = _price_promising(
+        pricer, graph, cluster, candidates, training, units, budget, tries, degrees if compare else None
+    )
     chosen.sort(key=lambda c: (not c.feasible, c.prediction.step_time_s if c.prediction else math.inf))
     return SearchResult(
         _best_per_family(chosen), len(candidates), len(units) if units else len(blocks), notes
@@ -143,18 +148,23 @@ def search(
 def _price_promising(
     pricer, graph, cluster, screened, training, units, budget: _Budget, tries, degrees=(1,)
 ) -> list[Candidate]:
-    """Price the best-screened variant of the first families, the pure strategies, the best
-    of each tensor-parallel degree, and, while none of those fits, further families down the
-    screened list."""
+    """Price the best-screened variant of the first families, the pure strategies and the
+    best of each tensor-parallel degree (unless ``degrees`` is None: no comparisons), and,
+    while none of those fits, further families down the screened list."""
     chosen = _best_per_family(screened)[: budget.max_priced]
-    # Always compare against pure data parallel, pure pipeline parallel and one device alone,
-    # and show each tensor-parallel degree tried.
-    for must in (
-        lambda c: c.strategy == Strategy.DP and len(c.devices) > 1 and c.tp_degree == 1,
-        lambda c: c.strategy == Strategy.PP and c.tp_degree == 1,
-        lambda c: len(c.devices) == 1,
-        *((lambda c, t=t: c.tp_degree == t) for t in degrees if t > 1),
-    ):
+    # Compare against pure data parallel, pure pipeline parallel and one device alone, and
+    # show each tensor-parallel degree tried.
+    musts = (
+        ()
+        if degrees is None
+        else (
+            lambda c: c.strategy == Strategy.DP and len(c.devices) > 1 and c.tp_degree == 1,
+            lambda c: c.strategy == Strategy.PP and c.tp_degree == 1,
+            lambda c: len(c.devices) == 1,
+            *((lambda c, t=t: c.tp_degree == t) for t in degrees if t > 1),
+        )
+    )
+    for must in musts:
         pure = next((c for c in screened if must(c)), None)
         if pure is not None and pure not in chosen:
             chosen.append(pure)

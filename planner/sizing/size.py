@@ -1,0 +1,307 @@
+"""What a training job needs: cluster shapes from a price catalogue, each planned, and the
+Pareto front of time to train against cost.
+
+A shape is one device kind, its devices per node (a node size the catalogue offers) and a
+node count. Each is planned by `planner.search.search` on the one traced graph; its time to
+train is the plan's predicted step time times the steps the tokens take, its cost that
+time times its devices times the kind's hourly price.
+
+Which shapes are planned, per kind: its ladder (`ladder`) of single nodes smaller than its
+largest node size, then 1, 2, 3, ... nodes of the largest (a smaller node size over several
+nodes holds the same devices over slower links, at the same price a device):
+- with a deadline (``hours``): every rung from the first whose bound meets the deadline
+  to the first that meets it planned, which is the smallest node count that does (more
+  nodes can train slower: 29 nodes of 8 split a batch of 512 worse than 28, so no rung is
+  skipped on a guess). The bound (`StepBound`) is a time no plan of that many devices beats:
+  one device's compute of the whole step (the global batch as one micro-batch, nothing
+  recomputed, no collective) spread evenly over them. Then twice and four times the
+  answer's devices, for the front's faster points;
+- with a budget: the rungs of 1, 2, 4, ... nodes and the cap.
+The front keeps the shapes that meet the limit and no other shape beats on both time and
+cost; the shapes left out say why (memory, too slow, over budget, dominated).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from planner.cluster import Cluster, parse_short_form
+from planner.errors import PlannerError
+from planner.search.search import Candidate, search
+from planner.sizing.catalog import Offer, PriceCatalog
+
+HOUR_S = 3600.0
+SEARCH = dict(max_priced=2, exact_budget_s=0.0, compare=False)
+"""How each shape is searched: the two best-screened families (and more while none fits),
+their splits balanced rather than proven, nothing priced only to compare."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    per_node: int
+    nodes: int
+
+    @property
+    def devices(self) -> int:
+        return self.per_node * self.nodes
+
+    @property
+    def short_form(self) -> str:
+        """The cluster as `planner.cluster.parse_short_form` reads it."""
+        return f"{self.kind}:{self.per_node}x{self.nodes}"
+
+
+@dataclass
+class Point:
+    """One planned shape: its best plan (None when none fits), time to train and cost."""
+
+    shape: Shape
+    usd_per_device_hour: float
+    best: Candidate | None
+    hours: float | None
+    cost_usd: float | None
+    why_not: str = ""
+    """Why the shape is off the front: memory, too slow for the deadline, over budget; or,
+    for a point on it, empty."""
+    cluster: Cluster | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.best is not None
+
+
+@dataclass
+class Sizing:
+    points: list[Point]
+    """Every shape planned, in the order planned."""
+    front: list[Point]
+    """The Pareto front of time against cost among the points that meet the limit, fastest first."""
+    steps: int
+    tokens_per_step: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[int, Shape], None]
+
+
+def size(
+    graph: nx.DiGraph,
+    catalog: PriceCatalog,
+    *,
+    tokens: int,
+    global_batch: int,
+    hours: float | None = None,
+    budget_usd: float | None = None,
+    precision: str = "bf16-mixed",
+    kinds: list[str] | None = None,
+    max_nodes: int | None = None,
+    progress: Progress | None = None,
+) -> Sizing:
+    """Plan the catalogue's shapes for training ``graph`` on ``tokens`` tokens, ``global_batch``
+    samples a step, within ``hours`` or ``budget_usd`` (exactly one); see the module."""
+    started = time.perf_counter()
+    if (hours is None) == (budget_usd is None):
+        raise PlannerError("give a deadline (hours) or a budget (dollars), one of the two")
+    limit = hours if hours is not None else budget_usd
+    if not (isinstance(limit, int | float) and math.isfinite(limit) and limit > 0):
+        what = "hours" if hours is not None else "budget"
+        raise PlannerError(f"{what}: {limit!r} is not a positive number")
+    offers = [catalog.offer(k) for k in kinds] if kinds else list(catalog.offers)
+    cap = max_nodes or catalog.max_nodes
+    seq_len = graph.graph.get("config", {}).get("seq_len")
+    if not seq_len:
+        raise PlannerError(
+            f"model {graph.graph.get('source')!r}: its samples are not token sequences (no seq_len), "
+            "so a token count does not say how many steps to train"
+        )
+    tokens_per_step = global_batch * seq_len
+    steps = math.ceil(tokens / tokens_per_step)
+    planner = _ShapePlanner(graph, global_batch, precision, steps, progress)
+    for offer in offers:
+        rungs = ladder(offer, cap)
+        if hours is not None:
+            _within_hours(planner, offer, rungs, hours)
+        else:
+            _within_budget(planner, offer, rungs)
+    points = planner.points
+    for p in points:
+        p.why_not = p.why_not or _over(p, hours, budget_usd)
+    front = pareto_front([p for p in points if p.fits and not p.why_not])
+    for p in points:
+        if p.fits and not p.why_not and p not in front:
+            p.why_not = "dominated: another shape is as fast for less, or faster for as much"
+    return Sizing(points, front, steps, tokens_per_step, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class StepBound:
+    """A step time no plan on ``d`` devices of one kind beats: ``compute_s / d``. The price
+    of a step is its ranks' compute, collectives, bubbles and waits; a rank's compute is at
+    least its share of the whole step's at the largest micro-batch (a smaller one, or a split
+    matrix product, runs no faster per sample under the roofline), and some rank holds at
+    least the mean share. tests/test_sizing.py checks it under every plan it prices."""
+
+    compute_s: float
+    """One device's price of the whole step: every sample in one micro-batch, nothing
+    recomputed, nothing sent (its memory is not asked to fit)."""
+
+    def hours(self, devices: int, steps: int) -> float:
+        return self.compute_s / devices * steps / HOUR_S
+
+
+def step_bound(graph: nx.DiGraph, kind: str, global_batch: int, precision: str) -> StepBound:
+    """`StepBound` for ``kind``: one device's priced step, as its ``compute_s``."""
+    alone = search(
+        graph,
+        parse_short_form(f"{kind}:1"),
+        global_batch=global_batch,
+        micro_batches=1,
+        recompute="none",
+        dp_mode="replicate",
+        tp=1,
+        training={"precision": precision},
+        compare=False,
+    ).candidates[0]
+    return StepBound(alone.prediction.step_time_s if alone.prediction else 0.0)
+
+
+def ladder(offer: Offer, cap: int) -> list[Shape]:
+    """The shapes of ``offer`` worth planning, fewest devices first.
+
+    >>> from planner.sizing.catalog import Offer
+    >>> o = Offer(kind="l4", usd_per_device_hour=1.0, server_devices=8, node_sizes=[1, 2, 4, 8],
+    ...           source="x", date="2026-01")
+    >>> [s.short_form for s in ladder(o, 3)]
+    ['l4:1x1', 'l4:2x1', 'l4:4x1', 'l4:8x1', 'l4:8x2', 'l4:8x3']
+    """
+    largest = max(offer.node_sizes)
+    small = [Shape(offer.kind, s, 1) for s in sorted(offer.node_sizes) if s < largest]
+    return small + [Shape(offer.kind, largest, n) for n in range(1, cap + 1)]
+
+
+def _within_hours(planner: _ShapePlanner, offer: Offer, rungs: list[Shape], hours: float) -> None:
+    bound = planner.bound(offer.kind)
+    first = next((i for i, s in enumerate(rungs) if bound.hours(s.devices, planner.steps) <= hours), None)
+    if first is None:
+        planner.unreachable(offer, rungs[-1], hours, bound)
+        return
+    for i in range(first, len(rungs)):
+        p = planner(offer, rungs[i])
+        if p.fits and p.hours <= hours:
+            for times in (2, 4):
+                faster = next((s for s in rungs if s.devices >= times * rungs[i].devices), None)
+                if faster is not None:
+                    planner(offer, faster)
+            return
+
+
+def _within_budget(planner: _ShapePlanner, offer: Offer, rungs: list[Shape]) -> None:
+    cap = rungs[-1].nodes
+    for s in rungs:
+        if s.nodes == 1 or s.nodes == cap or (s.nodes & (s.nodes - 1)) == 0:
+            planner(offer, s)
+
+
+def _over(p: Point, hours: float | None, budget: float | None) -> str:
+    if not p.fits:
+        return ""
+    if hours is not None and p.hours > hours:
+        return f"too slow: {_h(p.hours)} h against the {hours:,g} h deadline"
+    if budget is not None and p.cost_usd > budget:
+        return f"over budget: ${p.cost_usd:,.0f} against ${budget:,.0f}"
+    return ""
+
+
+def _h(hours: float) -> str:
+    """Hours to three figures at least: 1,409 and 2.04, never a deadline's own rounding."""
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+
+
+def pareto_front(points: list[Point]) -> list[Point]:
+    """The points no other beats on both time and cost (one per tie), fastest first.
+
+    >>> s = Shape("h100-80gb", 8, 1)
+    >>> pts = [Point(s, 1, None, h, c) for h, c in ((10, 100), (5, 150), (6, 200), (20, 90))]
+    >>> [(p.hours, p.cost_usd) for p in pareto_front(pts)]
+    [(5, 150), (10, 100), (20, 90)]
+    """
+    front: list[Point] = []
+    for p in sorted(points, key=lambda p: (p.hours, p.cost_usd)):
+        if not front or p.cost_usd < front[-1].cost_usd:
+            front.append(p)
+    return front
+
+
+class _ShapePlanner:
+    """Plans shapes on one traced graph, each once."""
+
+    def __init__(self, graph, global_batch: int, precision: str, steps: int, progress: Progress | None):
+        self.graph, self.global_batch, self.precision, self.steps = graph, global_batch, precision, steps
+        self.progress = progress
+        self.points: list[Point] = []
+        self._done: dict[Shape, Point] = {}
+        self._bounds: dict[str, StepBound] = {}
+
+    def __call__(self, offer: Offer, shape: Shape) -> Point:
+        if shape in self._done:
+            return self._done[shape]
+        if self.progress is not None:
+            self.progress(len(self.points), shape)
+        cluster = parse_short_form(shape.short_form)
+        price = offer.usd_per_device_hour
+        try:
+            result = search(
+                self.graph,
+                cluster,
+                global_batch=self.global_batch,
+                training={"precision": self.precision},
+                **SEARCH,
+            )
+        except PlannerError as exc:
+            point = Point(shape, price, None, None, None, f"no plan: {exc}", cluster)
+        else:
+            best = result.best
+            if best is None:
+                point = Point(shape, price, None, None, None, _memory_reason(result.candidates), cluster)
+            else:
+                h = best.prediction.step_time_s * self.steps / HOUR_S
+                point = Point(shape, price, best, h, h * shape.devices * price, "", cluster)
+        self._done[shape] = point
+        self.points.append(point)
+        return point
+
+    def bound(self, kind: str) -> StepBound:
+        if kind not in self._bounds:
+            self._bounds[kind] = step_bound(self.graph, kind, self.global_batch, self.precision)
+        return self._bounds[kind]
+
+    def unreachable(self, offer: Offer, largest: Shape, hours: float, bound: StepBound) -> None:
+        """No shape up to the cap could meet the deadline even at peak: plan the largest
+        anyway, so the answer says how far off it is."""
+        p = self(offer, largest)
+        if p.fits:
+            p.why_not = (
+                f"too slow: {_h(p.hours)} h at the cap of {largest.nodes} nodes (at best "
+                f"{_h(bound.hours(p.shape.devices, self.steps))} h with no collective or bubble) against "
+                f"the {hours:,g} h deadline"
+            )
+
+
+def _memory_reason(candidates: list[Candidate]) -> str:
+    """The closest a candidate came to fitting: its fullest device's peak against its capacity."""
+    priced = [c for c in candidates if c.prediction is not None and c.prediction.memory]
+    if not priced:
+        return "no plan: " + (candidates[0].reason if candidates else "no layout to price")
+    closest = min(priced, key=lambda c: max(m.over_bytes for m in c.prediction.memory))
+    worst = max(closest.prediction.memory, key=lambda m: m.over_bytes)
+    return (
+        f"memory: the closest plan ({closest.label}) needs {worst.total / 2**30:,.1f} GiB on a device "
+        f"of {worst.capacity / 2**30:,.1f} GiB"
+    )
