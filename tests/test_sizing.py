@@ -13,6 +13,7 @@ from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cli import main
 from planner.cluster import load_cluster, parse_short_form
+from planner.errors import PlannerError
 from planner.plan import load_plan
 from planner.search.search import search
 from planner.sizing.catalog import DEFAULT_PATH, CatalogError, catalog_from_json, default_catalog
@@ -134,6 +135,11 @@ def test_a_deadline_no_shape_can_meet_is_said_with_the_largest_shape():
     assert found.front == []
     assert [p.shape.nodes for p in found.points] == [4]  # not even at peak: only the cap is planned
     assert found.points[0].why_not.startswith("too slow:") and "cap of 4 nodes" in found.points[0].why_not
+
+
+def test_a_model_without_token_sequences_is_refused_by_name():
+    with pytest.raises(PlannerError, match="model 'mlp': its samples are not token sequences"):
+        size(coarsen(trace("mlp", {})), default_catalog(), tokens=10**9, global_batch=8, hours=10)
 
 
 def test_the_front_keeps_only_what_nothing_beats(tmp_path):

@@ -11,7 +11,7 @@ largest node size, then 1, 2, 3, ... nodes of the largest (a smaller node size o
 nodes holds the same devices over slower links, at the same price a device):
 - with a deadline (``hours``): every rung from the first whose bound meets the deadline
   to the first that meets it planned, which is the smallest node count that does (more
-  nodes can train slower: 29 nodes of 8 split a batch of 512 worse than 28, so no rung is
+  nodes can train slower: 29 nodes of 8 can split a batch of 512 worse than 28, so no rung is
   skipped on a guess). The bound (`StepBound`) is a time no plan of that many devices beats:
   one device's compute of the whole step (the global batch as one micro-batch, nothing
   recomputed, no collective) spread evenly over them. Then twice and four times the
@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 
@@ -85,7 +85,6 @@ class Sizing:
     steps: int
     tokens_per_step: int
     seconds: float
-    notes: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[int, Shape], None]
