@@ -168,6 +168,7 @@ def test_size_writes_the_chosen_plan_and_cluster(tmp_path, capsys):
     plan = load_plan(out)
     assert load_cluster(tmp_path / "plan.cluster.json") == plan.cluster
     assert plan.training.global_batch == BATCH and str(plan.training.precision) == "bf16-mixed"
+    assert plan.training.steps == math.ceil(10**11 / (BATCH * 128))  # the job's steps, 128 tokens a sample
 
 
 def test_a_model_that_fits_no_shape_is_named_with_its_memory(tmp_path, capsys):

@@ -32,6 +32,7 @@ import networkx as nx
 
 from planner.cluster import Cluster, parse_short_form
 from planner.errors import PlannerError
+from planner.limits import MAX_STEPS
 from planner.search.search import Candidate, search
 from planner.sizing.catalog import Offer, PriceCatalog
 
@@ -260,7 +261,7 @@ class _ShapePlanner:
                 self.graph,
                 cluster,
                 global_batch=self.global_batch,
-                training={"precision": self.precision},
+                training={"precision": self.precision, "steps": min(self.steps, MAX_STEPS)},
                 **SEARCH,
             )
         except PlannerError as exc:
