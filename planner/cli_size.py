@@ -176,7 +176,8 @@ def off_the_front(points) -> list[str]:
         if reason == "dominated":
             lines.append(f"{kind}: {names}")
             continue
-        closest = min(ps, key=lambda p: (p.hours is None, p.hours or 0.0))
+        by = (lambda p: p.cost_usd) if reason == "over budget" else (lambda p: p.hours or 0.0)
+        closest = min(ps, key=lambda p: (p.hours is None, by(p)))
         lines.append(
             f"{kind}: {names}; closest, {closest.shape.short_form}: {closest.why_not.split(': ', 1)[-1]}"
         )

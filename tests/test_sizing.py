@@ -12,12 +12,13 @@ import pytest
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cli import main
+from planner.cli_size import off_the_front
 from planner.cluster import load_cluster, parse_short_form
 from planner.errors import PlannerError
 from planner.plan import load_plan
 from planner.search.search import search
 from planner.sizing.catalog import DEFAULT_PATH, CatalogError, catalog_from_json, default_catalog
-from planner.sizing.size import HOUR_S, SEARCH, size, step_bound
+from planner.sizing.size import HOUR_S, SEARCH, Point, Shape, size, step_bound
 
 OFFER = {
     "kind": "h100-80gb",
@@ -200,3 +201,19 @@ def test_bad_size_input_is_one_line_exit_2(args, words, capsys):
         raise SystemExit(code)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_shapes_off_the_front_name_the_closest_by_the_limit_they_miss():
+    small, large = Shape("h100-80gb", 8, 1), Shape("h100-80gb", 8, 2)
+    over = [
+        Point(small, 1.0, None, 10.0, 300.0, "over budget: $300 against $10"),
+        Point(large, 1.0, None, 5.0, 400.0, "over budget: $400 against $10"),
+    ]
+    assert off_the_front(over) == [
+        "h100-80gb: 2 shapes over budget (h100-80gb:8x1 .. 8x2); closest, h100-80gb:8x1: $300 against $10"
+    ]
+    slow = [
+        Point(small, 1.0, None, 10.0, 300.0, "too slow: 10 h against the 2 h deadline"),
+        Point(large, 1.0, None, 5.0, 400.0, "too slow: 5 h against the 2 h deadline"),
+    ]
+    assert off_the_front(slow)[0].endswith("closest, h100-80gb:8x2: 5 h against the 2 h deadline")
