@@ -137,7 +137,7 @@ def search(
         c.estimate = screen(cluster, c)
     candidates.sort(key=lambda c: c.estimate)
     chosen = _price_promising(
-        pricer, graph, cluster, candidates, training, units, budget, tries, degrees if compare else None
+        pricer, graph, cluster, candidates, training, units, budget, tries, degrees, compare
     )
     chosen.sort(key=lambda c: (not c.feasible, c.prediction.step_time_s if c.prediction else math.inf))
     return SearchResult(
@@ -146,25 +146,21 @@ def search(
 
 
 def _price_promising(
-    pricer, graph, cluster, screened, training, units, budget: _Budget, tries, degrees=(1,)
+    pricer, graph, cluster, screened, training, units, budget: _Budget, tries, degrees=(1,), compare=True
 ) -> list[Candidate]:
     """Price the best-screened variant of the first families, the pure strategies and the
-    best of each tensor-parallel degree (unless ``degrees`` is None: no comparisons), and,
-    while none of those fits, further families down the screened list."""
+    best of each tensor-parallel degree (when ``compare``), and, while none of those fits,
+    further families down the screened list."""
     chosen = _best_per_family(screened)[: budget.max_priced]
     # Compare against pure data parallel, pure pipeline parallel and one device alone, and
     # show each tensor-parallel degree tried.
     musts = (
-        ()
-        if degrees is None
-        else (
-            lambda c: c.strategy == Strategy.DP and len(c.devices) > 1 and c.tp_degree == 1,
-            lambda c: c.strategy == Strategy.PP and c.tp_degree == 1,
-            lambda c: len(c.devices) == 1,
-            *((lambda c, t=t: c.tp_degree == t) for t in degrees if t > 1),
-        )
+        lambda c: c.strategy == Strategy.DP and len(c.devices) > 1 and c.tp_degree == 1,
+        lambda c: c.strategy == Strategy.PP and c.tp_degree == 1,
+        lambda c: len(c.devices) == 1,
+        *((lambda c, t=t: c.tp_degree == t) for t in degrees if t > 1),
     )
-    for must in musts:
+    for must in musts if compare else ():
         pure = next((c for c in screened if must(c)), None)
         if pure is not None and pure not in chosen:
             chosen.append(pure)
