@@ -153,6 +153,11 @@ def test_plan_download_launch_watch_stop_and_find_again(dashboard, page, tmp_pat
     page.reload()
     row = page.locator(f".st-key-run-{run_id}")
     row.wait_for(timeout=60_000)
-    assert "stopped" in row.inner_text()
+    # The row's container is drawn before its lines (Streamlit sends elements one by one):
+    # wait for the state line rather than read the row the moment it appears.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "stopped" not in row.inner_text():
+        page.wait_for_timeout(250)
+    assert "stopped" in row.inner_text(), row.inner_text()
     shoot(page, "runs-stopped.png")
     assert elsewhere == [], f"requests left the machine: {elsewhere[:5]}"
