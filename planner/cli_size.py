@@ -12,8 +12,6 @@ budget) and its cluster next to it.
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,46 +20,36 @@ from planner.cli_args import allow_py_option, positive
 from planner.limits import MAX_GLOBAL_BATCH, MAX_NODES
 from planner.plan import check_writable
 from planner.precision import Precision
-
-MAX_TOKENS = 10**16  # a hundred times the largest published pre-training runs
-MAX_HOURS = 10 * 8766.0  # ten years
-MAX_USD = 1e12
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-_COUNT = re.compile(r"^(?P<n>[0-9]+(\.[0-9]+)?(E[0-9]+)?)(?P<suffix>[KMBGT]?)$")  # ASCII digits only
+from planner.sizing.report import (
+    MAX_HOURS,
+    MAX_USD,
+    SizingInputError,
+    chosen_point,
+    dollars,
+    duration,
+    no_fit_message,
+    off_the_front,
+    parse_limit,
+    parse_tokens,
+)
 
 
 def token_count(text: str) -> int:
-    """An argparse type: a token count, as 1000000, 1e12, 1T, 300B or 2.5M.
-
-    >>> token_count("1T"), token_count("2.5M"), token_count("1e9")
-    (1000000000000, 2500000, 1000000000)
-    >>> token_count("-3")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: '-3' is not a token count like 1000000, 1e12, 300B or 1T
-    """
-    m = _COUNT.match(text.strip().upper()) if len(text) < 64 else None
-    value = float(m["n"]) * _SUFFIX[m["suffix"]] if m else 0.0
-    if not (m and math.isfinite(value) and value >= 1):
-        raise argparse.ArgumentTypeError(f"{text[:64]!r} is not a token count like 1000000, 1e12, 300B or 1T")
-    if value > MAX_TOKENS:
-        raise argparse.ArgumentTypeError(f"{value:,.0f} tokens is over the limit of {MAX_TOKENS:,}")
-    return round(value)
+    """An argparse type: a token count, as 1000000, 1e12, 1T, 300B or 2.5M (`parse_tokens`)."""
+    try:
+        return parse_tokens(text)
+    except SizingInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_number(limit: float, unit: str) -> Callable[[str], float]:
-    """An argparse type: a finite number above 0 and at most ``limit``."""
+    """An argparse type: a finite number above 0 and at most ``limit`` (`parse_limit`)."""
 
     def parse(text: str) -> float:
         try:
-            if not text.isascii():  # float() reads other scripts' digits too
-                raise ValueError(text)
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text[:64]!r} is not a number of {unit}") from None
-        if not (math.isfinite(value) and 0 < value <= limit):
-            raise argparse.ArgumentTypeError(f"{text[:64]} is not above 0 and at most {limit:,g} {unit}")
-        return value
+            return parse_limit(text, limit, unit)
+        except SizingInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 
@@ -147,57 +135,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {no_fit_message(sizing, args.hours, args.budget)}", file=sys.stderr)
         return 1
     if args.output:
-        chosen = min(sizing.front, key=lambda p: p.cost_usd) if args.hours else sizing.front[0]
+        chosen = chosen_point(sizing, args.hours)
         save_plan(chosen.best.plan, args.output)
         save_cluster(chosen.cluster, cluster_path(args.output))
         print(
             f"\nwrote {args.output} and {cluster_path(args.output)}: {chosen.shape.short_form}, "
-            f"{chosen.best.label}, {chosen.hours:,.0f} h, ${chosen.cost_usd:,.0f}"
+            f"{chosen.best.label}, {duration(chosen.hours)}, {dollars(chosen.cost_usd)}"
         )
     return 0
-
-
-def off_the_front(points) -> list[str]:
-    """The shapes off the front, one line per kind and reason (memory, too slow, over budget,
-    dominated, no plan): its shapes, and the closest one's own words."""
-    groups: dict[tuple[str, str], list] = {}
-    for p in points:
-        if p.why_not:
-            groups.setdefault((p.shape.kind, p.why_not.split(":")[0]), []).append(p)
-    lines = []
-    for (kind, reason), ps in groups.items():
-        ps.sort(key=lambda p: p.shape.devices)
-        if len(ps) == 1:
-            lines.append(f"{ps[0].shape.short_form:<18} {ps[0].why_not}")
-            continue
-        names = (
-            f"{len(ps)} shapes {reason} ({ps[0].shape.short_form} .. {ps[-1].shape.short_form.split(':')[1]})"
-        )
-        if reason == "dominated":
-            lines.append(f"{kind}: {names}")
-            continue
-        by = (lambda p: p.cost_usd) if reason == "over budget" else (lambda p: p.hours or 0.0)
-        closest = min(ps, key=lambda p: (p.hours is None, by(p)))
-        lines.append(
-            f"{kind}: {names}; closest, {closest.shape.short_form}: {closest.why_not.split(': ', 1)[-1]}"
-        )
-    return lines
 
 
 def cluster_path(plan_path: str) -> str:
     """Where ``-o`` writes the chosen cluster: beside the plan (``plan.json`` -> ``plan.cluster.json``)."""
     p = Path(plan_path)
     return str(p.with_name(f"{p.stem}.cluster.json"))
-
-
-def no_fit_message(sizing, hours: float | None, budget: float | None) -> str:
-    """No point meets the limit: the largest shape planned, and why it failed (its peak memory
-    against the device's, or its time or cost against the limit)."""
-    largest = max(sizing.points, key=lambda p: (p.shape.devices, p.fits), default=None)
-    what = f"the {hours:,g} h deadline" if hours else f"the ${budget:,.0f} budget"
-    if largest is None:
-        return f"no shape of the catalogue meets {what}"
-    return f"no shape meets {what}; the largest planned, {largest.shape.short_form}: {largest.why_not}"
 
 
 def _print_front(sizing) -> None:
@@ -209,11 +160,7 @@ def _print_front(sizing) -> None:
     for p in sizing.front:
         row = p.best.row()
         print(
-            f"  {p.shape.short_form:<18} {p.shape.devices:>7,} {_duration(p.hours):>10} "
-            f"{'$' + format(round(p.cost_usd), ','):>14} {p.usd_per_device_hour:>8.2f}  "
+            f"  {p.shape.short_form:<18} {p.shape.devices:>7,} {duration(p.hours):>10} "
+            f"{dollars(p.cost_usd):>14} {p.usd_per_device_hour:>8.2f}  "
             f"{p.best.label[:44]:<44} {row['mfu']:>6.1%} {row['peak_mem'] / 2**30:>9.1f} GiB"
         )
-
-
-def _duration(hours: float) -> str:
-    return f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} d"

@@ -12,7 +12,7 @@ import pytest
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cli import main
-from planner.cli_size import off_the_front
+from planner.sizing.report import off_the_front
 from planner.cluster import load_cluster, parse_short_form
 from planner.errors import PlannerError
 from planner.plan import load_plan
