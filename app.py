@@ -9,6 +9,7 @@ page = st.navigation(
     [
         st.Page("views/model.py", title="Model", default=True),
         st.Page("views/devices.py", title="Devices"),
+        st.Page("views/size.py", title="Size"),
         st.Page("views/plan.py", title="Plan"),
         st.Page("views/export.py", title="Export / import"),
         st.Page("views/runs.py", title="Runs"),

@@ -86,7 +86,8 @@ def cluster_brief(cluster_json: str) -> str:
     devices = doc.get("devices", [])
     nodes = len({d.get("node", 0) for d in devices})
     where = f" on {fmt.count(nodes)} nodes" if nodes > 1 else ""
-    return f"{doc.get('name') or 'custom cluster'}, {fmt.count(len(devices))} devices{where}"
+    n = len(devices)
+    return f"{doc.get('name') or 'custom cluster'}, {fmt.count(n)} device{'' if n == 1 else 's'}{where}"
 
 
 def context_key() -> str:
@@ -385,10 +386,18 @@ def overrides_text(overrides: dict) -> str:
 
 def import_plan(text: str, plan, file_name: str) -> None:
     """Make an uploaded plan current: its model and devices too, and the choice on the Plan page."""
+    adopt_plan(text, plan, file_name)
+
+
+def adopt_plan(text: str, plan, origin: str, name: str | None = None) -> None:
+    """Make a plan from elsewhere (``origin``: an uploaded file, a point of the Size page) the
+    current one, with its model and devices, and the Plan page's choice; ``name`` is how the
+    pages call it (default: 'imported plan (origin)')."""
     st.session_state["model"] = (plan.model.source, overrides_text(plan.model.overrides))
     st.session_state["cluster_json"] = plan.cluster.to_json()
     st.session_state["devices_spec_text"] = None
-    st.session_state["imported_plan"] = {"json": text, "file": file_name, "context": context_key()}
+    record = {"json": text, "file": origin, "context": context_key()}
+    st.session_state["imported_plan"] = record if name is None else {**record, "name": name}
     inputs = plan_inputs()
     st.session_state["plan_inputs"] = {
         **inputs,
@@ -409,4 +418,4 @@ def imported_plan_json() -> str | None:
 
 def imported_plan_name() -> str:
     imported = st.session_state.get("imported_plan") or {}
-    return f"{IMPORTED} ({imported.get('file', 'upload')})"
+    return imported.get("name") or f"{IMPORTED} ({imported.get('file', 'upload')})"

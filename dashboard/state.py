@@ -165,8 +165,10 @@ def _plan_record(value: Any) -> dict[str, Any]:
 
     plan_from_json(_str(value["json"]), origin="the saved plan")
     out = {k: _str(value[k]) for k in ("json", "context")}
-    if "file" in value:  # an imported plan
+    if "file" in value:  # an imported plan (from a file, or a point of the Size page)
         out["file"] = check_text(_str(value["file"]), "file name")
+        if "name" in value:
+            out["name"] = check_text(_str(value["name"]), "plan name")
     else:
         out["name"] = check_text(_str(value["name"]), "plan name")
         out["edited"] = bool(value["edited"])

@@ -12,12 +12,12 @@ import pytest
 from planner.capture.coarsen import coarsen
 from planner.capture.trace import trace
 from planner.cli import main
-from planner.sizing.report import off_the_front
 from planner.cluster import load_cluster, parse_short_form
 from planner.errors import PlannerError
 from planner.plan import load_plan
 from planner.search.search import search
 from planner.sizing.catalog import DEFAULT_PATH, CatalogError, catalog_from_json, default_catalog
+from planner.sizing.report import off_the_front
 from planner.sizing.size import HOUR_S, SEARCH, Point, Shape, size, step_bound
 
 OFFER = {
