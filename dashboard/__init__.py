@@ -5,7 +5,8 @@
 - `sidebar`: the current model, devices and plan, as the page has just set them;
 - `naming`: how a plan is named; `format`: how every number is written;
   `messages`: one line for what went wrong, never a traceback;
-- `cluster_view`: the Devices page's tables; `plan_edit`: valid hand edits of a plan;
+- `cluster_view`: the Devices page's tables; `sizing_view`: what the Size page keeps of a
+  sizing; `plan_edit`: valid hand edits of a plan;
   `uploads`: an uploaded file read as data, within `planner.limits`;
 - `run_actions`, `run_summary`, `run_compare`, `run_logs`: launch, stop and resume runs, and
   what the Runs and Monitor pages say of them;
