@@ -184,11 +184,12 @@ def _price_promising(
     return chosen
 
 
-def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries: int = 3) -> Candidate:
+def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries: int = 24) -> Candidate:
     """``c``, or, when its memory does not fit with any lever, the best-screened variant of its
-    family whose micro-batches are at most half as large, priced (halving up to ``tries``
-    times, while none fits): the screen ranks a family's variants by time alone, and fewer
-    samples per micro-batch hold fewer activations and logits."""
+    family whose micro-batches are at most half as large, priced (halving while none fits, down
+    to one sample a micro-batch: ``tries`` halvings cover any global batch within the limits):
+    the screen ranks a family's variants by time alone, and fewer samples per micro-batch hold
+    fewer activations, logits and temporaries."""
     for _ in range(tries):
         if c.feasible or c.prediction is None or not _batch_bound(c):
             return c
@@ -206,10 +207,11 @@ def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries
 
 def _batch_bound(c: Candidate) -> bool:
     """Whether ``c``'s fullest device would fit without what grows with the micro-batch (its
-    activations, the loss's outputs, a recomputed block's, the receive buffers): else no
-    smaller micro-batch can make it fit."""
+    activations, the loss's outputs, a recomputed block's, the receive buffers, and the
+    temporaries, which hold the largest op's activations): else no smaller micro-batch can
+    make it fit."""
     worst = max(c.prediction.memory, key=lambda m: m.over_bytes)
-    grows = worst.activations + worst.loss_outputs + worst.recomputed + worst.buffers
+    grows = worst.activations + worst.loss_outputs + worst.recomputed + worst.buffers + worst.temporaries
     return worst.total - grows <= worst.capacity
 
 
