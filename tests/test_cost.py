@@ -5,7 +5,7 @@ import pytest
 
 from planner.capture.graph import graph_digest
 from planner.cluster import Cluster
-from planner.cost.price import price
+from planner.cost.price import Pricer, price
 from planner.cost.timing import CostOptions, ring_all_reduce_time
 from planner.devices import device_kind
 from planner.errors import PlanError
@@ -433,38 +433,65 @@ def test_a_plan_for_another_graph_is_refused():
         price(chain([1, 2]), gpus(2), plan)
 
 
-def test_identical_replicas_are_simulated_once_with_the_same_result():
-    from planner.cost.plan_pricing import PlanPricing
-
-    graph = chain([1, 2, 1, 1], edge_bytes=5000, params=[1000] * 4)
-    cluster = Cluster(
-        devices=[{"id": i, "kind": "h100-80gb", "node": i // 4, "memory_bytes": 2**34} for i in range(8)],
+def _nodes_of(per_node: int, nodes: int) -> Cluster:
+    n = per_node * nodes
+    return Cluster(
+        devices=[
+            {"id": i, "kind": "h100-80gb", "node": i // per_node, "memory_bytes": 2**34} for i in range(n)
+        ],
         links=[
-            {"a": a, "b": b, "kind": "nvlink4" if a // 4 == b // 4 else "infiniband-ndr"}
-            for a in range(8)
-            for b in range(a + 1, 8)
+            {"a": a, "b": b, "kind": "nvlink4" if a // per_node == b // per_node else "infiniband-ndr"}
+            for a in range(n)
+            for b in range(a + 1, n)
         ],
     )
+
+
+@pytest.mark.parametrize(
+    "per_node, nodes, dp, pp, dp_mode, classes",
+    [
+        (4, 2, 2, 4, "replicate", 1),  # a pipeline per node: one simulated for both
+        (4, 3, 4, 3, "replicate", 3),  # pipelines of 3 on nodes of 4 cross them in three ways
+        (4, 3, 4, 3, "shard_grad_op", 3),
+        (4, 3, 4, 3, "full_shard", 3),
+        (4, 2, 4, 2, "hybrid_shard", 1),  # (needs as many ranks of a stage on every node)
+        (4, 3, 2, 6, "replicate", 2),  # pipelines of 6 cross a node boundary at their 4th or 2nd hop
+    ],
+)
+def test_replicas_that_run_alike_are_simulated_once_with_the_same_result(
+    per_node, nodes, dp, pp, dp_mode, classes
+):
+    from planner.cost.plan_pricing import PlanPricing
+
+    graph = chain([1, 2, 1, 1, 2, 1], edge_bytes=5000, params=[1000] * 6)
+    cluster = _nodes_of(per_node, nodes)
     plan = make_plan(
         graph,
         cluster,
         strategy="hybrid",
-        dp_degree=2,
-        pp_degree=4,
+        dp_degree=dp,
+        pp_degree=pp,
         schedule="1f1b",
-        micro_batches=4,
-        global_batch=16,
+        micro_batches=max(4, pp),
+        global_batch=2 * max(4, pp) * dp,
+        dp_mode=dp_mode,
     )
     fast = price(graph, cluster, plan, options=EXACT)
+    assert len(PlanPricing(Pricer(graph, cluster, options=EXACT), plan).simulated) == classes
     every = PlanPricing.replicas_to_simulate
     try:
-        PlanPricing.replicas_to_simulate = lambda self: list(range(self.plan.dp_degree))
+        PlanPricing.replicas_to_simulate = lambda self: (
+            list(range(self.plan.dp_degree)),
+            {dp: dp for dp in range(self.plan.dp_degree)},
+        )
         slow = price(graph, cluster, plan, options=EXACT)
     finally:
         PlanPricing.replicas_to_simulate = every
     assert fast.step_time_s == slow.step_time_s
+    assert fast.bubble_fraction == pytest.approx(slow.bubble_fraction, rel=1e-12)
     assert fast.link_bytes == slow.link_bytes
     assert fast.memory == slow.memory  # a mirrored rank holds what its simulated twin holds
+    assert fast.host_s == slow.host_s and fast.comm_s == slow.comm_s
     key = lambda p: sorted((i.rank, round(i.start, 12), round(i.end, 12), i.kind) for i in p.timeline)
     assert key(fast) == key(slow)
 

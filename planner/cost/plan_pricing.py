@@ -107,9 +107,9 @@ class PlanPricing:
             scale=self.scale,
             trace_batch=self.trace_batch,
         )
-        self.simulated = self.replicas_to_simulate()
         self.shard_groups = ShardGroups(self)
         self.tensor_groups = TensorGroups(self)
+        self.simulated, self.stands_for = self.replicas_to_simulate()
         self.tp_comm: dict[tuple[int, int], tuple[float, float]] = {}
         """(rank, stage) -> (forward, backward) seconds of one micro-batch's tensor-parallel
         collectives, inside the stage's times (`planner.cost.tensor_parallel`)."""
@@ -141,33 +141,49 @@ class PlanPricing:
         return self.batch_share[dp_index] / self.micro_batches
 
     # -- replicas simulated once ----------------------------------------------------------
-    def replicas_to_simulate(self) -> list[int]:
-        """Replicas whose timelines must be simulated; identical replicas run identically.
+    def replicas_to_simulate(self) -> tuple[list[int], dict[int, int]]:
+        """Replicas whose timelines must be simulated, and which simulated replica each
+        replica's timeline copies (itself, if simulated): identical replicas run identically.
 
         Replicas are identical when they take equal shares on the same device kinds, with
-        the same links between consecutive stages, and no CPU cores are shared between
-        ranks (then replicas would slow each other down). One is simulated; the others'
-        timelines are copies (a 512-GPU plan simulates one pipeline, not 64).
+        the same links between consecutive stages and inside their tensor groups (and, under
+        hybrid_shard, shard and replicate groups of the same sizes), and no CPU cores are
+        shared between ranks (then replicas would slow each other down). One replica of each
+        kind is simulated; the others' timelines are copies (a 512-GPU plan simulates one
+        pipeline, not 64; pipelines of 6 on nodes of 8 cross a node boundary in three ways,
+        so three are simulated).
         """
         plan = self.plan
+        every = list(range(plan.dp_degree))
         if plan.dp_degree == 1 or any(self.cluster.device(r.device).kind == "cpu" for r in plan.ranks):
-            return list(range(plan.dp_degree))
-        first = self._replica_signature(0)
-        if all(self._replica_signature(dp) == first for dp in range(1, plan.dp_degree)):
-            return [0]
-        return list(range(plan.dp_degree))
+            return every, {dp: dp for dp in every}
+        first_of: dict[tuple, int] = {}
+        stands_for = {dp: first_of.setdefault(self._replica_signature(dp), dp) for dp in every}
+        return sorted(first_of.values()), stands_for
 
     def _replica_signature(self, dp: int) -> tuple:
         """What makes a replica run as it does: its share, device kinds and links."""
-        devices = [self.plan.rank_of(dp, q).device for q in range(self.pp_degree)]
+        plan = self.plan
+        ranks = [plan.rank_of(dp, q) for q in range(self.pp_degree)]
+        devices = [r.device for r in ranks]
         kinds = tuple(self.cluster.device(d).kind for d in devices)
         pairs = zip(devices, devices[1:] + devices[:1], strict=True) if self.pp_degree > 1 else []
         hops = tuple(self.pricer.link(a, b, "p2p").cost for a, b in pairs)
-        return self.batch_share[dp], kinds, hops
+        tensor = ()
+        if plan.tp_degree > 1:  # each tensor group's ring
+            tp = range(plan.tp_degree)
+            rings = [[plan.rank_of(dp, q, t).device for t in tp] for q in range(self.pp_degree)]
+            tensor = tuple(
+                tuple(self.pricer.link(a, b, "p2p").cost for a, b in zip(g, g[1:] + g[:1], strict=True))
+                for g in rings
+            )
+        shard, replicate = self.shard_groups.shard, self.shard_groups.replicate
+        sizes = tuple((len(shard.get(r.rank, ())), len(replicate.get(r.rank, ()))) for r in ranks)
+        return self.batch_share[dp], kinds, hops, tensor, sizes
 
-    def mirrors(self) -> list[int]:
-        """Replicas not simulated because replica 0 stands for them."""
-        return [] if len(self.simulated) > 1 else list(range(1, self.plan.dp_degree))
+    def mirrors(self, dp: int) -> list[int]:
+        """The replicas that simulated replica ``dp`` stands for, itself left out."""
+        return [other for other, rep in self.stands_for.items() if rep == dp and other != dp]
 
     def is_simulated(self, rank: int) -> bool:
         """Whether ``rank`` has tasks of its own: tensor index 0 of a simulated replica (the
@@ -178,8 +194,7 @@ class PlanPricing:
     def mirror_rank(self, rank: int) -> int:
         """The simulated rank whose timeline ``rank``'s copies (itself if simulated)."""
         r = self.plan.ranks[rank]
-        dp = r.dp_index if r.dp_index in self.simulated else self.simulated[0]
-        return self.plan.rank_of(dp, r.pp_index).rank
+        return self.plan.rank_of(self.stands_for[r.dp_index], r.pp_index).rank
 
     def twins(self, ranks: list[int]) -> list[list[int]]:
         """The devices of each copy of simulated ``ranks`` (one replica's) that is not
@@ -187,7 +202,7 @@ class PlanPricing:
         index of them; what they send is counted on their own links."""
         plan = self.plan
         dp = plan.ranks[ranks[0]].dp_index
-        copies = [dp, *self.mirrors()] if dp == self.simulated[0] else [dp]
+        copies = [dp, *self.mirrors(dp)]
         return [
             [plan.rank_of(c, plan.ranks[r].pp_index, t).device for r in ranks]
             for c in copies

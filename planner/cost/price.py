@@ -14,7 +14,7 @@ uneven stages and ignores per-hop transfers (docs/facts.md; `planner.schedules.c
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -174,8 +174,12 @@ class Pricer:
         times, step_s = simulate(tasks, programs, node_of, self.cores, self.contention, plan.tp_degree)
         pricing.tensor_groups.count_bytes()
         # Busy compute time of every rank: the simulated ones count for their copies too.
-        copies = plan.dp_degree * plan.tp_degree / len(pricing.simulated)
-        busy = copies * sum(times[t.id][1] - times[t.id][0] for t in tasks if t.kind in COMPUTE_KINDS)
+        copies = Counter(pricing.stands_for.values())  # simulated replica -> replicas it stands for
+        busy = plan.tp_degree * sum(
+            copies[plan.ranks[t.rank].dp_index] * (times[t.id][1] - times[t.id][0])
+            for t in tasks
+            if t.kind in COMPUTE_KINDS
+        )
         intervals = []
         if with_timeline:
             intervals = _with_mirrors(
