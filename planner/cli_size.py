@@ -79,6 +79,11 @@ def add_parser(sub) -> None:
     z.add_argument(
         "--max-nodes", type=positive(MAX_NODES), help="the most nodes (default: the catalogue's cap)"
     )
+    z.add_argument(
+        "--every-node-count",
+        action="store_true",
+        help="plan every node count (default: every count to 8, then four a doubling: 10, 12, 14, 16, 20...)",
+    )
     z.add_argument("-o", "--output", help="write the chosen point's plan here, and its cluster beside it")
     allow_py_option(z)
     z.set_defaults(func=run)
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         kinds=args.kinds,
         max_nodes=args.max_nodes,
+        every_node_count=args.every_node_count,
         progress=progress if sys.stderr.isatty() else None,
     )
     if sys.stderr.isatty():

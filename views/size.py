@@ -102,7 +102,7 @@ try:
 except PlannerError as exc:
     error(str(exc))
     st.stop()
-kinds_col, nodes_col = st.columns([3, 1])
+kinds_col, nodes_col, every_col = st.columns([4, 1, 1])
 # Another catalogue gets widgets of its own (its kinds are other options).
 catalog_key = hashlib.sha256(catalog.model_dump_json().encode()).hexdigest()[:12]
 kinds = kinds_col.multiselect(
@@ -117,6 +117,12 @@ max_nodes = int(
         step=1,
         key=f"size_max_nodes_{catalog_key}",
     )
+)
+every = every_col.checkbox(
+    "Every node count",
+    key="size_every",
+    help="Plan every node count, not every count to 8 then four a doubling (10, 12, 14, 16, 20, ...): "
+    "slower, and a count between two of those only finishes sooner, not cheaper.",
 )
 with st.expander(f"Prices of the catalogue {catalog.name!r}"):
     st.dataframe(
@@ -146,7 +152,7 @@ except PlannerError as exc:
     st.stop()
 hours = limit_value if limit_kind == "hours" else None
 budget = limit_value if limit_kind == "budget" else None
-job = [source, overrides, tokens, hours, budget, batch, precision, kinds, max_nodes, catalog_key]
+job = [source, overrides, tokens, hours, budget, batch, precision, kinds, max_nodes, every, catalog_key]
 job_key = hashlib.sha256(json.dumps(job).encode()).hexdigest()
 
 if st.button("Size", type="primary", key="size_run"):
@@ -174,6 +180,7 @@ if st.button("Size", type="primary", key="size_run"):
             precision=precision,
             kinds=kinds,
             max_nodes=max_nodes,
+            every_node_count=every,
             progress=progress,
         )
     bar.empty()

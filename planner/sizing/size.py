@@ -7,14 +7,20 @@ train is the plan's predicted step time times the steps the tokens take, its cos
 time times its devices times the kind's hourly price.
 
 Which shapes are planned, per kind: its ladder (`ladder`) of single nodes smaller than its
-largest node size, then 1, 2, 3, ... nodes of the largest (a smaller node size over several
-nodes holds the same devices over slower links, at the same price a device):
+largest node size, then node counts of the largest (a smaller node size over several nodes
+holds the same devices over slower links, at the same price a device). The counts
+(`node_counts`) are every count up to 8, then four a doubling (10, 12, 14, 16, 20, 24, 28, 32,
+40, ...: at most 25% apart), and the cap; or every count (``every_node_count``). Under linear
+scaling a job costs the same on any node count, so a count between two rungs that meets a
+deadline would save only what scaling loses over at most 25% more nodes; and counts with
+large odd factors split a batch and a pipeline worse (29 nodes of 8 train the 7B Llama
+slower than 28).
 - with a deadline (``hours``): every rung from the first whose bound meets the deadline
-  to the first that meets it planned, which is the smallest node count that does (more
-  nodes can train slower: 29 nodes of 8 can split a batch of 512 worse than 28, so no rung is
-  skipped on a guess). The bound (`StepBound`) is a time no plan of that many devices beats:
-  one device's compute of the whole step (the global batch as one micro-batch, nothing
-  recomputed, no collective) spread evenly over them. Then twice and four times the
+  to the first that meets it planned, which is the smallest node count of the ladder that
+  does (more nodes can train slower, so no rung is skipped on a guess). The bound
+  (`StepBound`) is a time no plan of that many devices beats: one device's compute of the
+  whole step (the global batch as one micro-batch, nothing recomputed, no collective) spread
+  evenly over them. Then twice and four times the
   answer's devices, for the front's faster points;
 - with a budget: the rungs of 1, 2, 4, ... nodes and the cap.
 The front keeps the shapes that meet the limit and no other shape beats on both time and
@@ -102,6 +108,7 @@ def size(
     precision: str = "bf16-mixed",
     kinds: list[str] | None = None,
     max_nodes: int | None = None,
+    every_node_count: bool = False,
     progress: Progress | None = None,
 ) -> Sizing:
     """Plan the catalogue's shapes for training ``graph`` on ``tokens`` tokens, ``global_batch``
@@ -125,7 +132,7 @@ def size(
     steps = math.ceil(tokens / tokens_per_step)
     planner = _ShapePlanner(graph, global_batch, precision, steps, progress)
     for offer in offers:
-        rungs = ladder(offer, cap)
+        rungs = ladder(offer, cap, every_node_count)
         if hours is not None:
             _within_hours(planner, offer, rungs, hours)
         else:
@@ -172,7 +179,22 @@ def step_bound(graph: nx.DiGraph, kind: str, global_batch: int, precision: str) 
     return StepBound(alone.prediction.step_time_s if alone.prediction else 0.0)
 
 
-def ladder(offer: Offer, cap: int) -> list[Shape]:
+def node_counts(cap: int, every: bool = False) -> list[int]:
+    """The node counts planned up to ``cap`` (see the module): every count to 8, then four a
+    doubling, and the cap itself; with ``every``, 1 to ``cap``.
+
+    >>> node_counts(64)
+    [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+    >>> node_counts(50)[-3:], node_counts(12, every=True)[-4:]
+    ([40, 48, 50], [9, 10, 11, 12])
+    """
+    if every:
+        return list(range(1, cap + 1))
+    counts = [n for n in range(1, cap + 1) if n <= 8 or n % 2 ** (n.bit_length() - 3) == 0]
+    return counts if counts[-1] == cap else [*counts, cap]
+
+
+def ladder(offer: Offer, cap: int, every: bool = False) -> list[Shape]:
     """The shapes of ``offer`` worth planning, fewest devices first.
 
     >>> from planner.sizing.catalog import Offer
@@ -183,7 +205,7 @@ def ladder(offer: Offer, cap: int) -> list[Shape]:
     """
     largest = max(offer.node_sizes)
     small = [Shape(offer.kind, s, 1) for s in sorted(offer.node_sizes) if s < largest]
-    return small + [Shape(offer.kind, largest, n) for n in range(1, cap + 1)]
+    return small + [Shape(offer.kind, largest, n) for n in node_counts(cap, every)]
 
 
 def _within_hours(planner: _ShapePlanner, offer: Offer, rungs: list[Shape], hours: float) -> None:
