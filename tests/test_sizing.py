@@ -18,7 +18,7 @@ from planner.plan import load_plan
 from planner.search.search import search
 from planner.sizing.catalog import DEFAULT_PATH, CatalogError, catalog_from_json, default_catalog
 from planner.sizing.report import off_the_front
-from planner.sizing.size import HOUR_S, SEARCH, Point, Shape, size, step_bound
+from planner.sizing.size import HOUR_S, SEARCH, Point, Shape, node_counts, size, step_bound
 
 OFFER = {
     "kind": "h100-80gb",
@@ -99,9 +99,12 @@ def brute_force_hours(nodes: int, tokens: int) -> float | None:
     return None if best is None else best.prediction.step_time_s * steps / HOUR_S
 
 
-def test_the_smallest_node_count_that_meets_a_deadline_is_found():
-    tokens = 10**11
-    hours = {n: brute_force_hours(n, tokens) for n in range(1, 9)}
+@pytest.mark.parametrize("every", [False, True])
+def test_the_smallest_node_count_that_meets_a_deadline_is_found(every):
+    tokens, cap = 10**11, 16
+    counts = node_counts(cap, every)
+    assert counts == (list(range(1, 17)) if every else [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16])
+    hours = {n: brute_force_hours(n, tokens) for n in counts}
     # No plan beats the bound the scan starts from: else it would skip a node count.
     steps = math.ceil(tokens / (BATCH * graph().graph["config"]["seq_len"]))
     bound = step_bound(graph(), "h100-80gb", BATCH, "bf16-mixed")
@@ -113,11 +116,13 @@ def test_the_smallest_node_count_that_meets_a_deadline_is_found():
         expected = min(n for n, h in hours.items() if h is not None and h <= deadline)
         found = size(
             graph(),
-            catalog_from_json(json.dumps(catalogue())),
+            catalog_from_json(json.dumps(catalogue(max_nodes=cap))),
             tokens=tokens,
             global_batch=BATCH,
             hours=deadline,
+            every_node_count=every,
         )
+        assert {p.shape.nodes for p in found.points} <= set(counts)
         cheapest = min(found.front, key=lambda p: p.cost_usd)
         meeting = [p.shape.nodes for p in found.points if p.fits and p.hours <= deadline]
         assert min(meeting) == expected, (deadline, hours)
@@ -170,6 +175,23 @@ def test_size_writes_the_chosen_plan_and_cluster(tmp_path, capsys):
     assert load_cluster(tmp_path / "plan.cluster.json") == plan.cluster
     assert plan.training.global_batch == BATCH and str(plan.training.precision) == "bf16-mixed"
     assert plan.training.steps == math.ceil(10**11 / (BATCH * 128))  # the job's steps, 128 tokens a sample
+
+
+def test_every_node_count_is_passed_from_the_command_line(monkeypatch, capsys):
+    import planner.sizing.size as sizing
+
+    seen = {}
+
+    def recorded(*args, **kwargs):
+        seen.update(kwargs)
+        return sizing.Sizing([], [], 1, 1, 0.0)
+
+    monkeypatch.setattr(sizing, "size", recorded)
+    argv = ["size", "--model", "gpt", "--set", "size=1m", "--tokens", "1e9", "--hours", "5"]
+    main(argv)
+    assert seen["every_node_count"] is False
+    main([*argv, "--every-node-count"])
+    assert seen["every_node_count"] is True
 
 
 def test_a_model_that_fits_no_shape_is_named_with_its_memory(tmp_path, capsys):
