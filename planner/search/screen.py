@@ -36,11 +36,20 @@ class Screen:
         self.grad_bytes = sum(graph.nodes[b]["param_bytes"] for b in blocks) * weight_scale
         self._totals: dict[tuple[str, float, int, bool], tuple[float, float]] = {}
         self._links: dict[tuple[int, ...], float] = {}
+        self._kind_cluster: Cluster | None = None
+        self._kind: str | None = None
         tp_bytes = [graph.nodes[b].get("tp") for b in blocks]
         self.tp_bytes = (
             sum(2 * (sum(t["gathered"]) + sum(t["reduced"])) for t in tp_bytes if t) / self.trace_batch
         )
         """Bytes per sample of a tensor group's collectives over the whole model, in the traced dtype."""
+
+    def _only_kind(self, cluster: Cluster) -> str | None:
+        """The cluster's one device kind, or None when it has several (asked once a cluster)."""
+        if self._kind_cluster is not cluster:
+            kinds = {d.kind for d in cluster.devices}
+            self._kind_cluster, self._kind = cluster, kinds.pop() if len(kinds) == 1 else None
+        return self._kind
 
     def slowest_link(self, cluster: Cluster, devices: tuple[int, ...]) -> float:
         """Least bandwidth between neighbours in this device order (many candidates share one)."""
@@ -69,14 +78,23 @@ class Screen:
             return 0.0  # few enough to price them all
         worst = 0.0
         tp, sp = c.tp_degree, c.sequence_parallel
-        kinds_of: list[list[str]] = [[] for _ in range(c.dp_degree)]  # one pass, not one per replica
-        for r, device in enumerate(c.devices):
-            if r % tp == 0:  # a tensor group's ranks are consecutive and run alike
-                kinds_of[c.coords[r][0]].append(cluster.device(device).kind)
+        only = self._only_kind(cluster)
+        if only is not None:  # one kind of device: every replica's stages run on it
+            kinds_of = [[only] * c.pp_degree] * c.dp_degree
+        else:
+            kinds_of = [[] for _ in range(c.dp_degree)]  # one pass, not one per replica
+            for r, device in enumerate(c.devices):
+                if r % tp == 0:  # a tensor group's ranks are consecutive and run alike
+                    kinds_of[c.coords[r][0]].append(cluster.device(device).kind)
         # The tensor group's collectives, on its slowest link, spread over the pipeline.
         group = self.slowest_link(cluster, tuple(c.devices[:tp])) if tp > 1 else math.inf
         tp_comm = self.tp_bytes * self.scale * 2 * (tp - 1) / tp / group / c.pp_degree
+        seen: set[tuple] = set()
         for dp in range(c.dp_degree):
+            replica = (c.shares[dp], tuple(kinds_of[dp]))
+            if replica in seen:  # a replica like one before finishes when it does
+                continue
+            seen.add(replica)
             mb = c.shares[dp] / c.micro_batches
             totals = [self.totals(k, mb, tp, sp) for k in kinds_of[dp]]
             balanced = 1 / sum(1 / t for t, _ in totals)  # work split in proportion to speed

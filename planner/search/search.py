@@ -125,8 +125,9 @@ def search(
         cluster, speeds, blocks, global_batch, wanted, schedule, micro_batches, degrees, sequence_parallel
     )
     adversarial = is_adversarial(blocks)
-    tries = {id(c): levers(c, cluster, dp_mode, recompute, adversarial) for c in candidates}
-    candidates = [c for c in candidates if tries[id(c)]]  # a pinned lever that cannot apply
+    tries = _Levers(candidates, cluster, dp_mode, recompute, adversarial)
+    if dp_mode != AUTO:  # a pinned mode may not apply (unpinned, replicating always does)
+        candidates = [c for c in candidates if tries[id(c)]]
     if not candidates:
         raise PlannerError(
             _nothing_to_try(strategy, schedule, micro_batches, global_batch, len(blocks), dp_mode, recompute)
@@ -182,6 +183,19 @@ def _price_promising(
         price(c, False)
         chosen.append(c)
     return chosen
+
+
+class _Levers(dict):
+    """id(candidate) -> its (dp_mode, recompute) tries (`planner.search.levers`), found when
+    first asked: a search prices a few of its thousands of candidates."""
+
+    def __init__(self, candidates: list[Candidate], *args) -> None:
+        super().__init__()
+        self._by_id, self._args = {id(c): c for c in candidates}, args
+
+    def __missing__(self, key: int) -> list:
+        self[key] = found = levers(self._by_id[key], *self._args)
+        return found
 
 
 def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries: int = 24) -> Candidate:
