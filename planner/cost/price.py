@@ -14,7 +14,7 @@ uneven stages and ignores per-hop transfers (docs/facts.md; `planner.schedules.c
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -132,6 +132,25 @@ def step_for(pricing: PlanPricing) -> Step:
     return GanReplicaStep(pricing)
 
 
+BlockTimes = dict[tuple[str, str, str, float, int, bool], tuple[float, float, str]]
+_BLOCK_TIMES: OrderedDict[tuple[str, str, CostOptions], BlockTimes] = OrderedDict()
+_BLOCK_TIMES_KEPT = 4
+
+
+def _block_times_of(digest: str, profile_digest: str, options: CostOptions) -> BlockTimes:
+    """The block times already priced for this graph, profile and options, whatever the
+    cluster: sizing searches dozens of clusters of the same few device kinds, and the
+    dashboard searches the same model again. The last few graphs' are kept."""
+    key = (digest, profile_digest, options)
+    if key in _BLOCK_TIMES:
+        _BLOCK_TIMES.move_to_end(key)
+    else:
+        _BLOCK_TIMES[key] = {}
+        while len(_BLOCK_TIMES) > _BLOCK_TIMES_KEPT:
+            _BLOCK_TIMES.popitem(last=False)
+    return _BLOCK_TIMES[key]
+
+
 class Pricer:
     """`price` for many plans of one graph and cluster: what does not depend on the plan is
     computed once (the graph's digest and sizes, links, block times, cores per node)."""
@@ -158,7 +177,7 @@ class Pricer:
         self.contention = _contention(cluster, profile)
         self._links: dict[tuple[int, int, str], PricedLink] = {}
         self._rings: dict[tuple[tuple[int, ...], str], tuple[Callable[[float], float], frozenset]] = {}
-        self._blocks: dict[tuple[str, str, str, float], tuple[float, float, str]] = {}
+        self._blocks = _block_times_of(self.digest, self.profile_digest, self.options)
 
     def __call__(self, plan: Plan, *, with_timeline: bool = True) -> Prediction:
         """Price ``plan``; without the timeline (an empty list) when only the figures matter,
@@ -206,6 +225,19 @@ class Pricer:
             },
             mfu=model_flops_utilisation(pricing, step_s),
         )
+
+    def fits(self, plan: Plan) -> bool:
+        """Whether every device holds its part of ``plan``: its memory as `__call__` prices
+        it, without simulating the step where the step's schedule says what each rank holds
+        (the search asks this of each lever before it prices the step)."""
+        if plan.model.graph_digest != self.digest:
+            return self(plan, with_timeline=False).feasible  # refused there, naming the graph
+        pricing = PlanPricing(self, plan)
+        step = step_for(pricing)
+        actions = step.actions()
+        if actions is None:
+            return self(plan, with_timeline=False).feasible
+        return all(m.fits for m in plan_memory(pricing, step, actions))
 
     def sizes_for(self, tp: int, sp: bool) -> GraphSizes:
         """The graph's sizes on one rank of a tensor group of ``tp`` (`GraphSizes.of`)."""
