@@ -512,3 +512,45 @@ def test_measured_contention_slows_only_the_compute_that_overlaps():
     four = [Task(i, "forward", 1.0, i) for i in range(4)]
     _, step = simulate(four, {i: [i] for i in range(4)}, dict.fromkeys(range(4), 0), {0: 2.0}, {0: 0.5})
     assert step == pytest.approx(2.0 * 1.5)
+
+
+def test_the_memory_check_without_the_step_agrees_with_the_priced_step():
+    """`Pricer.fits` (what the search asks of each lever before timing it) says what pricing
+    the whole step says, for plans that fit and plans that do not, in every data-parallel
+    mode, with and without recomputation, on every schedule."""
+    from planner.capture.coarsen import coarsen
+    from planner.capture.trace import trace
+    from planner.cluster import parse_short_form
+
+    graph = coarsen(trace("gpt", {"size": "125m", "seq_len": 512}))
+    verdicts = set()
+    for memory_gib in (1.5, 3, 12):
+        cluster = parse_short_form("a100-40gb:4x2")
+        small = [d.model_copy(update={"memory_bytes": int(memory_gib * 2**30)}) for d in cluster.devices]
+        cluster = cluster.model_copy(update={"devices": small})
+        pricer = Pricer(graph, cluster)
+        for dp, pp, schedule, dp_mode, recompute in [
+            (8, 1, None, "replicate", "none"),
+            (8, 1, None, "full_shard", "full"),
+            (2, 4, "1f1b", "shard_grad_op", "none"),
+            (4, 2, "gpipe", "hybrid_shard", "full"),
+            (2, 4, "interleaved_1f1b", "replicate", "none"),
+        ]:
+            plan = make_plan(
+                graph,
+                cluster,
+                strategy="dp" if pp == 1 else "hybrid",
+                dp_degree=dp,
+                pp_degree=pp,
+                schedule=schedule,
+                micro_batches=4,
+                virtual_stages=2 if schedule == "interleaved_1f1b" else 1,
+                global_batch=64,
+                dp_mode=dp_mode,
+                recompute=recompute,
+                training={"precision": "bf16-mixed"},
+            )
+            feasible = pricer(plan).feasible
+            assert pricer.fits(plan) == feasible, (memory_gib, dp, pp, schedule, dp_mode, recompute)
+            verdicts.add(feasible)
+    assert verdicts == {True, False}  # both answers were checked

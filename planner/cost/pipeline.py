@@ -96,17 +96,25 @@ class PipelineStep(Step):
         """torch's schedule; DDP's step for a plan of one stage."""
         return DDP_STEP if len(self.pricing.stages) == 1 else self.schedule().value
 
-    def tasks(self) -> StepTasks:
+    def actions(self) -> dict[int, Sequence[Action]]:
         pricing, plan = self.pricing, self.pricing.plan
         orders = rank_actions(self.schedule(), pricing.pp_degree, pricing.micro_batches, plan.virtual_stages)
+        actions: dict[int, Sequence[Action]] = {}
+        for dp in pricing.simulated:
+            ranks = [plan.rank_of(dp, q).rank for q in range(pricing.pp_degree)]
+            actions.update(zip(ranks, orders, strict=True))
+        return actions
+
+    def tasks(self) -> StepTasks:
+        pricing, plan = self.pricing, self.pricing.plan
+        actions = self.actions()
         tasks = TaskList()
         programs: dict[int, list[int]] = defaultdict(list)
-        actions: dict[int, Sequence[Action]] = {}
         last_backward: dict[tuple[int, int], int] = {}  # (rank, stage) -> task id
         previous: Previous = {}
         for dp in pricing.simulated:
             ranks = [plan.rank_of(dp, q).rank for q in range(pricing.pp_degree)]
-            actions.update(zip(ranks, orders, strict=True))
+            orders = [actions[r] for r in ranks]
             compute = self._compute(tasks, ranks, orders, programs, last_backward, previous)
             self._connect(tasks, ranks, dp, compute, previous)
         add_reductions(pricing, self, tasks, programs, last_backward)

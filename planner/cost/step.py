@@ -46,6 +46,11 @@ class Step(ABC):
     def tasks(self) -> StepTasks:
         """The step's task graph."""
 
+    def actions(self) -> dict[int, Sequence[Action]] | None:
+        """Each simulated rank's schedule actions without building the tasks, where the step
+        knows them so (`planner.cost.price.Pricer.fits`); None: only `tasks` says."""
+        return None
+
     @abstractmethod
     def held(self, rank: RankAssignment, stages: list[int], actions: Sequence[Action]) -> StepMemory:
         """The memory terms of ``rank`` (holding ``stages``) that the step decides."""

@@ -87,6 +87,9 @@ def _price_with_levers(
         c.plan, c.prediction, c.exact = template, pricer(template, with_timeline=False), not hopeless
     else:
         c.plan, c.exact = _split(problem, units, max_evaluations, max_nodes, prove)
+        if not last and not pricer.fits(c.plan):
+            c.reason = "over memory"  # a lever after this one is tried: no need to time it
+            return
         c.prediction = pricer(c.plan, with_timeline=False)
     if not c.prediction.feasible:
         c.reason = over_memory(c.plan, c.prediction, cluster)
