@@ -244,3 +244,18 @@ def test_a_model_without_layouts_is_searched_without_tensor_parallelism():
     result = search(coarsen(trace("mlp", {})), resolve_cluster("h100:8"), global_batch=16)
     assert result.notes == ["tp 1 only: no block of this model has a tensor-parallel layout"]
     assert {c.tp_degree for c in result.candidates} == {1}
+
+
+def test_a_batch_over_memory_is_split_into_as_many_micro_batches_as_it_takes():
+    """512 samples of a 125M GPT on one L4 need 16 micro-batches or more: more than three
+    halvings, with the largest op's temporaries shrinking along."""
+    result = search(
+        coarsen(trace("gpt", {"size": "125m"})),
+        resolve_cluster("l4:1"),
+        global_batch=512,
+        training={"precision": "bf16-mixed"},
+    )
+    best = result.best
+    assert best is not None, [c.reason for c in result.candidates]
+    assert best.plan.training.micro_batches >= 16
+    assert all(m.fits for m in best.prediction.memory)
