@@ -4,8 +4,9 @@ A cluster can be named three ways wherever one is asked for (`resolve_cluster`):
 - a preset name (`PRESETS`, including ``local``: this machine, detected);
 - a cluster JSON file (strictly validated: unknown keys, negative sizes, a link to a
   missing device are errors naming the field);
-- the short form ``KIND:PER_NODE[xNODES]``, with ``+`` joining groups inside one node:
-  ``h100:8``, ``a100-80gb:8x4``, ``a100-80gb:4+v100-32gb:4``, ``cpu:4``.
+- the short form ``KIND:PER_NODE[xNODES]``, with ``+`` joining groups inside one node and
+  ``,`` joining sets of nodes: ``h100:8``, ``a100-80gb:8x4``, ``a100-80gb:4+v100-32gb:4``,
+  ``h100:8x2,a100-80gb:8x4`` (two H100 nodes, then four A100 nodes), ``cpu:4``.
 
 Links are stated as link groups (one link kind for every pair of two device kinds, inside
 one node or between nodes) and, where a pair differs, explicit per-pair links, which win.
@@ -304,11 +305,12 @@ _GROUP = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9\-]*):(?P<per>\d+)(?:x(?P<nodes>\
 
 
 def parse_short_form(spec: str) -> Cluster:
-    """Build a cluster from ``KIND:PER_NODE[xNODES]`` groups joined by ``+``.
+    """Build a cluster from ``KIND:PER_NODE[xNODES]`` groups joined by ``+`` (sharing nodes),
+    and such node sets joined by ``,`` (nodes of their own, numbered on).
 
     Devices of one kind in one node use the kind's own link (NVLink, PCIe, loopback);
     different kinds in one node meet over the slower host bus; nodes are joined by the
-    slower of the kinds' inter-node fabrics. Each of these is one link group. The counts
+    slower of the two kinds' inter-node fabrics. Each of these is one link group. The counts
     are checked against the limits before any device is built.
 
     >>> c = parse_short_form("h100:8x2")
@@ -316,14 +318,54 @@ def parse_short_form(spec: str) -> Cluster:
     (16, 0, [('same_node', 'nvlink4'), ('between_nodes', 'infiniband-ndr')])
     >>> [d.node for d in parse_short_form("a100-80gb:2x2").devices]
     [0, 0, 1, 1]
+    >>> m = parse_short_form("h100:2x1,a100-80gb:2x2")
+    >>> [(d.kind, d.node) for d in m.devices][::2]
+    [('h100-80gb', 0), ('a100-80gb', 1), ('a100-80gb', 2)]
     >>> parse_short_form("h100:999999")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     planner.errors.ClusterError: cluster 'h100:999999': device count per node is 999,999; ...
     """
     check_text(spec, "cluster", ClusterError)
+    node_sets = [_node_set(spec, part) for part in spec.split(",")]
+    for groups in node_sets:
+        check_size(spec, sum(per for _, per, _ in groups), groups[0][2])
+    if len(node_sets) > 1:  # and the node sets together
+        where = f"cluster {spec!r}"
+        nodes = sum(g[0][2] for g in node_sets)
+        check_range(nodes, f"{where}: node count", 1, MAX_NODES, WHY_CLUSTER_SIZE, ClusterError)
+        total = sum(sum(per for _, per, _ in g) * g[0][2] for g in node_sets)
+        check_range(total, f"{where}: device count in all", 1, MAX_DEVICES, WHY_CLUSTER_SIZE, ClusterError)
+    devices: list[dict[str, Any]] = []
+    notes: list[str] = []
+    cpu_per_node = max(sum(per for kind, per, _ in g if kind.id == "cpu") for g in node_sets)
+    cpu_memory, cpu_share = _cpu_rank_budget(cpu_per_node, notes) if cpu_per_node else (0, 1.0)
+    first = 0
+    for groups in node_sets:
+        for node in range(first, first + groups[0][2]):
+            for kind, per, _ in groups:
+                for _ in range(per):
+                    is_cpu = kind.id == "cpu"
+                    devices.append(
+                        {
+                            "id": len(devices),
+                            "kind": kind.id,
+                            "node": node,
+                            "memory_bytes": cpu_memory if is_cpu else kind.memory_bytes,
+                            "compute_share": cpu_share if is_cpu else 1.0,
+                        }
+                    )
+        first += groups[0][2]
+    try:
+        return Cluster(name=spec, devices=devices, link_groups=_groups_for(node_sets, first), notes=notes)
+    except ValidationError as exc:
+        raise ClusterError(f"cluster {spec!r}: {explain(exc)}") from None
+
+
+def _node_set(spec: str, text: str) -> list[tuple[DeviceKind, int, int]]:
+    """One ``,``-separated part of a short form: its ``+``-joined groups, which share nodes."""
     groups = []
-    for part in spec.split("+"):
+    for part in text.split("+"):
         m = _GROUP.match(part.strip())
         if not m:
             raise ClusterError(
@@ -334,32 +376,9 @@ def parse_short_form(spec: str) -> Cluster:
         if per < 1 or nodes < 1:
             raise ClusterError(f"cluster {spec!r}: group {part!r} needs at least one device and node")
         groups.append((kind, per, nodes))
-    node_counts = {n for _, _, n in groups}
-    if len(node_counts) > 1:
+    if len({n for _, _, n in groups}) > 1:
         raise ClusterError(f"cluster {spec!r}: groups joined by '+' share nodes, so need one node count")
-    nodes = node_counts.pop()
-    check_size(spec, sum(per for _, per, _ in groups), nodes)
-    devices: list[dict[str, Any]] = []
-    notes: list[str] = []
-    cpu_per_node = sum(per for kind, per, _ in groups if kind.id == "cpu")
-    cpu_memory, cpu_share = _cpu_rank_budget(cpu_per_node, notes) if cpu_per_node else (0, 1.0)
-    for node in range(nodes):
-        for kind, per, _ in groups:
-            for _ in range(per):
-                is_cpu = kind.id == "cpu"
-                devices.append(
-                    {
-                        "id": len(devices),
-                        "kind": kind.id,
-                        "node": node,
-                        "memory_bytes": cpu_memory if is_cpu else kind.memory_bytes,
-                        "compute_share": cpu_share if is_cpu else 1.0,
-                    }
-                )
-    try:
-        return Cluster(name=spec, devices=devices, link_groups=_groups_for(groups, nodes), notes=notes)
-    except ValidationError as exc:
-        raise ClusterError(f"cluster {spec!r}: {explain(exc)}") from None
+    return groups
 
 
 def check_size(spec: str, per_node: int, nodes: int) -> None:
@@ -373,21 +392,22 @@ def check_size(spec: str, per_node: int, nodes: int) -> None:
         check_range(value, f"{where}: {what}", 1, high, why, ClusterError)
 
 
-def _groups_for(groups: list[tuple[DeviceKind, int, int]], nodes: int) -> list[LinkGroup]:
+def _groups_for(node_sets: list[list[tuple[DeviceKind, int, int]]], nodes: int) -> list[LinkGroup]:
     """The link groups of a short form: only those that join at least one pair."""
     out: dict[tuple[str, str, str], str] = {}
-    per = Counter()
-    for kind, n, _ in groups:
-        per[kind.id] += n
-    kinds = sorted(per)
+    per_set = [Counter() for _ in node_sets]
+    for per, groups in zip(per_set, node_sets, strict=True):
+        for kind, n, _ in groups:
+            per[kind.id] += n
+    kinds = sorted({k for per in per_set for k in per})
     for i, a in enumerate(kinds):
         for b in kinds[i:]:
             ka, kb = DEVICE_KINDS[a], DEVICE_KINDS[b]
-            if a != b:
+            if a != b and any(a in per and b in per for per in per_set):  # they share a node
                 out[SAME_NODE, a, b] = slower_link(ka.host_link, kb.host_link)
-            elif per[a] > 1:
+            elif a == b and any(per[a] > 1 for per in per_set):
                 out[SAME_NODE, a, b] = ka.intra_node_link
-            if nodes > 1:
+            if nodes > 1:  # any two kinds' nodes meet over the slower of their fabrics
                 out[BETWEEN_NODES, a, b] = slower_link(ka.inter_node_link, kb.inter_node_link)
     return [LinkGroup(scope=s, device_kinds=(a, b), kind=k) for (s, a, b), k in out.items()]
 

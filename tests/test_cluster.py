@@ -197,3 +197,21 @@ def test_short_form_states_groups_not_pairs():
     big = parse_short_form("h100:8x64")
     assert len(big.link_groups) == 2 and len(big.to_json()) < 100_000  # 130,816 pairs, not listed
     assert [(r.kind, r.pairs) for r in big.link_table()] == [("nvlink4", 1_792), ("infiniband-ndr", 129_024)]
+
+
+def test_short_form_sets_of_nodes_of_other_kinds():
+    c = parse_short_form("h100:8x2,a100-80gb:8x3")
+    assert [sum(d.node == n for d in c.devices) for n in c.nodes()] == [8] * 5
+    assert {d.kind for d in c.devices if d.node < 2} == {"h100-80gb"}
+    assert {d.kind for d in c.devices if d.node >= 2} == {"a100-80gb"}
+    # Each kind's own link inside its nodes; between an H100 node and an A100 node, the
+    # slower fabric of the two (the A100's HDR InfiniBand); no host bus: they share no node.
+    assert c.path(0, 1).bandwidth == parse_short_form("h100:8").path(0, 1).bandwidth
+    assert c.path(16, 17).bandwidth == parse_short_form("a100-80gb:8").path(0, 1).bandwidth
+    assert c.path(0, 16) == parse_short_form("a100-80gb:8x2").path(0, 8)
+    assert not any(g.scope == "same_node" and len(set(g.device_kinds)) == 2 for g in c.link_groups)
+    # The limits count the sets together.
+    with pytest.raises(ClusterError, match="node count is 4,100"):
+        parse_short_form("h100:8x4000,a100-80gb:8x100")
+    with pytest.raises(ClusterError, match="is not KIND:PER_NODE"):
+        parse_short_form("h100:8x2,")

@@ -52,7 +52,8 @@ spec = st.text_input(
     on_change=_typed,
     placeholder="empty: the current cluster, as loaded or edited",
     help=f"'local' (this machine), a preset ({', '.join(PRESETS)}), or KIND:PER_NODE[xNODES] joined by + "
-    "inside a node, e.g. h100:8, a100-80gb:4+v100-32gb:4, cpu:2. At most "
+    "inside a node and by , between sets of nodes, e.g. h100:8, a100-80gb:4+v100-32gb:4, "
+    "h100:8x2,a100-80gb:8x4, cpu:2. At most "
     f"{MAX_DEVICES_PER_NODE:,} devices per node, {MAX_NODES:,} nodes and {MAX_DEVICES:,} devices.",
 ).strip()
 uploaded = st.file_uploader(
