@@ -301,7 +301,7 @@ def part_d() -> None:
     traced = time.perf_counter() - t0
     catalog = default_catalog()
     sizing = size(graph, catalog, tokens=10**12, global_batch=512, hours=720.0)
-    per_kind = {k: sum(p.shape.kind == k for p in sizing.points) for k in catalog.kinds()}
+    per_kind = {k: sum(p.shape.label == k for p in sizing.points) for k in catalog.kinds()}
     print(
         f"  {len(catalog.kinds())} kinds, {len(sizing.points)} shapes planned in {sizing.seconds:.1f} s "
         f"(trace {traced:.1f} s, not counted); shapes per kind: "

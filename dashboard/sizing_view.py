@@ -33,7 +33,7 @@ def _row(p, on_front: bool) -> dict:
     row = p.best.row() if p.fits else {}
     return {
         "shape": p.shape.short_form,
-        "kind": p.shape.kind,
+        "kind": p.shape.label,
         "devices": p.shape.devices,
         "nodes": p.shape.nodes,
         "usd_per_device_hour": p.usd_per_device_hour,

@@ -84,6 +84,11 @@ def add_parser(sub) -> None:
         action="store_true",
         help="plan every node count (default: every count to 8, then four a doubling: 10, 12, 14, 16, 20...)",
     )
+    z.add_argument(
+        "--mixed",
+        action="store_true",
+        help="also plan clusters of two kinds' nodes (slower: a search over mixes, not every mix)",
+    )
     z.add_argument("-o", "--output", help="write the chosen point's plan here, and its cluster beside it")
     allow_py_option(z)
     z.set_defaults(func=run)
@@ -121,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         kinds=args.kinds,
         max_nodes=args.max_nodes,
         every_node_count=args.every_node_count,
+        mixed=args.mixed,
         progress=progress if sys.stderr.isatty() else None,
     )
     if sys.stderr.isatty():

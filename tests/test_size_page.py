@@ -178,3 +178,27 @@ def test_an_uploaded_catalogue_is_what_is_sized():
     rows = at.session_state["sizing"]["rows"]
     assert rows and {r["kind"] for r in rows} == {"a100-80gb"}
     assert all(r["usd_per_device_hour"] == 1.0 for r in rows)
+
+
+def test_mixed_kinds_are_sized_and_drawn_as_their_own_group():
+    offer = {"server_devices": 8, "node_sizes": [1], "source": "a contract", "date": "2026-11"}
+    doc = {
+        "schema_version": 1,
+        "name": "two kinds",
+        "max_nodes": 8,
+        "offers": [
+            {**offer, "kind": "h100-80gb", "usd_per_device_hour": 3.0},
+            {**offer, "kind": "a100-80gb", "usd_per_device_hour": 1.0},
+        ],
+    }
+    at = open_page("views/model.py")
+    at.text_input(key="model_overrides").set_value("size=1m").run()
+    at.switch_page("views/size.py").run()
+    at.get("file_uploader")[0].set_value(("two.json", json.dumps(doc).encode(), "application/json"))
+    at.checkbox(key="size_mixed").check()
+    run_size(at, tokens="1e11", hours="2", batch=64)
+    mixed = [r for r in at.session_state["sizing"]["rows"] if r["kind"] == "a100-80gb,h100-80gb"]
+    assert any(r["on_front"] for r in mixed)
+    assert all(r["usd_per_device_hour"] < 3.0 for r in mixed if r["hours"] is not None)  # a weighted price
+    names = [t["name"] for t in chart(at, "Cost against time to train")["data"]]
+    assert "a100-80gb,h100-80gb" in names

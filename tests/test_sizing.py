@@ -18,7 +18,16 @@ from planner.plan import load_plan
 from planner.search.search import search
 from planner.sizing.catalog import DEFAULT_PATH, CatalogError, catalog_from_json, default_catalog
 from planner.sizing.report import off_the_front
-from planner.sizing.size import HOUR_S, SEARCH, Point, Shape, node_counts, size, step_bound
+from planner.sizing.size import (
+    HOUR_S,
+    SEARCH,
+    Point,
+    Shape,
+    mixed_bound_hours,
+    node_counts,
+    size,
+    step_bound,
+)
 
 OFFER = {
     "kind": "h100-80gb",
@@ -86,11 +95,12 @@ def test_a_catalogue_offering_a_kind_twice_or_no_nodes_is_refused():
         catalog_from_json(json.dumps(catalogue()).replace("3.0", "NaN"))
 
 
-def brute_force_hours(nodes: int, tokens: int) -> float | None:
-    """Time to train on ``nodes`` single-H100 nodes, planned by the search alone; None when no plan fits."""
+def brute_force_hours(nodes: int | str, tokens: int) -> float | None:
+    """Time to train on ``nodes`` single-H100 nodes (or on a cluster's short form), planned by
+    the search alone; None when no plan fits."""
     best = search(
         graph(),
-        parse_short_form(f"h100-80gb:1x{nodes}"),
+        parse_short_form(nodes if isinstance(nodes, str) else f"h100-80gb:1x{nodes}"),
         global_batch=BATCH,
         training={"precision": "bf16-mixed"},
         **SEARCH,
@@ -177,7 +187,7 @@ def test_size_writes_the_chosen_plan_and_cluster(tmp_path, capsys):
     assert plan.training.steps == math.ceil(10**11 / (BATCH * 128))  # the job's steps, 128 tokens a sample
 
 
-def test_every_node_count_is_passed_from_the_command_line(monkeypatch, capsys):
+def test_every_node_count_and_mixed_are_passed_from_the_command_line(monkeypatch, capsys):
     import planner.sizing.size as sizing
 
     seen = {}
@@ -189,9 +199,9 @@ def test_every_node_count_is_passed_from_the_command_line(monkeypatch, capsys):
     monkeypatch.setattr(sizing, "size", recorded)
     argv = ["size", "--model", "gpt", "--set", "size=1m", "--tokens", "1e9", "--hours", "5"]
     main(argv)
-    assert seen["every_node_count"] is False
-    main([*argv, "--every-node-count"])
-    assert seen["every_node_count"] is True
+    assert seen["every_node_count"] is False and seen["mixed"] is False
+    main([*argv, "--every-node-count", "--mixed"])
+    assert seen["every_node_count"] is True and seen["mixed"] is True
 
 
 def test_a_model_that_fits_no_shape_is_named_with_its_memory(tmp_path, capsys):
@@ -239,3 +249,42 @@ def test_the_shapes_off_the_front_name_the_closest_by_the_limit_they_miss():
         Point(large, 1.0, None, 5.0, 400.0, "too slow: 5 h against the 2 h deadline"),
     ]
     assert off_the_front(slow)[0].endswith("closest, h100-80gb:8x2: 5 h against the 2 h deadline")
+
+
+def test_mixed_shapes_are_planned_priced_and_bounded_like_the_others():
+    prices = {"h100-80gb": 3.0, "a100-80gb": 1.0}
+    two = {
+        "schema_version": 1,
+        "name": "two kinds",
+        "max_nodes": 8,
+        "offers": [{**OFFER, "kind": k, "usd_per_device_hour": usd} for k, usd in prices.items()],
+    }
+    tokens, deadline = 10**11, 2.0
+    found = size(
+        graph(),
+        catalog_from_json(json.dumps(two)),
+        tokens=tokens,
+        global_batch=BATCH,
+        hours=deadline,
+        mixed=True,
+    )
+    mixes = [p for p in found.points if p.shape.also]
+    assert mixes and any(p.shape.also for p in found.front)  # here a mix is faster than either kind alone
+    steps = math.ceil(tokens / (BATCH * graph().graph["config"]["seq_len"]))
+    bounds = {k: step_bound(graph(), k, BATCH, "bf16-mixed") for k in prices}
+    for p in mixes:
+        # The cluster planned is the shape: its first kind's nodes, then the other's.
+        expected = [part.kind for part in p.shape.parts for _ in range(part.devices)]
+        assert [d.kind for d in parse_short_form(p.shape.short_form).devices] == expected
+        assert p.shape.label == ",".join(part.kind for part in p.shape.parts)
+        if p.fits:
+            assert p.hours == pytest.approx(brute_force_hours(p.shape.short_form, tokens))
+            usd = sum(prices[part.kind] * part.devices for part in p.shape.parts)
+            assert p.cost_usd == pytest.approx(p.hours * usd)
+            assert mixed_bound_hours(bounds, p.shape, steps) <= p.hours
+    times = [p.hours for p in found.front]
+    assert times == sorted(times) and all(p.hours <= deadline for p in found.front)
+    alone = size(
+        graph(), catalog_from_json(json.dumps(two)), tokens=tokens, global_batch=BATCH, hours=deadline
+    )
+    assert not any(p.shape.also for p in alone.points)

@@ -118,6 +118,12 @@ max_nodes = int(
         key=f"size_max_nodes_{catalog_key}",
     )
 )
+mixed = every_col.checkbox(
+    "Mixed kinds",
+    key="size_mixed",
+    help="Also plan clusters of two kinds' nodes (a power of two of one kind's nodes topped up with "
+    "another's): slower, and a search over mixes rather than every mix.",
+)
 every = every_col.checkbox(
     "Every node count",
     key="size_every",
@@ -152,7 +158,20 @@ except PlannerError as exc:
     st.stop()
 hours = limit_value if limit_kind == "hours" else None
 budget = limit_value if limit_kind == "budget" else None
-job = [source, overrides, tokens, hours, budget, batch, precision, kinds, max_nodes, every, catalog_key]
+job = [
+    source,
+    overrides,
+    tokens,
+    hours,
+    budget,
+    batch,
+    precision,
+    kinds,
+    max_nodes,
+    every,
+    mixed,
+    catalog_key,
+]
 job_key = hashlib.sha256(json.dumps(job).encode()).hexdigest()
 
 if st.button("Size", type="primary", key="size_run"):
@@ -163,8 +182,8 @@ if st.button("Size", type="primary", key="size_run"):
     bar = st.progress(0.0, text="Planning...")
 
     def progress(i: int, shape) -> None:
-        done = kinds.index(shape.kind) if shape.kind in kinds else 0
-        text = f"{shape.kind}: planning {shape.short_form} ({i + 1} shapes so far)"
+        done = kinds.index(shape.label) if shape.label in kinds else len(kinds) - 1
+        text = f"{shape.label}: planning {shape.short_form} ({i + 1} shapes so far)"
         bar.progress(done / len(kinds), text=text)
 
     with guarded("Sizing"):
@@ -181,6 +200,7 @@ if st.button("Size", type="primary", key="size_run"):
             kinds=kinds,
             max_nodes=max_nodes,
             every_node_count=every,
+            mixed=mixed,
             progress=progress,
         )
     bar.empty()

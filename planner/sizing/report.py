@@ -77,7 +77,7 @@ def off_the_front(points) -> list[str]:
     groups: dict[tuple[str, str], list] = {}
     for p in points:
         if p.why_not:
-            groups.setdefault((p.shape.kind, p.why_not.split(":")[0]), []).append(p)
+            groups.setdefault((p.shape.label, p.why_not.split(":")[0]), []).append(p)
     lines = []
     for (kind, reason), ps in groups.items():
         ps.sort(key=lambda p: p.shape.devices)

@@ -23,12 +23,15 @@ slower than 28).
   evenly over them. Then twice and four times the
   answer's devices, for the front's faster points;
 - with a budget: the rungs of 1, 2, 4, ... nodes and the cap.
+With ``mixed``, shapes of two kinds' nodes too (`_mixed`): a search among mixes, pruned by
+an estimate, where the single-kind scans above are exhaustive over their rungs.
 The front keeps the shapes that meet the limit and no other shape beats on both time and
 cost; the shapes left out say why (memory, too slow, over budget, dominated).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -50,18 +53,32 @@ their splits balanced rather than proven, nothing priced only to compare."""
 
 @dataclass(frozen=True)
 class Shape:
+    """``nodes`` nodes of ``per_node`` devices of ``kind``; a mixed shape adds nodes of other
+    kinds (``also``)."""
+
     kind: str
     per_node: int
     nodes: int
+    also: tuple[Shape, ...] = ()
+
+    @property
+    def parts(self) -> tuple[Shape, ...]:
+        """Its sets of nodes, one kind each."""
+        return (Shape(self.kind, self.per_node, self.nodes), *self.also)
+
+    @property
+    def label(self) -> str:
+        """Its kinds, as shapes are grouped and drawn: 'h100-80gb' or 'h100-80gb,l4'."""
+        return ",".join(p.kind for p in self.parts)
 
     @property
     def devices(self) -> int:
-        return self.per_node * self.nodes
+        return sum(p.per_node * p.nodes for p in self.parts)
 
     @property
     def short_form(self) -> str:
         """The cluster as `planner.cluster.parse_short_form` reads it."""
-        return f"{self.kind}:{self.per_node}x{self.nodes}"
+        return ",".join(f"{p.kind}:{p.per_node}x{p.nodes}" for p in self.parts)
 
 
 @dataclass
@@ -109,10 +126,12 @@ def size(
     kinds: list[str] | None = None,
     max_nodes: int | None = None,
     every_node_count: bool = False,
+    mixed: bool = False,
     progress: Progress | None = None,
 ) -> Sizing:
     """Plan the catalogue's shapes for training ``graph`` on ``tokens`` tokens, ``global_batch``
-    samples a step, within ``hours`` or ``budget_usd`` (exactly one); see the module."""
+    samples a step, within ``hours`` or ``budget_usd`` (exactly one); ``mixed``: shapes of two
+    kinds' nodes too (`_mixed`); see the module."""
     started = time.perf_counter()
     if (hours is None) == (budget_usd is None):
         raise PlannerError("give a deadline (hours) or a budget (dollars), one of the two")
@@ -130,13 +149,16 @@ def size(
         )
     tokens_per_step = global_batch * seq_len
     steps = math.ceil(tokens / tokens_per_step)
-    planner = _ShapePlanner(graph, global_batch, precision, steps, progress)
+    prices = {o.kind: o.usd_per_device_hour for o in offers}
+    planner = _ShapePlanner(graph, global_batch, precision, steps, prices, progress)
     for offer in offers:
         rungs = ladder(offer, cap, every_node_count)
         if hours is not None:
-            _within_hours(planner, offer, rungs, hours)
+            _within_hours(planner, rungs, hours)
         else:
-            _within_budget(planner, offer, rungs)
+            _within_budget(planner, rungs)
+    if mixed:
+        _mixed(planner, offers, cap, every_node_count, hours, budget_usd)
     points = planner.points
     for p in points:
         p.why_not = p.why_not or _over(p, hours, budget_usd)
@@ -161,6 +183,16 @@ class StepBound:
 
     def hours(self, devices: int, steps: int) -> float:
         return self.compute_s / devices * steps / HOUR_S
+
+
+def mixed_bound_hours(bounds: dict[str, StepBound], shape: Shape, steps: int) -> float:
+    """The time no plan on ``shape`` beats, of one kind or several: its devices together work
+    no faster than the sum of their speeds (each device's own `StepBound`), however the batch
+    and the layers are shared among them."""
+    if not shape.also:
+        return bounds[shape.kind].hours(shape.devices, steps)
+    speed = sum(p.devices / bounds[p.kind].compute_s for p in shape.parts)
+    return steps / speed / HOUR_S
 
 
 def step_bound(graph: nx.DiGraph, kind: str, global_batch: int, precision: str) -> StepBound:
@@ -208,27 +240,89 @@ def ladder(offer: Offer, cap: int, every: bool = False) -> list[Shape]:
     return small + [Shape(offer.kind, largest, n) for n in node_counts(cap, every)]
 
 
-def _within_hours(planner: _ShapePlanner, offer: Offer, rungs: list[Shape], hours: float) -> None:
-    bound = planner.bound(offer.kind)
-    first = next((i for i, s in enumerate(rungs) if bound.hours(s.devices, planner.steps) <= hours), None)
+def _within_hours(planner: _ShapePlanner, rungs: list[Shape], hours: float) -> Shape | None:
+    """Plan ``rungs`` from the first whose bound meets the deadline to the first that meets
+    it, then twice and four times its devices; returns that first shape (None: none does)."""
+    # (The bound equals the plan on one device: rounding must not rule that one out.)
+    first = next((i for i, s in enumerate(rungs) if planner.bound_hours(s) <= hours * (1 + 1e-9)), None)
     if first is None:
-        planner.unreachable(offer, rungs[-1], hours, bound)
-        return
+        planner.unreachable(rungs[-1], hours)
+        return None
     for i in range(first, len(rungs)):
-        p = planner(offer, rungs[i])
+        p = planner(rungs[i])
         if p.fits and p.hours <= hours:
             for times in (2, 4):
                 faster = next((s for s in rungs if s.devices >= times * rungs[i].devices), None)
                 if faster is not None:
-                    planner(offer, faster)
-            return
+                    planner(faster)
+            return rungs[i]
+    return None
 
 
-def _within_budget(planner: _ShapePlanner, offer: Offer, rungs: list[Shape]) -> None:
+def _within_budget(planner: _ShapePlanner, rungs: list[Shape]) -> None:
     cap = rungs[-1].nodes
     for s in rungs:
         if s.nodes == 1 or s.nodes == cap or (s.nodes & (s.nodes - 1)) == 0:
-            planner(offer, s)
+            planner(s)
+
+
+def _mixed(
+    planner: _ShapePlanner,
+    offers: list[Offer],
+    cap: int,
+    every: bool,
+    hours: float | None,
+    budget: float | None,
+) -> None:
+    """Shapes of two kinds: a power of two of nodes of one kind (fewer than it needs alone to
+    meet a deadline) joined by nodes of another, at their largest node sizes, within the cap.
+
+    With a deadline, each such start is topped up with the other kind's node counts as a
+    single kind's are scanned, up to the first that meets it; with a budget, with the other
+    kind's powers of two. A mix is planned only where it could beat what meets the limit so
+    far (below the cheapest point's cost under a deadline, below the fastest point's time
+    within a budget) at an estimate: its bound over the better of the efficiencies its two
+    kinds reached alone (their plans' times against their bounds). That assumes a mix of
+    kinds trains no closer to its bound than its better kind alone, which stragglers and
+    the slower fabric between them make likely but nothing proves: unlike a single kind's
+    scan, mixes are a search, not an exhaustive answer."""
+
+    def meets(p: Point) -> bool:
+        return p.fits and _over(p, hours, budget) == ""
+
+    efficiency: dict[str, float] = {}
+    for p in planner.points:
+        if p.fits and not p.shape.also:
+            reached = planner.bound_hours(p.shape) / p.hours
+            efficiency[p.shape.kind] = max(efficiency.get(p.shape.kind, 0.0), reached)
+
+    def promising(shape: Shape) -> bool:
+        h = planner.bound_hours(shape) / max(efficiency.get(k.kind, 1.0) for k in shape.parts)
+        cost = h * shape.devices * planner.usd_per_device_hour(shape)
+        meeting = [p for p in planner.points if meets(p)]
+        if hours is not None:
+            return h <= hours * (1 + 1e-9) and cost < min((p.cost_usd for p in meeting), default=math.inf)
+        return cost <= budget and h < min((p.hours for p in meeting), default=math.inf)
+
+    seen: set[frozenset] = set()
+
+    for a, b in itertools.permutations(offers, 2):
+        size_a, size_b = max(a.node_sizes), max(b.node_sizes)
+        # Nodes of a alone that meet the limit: a mix starts below them (else a alone would do).
+        alone = [p.shape.nodes for p in planner.points if p.shape.label == a.kind and meets(p)]
+        need = min(alone, default=cap)
+        for n_a in (n for n in node_counts(cap) if n & (n - 1) == 0 and n < need and n < cap):
+            for n_b in node_counts(cap - n_a, every):
+                mix = frozenset({(a.kind, n_a), (b.kind, n_b)})
+                if mix in seen or (hours is None and n_b & (n_b - 1)):
+                    continue
+                shape = Shape(a.kind, size_a, n_a, (Shape(b.kind, size_b, n_b),))
+                if not promising(shape):
+                    continue
+                seen.add(mix)
+                p = planner(shape)
+                if hours is not None and meets(p):
+                    break  # more of b only finishes sooner
 
 
 def _over(p: Point, hours: float | None, budget: float | None) -> str:
@@ -264,20 +358,32 @@ def pareto_front(points: list[Point]) -> list[Point]:
 class _ShapePlanner:
     """Plans shapes on one traced graph, each once."""
 
-    def __init__(self, graph, global_batch: int, precision: str, steps: int, progress: Progress | None):
+    def __init__(
+        self,
+        graph,
+        global_batch: int,
+        precision: str,
+        steps: int,
+        prices: dict[str, float],
+        progress: Progress | None,
+    ):
         self.graph, self.global_batch, self.precision, self.steps = graph, global_batch, precision, steps
-        self.progress = progress
+        self.prices, self.progress = prices, progress
         self.points: list[Point] = []
         self._done: dict[Shape, Point] = {}
         self._bounds: dict[str, StepBound] = {}
 
-    def __call__(self, offer: Offer, shape: Shape) -> Point:
+    def usd_per_device_hour(self, shape: Shape) -> float:
+        """The shape's hourly price over its devices (a mixed shape's, weighted by count)."""
+        return sum(self.prices[p.kind] * p.devices for p in shape.parts) / shape.devices
+
+    def __call__(self, shape: Shape) -> Point:
         if shape in self._done:
             return self._done[shape]
         if self.progress is not None:
             self.progress(len(self.points), shape)
         cluster = parse_short_form(shape.short_form)
-        price = offer.usd_per_device_hour
+        price = self.usd_per_device_hour(shape)
         try:
             result = search(
                 self.graph,
@@ -299,19 +405,21 @@ class _ShapePlanner:
         self.points.append(point)
         return point
 
-    def bound(self, kind: str) -> StepBound:
-        if kind not in self._bounds:
-            self._bounds[kind] = step_bound(self.graph, kind, self.global_batch, self.precision)
-        return self._bounds[kind]
+    def bound_hours(self, shape: Shape) -> float:
+        """`mixed_bound_hours` of ``shape`` (each kind's bound priced once)."""
+        for p in shape.parts:
+            if p.kind not in self._bounds:
+                self._bounds[p.kind] = step_bound(self.graph, p.kind, self.global_batch, self.precision)
+        return mixed_bound_hours(self._bounds, shape, self.steps)
 
-    def unreachable(self, offer: Offer, largest: Shape, hours: float, bound: StepBound) -> None:
+    def unreachable(self, largest: Shape, hours: float) -> None:
         """No shape up to the cap could meet the deadline even at peak: plan the largest
         anyway, so the answer says how far off it is."""
-        p = self(offer, largest)
+        p = self(largest)
         if p.fits:
             p.why_not = (
                 f"too slow: {_h(p.hours)} h at the cap of {largest.nodes} nodes (at best "
-                f"{_h(bound.hours(p.shape.devices, self.steps))} h with no collective or bubble) against "
+                f"{_h(self.bound_hours(largest))} h with no collective or bubble) against "
                 f"the {hours:,g} h deadline"
             )
 
