@@ -25,7 +25,10 @@
     512, bf16-mixed, within 720 hours, over the default price catalogue (six GPU kinds): the
     shapes planned and the wall time on one core (the trace not counted), and the front.
 
-    python bench/planner.py --only d    # one part: a, b, c or d
+(e) The same sizing with mixed kinds (`--mixed`): how many shapes, how long, and whether a
+    mix of two kinds makes the front.
+
+    python bench/planner.py --only d    # one part: a, b, c, d or e
 """
 
 from __future__ import annotations
@@ -314,7 +317,28 @@ def part_d() -> None:
         )
 
 
-PARTS = "abcd"
+def part_e() -> None:
+    from planner.capture.coarsen import coarsen
+    from planner.capture.trace import trace
+    from planner.sizing.catalog import default_catalog
+    from planner.sizing.size import size
+
+    print("\n(e) sizing with mixed kinds: (d) again, with clusters of two kinds' nodes too: one core")
+    graph = coarsen(trace("hf:llama", {"seq_len": 4096}))
+    sizing = size(graph, default_catalog(), tokens=10**12, global_batch=512, hours=720.0, mixed=True)
+    mixes = [p for p in sizing.points if p.shape.also]
+    print(
+        f"  {len(sizing.points)} shapes planned in {sizing.seconds:.1f} s, {len(mixes)} of them mixed; "
+        f"mixes on the front: {sum(bool(p.shape.also) for p in sizing.front)}"
+    )
+    meeting = sorted((p for p in mixes if p.fits and p.hours <= 720.0), key=lambda p: p.cost_usd)[:3]
+    for p in meeting:
+        print(f"  a cheap mix meeting it: {p.shape.short_form:<28} {p.hours:>6,.0f} h  ${p.cost_usd:>10,.0f}")
+    for p in sizing.front:
+        print(f"  front: {p.shape.short_form:<28} {p.hours:>6,.0f} h  ${p.cost_usd:>10,.0f}")
+
+
+PARTS = "abcde"
 
 
 def main() -> None:
@@ -335,6 +359,8 @@ def main() -> None:
         part_c()
     if "d" in parts:
         part_d()
+    if "e" in parts:
+        part_e()
 
 
 if __name__ == "__main__":
