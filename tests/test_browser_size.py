@@ -49,7 +49,7 @@ def test_set_a_deadline_see_the_front_choose_a_point_and_plan_with_it(dashboard,
     deadline.press("Enter")
     settle(page)
     page.get_by_role("button", name="Size", exact=True).click()
-    page.get_by_text("Pareto front", exact=True).wait_for(timeout=120_000)
+    page.get_by_role("heading", name="Pareto front").wait_for(timeout=120_000)
     settle(page)
 
     expected = size(coarsen(trace("gpt")), default_catalog(), tokens=2 * 10**9, global_batch=512, hours=0.05)
