@@ -2,7 +2,7 @@
 run that made them (session state holds data, not the planner's objects).
 
 A row holds its shape, figures and plan (the plan's JSON, for "use this"), and why it is off
-the front; `front_rows` and `chosen_row` pick from them as `planner.sizing.report` does.
+the front; `front_rows` picks the front from them, and `point_name` names a point.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _row(p, on_front: bool) -> dict:
         "shape": p.shape.short_form,
         "kind": p.shape.label,
         "devices": p.shape.devices,
-        "nodes": p.shape.nodes,
+        "nodes": sum(part.nodes for part in p.shape.parts),
         "usd_per_device_hour": p.usd_per_device_hour,
         "hours": p.hours,
         "cost_usd": p.cost_usd,

@@ -79,7 +79,8 @@ def front_figure(rows: list[dict], limit_hours: float | None = None, chosen: str
 
 def _hover(r: dict) -> str:
     lines = [
-        f"<b>{r['shape']}</b>: {fmt.count(r['devices'])} devices at ${r['usd_per_device_hour']:.2f} an hour",
+        f"<b>{r['shape']}</b>: {fmt.count(r['devices'])} devices at ${r['usd_per_device_hour']:.2f} a "
+        + ("device-hour on average" if "," in r["kind"] else "device-hour"),
         f"{duration(r['hours'])}, {dollars(r['cost_usd'])}",
         f"plan: {r['plan']}",
         f"MFU {fmt.percent(r['mfu'])}, peak memory {fmt.size(r['peak_mem'])} a device",

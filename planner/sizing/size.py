@@ -20,8 +20,8 @@ slower than 28).
   does (more nodes can train slower, so no rung is skipped on a guess). The bound
   (`StepBound`) is a time no plan of that many devices beats: one device's compute of the
   whole step (the global batch as one micro-batch, nothing recomputed, no collective) spread
-  evenly over them. Then twice and four times the
-  answer's devices, for the front's faster points;
+  evenly over them. Then twice and four times the answer's devices, for the front's faster
+  points;
 - with a budget: the rungs of 1, 2, 4, ... nodes and the cap.
 With ``mixed``, shapes of two kinds' nodes too (`_mixed`): a search among mixes, pruned by
 an estimate, where the single-kind scans above are exhaustive over their rungs.
@@ -240,14 +240,14 @@ def ladder(offer: Offer, cap: int, every: bool = False) -> list[Shape]:
     return small + [Shape(offer.kind, largest, n) for n in node_counts(cap, every)]
 
 
-def _within_hours(planner: _ShapePlanner, rungs: list[Shape], hours: float) -> Shape | None:
+def _within_hours(planner: _ShapePlanner, rungs: list[Shape], hours: float) -> None:
     """Plan ``rungs`` from the first whose bound meets the deadline to the first that meets
-    it, then twice and four times its devices; returns that first shape (None: none does)."""
+    it, then twice and four times its devices."""
     # (The bound equals the plan on one device: rounding must not rule that one out.)
     first = next((i for i, s in enumerate(rungs) if planner.bound_hours(s) <= hours * (1 + 1e-9)), None)
     if first is None:
         planner.unreachable(rungs[-1], hours)
-        return None
+        return
     for i in range(first, len(rungs)):
         p = planner(rungs[i])
         if p.fits and p.hours <= hours:
@@ -255,8 +255,7 @@ def _within_hours(planner: _ShapePlanner, rungs: list[Shape], hours: float) -> S
                 faster = next((s for s in rungs if s.devices >= times * rungs[i].devices), None)
                 if faster is not None:
                     planner(faster)
-            return rungs[i]
-    return None
+            return
 
 
 def _within_budget(planner: _ShapePlanner, rungs: list[Shape]) -> None:
@@ -322,7 +321,7 @@ def _mixed(
                 seen.add(mix)
                 p = planner(shape)
                 if hours is not None and meets(p):
-                    break  # more of b only finishes sooner
+                    break  # more of b: sooner, and under linear scaling no cheaper
 
 
 def _over(p: Point, hours: float | None, budget: float | None) -> str:
