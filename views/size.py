@@ -102,7 +102,7 @@ try:
 except PlannerError as exc:
     error(str(exc))
     st.stop()
-kinds_col, nodes_col, every_col = st.columns([4, 1, 1])
+kinds_col, nodes_col = st.columns([4, 1])
 # Another catalogue gets widgets of its own (its kinds are other options).
 catalog_key = hashlib.sha256(catalog.model_dump_json().encode()).hexdigest()[:12]
 kinds = kinds_col.multiselect(
@@ -118,7 +118,8 @@ max_nodes = int(
         key=f"size_max_nodes_{catalog_key}",
     )
 )
-mixed = every_col.checkbox(
+mixed_col, every_col = st.columns(2)
+mixed = mixed_col.checkbox(
     "Mixed kinds",
     key="size_mixed",
     help="Also plan clusters of two kinds' nodes (a power of two of one kind's nodes topped up with "
@@ -128,7 +129,7 @@ every = every_col.checkbox(
     "Every node count",
     key="size_every",
     help="Plan every node count, not every count to 8 then four a doubling (10, 12, 14, 16, 20, ...): "
-    "slower, and a count between two of those only finishes sooner, not cheaper.",
+    "slower; under linear scaling a count between two of those costs about the same.",
 )
 with st.expander(f"Prices of the catalogue {catalog.name!r}"):
     st.dataframe(
