@@ -248,7 +248,8 @@ def test_a_model_without_layouts_is_searched_without_tensor_parallelism():
 
 def test_a_batch_over_memory_is_split_into_as_many_micro_batches_as_it_takes():
     """512 samples of a 125M GPT on one L4 need 16 micro-batches or more: more than three
-    halvings, with the largest op's temporaries shrinking along."""
+    halvings, with the largest op's temporaries shrinking along; and at 32 they fit without
+    recomputing, which is faster than 16 with it."""
     result = search(
         coarsen(trace("gpt", {"size": "125m"})),
         resolve_cluster("l4:1"),
@@ -259,3 +260,13 @@ def test_a_batch_over_memory_is_split_into_as_many_micro_batches_as_it_takes():
     assert best is not None, [c.reason for c in result.candidates]
     assert best.plan.training.micro_batches >= 16
     assert all(m.fits for m in best.prediction.memory)
+    assert best.recompute == "none"
+    recomputing = search(
+        coarsen(trace("gpt", {"size": "125m"})),
+        resolve_cluster("l4:1"),
+        global_batch=512,
+        micro_batches=16,
+        training={"precision": "bf16-mixed"},
+    ).best
+    assert recomputing.recompute != "none"
+    assert best.prediction.step_time_s < recomputing.prediction.step_time_s

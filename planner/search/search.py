@@ -203,20 +203,47 @@ def _smaller_micro_batches(c: Candidate, screened: list[Candidate], price, tries
     family whose micro-batches are at most half as large, priced (halving while none fits, down
     to one sample a micro-batch: ``tries`` halvings cover any global batch within the limits):
     the screen ranks a family's variants by time alone, and fewer samples per micro-batch hold
-    fewer activations, logits and temporaries."""
+    fewer activations, logits and temporaries. One that fits only by recomputing is halved
+    again while a smaller one might fit without (`_without_recomputing`)."""
+    halved = False
     for _ in range(tries):
+        if c.feasible and halved and c.recompute != "none":
+            return _without_recomputing(c, screened, price)
         if c.feasible or c.prediction is None or not _batch_bound(c):
             return c
-        size = max(c.shares) / c.micro_batches
-        smaller = next(
-            (o for o in screened if o.family == c.family and max(o.shares) / o.micro_batches <= size / 2),
-            None,
-        )
+        smaller = _halved(c, screened)
         if smaller is None:
             return c
         price(smaller, False)
-        c = smaller
+        c, halved = smaller, True
     return c
+
+
+def _without_recomputing(c: Candidate, screened: list[Candidate], price, more: int = 3) -> Candidate:
+    """The fastest of ``c`` (which fits by recomputing) and its halvings, halving until one
+    fits without recomputing (or ``more`` halvings are spent): recomputation costs a forward
+    per micro-batch, more micro-batches cost only their bubbles and launches."""
+    best = c
+    for _ in range(more):
+        smaller = _halved(c, screened)
+        if smaller is None:
+            break
+        price(smaller, False)
+        c = smaller
+        if c.feasible and c.prediction.step_time_s < best.prediction.step_time_s:
+            best = c
+        if c.feasible and c.recompute == "none":
+            break
+    return best
+
+
+def _halved(c: Candidate, screened: list[Candidate]) -> Candidate | None:
+    """The best-screened variant of ``c``'s family with micro-batches at most half as large."""
+    size = max(c.shares) / c.micro_batches
+    return next(
+        (o for o in screened if o.family == c.family and max(o.shares) / o.micro_batches <= size / 2),
+        None,
+    )
 
 
 def _batch_bound(c: Candidate) -> bool:
