@@ -480,10 +480,7 @@ def test_replicas_that_run_alike_are_simulated_once_with_the_same_result(
     assert len(PlanPricing(Pricer(graph, cluster, options=EXACT), plan).simulated) == classes
     every = PlanPricing.replicas_to_simulate
     try:
-        PlanPricing.replicas_to_simulate = lambda self: (
-            list(range(self.plan.dp_degree)),
-            {dp: dp for dp in range(self.plan.dp_degree)},
-        )
+        PlanPricing.replicas_to_simulate = lambda self: {dp: dp for dp in range(self.plan.dp_degree)}
         slow = price(graph, cluster, plan, options=EXACT)
     finally:
         PlanPricing.replicas_to_simulate = every

@@ -109,7 +109,9 @@ class PlanPricing:
         )
         self.shard_groups = ShardGroups(self)
         self.tensor_groups = TensorGroups(self)
-        self.simulated, self.stands_for = self.replicas_to_simulate()
+        self.stands_for = self.replicas_to_simulate()
+        """Replica -> the simulated replica whose timeline it copies (itself, if simulated)."""
+        self.simulated = sorted(set(self.stands_for.values()))
         self.tp_comm: dict[tuple[int, int], tuple[float, float]] = {}
         """(rank, stage) -> (forward, backward) seconds of one micro-batch's tensor-parallel
         collectives, inside the stage's times (`planner.cost.tensor_parallel`)."""
@@ -141,9 +143,9 @@ class PlanPricing:
         return self.batch_share[dp_index] / self.micro_batches
 
     # -- replicas simulated once ----------------------------------------------------------
-    def replicas_to_simulate(self) -> tuple[list[int], dict[int, int]]:
-        """Replicas whose timelines must be simulated, and which simulated replica each
-        replica's timeline copies (itself, if simulated): identical replicas run identically.
+    def replicas_to_simulate(self) -> dict[int, int]:
+        """Which replica's simulated timeline each replica's copies (itself, if simulated):
+        identical replicas run identically.
 
         Replicas are identical when they take equal shares on the same device kinds, with
         the same links between consecutive stages and inside their tensor groups (and, under
@@ -154,12 +156,11 @@ class PlanPricing:
         so three are simulated).
         """
         plan = self.plan
-        every = list(range(plan.dp_degree))
+        every = range(plan.dp_degree)
         if plan.dp_degree == 1 or any(self.cluster.device(r.device).kind == "cpu" for r in plan.ranks):
-            return every, {dp: dp for dp in every}
+            return {dp: dp for dp in every}
         first_of: dict[tuple, int] = {}
-        stands_for = {dp: first_of.setdefault(self._replica_signature(dp), dp) for dp in every}
-        return sorted(first_of.values()), stands_for
+        return {dp: first_of.setdefault(self._replica_signature(dp), dp) for dp in every}
 
     def _replica_signature(self, dp: int) -> tuple:
         """What makes a replica run as it does: its share, device kinds and links."""

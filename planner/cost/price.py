@@ -182,11 +182,7 @@ class Pricer:
     def __call__(self, plan: Plan, *, with_timeline: bool = True) -> Prediction:
         """Price ``plan``; without the timeline (an empty list) when only the figures matter,
         as in the partitioner's inner loop."""
-        if plan.model.graph_digest != self.digest:
-            theirs = plan.model.graph_digest[:12]
-            raise PlanError(f"model.graph_digest: this plan is for graph {theirs}, not {self.digest[:12]}")
-        pricing = PlanPricing(self, plan)
-        step = step_for(pricing)
+        pricing, step = self._step(plan)
         tasks, programs, actions = step.tasks()
         node_of = {r.rank: r.node for r in plan.ranks}
         # A simulated tensor-parallel rank's compute stands for its group's, on shared cores.
@@ -230,14 +226,19 @@ class Pricer:
         """Whether every device holds its part of ``plan``: its memory as `__call__` prices
         it, without simulating the step where the step's schedule says what each rank holds
         (the search asks this of each lever before it prices the step)."""
-        if plan.model.graph_digest != self.digest:
-            return self(plan, with_timeline=False).feasible  # refused there, naming the graph
-        pricing = PlanPricing(self, plan)
-        step = step_for(pricing)
+        pricing, step = self._step(plan)
         actions = step.actions()
         if actions is None:
             return self(plan, with_timeline=False).feasible
         return all(m.fits for m in plan_memory(pricing, step, actions))
+
+    def _step(self, plan: Plan) -> tuple[PlanPricing, Step]:
+        """``plan``'s pricing state and step; a plan made for another graph is refused."""
+        if plan.model.graph_digest != self.digest:
+            theirs = plan.model.graph_digest[:12]
+            raise PlanError(f"model.graph_digest: this plan is for graph {theirs}, not {self.digest[:12]}")
+        pricing = PlanPricing(self, plan)
+        return pricing, step_for(pricing)
 
     def sizes_for(self, tp: int, sp: bool) -> GraphSizes:
         """The graph's sizes on one rank of a tensor group of ``tp`` (`GraphSizes.of`)."""
